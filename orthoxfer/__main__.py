@@ -1,0 +1,3 @@
+from orthoxfer.cli import app
+
+app()

@@ -1,0 +1,100 @@
+"""The ``orthoxfer`` command line: thin commands over the Python API.
+
+Every command turns orthoxfer's own errors into one red line: exit code 2 when the
+input must change (:class:`~orthoxfer.errors.UsageError`), 1 when the work failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orthoxfer import __version__
+from orthoxfer.errors import OrthoxferError, UsageError
+
+app = typer.Typer(
+    name="orthoxfer",
+    help="Carry task vectors between independently pre-trained models with orthogonal similarity transforms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn orthoxfer errors into one line and an exit code; work already written stays on disk."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OrthoxferError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: finished artifacts and checkpoints stay on disk")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@app.command()
+def version() -> None:
+    """Print the orthoxfer version."""
+    typer.echo(__version__)
+
+
+@app.command()
+@reports_errors
+def inspect(
+    task_vector: Annotated[Path, typer.Argument(help="A task vector .safetensors file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a task vector's sites: shape, kind, Frobenius norm and numerical rank."""
+    from orthoxfer.taskvector import TaskVector
+
+    tv = TaskVector.load(task_vector)
+    norms, ranks = tv.norms(), tv.ranks()
+    rows = [
+        {"site": s, "shape": list(tv.shape(s)), "kind": tv.kind, "norm": norms[s], "rank": ranks[s]}
+        for s in tv.sites
+    ]
+    total = {
+        "sites": len(rows),
+        "norm": math.sqrt(sum(n * n for n in norms.values())),
+        "parameters": sum(r["shape"][0] * r["shape"][1] for r in rows),
+        "extra_parameters": sum(t.numel() for t in tv.extra.values()),
+    }
+    if as_json:
+        print_json({"meta": tv.meta, "sites": rows, "total": total})
+        return
+    table = Table(title=f"{task_vector}  ({tv.kind}, {', '.join(tv.meta.get('tasks', [])) or 'no task named'})")
+    for col in ("site", "shape", "kind", "||dW||_F", "rank"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for r in rows:
+        table.add_row(r["site"], "x".join(map(str, r["shape"])), r["kind"], f"{r['norm']:.4g}", str(r["rank"]))
+    table.add_section()
+    table.add_row(f"total: {total['sites']} sites", f"{total['parameters']:,}", "", f"{total['norm']:.4g}", "")
+    console.print(table)
+    if tv.extra:
+        console.print(f"plus {len(tv.extra)} non-site parameters ({total['extra_parameters']:,} values), added unaligned")
+

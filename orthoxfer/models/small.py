@@ -1,0 +1,36 @@
+"""Small open_clip CLIPs built from a config: real open_clip classes, any width.
+
+They stand in for ViT-B/32 wherever a test or the offline suite needs a model that
+trains in seconds on a CPU; everything that works on them works unchanged on the
+real towers because they are the same classes.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+
+
+def small_clip(
+    seed: int = 0,
+    width: int = 32,
+    layers: int = 2,
+    image_size: int = 16,
+    patch_size: int = 4,
+    embed_dim: int = 16,
+    text_width: int = 32,
+    text_layers: int = 1,
+    quick_gelu: bool = False,
+) -> open_clip.CLIP:
+    """A seeded CLIP with a ViT image tower of ``layers`` blocks of ``width``."""
+    torch.manual_seed(seed)
+    vision = {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "width": width,
+        "layers": layers,
+        "head_width": max(8, width // 4),
+    }
+    text = {"context_length": 16, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": text_layers}
+    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu)
+    return model.eval()
