@@ -1,0 +1,79 @@
+"""The few-shot data every trained method sees, and how a model becomes a classifier.
+
+A :class:`FewShotTask` holds its few images as uint8 at the model's resolution (small
+enough to keep in memory for any suite) and augments them per batch, so each step
+sees fresh views as in the paper ("images refreshed at each batch"). Heads are frozen
+modules from image features to logits, built once per task and model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def image_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Image features of a CLIP-style model (``encode_image``), or the output of any other module."""
+    encode = getattr(model, "encode_image", None)
+    return encode(images) if encode is not None else model(images)
+
+
+class ImageEncoder(nn.Module):
+    """``forward`` = :func:`image_features`, so ``torch.func.functional_call`` can run a CLIP's image path.
+
+    Its parameter names are the wrapped model's prefixed with ``model.``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return image_features(self.model, images)
+
+
+@dataclass
+class FewShotTask:
+    """One task's few-shot pool (train split only) and the frozen head used with it."""
+
+    name: str
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    head: nn.Module  # frozen: image features -> logits
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    augment: Augment | None = None  # one uint8 (3, H, W) image -> one augmented image (torch's global RNG)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"task {self.name}: few-shot images must be a uint8 (N, 3, H, W) tensor")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"task {self.name}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def batch(self, index: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float images and labels for ``index``, augmented image by image when asked."""
+        images = self.images[index]
+        if augment and self.augment is not None:
+            images = torch.stack([self.augment(img) for img in images])
+        return self.normalise(images), self.labels[index]
+
+    def split(self, val_fraction: float, seed: int) -> tuple[FewShotTask, FewShotTask]:
+        """A train/validation split of the pool, for choosing settings without touching test data."""
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self.labels), generator=g)
+        n_val = max(1, round(val_fraction * len(order)))
+        parts = order[n_val:], order[:n_val]
+        return tuple(  # type: ignore[return-value]
+            FewShotTask(self.name, self.images[p], self.labels[p], self.head, self.mean, self.std, self.augment)
+            for p in parts
+        )
