@@ -142,11 +142,13 @@ def site_shapes(model: nn.Module, sites: list[Site]) -> dict[str, tuple[int, int
     return {s.name: tuple(read_site(model, s).shape) for s in sites}
 
 
-def param_overrides(model: nn.Module, sites: list[Site], deltas: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def param_overrides(
+    model: nn.Module, sites: list[Site], deltas: list[torch.Tensor], prefix: str = ""
+) -> dict[str, torch.Tensor]:
     """``{param path: W + delta}`` for ``torch.func.functional_call``, differentiable in ``deltas``.
 
-    Sites of one parameter are tiled in row order with zero blocks for rows no site
-    covers, so q/k/v deltas become one ``in_proj_weight`` delta with a single ``cat``.
+    Keys are prefixed with ``prefix`` for a wrapper module. Sites of one parameter are
+    tiled in row order with zero blocks for rows no site covers, so q/k/v deltas become one ``in_proj_weight`` delta with a single ``cat``.
     """
     by_param: dict[str, list[tuple[Site, torch.Tensor]]] = {}
     for site, delta in zip(sites, deltas):
@@ -164,5 +166,5 @@ def param_overrides(model: nn.Module, sites: list[Site], deltas: list[torch.Tens
             row = site.stop
         if row < weight.shape[0]:
             pieces.append(weight.new_zeros(weight.shape[0] - row, weight.shape[1]))
-        out[path] = weight + (pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+        out[prefix + path] = weight + (pieces[0] if len(pieces) == 1 else torch.cat(pieces))
     return out

@@ -67,6 +67,12 @@ class TaskVector:
             return self.scale * (b @ a)
         return self.dense[site]
 
+    def select(self, sites: list[str]) -> TaskVector:
+        """The same vector on a subset of its sites; non-site deltas are kept."""
+        if self.lora:
+            return TaskVector(lora={s: self.lora[s] for s in sites}, scale=self.scale, extra=dict(self.extra), meta=self._meta())
+        return TaskVector({s: self.dense[s] for s in sites}, extra=dict(self.extra), meta=self._meta())
+
     def to_dense(self) -> TaskVector:
         return TaskVector({s: self.delta(s) for s in self.sites}, extra=dict(self.extra), meta=self._meta(kind="dense"))
 

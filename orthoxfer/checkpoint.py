@@ -1,0 +1,45 @@
+"""Checkpoints of a training loop as safetensors + JSON: module state, optimiser state, step.
+
+Optimiser state is split into its tensors (safetensors) and everything else (JSON),
+so resuming never unpickles anything and works for any torch or geoopt optimiser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoxfer.artifacts import load_artifact, save_artifact
+
+KIND = "checkpoint"
+
+
+def save_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]) -> None:
+    tensors = {f"module/{k}": v for k, v in module.state_dict().items()}
+    state = optimiser.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{pid}/{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    save_artifact(path, KIND, tensors, dict(meta, step=step, optim_scalars=scalars, param_groups=state["param_groups"]))
+
+
+def load_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+    """Restore ``module`` and ``optimiser`` in place; returns the step the checkpoint was taken after."""
+    tensors, meta = load_artifact(path, KIND)
+    module.load_state_dict({k.removeprefix("module/"): v for k, v in tensors.items() if k.startswith("module/")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, entry in meta.pop("optim_scalars").items():
+        state.setdefault(int(pid), {}).update(entry)
+    optimiser.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return int(meta.pop("step")), meta

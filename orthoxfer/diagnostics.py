@@ -1,0 +1,138 @@
+"""Does a transfer keep norm and rank, how far from orthogonal is U, how far did it rotate.
+
+Per site: ||dW||_F before and after (and their ratio), numerical rank before and
+after, ||U^T U - I||_F, max |sigma_i(U) - 1|, the sign of det U, ||U - I||_F, and the
+cosine to the target's own task vector (the oracle) when one is given. All maths in
+float64 so the diagnostics never blame U for their own rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orthoxfer.alignment import JOINT, Alignment
+from orthoxfer.taskvector import TaskVector
+
+COLUMNS = ("norm_before", "norm_after", "norm_ratio", "rank_before", "rank_after", "orth_error", "max_sv_dev", "det_sign", "dist_identity")
+
+
+def transform_metrics(u: torch.Tensor) -> dict[str, float]:
+    u = u.double()
+    eye = torch.eye(u.shape[0], dtype=u.dtype)
+    sv = torch.linalg.svdvals(u)
+    return {
+        "orth_error": torch.linalg.matrix_norm(u.T @ u - eye).item(),
+        "max_sv_dev": (sv - 1).abs().max().item(),
+        "det_sign": int(torch.sign(torch.linalg.det(u)).item()),
+        "dist_identity": torch.linalg.matrix_norm(u - eye).item(),
+    }
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = a.norm() * b.norm()
+    return float((a @ b) / denom) if denom > 0 else 0.0
+
+
+def diagnose(tv: TaskVector, alignment: Alignment, oracle: TaskVector | None = None, task: str | None = None) -> dict[str, Any]:
+    """Per-site rows and their aggregate for one task vector carried by ``alignment``."""
+    scope = alignment.scope_for(tv, task)
+    us = alignment.matrices(scope)
+    after = alignment.apply(tv, task)
+    norms_b, norms_a = tv.norms(), after.norms()
+    ranks_b, ranks_a = tv.ranks(), after.ranks()
+    per_key: dict[int, dict[str, float]] = {}
+    rows = []
+    for site in tv.sites:
+        u = us[site]
+        metrics = per_key.setdefault(id(u), transform_metrics(u))
+        row: dict[str, Any] = {
+            "site": site,
+            "norm_before": norms_b[site],
+            "norm_after": norms_a[site],
+            "norm_ratio": norms_a[site] / norms_b[site] if norms_b[site] > 0 else math.nan,
+            "rank_before": ranks_b[site],
+            "rank_after": ranks_a[site],
+            **metrics,
+        }
+        if oracle is not None and site in oracle.sites:
+            row["cosine_oracle_before"] = cosine(tv.delta(site), oracle.delta(site))
+            row["cosine_oracle_after"] = cosine(after.delta(site), oracle.delta(site))
+        rows.append(row)
+    return {"scope": scope, "strategy": alignment.meta.get("strategy"), "sites": rows, "aggregate": aggregate(rows)}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    total_b = math.sqrt(sum(r["norm_before"] ** 2 for r in rows))
+    total_a = math.sqrt(sum(r["norm_after"] ** 2 for r in rows))
+    out: dict[str, Any] = {
+        "sites": len(rows),
+        "norm_before": total_b,
+        "norm_after": total_a,
+        "norm_ratio": total_a / total_b if total_b > 0 else math.nan,
+        "norm_ratio_min": min(r["norm_ratio"] for r in rows),
+        "norm_ratio_max": max(r["norm_ratio"] for r in rows),
+        "rank_kept": sum(r["rank_after"] == r["rank_before"] for r in rows),
+        "orth_error_mean": mean("orth_error"),
+        "orth_error_max": max(r["orth_error"] for r in rows),
+        "max_sv_dev": max(r["max_sv_dev"] for r in rows),
+        "det_negative": sum(r["det_sign"] < 0 for r in rows),
+        "dist_identity_mean": mean("dist_identity"),
+    }
+    if rows and "cosine_oracle_after" in rows[0]:
+        out["cosine_oracle_before"] = mean("cosine_oracle_before")
+        out["cosine_oracle_after"] = mean("cosine_oracle_after")
+    return out
+
+
+def summarise(alignment: Alignment, vectors: dict[str, TaskVector]) -> dict[str, Any]:
+    """The aggregate of every scope of an alignment (joint: the summed vectors)."""
+    if JOINT in alignment.transforms:
+        return {JOINT: diagnose(sum(vectors.values()), alignment)["aggregate"]}
+    return {scope: diagnose(vectors[scope], alignment, task=scope)["aggregate"] for scope in alignment.scopes}
+
+
+def plot_singular_values(tv: TaskVector, alignment: Alignment, site: str, path: Path | str, task: str | None = None) -> None:
+    """Singular values of one site before and after: on top of each other when U is orthogonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    after = alignment.apply(tv, task)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(tv.singular_values(site).numpy(), label="source dW", lw=2)
+    ax.semilogy(after.singular_values(site).numpy(), "--", label="U^T dW U", lw=2)
+    ax.set(xlabel="index", ylabel="singular value", title=site)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_orthogonality(rows: list[dict[str, Any]], path: Path | str) -> None:
+    """||U^T U - I||_F per site: flat at float precision for exact strategies, drifting for penalty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.15), 4))
+    ax.bar(range(len(rows)), [max(r["orth_error"], 1e-12) for r in rows])
+    ax.set_yscale("log")
+    ax.set(xlabel="site", ylabel="||U^T U - I||_F", title="orthogonality error per site")
+    _save(fig, path)
+
+
+def _save(fig, path: Path | str) -> None:
+    from orthoxfer.artifacts import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
