@@ -39,7 +39,13 @@ def load_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.
         if key.startswith("optim/"):
             _, pid, name = key.split("/", 2)
             state.setdefault(int(pid), {})[name] = value
-    for pid, entry in meta.pop("optim_scalars").items():
+    scalars = meta.pop("optim_scalars")
+    for pid, entry in scalars.items():
         state.setdefault(int(pid), {}).update(entry)
     optimiser.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    # torch turns plain-number state (geoopt's int `step`) into tensors on load; put the numbers
+    # back so bias corrections round exactly as in an uninterrupted run
+    params = [p for group in optimiser.param_groups for p in group["params"]]
+    for pid, entry in scalars.items():
+        optimiser.state[params[int(pid)]].update(entry)
     return int(meta.pop("step")), meta
