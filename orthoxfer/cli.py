@@ -98,3 +98,33 @@ def inspect(
     if tv.extra:
         console.print(f"plus {len(tv.extra)} non-site parameters ({total['extra_parameters']:,} values), added unaligned")
 
+
+
+@app.command()
+@reports_errors
+def diagnose(
+    task_vector: Annotated[Path, typer.Option("--task-vector", help="The source task vector.")],
+    alignment: Annotated[Path, typer.Option("--alignment", help="An alignment .safetensors file.")],
+    oracle: Annotated[Path | None, typer.Option("--oracle", help="The target's own task vector, for cosines.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Task whose U's to use (per-task alignments).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write diagnostics.json and PNG plots here.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Site for the singular-value plot (default: the first).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Norm, rank and orthogonality of a transfer, per site and aggregated."""
+    from orthoxfer.alignment import Alignment
+    from orthoxfer.diagnostics import diagnose as run_diagnose
+    from orthoxfer.diagnostics import report_table, write_report
+    from orthoxfer.taskvector import TaskVector
+
+    tv = TaskVector.load(task_vector)
+    al = Alignment.load(alignment)
+    report = run_diagnose(tv, al, TaskVector.load(oracle) if oracle else None, task)
+    if out is not None:
+        files = write_report(report, tv, al, out, site)
+    if as_json:
+        print_json(report)
+        return
+    console.print(report_table(report))
+    if out is not None:
+        console.print(f"wrote {', '.join(str(f) for f in files)}")

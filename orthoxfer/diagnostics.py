@@ -14,7 +14,11 @@ from typing import Any
 
 import torch
 
+from rich.table import Table
+
 from orthoxfer.alignment import JOINT, Alignment
+from orthoxfer.artifacts import atomic_write, write_json
+from orthoxfer.errors import UsageError
 from orthoxfer.taskvector import TaskVector
 
 COLUMNS = ("norm_before", "norm_after", "norm_ratio", "rank_before", "rank_after", "orth_error", "max_sv_dev", "det_sign", "dist_identity")
@@ -99,13 +103,18 @@ def summarise(alignment: Alignment, vectors: dict[str, TaskVector]) -> dict[str,
     return {scope: diagnose(vectors[scope], alignment, task=scope)["aggregate"] for scope in alignment.scopes}
 
 
-def plot_singular_values(tv: TaskVector, alignment: Alignment, site: str, path: Path | str, task: str | None = None) -> None:
-    """Singular values of one site before and after: on top of each other when U is orthogonal."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_singular_values(tv: TaskVector, alignment: Alignment, site: str, path: Path | str, task: str | None = None) -> None:
+    """Singular values of one site before and after: on top of each other when U is orthogonal."""
+    plt = _pyplot()
     after = alignment.apply(tv, task)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(tv.singular_values(site).numpy(), label="source dW", lw=2)
@@ -117,11 +126,7 @@ def plot_singular_values(tv: TaskVector, alignment: Alignment, site: str, path: 
 
 def plot_orthogonality(rows: list[dict[str, Any]], path: Path | str) -> None:
     """||U^T U - I||_F per site: flat at float precision for exact strategies, drifting for penalty."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.15), 4))
     ax.bar(range(len(rows)), [max(r["orth_error"], 1e-12) for r in rows])
     ax.set_yscale("log")
@@ -130,9 +135,46 @@ def plot_orthogonality(rows: list[dict[str, Any]], path: Path | str) -> None:
 
 
 def _save(fig, path: Path | str) -> None:
-    from orthoxfer.artifacts import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    import matplotlib.pyplot as plt
+    _pyplot().close(fig)
 
-    plt.close(fig)
+
+def write_report(report: dict[str, Any], tv: TaskVector, alignment: Alignment, out: Path | str, site: str | None = None) -> list[Path]:
+    """diagnostics.json and the two plots into ``out``; returns the files written."""
+    out = Path(out)
+    site = site or report["sites"][0]["site"]
+    if site not in tv.sites:
+        raise UsageError(f"--site {site!r} is not a site of the task vector (e.g. {tv.sites[0]!r})")
+    files = [out / "diagnostics.json", out / "singular_values.png", out / "orthogonality.png"]
+    write_json(files[0], report)
+    plot_singular_values(tv, alignment, site, files[1], task=report["scope"] if report["scope"] != JOINT else None)
+    plot_orthogonality(report["sites"], files[2])
+    return files
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    """The per-site rows and the aggregate as one rich table."""
+    oracle = "cosine_oracle_after" in report["aggregate"]
+    table = Table(title=f"diagnostics: {report['strategy']} ({report['scope']})")
+    heads = ["site", "||dW|| before", "after", "ratio", "rank", "||U^TU-I||", "max|s-1|", "det", "||U-I||"]
+    heads += ["cos oracle before", "after"] if oracle else []
+    for h in heads:
+        table.add_column(h, justify="left" if h == "site" else "right")
+
+    def cells(r: dict[str, Any], name: str) -> list[str]:
+        row = [
+            name, f"{r['norm_before']:.4g}", f"{r['norm_after']:.4g}", f"{r['norm_ratio']:.6f}",
+            f"{r['rank_before']}->{r['rank_after']}" if "rank_before" in r else f"{r['rank_kept']}/{r['sites']} kept",
+            f"{r.get('orth_error', r.get('orth_error_max', 0)):.2e}", f"{r['max_sv_dev']:.2e}",
+            f"{r['det_sign']:+d}" if "det_sign" in r else f"{r['det_negative']} neg",
+            f"{r.get('dist_identity', r.get('dist_identity_mean', 0)):.4g}",
+        ]
+        if oracle:
+            row += [f"{r['cosine_oracle_before']:.4f}", f"{r['cosine_oracle_after']:.4f}"]
+        return row
+
+    for r in report["sites"]:
+        table.add_row(*cells(r, r["site"]))
+    table.add_section()
+    table.add_row(*cells(report["aggregate"], "all sites (max orth, mean ||U-I||)"))
+    return table

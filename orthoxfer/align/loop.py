@@ -128,6 +128,56 @@ def _batch(task: FewShotTask, index: torch.Tensor, augment: bool, device: torch.
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
+class AlignStep:
+    """One optimiser step of a trained strategy: the unit the loop repeats and the benchmark times.
+
+    The target is frozen (``requires_grad_(False)``); only the strategy's parameters learn.
+    """
+
+    def __init__(
+        self,
+        strategy: TrainedStrategy,
+        problem: ScopedProblem,
+        groups: list[SiteGroup],
+        init: list[torch.Tensor],
+        settings: AlignSettings,
+    ) -> None:
+        self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
+        self.device = torch.device(settings.device)
+        self.target = problem.target.to(self.device).requires_grad_(False)
+        self.encoder = ImageEncoder(self.target)
+        self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
+        self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
+        self.optimiser = strategy.optimiser(self.module, settings)
+        self.base_lrs = [g["lr"] for g in self.optimiser.param_groups]
+        cuda = self.device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module, lr_scale: float = 1.0):
+        """Returns (loss, ce, regulariser or None) as device tensors: no host sync here."""
+        for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
+            group["lr"] = lr * lr_scale
+        stacks = self.module()
+        deltas = site_deltas(self.groups, self.vectors, stacks)
+        overrides = param_overrides(self.target, self.problem.sites, deltas, prefix="model.")
+        with self.autocast:
+            features = functional_call(self.encoder, overrides, (x,))
+            logits = head(features)
+        ce = F.cross_entropy(logits.float(), y)
+        reg = self.strategy.regulariser(stacks, self.settings)
+        loss = ce if reg is None else ce + reg
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.settings.clip)
+        self.optimiser.step()
+        return loss, ce, reg
+
+    @torch.no_grad()
+    def orth_error(self) -> float:
+        return max(orthogonality_error(s).max().item() for s in self.module())
+
+
 def train_transforms(
     strategy: TrainedStrategy,
     problem: ScopedProblem,
@@ -136,61 +186,39 @@ def train_transforms(
     settings: AlignSettings,
     run,
 ) -> Solution:
-    device = torch.device(settings.device)
-    target = problem.target.to(device).requires_grad_(False)
-    encoder = ImageEncoder(target)
-    vectors = [StackedVector.build(problem, g, settings.scale, device) for g in groups]
-    module = TransformStack([strategy.parameterise(u.to(device), settings) for u in init]).to(device)
-    optimiser = strategy.optimiser(module, settings)
-    base_lrs = [g["lr"] for g in optimiser.param_groups]
+    step_fn = AlignStep(strategy, problem, groups, init, settings)
     tasks = list(problem.tasks.values())
     checkpoint = run.file(f"checkpoint-{problem.scope}.safetensors") if run is not None else None
     start = 0
     if run is not None and run.resume and checkpoint.exists():
-        start, _ = load_checkpoint(checkpoint, module, optimiser)
+        start, _ = load_checkpoint(checkpoint, step_fn.module, step_fn.optimiser)
         _truncate_metrics(run, problem.scope, start)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with progress_bar() as bar:
         job = bar.add_task(f"{strategy.name} [{problem.scope}]", total=settings.steps, completed=start, status="")
         for step in range(start, settings.steps):
             torch.manual_seed(settings.seed * 1_000_003 + step)  # augmentation RNG: a function of the step
             task_pos = step % len(tasks)
             task = tasks[task_pos]
-            index = batch_indices(task_pos, step // len(tasks), len(task.labels), settings.augment, settings.batch_size, settings.seed)
-            x, y = _batch(task, index, settings.augment > 1, device)
+            visit = step // len(tasks)
+            index = batch_indices(task_pos, visit, len(task.labels), settings.augment, settings.batch_size, settings.seed)
+            x, y = _batch(task, index, settings.augment > 1, step_fn.device)
             factor = lr_factor(step, settings.warmup, settings.steps)
-            for group, lr in zip(optimiser.param_groups, base_lrs):
-                group["lr"] = lr * factor
-            stacks = module()
-            overrides = param_overrides(target, problem.sites, site_deltas(groups, vectors, stacks), prefix="model.")
-            with autocast:
-                features = functional_call(encoder, overrides, (x,))
-                logits = task.head(features)
-            ce = F.cross_entropy(logits.float(), y)
-            reg = strategy.regulariser(stacks, settings)
-            loss = ce if reg is None else ce + reg
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.clip > 0:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), settings.clip)
-            optimiser.step()
+            loss, ce, reg = step_fn(x, y, task.head, factor)
             done = step + 1
             last = done == settings.steps
             log_now = settings.log_every and (done % settings.log_every == 0 or last)
             save_now = checkpoint is not None and settings.checkpoint_every and (done % settings.checkpoint_every == 0 or last)
-            if log_now or save_now:
-                if not torch.isfinite(loss):
-                    kept = "the last checkpoint in " + str(run.path) if run is not None else "nothing (no run folder)"
-                    raise AlignmentDiverged(
-                        f"loss became {loss.item()} at step {done} ({strategy.name}, {problem.scope}); kept {kept}; "
-                        "try a smaller --lr, a larger --alpha or --clip 1.0"
-                    )
+            if (log_now or save_now) and not torch.isfinite(loss):
+                kept = f"the last checkpoint in {run.path}" if run is not None else "nothing (no run folder)"
+                raise AlignmentDiverged(
+                    f"loss became {loss.item()} at step {done} ({strategy.name}, {problem.scope}); kept {kept}; "
+                    "try a smaller --lr, a larger --alpha or --clip 1.0"
+                )
             if log_now:
-                with torch.no_grad():
-                    orth = max(orthogonality_error(s).max().item() for s in module())
+                orth = step_fn.orth_error()
                 record = {
                     "scope": problem.scope, "step": done, "task": task.name, "loss": loss.item(), "ce": ce.item(),
-                    "penalty": 0.0 if reg is None else reg.item(), "orth_error": orth, "lr": base_lrs[0] * factor,
+                    "penalty": 0.0 if reg is None else reg.item(), "orth_error": orth, "lr": step_fn.base_lrs[0] * factor,
                 }
                 if run is not None:
                     run.log(record)
@@ -198,9 +226,9 @@ def train_transforms(
             else:
                 bar.update(job, completed=done)
             if save_now:
-                save_checkpoint(checkpoint, module, optimiser, done, {"scope": problem.scope, "method": strategy.name})
+                save_checkpoint(checkpoint, step_fn.module, step_fn.optimiser, done, {"scope": problem.scope, "method": strategy.name})
     with torch.no_grad():
-        final = [s.detach().float().cpu() for s in module()]
+        final = [s.detach().float().cpu() for s in step_fn.module()]
     return Solution(final, steps=settings.steps)
 
 
