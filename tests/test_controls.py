@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from orthoxfer.controls import control_vector
+from orthoxfer.taskvector import TaskVector
+
+
+def vector(seed):
+    g = torch.Generator().manual_seed(seed)
+    return TaskVector({f"s{i}": torch.randn(6, 6, generator=g) @ torch.diag(torch.arange(6.0)) for i in range(3)})
+
+
+def test_norm_control_matches_each_site_norm_and_is_not_the_vector():
+    tv = vector(0)
+    c = control_vector(tv, "norm", seed=1)
+    for s in tv.sites:
+        assert abs(c.norms()[s] - tv.norms()[s]) < 1e-4
+        assert abs(torch.nn.functional.cosine_similarity(c.delta(s).flatten(), tv.delta(s).flatten(), 0)) < 0.9
+    assert c.meta["control"] == "norm"
+
+
+def test_spectrum_control_keeps_singular_values():
+    tv = vector(0)
+    c = control_vector(tv, "spectrum", seed=2)
+    for s in tv.sites:
+        assert torch.allclose(c.singular_values(s), tv.singular_values(s), atol=1e-4)
+        assert not torch.allclose(c.delta(s), tv.delta(s), atol=1e-2)
+    assert c.ranks() == tv.ranks()
+
+
+def test_other_task_control_is_rescaled_other_vector():
+    tv, other = vector(0), vector(5)
+    c = control_vector(tv, "other-task", other=other)
+    for s in tv.sites:
+        assert abs(c.norms()[s] - tv.norms()[s]) < 1e-4
+        assert torch.allclose(c.delta(s) / c.delta(s).norm(), other.delta(s) / other.delta(s).norm(), atol=1e-6)
+    with pytest.raises(ValueError, match="needs another task"):
+        control_vector(tv, "other-task")
