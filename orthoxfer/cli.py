@@ -1,24 +1,23 @@
 """The ``orthoxfer`` command line: thin commands over the Python API.
 
-Every command turns orthoxfer's own errors into one red line: exit code 2 when the
-input must change (:class:`~orthoxfer.errors.UsageError`), 1 when the work failed.
+Every command turns orthoxfer's own errors into one red line (see
+:func:`orthoxfer.commands.reports_errors`). Larger commands live in
+:mod:`orthoxfer.commands` and are registered here.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from orthoxfer import __version__
-from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.commands import console, print_json, reports_errors
+from orthoxfer.commands.data import data_app
+from orthoxfer.commands.evaluate import eval_command
 
 app = typer.Typer(
     name="orthoxfer",
@@ -27,36 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable)
-
-
-def reports_errors(fn: F) -> F:
-    """Turn orthoxfer errors into one line and an exit code; work already written stays on disk."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except OrthoxferError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: finished artifacts and checkpoints stay on disk")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def print_json(data: object) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
+app.add_typer(data_app, name="data")
+app.command("eval")(eval_command)
 @app.command()
 def version() -> None:
     """Print the orthoxfer version."""

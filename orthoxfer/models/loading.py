@@ -1,0 +1,332 @@
+"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint`` or ``ARCH:none``.
+
+Two things are decided here, once. Each checkpoint runs with the activation it was
+trained with: open_clip's tag table says which tags used QuickGELU (``openai``,
+``laion400m_e3x``, ...) and the architecture's default config does not (the paper's
+reference code runs ``laion400m_e32`` with GELU), so the activation is always set
+explicitly from the tag. And a missing checkpoint never turns into a minute-long
+hang or an opaque traceback: the caches
+(``--cache-dir``, open_clip's ``~/.cache/clip``, the Hugging Face cache) are read
+first without any network access, the network is only tried when its host answers,
+and a failure names the checkpoint, the file expected and the folder to put it in.
+``HF_HUB_OFFLINE=1`` keeps every load off the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import socket
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from open_clip import pretrained as oc_pretrained
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from torch import nn
+
+from orthoxfer.errors import OrthoxferError, UsageError
+
+RANDOM = "none"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+# a tag's preprocessing settings -> the create_model_and_transforms arguments that force them
+_PREPROCESS_KEYS = {
+    "mean": "image_mean",
+    "std": "image_std",
+    "interpolation": "image_interpolation",
+    "resize_mode": "image_resize_mode",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation plus everything needed to feed it images and text."""
+
+    model: nn.Module  # in eval mode, on the requested device
+    preprocess: object  # PIL image -> normalised float tensor (open_clip's eval transform)
+    tokenizer: object  # list[str] -> token ids
+    arch: str
+    tag: str  # a pretrained tag, "none", or the checkpoint path
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    quick_gelu: bool
+    checkpoint: Path | None = None  # the weights file actually read
+
+    @property
+    def spec(self) -> str:
+        return f"{self.arch}:{self.tag}"
+
+    @property
+    def identity(self) -> str:
+        """What distinguishes these weights from any others, for caches keyed by model.
+
+        A local file can be overwritten under the same name, so its size and mtime are
+        part of it; tags and ``none`` (seeded) always mean the same weights.
+        """
+        base = f"{self.spec}:quick_gelu={self.quick_gelu}"
+        if self.checkpoint is None or self.tag != str(self.checkpoint):
+            return base
+        stat = self.checkpoint.stat()
+        return f"{base}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def register_arch(name: str, config: dict) -> None:
+    """Make a custom open_clip architecture (a model config dict) loadable as ``name:none`` or ``name:/path``.
+
+    Small CLIPs (tests, the offline suite) are real open_clip classes with their own
+    configs; registering one lets every ``ARCH:...`` code path serve them unchanged.
+    """
+    if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ValueError("an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+    with tempfile.TemporaryDirectory() as folder:  # open_clip keeps the parsed config after the scan
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"ARCH:TAG"`` -> ``(arch, tag)``; the arch is checked against open_clip's configs."""
+    arch, sep, source = spec.partition(":")
+    if not sep or not arch or not source:
+        raise UsageError(
+            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none (e.g. ViT-B-32:openai)"
+        )
+    known = open_clip.list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(f"unknown architecture {arch!r}; {hint}open_clip knows: {', '.join(known)}")
+    return arch, source
+
+
+def _arch_quick_gelu(arch: str) -> bool:
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
+def quick_gelu_for(arch: str, tag: str | None) -> bool:
+    """The activation a checkpoint was trained with: the tag's if it is a known tag, else the arch config's."""
+    if tag and oc_pretrained.is_pretrained_cfg(arch, tag):
+        return bool(oc_pretrained.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    return _arch_quick_gelu(arch)
+
+
+def tag_of_file(arch: str, path: Path) -> str | None:
+    """The pretrained tag a local file is a download of, judged by its open_clip or Hugging Face name.
+
+    This lets ``ARCH:/path/to/vit_b_32-quickgelu-laion400m_e32-46683a32.pt`` (or a file
+    inside the Hugging Face cache) run with its tag's activation and normalisation.
+    """
+    parts = set(path.resolve().parts)
+    for tag in oc_pretrained.list_pretrained_tags_by_model(arch):
+        cfg = oc_pretrained.get_pretrained_cfg(arch, tag)
+        if cfg.get("url") and os.path.basename(cfg["url"]) == path.name:
+            return tag
+        repo = os.path.split(cfg.get("hf_hub", ""))[0]
+        if repo and "models--" + repo.replace("/", "--") in parts:
+            return tag
+    return None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's original ``.pt`` files are TorchScript archives, which ``torch.load(weights_only=True)`` refuses."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(name.endswith("constants.pkl") for name in z.namelist())
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """A quick probe so that an offline machine fails in milliseconds instead of a minute of HTTP retries.
+
+    Behind a proxy the direct probe says nothing, so it is skipped there.
+    """
+    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hf_parts(cfg: dict) -> tuple[str, list[str]] | None:
+    """Repository id and candidate file names (safetensors first) of a tag's Hugging Face weights."""
+    if not cfg.get("hf_hub"):
+        return None
+    repo, filename = os.path.split(cfg["hf_hub"])
+    if not filename or filename == HF_WEIGHTS_NAME:
+        return repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    stem, suffix = os.path.splitext(filename)
+    return repo, ([stem + ".safetensors"] if suffix in (".bin", ".pth") else []) + [filename]
+
+
+def _hf_cache_dir(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _url_cache_dir(cache_dir: Path | None) -> Path:
+    return cache_dir if cache_dir is not None else Path("~/.cache/clip").expanduser()
+
+
+def _resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> Path:
+    """The local weights file of a pretrained tag: from a cache, else downloaded, else one actionable error."""
+    cfg = oc_pretrained.get_pretrained_cfg(arch, tag)
+    hf, url = _hf_parts(cfg), cfg.get("url", "")
+    cache = str(cache_dir) if cache_dir is not None else None
+    reasons: list[str] = []
+    if hf and oc_pretrained.has_hf_hub():
+        from huggingface_hub import hf_hub_download
+
+        for filename in hf[1]:
+            with suppress(Exception):  # any miss means "not cached"; the download below reports what failed
+                return Path(hf_hub_download(hf[0], filename, cache_dir=cache, local_files_only=True))
+    url_file = _url_cache_dir(cache_dir) / os.path.basename(url) if url else None
+    if url_file is not None and url_file.is_file():
+        try:  # verifies open_clip's checksum; a partial download is fetched again
+            return Path(oc_pretrained.download_pretrained_from_url(url, cache_dir=cache))
+        except Exception as exc:  # noqa: BLE001
+            reasons.append(f"cached {url_file.name} failed its checksum and could not be fetched again: {exc}")
+    if _offline():
+        reasons.append("HF_HUB_OFFLINE is set")
+    else:
+        if hf and oc_pretrained.has_hf_hub():
+            if _reachable("huggingface.co"):
+                try:
+                    return Path(oc_pretrained.download_pretrained_from_hf(hf[0], hf[1][-1], cache_dir=cache))
+                except Exception as exc:  # noqa: BLE001
+                    reasons.append(f"Hugging Face: {str(exc).splitlines()[0]}")
+            else:
+                reasons.append("huggingface.co is unreachable")
+        if url:
+            host = urlparse(url).hostname or ""
+            if _reachable(host):
+                try:
+                    return Path(oc_pretrained.download_pretrained_from_url(url, cache_dir=cache))
+                except Exception as exc:  # noqa: BLE001
+                    reasons.append(f"{host}: {str(exc).splitlines()[0]}")
+            else:
+                reasons.append(f"{host} is unreachable")
+    raise OrthoxferError(_missing_message(arch, tag, cfg, cache_dir, "; ".join(reasons) or "no source"))
+
+
+def _missing_message(arch: str, tag: str, cfg: dict, cache_dir: Path | None, why: str) -> str:
+    hf, url = _hf_parts(cfg), cfg.get("url", "")
+    places = []
+    if url:
+        places.append(f"put {os.path.basename(url)} (from {url}) in {_url_cache_dir(cache_dir)}")
+    if hf:
+        places.append(
+            f"{'or ' if places else ''}put {hf[0]}/{hf[1][-1]} in the Hugging Face cache {_hf_cache_dir(cache_dir)} "
+            f"(hf download {hf[0]} {hf[1][-1]} --cache-dir {_hf_cache_dir(cache_dir)})"
+        )
+    qg = bool(cfg.get("quick_gelu", False))
+    file_arch = arch
+    if qg and not _arch_quick_gelu(arch) and f"{arch}-quickgelu" in open_clip.list_models():
+        file_arch = f"{arch}-quickgelu"
+    name = os.path.basename(url) if url else hf[1][-1]  # type: ignore[index]
+    return (
+        f"checkpoint {arch}:{tag} is not cached and could not be downloaded ({why}): "
+        f"{', '.join(places)}; or use the model spec {file_arch}:/path/to/{name}"
+    )
+
+
+def _check_tag(arch: str, tag: str) -> None:
+    if oc_pretrained.is_pretrained_cfg(arch, tag):
+        return
+    tags = oc_pretrained.list_pretrained_tags_by_model(arch)
+    choices = f"its tags are: {', '.join(tags)}" if tags else "it has no pretrained tags"
+    raise UsageError(
+        f"{arch!r} has no pretrained tag {tag!r}; {choices} (or give ARCH:/path/to/checkpoint or ARCH:none)"
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        os.sep in source
+        or "/" in source
+        or source.startswith(("~", "."))
+        or source.endswith(CHECKPOINT_SUFFIXES)
+        or Path(source).exists()
+    )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence open_clip's log lines and torch's TorchScript warning; orthoxfer reports what matters itself."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def load_model(spec: str, cache_dir: Path | str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build ``ARCH:TAG`` / ``ARCH:/path`` / ``ARCH:none`` with the activation and preprocessing its weights need."""
+    arch, source = parse_spec(spec)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    checkpoint: Path | None = None
+    if source.lower() == RANDOM:
+        tag, pp_tag = RANDOM, None
+    elif _looks_like_path(source):
+        checkpoint = Path(source).expanduser()
+        if not checkpoint.is_file():
+            raise UsageError(f"checkpoint file {checkpoint} does not exist (model {spec})")
+        tag, pp_tag = str(checkpoint), tag_of_file(arch, checkpoint)
+    else:
+        _check_tag(arch, source)
+        tag = pp_tag = source.lower().replace("-", "_")
+        checkpoint = _resolve_tag(arch, tag, cache)
+    quick_gelu = quick_gelu_for(arch, pp_tag)
+    pp_cfg = oc_pretrained.get_pretrained_cfg(arch, pp_tag) if pp_tag else {}
+    pp_kwargs = {kw: pp_cfg[key] for key, kw in _PREPROCESS_KEYS.items() if key in pp_cfg}
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet():
+            torch.manual_seed(0)  # ARCH:none is the same random model on every run, so its heads can be cached
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=str(checkpoint) if checkpoint is not None else None,
+                weights_only=checkpoint is None or not _is_torchscript(checkpoint),
+                cache_dir=str(cache) if cache is not None else None,
+                quick_gelu=quick_gelu,
+                **pp_kwargs,
+            )
+        tokenizer = open_clip.get_tokenizer(arch, cache_dir=str(cache) if cache is not None else None)
+    except Exception as exc:  # noqa: BLE001 - open_clip and torch raise many types for a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f"weights {checkpoint}" if checkpoint is not None else "random weights"
+        raise OrthoxferError(f"could not build {spec} from {where}: {reason}") from None
+    visual_cfg = model.visual.preprocess_cfg
+    size = model.visual.image_size
+    return LoadedModel(
+        model=model.to(device).eval(),
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        arch=arch,
+        tag=tag,
+        image_size=(size, size) if isinstance(size, int) else tuple(size),
+        mean=tuple(visual_cfg["mean"]),
+        std=tuple(visual_cfg["std"]),
+        quick_gelu=quick_gelu,
+        checkpoint=checkpoint,
+    )
