@@ -16,6 +16,7 @@ from rich.table import Table
 
 from orthoxfer import __version__
 from orthoxfer.commands import console, print_json, reports_errors
+from orthoxfer.commands.align import align_command
 from orthoxfer.commands.data import data_app
 from orthoxfer.commands.evaluate import eval_command
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("eval")(eval_command)
+app.command("align")(align_command)
 @app.command()
 def version() -> None:
     """Print the orthoxfer version."""

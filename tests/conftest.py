@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from orthoxfer.models.small import small_clip
+from orthoxfer.models.loading import register_arch
+from orthoxfer.models.small import small_clip, small_config
 
 torch.set_num_threads(2)
 
@@ -22,3 +23,14 @@ def tiny_pair():
         for p in tuned.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
     return base, tuned
+
+
+TINY_ARCH = "orthoxfer-test-tiny"
+TINY_CONFIG = small_config(layers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_arch():
+    """An open_clip arch name for a tiny config, loadable as `orthoxfer-test-tiny:none` or `:/path`."""
+    register_arch(TINY_ARCH, TINY_CONFIG)
+    return TINY_ARCH

@@ -15,15 +15,10 @@ from orthoxfer.commands.evaluate import eval_command
 from orthoxfer.data.paper import CORRUPT
 from orthoxfer.evaluate import accuracy, evaluate, evaluate_scores
 from orthoxfer.models.heads import KIND, ZeroShotHead
-from orthoxfer.models.loading import load_model, register_arch
+from orthoxfer.models.loading import load_model
 from orthoxfer.models.small import small_clip
 from orthoxfer.taskvector import TaskVector
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 4, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 runner = CliRunner()
 
 
@@ -63,12 +58,6 @@ def test_evaluate_gives_each_task_and_the_unweighted_mean():
     )
     assert results == {"half": 0.5, "all": 1.0, "mean": 0.75}  # unweighted: not 7/8
     assert model.training  # left in the mode it came in
-
-
-@pytest.fixture(scope="module")
-def tiny_arch():
-    register_arch("orthoxfer-test-tiny", TINY)
-    return "orthoxfer-test-tiny"
 
 
 def _cli() -> typer.Typer:

@@ -12,19 +12,13 @@ from orthoxfer.data import fewshot
 from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform, sample_indices
 from orthoxfer.data.paper import load_split
 from orthoxfer.errors import UsageError
-from orthoxfer.models.loading import load_model, register_arch
+from orthoxfer.models.loading import load_model
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 4, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    register_arch("orthoxfer-test-tiny", TINY)
-    return load_model("orthoxfer-test-tiny:none")
+def loaded(tiny_arch):
+    return load_model(f"{tiny_arch}:none")
 
 
 def test_sample_indices_seeded_and_exact():

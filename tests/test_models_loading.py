@@ -8,13 +8,10 @@ from safetensors.torch import save_file
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models import loading
+from conftest import TINY_CONFIG as TINY
+
 from orthoxfer.models.loading import _is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 4, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 
 from orthoxfer.errors import OrthoxferError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,3 +48,17 @@ def reports_errors(fn: F) -> F:
 
 def print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def resolve_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available")
+    return device

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,27 +11,9 @@ from rich.table import Table
 
 from orthoxfer import __version__
 from orthoxfer.artifacts import write_json
-from orthoxfer.commands import reports_errors
+from orthoxfer.commands import resolve_device, reports_errors
 from orthoxfer.data.classnames import CLASSNAMES
 from orthoxfer.errors import UsageError
-
-if TYPE_CHECKING:
-    import torch
-
-
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
-    return device
-
 
 @reports_errors
 def eval_command(
@@ -64,7 +46,7 @@ def eval_command(
     specs = [dataset(t) for t in tasks.split(",") if t.strip()]
     if not specs:
         raise UsageError("--tasks names no dataset; choose from " + ", ".join(DATASETS))
-    target = _device(device)
+    target = resolve_device(device)
     splits = {s.name: load_split(s.name, data_root, "test") for s in specs}  # fail on missing data before loading
     tv = TaskVector.load(task_vector) if task_vector is not None else None
     loaded = load_model(model, cache_dir=cache_dir, device=target)

@@ -11,8 +11,7 @@ import open_clip
 import torch
 
 
-def small_clip(
-    seed: int = 0,
+def small_config(
     width: int = 32,
     layers: int = 2,
     image_size: int = 16,
@@ -21,9 +20,8 @@ def small_clip(
     text_width: int = 32,
     text_layers: int = 1,
     quick_gelu: bool = False,
-) -> open_clip.CLIP:
-    """A seeded CLIP with a ViT image tower of ``layers`` blocks of ``width``."""
-    torch.manual_seed(seed)
+) -> dict:
+    """An open_clip model config (the dict ``open_clip.CLIP(**config)`` and ``register_arch`` take)."""
     vision = {
         "image_size": image_size,
         "patch_size": patch_size,
@@ -32,5 +30,10 @@ def small_clip(
         "head_width": max(8, width // 4),
     }
     text = {"context_length": 16, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": text_layers}
-    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu)
-    return model.eval()
+    return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text, "quick_gelu": quick_gelu}
+
+
+def small_clip(seed: int = 0, **config) -> open_clip.CLIP:
+    """A seeded CLIP from :func:`small_config` (``width``, ``layers``, ... as keywords)."""
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**small_config(**config)).eval()

@@ -1,0 +1,107 @@
+"""`orthoxfer align` and `orthoxfer diagnose` end to end on a tiny model and a generated dataset tree."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_data_paper import make_eurosat
+from typer.testing import CliRunner
+
+from orthoxfer.alignment import Alignment
+from orthoxfer.cli import app
+from orthoxfer.models.loading import load_model
+from orthoxfer.models.small import small_clip
+from orthoxfer.sites import find_sites
+from orthoxfer.taskvector import TaskVector
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_arch):
+    make_eurosat(tmp_path / "data", per_class=4)
+    source = small_clip(seed=7, layers=1)
+    save_file(source.state_dict(), str(tmp_path / "source.safetensors"))
+    target = load_model(f"{tiny_arch}:none").model
+    g = torch.Generator().manual_seed(0)
+    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
+    tv.save(tmp_path / "tv.safetensors")
+    common = [
+        "align", "--target", f"{tiny_arch}:none", "--task-vector", str(tmp_path / "tv.safetensors"),
+        "--data-root", str(tmp_path / "data"), "--shots", "6", "--batch-size", "4", "--steps", "3",
+        "--heads-dir", str(tmp_path / "heads"), "--device", "cpu",
+    ]
+    return tmp_path, common, tv
+
+
+def test_align_writes_a_complete_run_folder(setup):
+    tmp_path, common, tv = setup
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*common, "--method", "penalty", "--alpha", "1.0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("alignment.safetensors", "transferred.safetensors", "metrics.jsonl", "diagnostics.json", "config.json",
+                 "singular_values.png", "orthogonality.png"):
+        assert (out / name).is_file(), name
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    al = Alignment.load(out / "alignment.safetensors")
+    assert al.meta["strategy"] == "penalty" and al.meta["settings"]["alpha"] == 1.0 and "retraction" not in al.meta["settings"]
+    moved = TaskVector.load(out / "transferred.safetensors")
+    assert moved.sites == tv.sites and moved.meta["recommended_scale"] == 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "penalty" and config["steps"] == 3
+
+    again = runner.invoke(app, [*common, "--method", "penalty", "--out", str(out)])
+    assert again.exit_code == 2 and "already holds a run" in again.output
+    resumed = runner.invoke(app, [*common, "--method", "penalty", "--alpha", "1.0", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+    diag = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment",
+                               str(out / "alignment.safetensors"), "--oracle", str(tmp_path / "tv.safetensors"), "--json"])
+    assert diag.exit_code == 0, diag.output
+    report = json.loads(diag.output)
+    assert len(report["sites"]) == 4 and report["aggregate"]["cosine_oracle_before"] == pytest.approx(1.0)
+
+
+def test_align_procrustes_with_source_and_per_task(setup, tiny_arch):
+    tmp_path, common, tv = setup
+    out = tmp_path / "proc"
+    source = ["--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}"]
+    result = runner.invoke(app, [*common, *source, "--method", "procrustes", "--mode", "per-task", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    al = Alignment.load(out / "alignment.safetensors")
+    assert al.scopes == ["EuroSAT"] and al.meta["diagnostics"]["EuroSAT"]["orth_error_max"] < 1e-4
+    assert (out / "EuroSAT" / "diagnostics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "sgd"], "choose one of penalty, riemannian, cayley, procrustes"),
+        (["--method", "procrustes"], "procrustes needs --source"),
+        (["--lr", "-1"], "--lr must be >= 0"),
+        (["--sites", "mlp"], "matches no site"),
+        (["--tasks", "imagenet"], "unknown dataset 'imagenet'"),
+    ],
+)
+def test_align_usage_errors_exit_2_in_one_line(setup, extra, message):
+    tmp_path, common, tv = setup
+    result = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_config_file_is_data_and_flags_override_it(setup):
+    tmp_path, common, tv = setup
+    cfg = tmp_path / "align.toml"
+    cfg.write_text('[align]\nmethod = "cayley"\nlr = 0.01\nsteps = 2\n')
+    result = runner.invoke(app, [*common, "--config", str(cfg), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["method"] == "cayley" and config["lr"] == 0.01 and config["steps"] == 3  # --steps 3 wins
+    cfg.write_text('[align]\nmethd = "cayley"\n')
+    bad = runner.invoke(app, [*common, "--config", str(cfg), "--out", str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "unknown key 'methd'" in bad.output
+    cfg.write_text('[align]\nsteps = "many"\n')
+    bad = runner.invoke(app, [*common, "--config", str(cfg), "--out", str(tmp_path / "e")])
+    assert bad.exit_code == 2 and "'steps' must be int" in bad.output
