@@ -8,11 +8,11 @@ from planted import planted
 
 from orthoxfer.align import align
 from orthoxfer.align.base import AlignProblem
-from orthoxfer.align.loop import AlignmentDiverged
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.artifacts import load_artifact
 from orthoxfer.problem import FewShotTask
 from orthoxfer.runs import Run
+from orthoxfer.training import Diverged
 
 
 @dataclasses.dataclass
@@ -73,7 +73,7 @@ class NanAfter(torch.nn.Module):
 def test_diverging_loss_stops_and_names_the_step(tmp_path):
     source, target, u, tv, task = planted()
     task.head = NanAfter(task.head, 13)
-    with pytest.raises(AlignmentDiverged, match=r"at step 13 .*kept the last checkpoint.*smaller --lr"):
+    with pytest.raises(Diverged, match=r"at step 13 .*kept the last checkpoint.*smaller --lr"):
         align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings("penalty"), Run(tmp_path / "nan"))
     tensors, meta = load_artifact(tmp_path / "nan" / "checkpoint-joint.safetensors", "checkpoint")
     assert meta["step"] == 10
