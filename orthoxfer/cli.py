@@ -19,6 +19,7 @@ from orthoxfer.commands import console, print_json, reports_errors
 from orthoxfer.commands.align import align_command
 from orthoxfer.commands.data import data_app
 from orthoxfer.commands.evaluate import eval_command
+from orthoxfer.commands.finetune import finetune_command
 
 app = typer.Typer(
     name="orthoxfer",
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.command("eval")(eval_command)
 app.command("align")(align_command)
+app.command("finetune")(finetune_command)
 @app.command()
 def version() -> None:
     """Print the orthoxfer version."""

@@ -37,6 +37,13 @@ class ImageEncoder(nn.Module):
         return image_features(self.model, images)
 
 
+def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 images to the float input a model was trained on."""
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - m) / s
+
+
 @dataclass
 class FewShotTask:
     """One task's few-shot pool (train split only) and the frozen head used with it."""
@@ -56,9 +63,7 @@ class FewShotTask:
             raise ValueError(f"task {self.name}: {len(self.images)} images but {len(self.labels)} labels")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        return normalise(images, self.mean, self.std)
 
     def batch(self, index: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images and labels for ``index``, augmented image by image when asked."""

@@ -105,3 +105,19 @@ def test_config_file_is_data_and_flags_override_it(setup):
     cfg.write_text('[align]\nsteps = "many"\n')
     bad = runner.invoke(app, [*common, "--config", str(cfg), "--out", str(tmp_path / "e")])
     assert bad.exit_code == 2 and "'steps' must be int" in bad.output
+
+
+def test_finetune_command_makes_a_task_vector_that_align_accepts(setup, tiny_arch):
+    tmp_path, common, tv = setup
+    out = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "--model", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--task", "eurosat",
+                                 "--data-root", str(tmp_path / "data"), "--kind", "lora", "--rank", "2", "--steps", "3",
+                                 "--warmup", "1", "--batch-size", "4", "--lr", "1e-3", "--heads-dir", str(tmp_path / "heads"),
+                                 "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    made = TaskVector.load(out / "task_vector.safetensors")
+    assert made.kind == "lora" and made.rank == 2 and made.meta["tasks"] == ["EuroSAT"] and (out / "metrics.jsonl").exists()
+    aligned = runner.invoke(app, [*common[:3], "--task-vector", str(out / "task_vector.safetensors"), *common[5:],
+                                  "--method", "cayley", "--out", str(tmp_path / "al")])
+    assert aligned.exit_code == 0, aligned.output
+    assert TaskVector.load(tmp_path / "al" / "transferred.safetensors").kind == "lora"
