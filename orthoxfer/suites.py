@@ -1,11 +1,16 @@
-"""Suites: named tasks with their few-shot pools and heads, built for a given model.
+"""Suites: named tasks with their few-shot pools, heads and test sets, built for given models.
 
 ``paper`` reads the eight datasets from a data root and uses each model's own
-zero-shot text heads. The offline ``mini`` suite lives in :mod:`orthoxfer.data.mini`.
+zero-shot text heads. ``mini`` is the offline miniature (data in
+:mod:`orthoxfer.data.mini`, models in :mod:`orthoxfer.models.pretrain`), with each
+model's own prototype heads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +18,15 @@ import torch
 from torch import nn
 
 from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform
+from orthoxfer.data.mini import DATA_VERSION, MiniTask, mini_tasks, model_suite, shift_augment
 from orthoxfer.data.paper import ImageSplit, dataset, load_split
 from orthoxfer.models.heads import default_cache_dir, zero_shot_head
 from orthoxfer.models.loading import LoadedModel
+from orthoxfer.models.pretrain import PretrainConfig, pretrained_pair
+from orthoxfer.models.pretrain import default_cache_dir as pretrain_cache_dir
 from orthoxfer.problem import Augment, FewShotTask, normalise
+from orthoxfer.taskvector import TaskVector
+from orthoxfer.train import FinetuneSettings, finetune
 
 
 def paper_head(model: LoadedModel, name: str, heads_dir: Path | str | None = None) -> nn.Module:
@@ -77,3 +87,101 @@ def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads
     split = load_split(canonical, data_root, "train", transform=pixel_transform(model.preprocess))
     head = paper_head(model, canonical, heads_dir)
     return SplitTask(canonical, split, head, model.mean, model.std, paper_augmentation(model.image_size))
+
+
+def mini_source_vector(
+    model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path, model_key: str
+) -> TaskVector:
+    """The source's task vector for one mini task (fine-tuned on its whole train split), cached by everything that made it."""
+    record = {"model": model_key, "task": task.name, "data": DATA_VERSION, "train": train_key(settings)}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
+    if path.is_file():
+        return TaskVector.load(path)
+    train = FewShotTask(task.name, task.train_images, task.train_labels, head, augment=shift_augment(task.flip))
+    vector = finetune(model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name)
+    vector.save(path)
+    return vector
+
+
+def train_key(settings: FinetuneSettings) -> dict:
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "device", "log_every", "checkpoint_every")}
+
+
+def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
+    """Test batches of a mini task, normalised as its pool is."""
+    return lambda: [(pool.normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
+
+
+def mini_bench_inputs(
+    pretrain: PretrainConfig,
+    size: str,
+    shots: int,
+    seed: int,
+    source_ft: FinetuneSettings,
+    kinds: tuple[str, ...],
+    cache_dir: Path | str | None = None,
+):
+    """The mini suite for the benchmark: model A is the source, model B the target, each with its own heads."""
+    from orthoxfer.bench import BenchInputs, BenchTask
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else pretrain_cache_dir()
+    source, target = pretrained_pair(pretrain, cache)
+    tasks = mini_tasks(size)
+    on_source = model_suite(source, tasks, shots=shots, seed=seed)
+    on_target = model_suite(target, tasks, shots=shots, seed=seed)
+    vectors = {
+        kind: {
+            t.name: mini_source_vector(source, t, s.fewshot.head, source_ft.replace(kind=kind), cache, pretrain.key())
+            for t, s in zip(tasks, on_source)
+        }
+        for kind in kinds
+    }
+    bench_tasks = [
+        BenchTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for)
+        for t, e in zip(tasks, on_target)
+    ]
+    return BenchInputs("mini", "mini:a", "mini:b", source, target, bench_tasks, vectors)
+
+
+def paper_bench_inputs(
+    source_spec: str,
+    target_spec: str,
+    names: list[str],
+    data_root: Path | str,
+    shots: int,
+    seed: int,
+    vectors_dir: Path | str,
+    source_ft: FinetuneSettings,
+    kinds: tuple[str, ...],
+    device: torch.device,
+    cache_dir: Path | str | None = None,
+    heads_dir: Path | str | None = None,
+):
+    """The paper suite: open_clip checkpoints, zero-shot heads from each model's own text tower.
+
+    Source task vectors are read from ``vectors_dir/<Task>-<kind>.safetensors``; a
+    missing one is fine-tuned on the task's train split and written there first.
+    """
+    from orthoxfer.bench import BenchInputs, BenchTask
+    from orthoxfer.data.paper import make_loader
+    from orthoxfer.models.loading import load_model
+
+    source = load_model(source_spec, cache_dir=cache_dir, device=device)
+    target = load_model(target_spec, cache_dir=cache_dir, device=device)
+    pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir)
+    vectors: dict[str, dict[str, TaskVector]] = {kind: {} for kind in kinds}
+    for kind in kinds:
+        for name in pools:
+            path = Path(vectors_dir) / f"{name}-{kind}.safetensors"
+            if not path.is_file():
+                train = paper_train_task(source, name, data_root, heads_dir)
+                meta = {"source": source_spec, "architecture": source.arch}
+                settings = source_ft.replace(kind=kind, device=str(device), extra=meta)
+                finetune(source.model, {name: train}, settings, scope=name).save(path)
+            vectors[kind][name] = TaskVector.load(path)
+    tasks = []
+    for name, pool in pools.items():
+        split = load_split(name, data_root, "test", transform=target.preprocess)
+        tasks.append(BenchTask(name, pool, (pool.head, lambda split=split: make_loader(split, 256, device))))
+    return BenchInputs("paper", source_spec, target_spec, source.model, target.model, tasks, vectors)

@@ -73,8 +73,8 @@ class AlignSettings:
         return dataclasses.replace(self, **changes)
 
 
-def read_config(path: Path | str, section: str | None = None) -> dict[str, Any]:
-    """Settings from a TOML file (data only, never executed), checked key by key against :class:`AlignSettings`.
+def read_config(path: Path | str, section: str | None = None, schema: type = AlignSettings) -> dict[str, Any]:
+    """Settings from a TOML file (data only, never executed), checked key by key against ``schema``.
 
     ``section`` picks a table (e.g. ``align`` in a multi-stage config); keys of other
     tables are ignored there, unknown keys inside the section are refused.
@@ -88,13 +88,16 @@ def read_config(path: Path | str, section: str | None = None) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     if section is not None:
         data = data.get(section, {})
-    known = {f.name: f for f in fields(AlignSettings)}
-    defaults = AlignSettings()
+    where = f"config file {path}" + (f", [{section}]" if section else "")
+    known = {f.name for f in fields(schema)} - {"extra"}
+    defaults = schema()
     for key, value in data.items():
         if key not in known:
-            raise UsageError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(k for k in known if k != 'extra')}")
+            raise UsageError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         expected = type(getattr(defaults, key))
-        ok = isinstance(value, expected) or (expected is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok or (expected is int and isinstance(value, bool)):
-            raise UsageError(f"config file {path}: key {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")
-    return data
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        ok = ok or (expected is float and is_number) or (expected is tuple and isinstance(value, list))
+        if not ok:
+            raise UsageError(f"{where}: key {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -1,0 +1,193 @@
+"""The benchmark: the paper's Table 1 as rows of methods x tasks, with diagnostics and controls.
+
+Every row is computed the same way: a task vector (or none), a way to carry it into
+the target (nothing, an alignment strategy, or few-shot fine-tuning), a lambda chosen
+on the validation part of the few-shot pools (never on test), then top-1 accuracy on
+each task's test split. Each row is stored in the run folder as soon as it is done,
+so an interrupted benchmark resumes where it stopped.
+
+Controls (``norm``, ``spectrum``, ``other-task``) are the same strategies applied to
+vectors that carry no knowledge of the task; **transfer gain** = accuracy(aligned real
+vector) - accuracy(same strategy on the control).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoxfer.align import align
+from orthoxfer.align.base import AlignProblem
+from orthoxfer.align.settings import AlignSettings
+from orthoxfer.artifacts import write_json
+from orthoxfer.baselines import SCALES, choose_scale, with_vector
+from orthoxfer.controls import CONTROLS, control_vector
+from orthoxfer.errors import UsageError
+from orthoxfer.evaluate import evaluate
+from orthoxfer.problem import FewShotTask
+from orthoxfer.runs import Run
+from orthoxfer.taskvector import TaskVector
+from orthoxfer.train import FinetuneSettings, finetune
+
+TestSet = tuple[nn.Module, Callable[[], Any]]  # (target head, () -> iterable of (images, labels))
+
+
+@dataclass
+class BenchTask:
+    """One task as the benchmark needs it: the target's few-shot pool (with head) and its test set."""
+
+    name: str
+    pool: FewShotTask
+    test: TestSet
+    stands_for: str = ""
+
+
+@dataclass
+class BenchInputs:
+    suite: str
+    source_name: str
+    target_name: str
+    source: nn.Module
+    target: nn.Module
+    tasks: list[BenchTask]
+    vectors: dict[str, dict[str, TaskVector]]  # kind -> task -> source task vector
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    kind: str  # embed | lora | "" (no task vector)
+    method: str  # target | finetune | direct | a strategy name
+    init: str = "identity"
+    control: str = ""  # "" = the real vector
+
+    @property
+    def id(self) -> str:
+        parts = [self.kind or "none", self.method]
+        parts += [f"init-{self.init}"] if self.init != "identity" else []
+        parts += [f"control-{self.control}"] if self.control else []
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        if self.method == "target":
+            return "target only"
+        if self.method == "finetune":
+            return "target few-shot FT"
+        text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
+        text += " (init procrustes)" if self.init == "procrustes" else ""
+        return text + (f" [control: {self.control}]" if self.control else "")
+
+
+@dataclass
+class BenchConfig:
+    methods: tuple[str, ...] = ("penalty", "riemannian", "cayley", "procrustes")
+    procrustes_init: bool = True  # also each trained strategy started at the closed form
+    kinds: tuple[str, ...] = ("embed", "lora")
+    lora_methods: tuple[str, ...] = ("penalty",)
+    controls: tuple[str, ...] = ()
+    val_fraction: float = 0.2
+    scales: tuple[float, ...] = SCALES
+    align: AlignSettings = field(default_factory=AlignSettings)
+    fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def __post_init__(self) -> None:
+        for c in self.controls:
+            if c not in CONTROLS:
+                raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
+
+    def rows(self) -> list[Row]:
+        rows = [Row("", "target"), Row("", "finetune")]
+        for kind in self.kinds:
+            rows.append(Row(kind, "direct"))
+            methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods)
+            for method in methods:
+                inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
+                for init in inits:
+                    rows.append(Row(kind, method, init))
+                    if init == "identity":
+                        rows.extend(Row(kind, method, init, c) for c in self.controls)
+        return rows
+
+
+def split_pools(inputs: BenchInputs, fraction: float, seed: int) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
+    """Train and validation parts of every few-shot pool: settings are chosen on validation only."""
+    train, val = {}, {}
+    for t in inputs.tasks:
+        train[t.name], val[t.name] = t.pool.split(fraction, seed)
+    return train, val
+
+
+def test_accuracy(model: nn.Module, inputs: BenchInputs, device: str) -> dict[str, float]:
+    return evaluate(model, {t.name: (t.test[0], t.test[1]()) for t in inputs.tasks}, device, progress=False)
+
+
+def row_vector(row: Row, inputs: BenchInputs, seed: int) -> TaskVector:
+    """The summed task vector a row carries: the real one, or its control (built per task, then summed)."""
+    per_task = inputs.vectors[row.kind]
+    names = [t.name for t in inputs.tasks]
+    if not row.control:
+        return sum(per_task[n] for n in names)
+    others = names[1:] + names[:1]  # other-task: each task borrows its neighbour's vector
+    return sum(
+        control_vector(per_task[n], row.control, seed=seed + i, other=per_task[o])
+        for i, (n, o) in enumerate(zip(names, others))
+    )
+
+
+def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
+    """Compute one row; its record holds accuracies, the chosen lambda, diagnostics and wall time."""
+    started = time.perf_counter()
+    device = config.align.device
+    train, val = split_pools(inputs, config.val_fraction, seed)
+    record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "seed": seed}
+    row_run = Run(run.file(f"rows/{row.id}-seed{seed}"), resume=True)  # resumes a row cut off mid-training
+    if row.method == "target":
+        model, scale = inputs.target, None
+    elif row.method == "finetune":
+        ft = config.fewshot_ft.replace(seed=seed, device=device)
+        vector = finetune(inputs.target, train, ft, row_run, scope="fewshot-ft")
+        model, scale = with_vector(inputs.target, vector, 1.0), 1.0
+    else:
+        vector = row_vector(row, inputs, seed)
+        if row.method != "direct":
+            settings = config.align.replace(method=row.method, init=row.init, seed=seed)
+            problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
+            alignment = align(problem, settings, row_run)
+            alignment.save(row_run.file("alignment.safetensors"))
+            record["diagnostics"] = alignment.meta["diagnostics"]["joint"]
+            vector = alignment.apply(vector.select(alignment.sites))
+        scale, scores = choose_scale(inputs.target, vector, val, config.scales, device)
+        record["validation"] = {str(k): v for k, v in scores.items()}
+        model = with_vector(inputs.target, vector, scale)
+    record["scale"] = scale
+    record["accuracy"] = test_accuracy(model, inputs, device)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def run_bench(inputs: BenchInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:
+    """Every row for every seed, reusing rows already stored in the run folder."""
+    records = []
+    rows = config.rows()
+    for seed in seeds:
+        for i, row in enumerate(rows, 1):
+            path = run.file(f"rows/{row.id}-seed{seed}.json")
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+                progress(f"[{i}/{len(rows)}] {row.label} (seed {seed}): reused")
+                continue
+            progress(f"[{i}/{len(rows)}] {row.label} (seed {seed})")
+            torch.manual_seed(seed)
+            record = run_row(row, inputs, config, run, seed)
+            write_json(path, record)
+            records.append(record)
+    return records

@@ -1,0 +1,162 @@
+"""``orthoxfer bench`` and ``orthoxfer demo``: the paper's Table 1, on the real suite or the offline miniature.
+
+Settings resolve as the suite's defaults <- ``--config FILE.toml`` (tables
+``[models]``, ``[data]``, ``[finetune]`` for source vectors, ``[align]``,
+``[fewshot_ft]``, ``[bench]``) <- flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orthoxfer import __version__
+from orthoxfer.commands import console, reports_errors, resolve_device
+from orthoxfer.errors import UsageError
+
+Opt = typer.Option
+MINI_TASKS = "mnist,housenumbers,pictograms,textures,surfaces,relief,scenes,coins"
+PAPER_TASKS = "Cars,DTD,EuroSAT,GTSRB,MNIST,RESISC45,SUN397,SVHN"
+
+
+def mini_defaults() -> dict[str, dict[str, Any]]:
+    """Settings of the offline suite, sized for the demo's budget on a 2-core CPU (see README)."""
+    return {
+        "finetune": {"lr": 1e-3, "weight_decay": 0.0, "steps": 60, "warmup": 6, "batch_size": 64, "rank": 4,
+                     "lora_alpha": 8.0, "augment": 2, "log_every": 10},
+        "align": {"lr": 1e-2, "steps": 60, "warmup": 6, "batch_size": 64, "augment": 4, "alpha": 1.0,
+                  "checkpoint_every": 30, "log_every": 2},
+        "fewshot_ft": {"lr": 1e-3, "weight_decay": 0.0, "steps": 60, "warmup": 6, "batch_size": 64, "augment": 4,
+                       "checkpoint_every": 30, "log_every": 2},
+    }  # fmt: skip
+
+
+def paper_defaults() -> dict[str, dict[str, Any]]:
+    """The reference's settings (NOTES.md): AdamW 1e-5, batch 128, 100 shots x 10 augmentations."""
+    return {
+        "finetune": {"lr": 1e-5, "weight_decay": 0.1, "steps": 2000, "warmup": 500, "batch_size": 128},
+        "align": {"lr": 1e-5, "steps": 800, "warmup": 100, "batch_size": 128, "augment": 10, "alpha": 1.0,
+                  "log_every": 10, "checkpoint_every": 100},
+        "fewshot_ft": {"lr": 1e-5, "weight_decay": 0.1, "steps": 800, "warmup": 100, "batch_size": 128, "augment": 10,
+                       "log_every": 10, "checkpoint_every": 100},
+    }  # fmt: skip
+
+
+def _list(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None
+
+
+@reports_errors
+def bench_command(
+    suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | paper (datasets under --data-root).")] = "mini",
+    config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
+    methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies.")] = None,
+    kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
+    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
+    procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")] = 1,
+    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
+    alpha: Annotated[float | None, Opt("--alpha", help="Penalty weight.")] = None,
+    tie: Annotated[str | None, Opt("--tie", help="site | block | model.")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
+    size: Annotated[str, Opt("--size", help="mini only: full | micro (seconds; for smoke tests).")] = "full",
+    source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
+    target: Annotated[str | None, Opt("--target", help="paper only: target model.")] = None,
+    data_root: Annotated[Path | None, Opt("--data-root", help="paper only: the datasets.")] = None,
+    vectors_dir: Annotated[Path | None, Opt("--vectors", help="paper only: <Task>-<kind>.safetensors source vectors (made if missing).")] = None,
+    device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/<suite>).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Reuse rows already computed in --out.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")] = None,
+) -> None:
+    """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics."""
+    from orthoxfer.align.settings import AlignSettings, read_config
+    from orthoxfer.bench import BenchConfig, run_bench
+    from orthoxfer.report import rich_table, summarise_rows, write_results
+    from orthoxfer.runs import Run
+    from orthoxfer.train import FinetuneSettings
+
+    if suite not in ("mini", "paper"):
+        raise UsageError(f"unknown suite {suite!r}; choose mini or paper")
+    dev = resolve_device(device)
+    shots = shots if shots is not None else (24 if size == "micro" else 100)
+    tables = mini_defaults() if suite == "mini" else paper_defaults()
+    schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
+    if config is not None:
+        for section, schema in schemas.items():
+            tables[section].update(read_config(config, section, schema))
+    flags = {"steps": steps, "lr": lr, "alpha": alpha, "tie": tie}
+    tables["align"].update({k: v for k, v in flags.items() if v is not None})
+    if steps is not None:
+        tables["fewshot_ft"]["steps"] = steps
+    align_settings = AlignSettings(**tables["align"], shots=shots, device=str(dev))
+    fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
+    source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
+    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
+    chosen = {"methods": _list(methods), "kinds": _list(kinds), "controls": _list(controls), "procrustes_init": procrustes_init}
+    bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
+
+    run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
+    resolved = {"suite": suite, "seeds": seeds, "shots": shots, "size": size, **{k: v for k, v in tables.items()},
+                "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items() if v is not None}}
+    run.write_config(resolved)
+    started = time.perf_counter()
+    records, names = [], []
+    for seed in range(seeds):
+        inputs = _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_dir, source_ft, bench.kinds, dev, cache_dir)
+        names = [t.name for t in inputs.tasks]
+        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+    summary = summarise_rows(records, names)
+    meta = {"suite": suite, "source": inputs.source_name, "target": inputs.target_name, "seeds": seeds,
+            "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
+            "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}"}  # fmt: skip
+    files = write_results(run.path, summary, records, names, meta)
+    console.print(rich_table(summary, names, meta["title"]))
+    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+
+
+def _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_dir, source_ft, kinds, dev, cache_dir):
+    from orthoxfer.models.pretrain import PretrainConfig
+    from orthoxfer.suites import mini_bench_inputs, paper_bench_inputs
+
+    if suite == "mini":
+        base = PretrainConfig.micro() if size == "micro" else PretrainConfig()
+        pretrain = type(base)(**{**base.__dict__, "seed_a": 2 * seed, "seed_b": 2 * seed + 1})
+        inputs = mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir)
+        if tasks:
+            keep = set(_list(tasks))
+            unknown = keep - {t.name for t in inputs.tasks}
+            if unknown:
+                raise UsageError(f"unknown mini task {sorted(unknown)[0]!r}; choose from {MINI_TASKS}")
+            inputs.tasks = [t for t in inputs.tasks if t.name in keep]
+        return inputs
+    missing = [n for n, v in (("--source", source), ("--target", target), ("--data-root", data_root), ("--vectors", vectors_dir)) if v is None]
+    if missing:
+        raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
+    names = list(_list(tasks or PAPER_TASKS))
+    return paper_bench_inputs(source, target, names, data_root, shots, seed, vectors_dir, source_ft, kinds, dev, cache_dir)
+
+
+@reports_errors
+def demo_command(
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1, pre-training included.")] = 1,
+    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
+    size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
+    out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/demo"),
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,
+) -> None:
+    """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` with its defaults.
+
+    Reruns reuse the finished table in --out; pass a new --out to compute it again.
+    """
+    bench_command(suite="mini", seeds=seeds, controls=controls, size=size, out=out, resume=True, cache_dir=cache_dir,
+                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, tie=None,
+                  tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
+                  overwrite=False)  # fmt: skip
