@@ -90,14 +90,19 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
     return heads, rows
 
 
-def rich_table(summary: list[dict[str, Any]], tasks: list[str], title: str) -> Table:
+def rich_tables(summary: list[dict[str, Any]], tasks: list[str], title: str) -> list[Table]:
+    """Two tables that fit a terminal: accuracy per task, then how each method got there."""
     heads, rows = _columns(summary, tasks)
-    table = Table(title=title)
-    for h in heads:
-        table.add_column(h, justify="left" if h == "method" else "right")
-    for r in rows:
-        table.add_row(*r)
-    return table
+    split = len(tasks) + 2  # method, tasks, mean | the rest
+    tables = []
+    for name, cols in ((f"{title}: top-1 %", list(range(split))), ("diagnostics", [0, *range(split, len(heads))])):
+        table = Table(title=name)
+        for i in cols:
+            table.add_column(heads[i][:7] if 0 < i <= len(tasks) else heads[i], justify="left" if i == 0 else "right")
+        for r in rows:
+            table.add_row(*(r[i] for i in cols))
+        tables.append(table)
+    return tables
 
 
 def write_results(out: Path, summary: list[dict[str, Any]], records: list[dict], tasks: list[str], meta: dict) -> list[Path]:

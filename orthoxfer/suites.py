@@ -121,13 +121,14 @@ def mini_bench_inputs(
     source_ft: FinetuneSettings,
     kinds: tuple[str, ...],
     cache_dir: Path | str | None = None,
+    names: tuple[str, ...] | None = None,
 ):
     """The mini suite for the benchmark: model A is the source, model B the target, each with its own heads."""
     from orthoxfer.bench import BenchInputs, BenchTask
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else pretrain_cache_dir()
     source, target = pretrained_pair(pretrain, cache)
-    tasks = mini_tasks(size)
+    tasks = mini_tasks(size) if names is None else mini_tasks(size, names)
     on_source = model_suite(source, tasks, shots=shots, seed=seed)
     on_target = model_suite(target, tasks, shots=shots, seed=seed)
     vectors = {

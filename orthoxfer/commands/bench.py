@@ -19,7 +19,6 @@ from orthoxfer.commands import console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 
 Opt = typer.Option
-MINI_TASKS = "mnist,housenumbers,pictograms,textures,surfaces,relief,scenes,coins"
 PAPER_TASKS = "Cars,DTD,EuroSAT,GTSRB,MNIST,RESISC45,SUN397,SVHN"
 
 
@@ -79,7 +78,7 @@ def bench_command(
     """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics."""
     from orthoxfer.align.settings import AlignSettings, read_config
     from orthoxfer.bench import BenchConfig, run_bench
-    from orthoxfer.report import rich_table, summarise_rows, write_results
+    from orthoxfer.report import rich_tables, summarise_rows, write_results
     from orthoxfer.runs import Run
     from orthoxfer.train import FinetuneSettings
 
@@ -118,7 +117,8 @@ def bench_command(
             "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
             "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}"}  # fmt: skip
     files = write_results(run.path, summary, records, names, meta)
-    console.print(rich_table(summary, names, meta["title"]))
+    for table in rich_tables(summary, names, meta["title"]):
+        console.print(table)
     console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
 
 
@@ -129,14 +129,7 @@ def _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_
     if suite == "mini":
         base = PretrainConfig.micro() if size == "micro" else PretrainConfig()
         pretrain = type(base)(**{**base.__dict__, "seed_a": 2 * seed, "seed_b": 2 * seed + 1})
-        inputs = mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir)
-        if tasks:
-            keep = set(_list(tasks))
-            unknown = keep - {t.name for t in inputs.tasks}
-            if unknown:
-                raise UsageError(f"unknown mini task {sorted(unknown)[0]!r}; choose from {MINI_TASKS}")
-            inputs.tasks = [t for t in inputs.tasks if t.name in keep]
-        return inputs
+        return mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir, _list(tasks))
     missing = [n for n, v in (("--source", source), ("--target", target), ("--data-root", data_root), ("--vectors", vectors_dir)) if v is None]
     if missing:
         raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")

@@ -1,0 +1,77 @@
+"""The benchmark end to end on the micro mini suite: every stage, the outputs, resume, no test data in selection."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import orthoxfer.bench as bench_module
+from orthoxfer.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    (root / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
+    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "mini", "--size", "micro", "--steps", "2", "--tasks", "mnist,coins",
+            "--methods", "penalty,procrustes", "--controls", "norm", "--out", str(root / "run"),
+            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return root, args, result
+
+
+def test_micro_bench_writes_every_output_with_its_columns(micro_run):
+    root, _, result = micro_run
+    run = root / "run"
+    for name in ("results.json", "results.csv", "results.md", "accuracy.png", "orthogonality.png", "config.json"):
+        assert (run / name).is_file(), name
+    data = json.loads((run / "results.json").read_text())
+    labels = [e["label"] for e in data["summary"]]
+    assert labels[:3] == ["target only", "target few-shot FT", "embed, direct addition"]
+    assert "embed, penalty (init procrustes)" in labels and "embed, procrustes" in labels
+    assert "embed, penalty [control: norm]" in labels and "lora, penalty" in labels
+    penalty = next(e for e in data["summary"] if e["label"] == "embed, penalty")
+    assert set(penalty["accuracy"]) == {"mnist", "coins", "mean"} and "norm" in penalty["transfer_gain"]
+    assert penalty["orth_error"] > 0 and penalty["rank_kept"] == "8/8"
+    header = next(csv.reader((run / "results.csv").open()))
+    assert header[:4] == ["method", "mnist", "coins", "mean"] and "gain vs norm" in header and "norm ratio" in header
+    assert "top-1 %" in result.output and "diagnostics" in result.output
+
+
+def test_rerun_with_resume_reuses_rows_and_changed_settings_are_refused(micro_run):
+    root, args, _ = micro_run
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    rows = len(json.loads((root / "run" / "results.json").read_text())["summary"])
+    assert again.output.count("reused") == rows == 12
+    changed = runner.invoke(app, [*[a if a != "2" else "3" for a in args], "--resume"])
+    assert changed.exit_code == 2 and "settings differ" in changed.output
+
+
+def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
+    root, _, _ = micro_run
+    from orthoxfer.bench import BenchConfig, Row, run_row
+    from orthoxfer.commands.bench import _inputs, mini_defaults
+    from orthoxfer.runs import Run
+    from orthoxfer.train import FinetuneSettings
+
+    source_ft = FinetuneSettings(**mini_defaults()["finetune"])
+    inputs = _inputs("mini", 0, 24, "micro", "mnist", None, None, None, None, source_ft, ("embed",), "cpu", root / "cache")
+    opened = []
+    for task in inputs.tasks:
+        head, make = task.test
+        task.test = (head, lambda make=make, name=task.name: opened.append(name) or make())
+    real_choose = bench_module.choose_scale
+
+    def spy(model, vector, validation, scales, device):
+        assert opened == [], "test data was read before lambda was chosen"
+        assert set(validation) == {"mnist"}
+        return real_choose(model, vector, validation, scales, device)
+
+    monkeypatch.setattr(bench_module, "choose_scale", spy)
+    record = run_row(Row("embed", "direct"), inputs, BenchConfig(), Run(root / "spy"), seed=0)
+    assert opened == ["mnist"] and record["scale"] is not None
