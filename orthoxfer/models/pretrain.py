@@ -1,0 +1,256 @@
+"""Pre-training the ``mini`` suite's two small CLIPs, and caching them on disk.
+
+The paper transfers between two ViT-B/32 CLIPs pre-trained independently on different
+data. The mini suite rebuilds that situation at laptop scale: two CLIPs of one small
+open_clip architecture (:func:`orthoxfer.models.small.small_clip`), each from its own
+random init, each trained with CLIP's own image-text contrastive loss on its own
+generated corpus (:func:`orthoxfer.data.mini.corpus`: ``a`` for model A, ``b`` for
+model B), for a fixed number of seeded steps.
+
+Captions repeat within a batch (a corpus has a few thousand distinct captions), so the
+contrastive targets are spread over every pair whose captions are equal instead of
+being the diagonal only; otherwise the loss would push apart images that the text
+cannot tell apart.
+
+Results are cached as two safetensors state dicts and a JSON of the config under
+``<cache>/mini/<key>/``, where the key is a hash of everything that produced them: the
+config, the data version of the corpora, this module's training version and the
+versions of torch and open_clip. A changed setting gives a new key and so a rebuild;
+an unreadable cached file is rebuilt too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
+from orthoxfer.data.mini import DATA_VERSION, IMAGE_SIZE, Corpus, corpus
+from orthoxfer.errors import UsageError
+from orthoxfer.models.small import small_clip
+from orthoxfer.problem import FewShotTask
+
+TRAIN_VERSION = 1  # bump whenever the training loop below changes what it produces
+KIND = "mini_model"
+Which = Literal["a", "b"]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that decides the two pre-trained models (the cache key hashes all of it).
+
+    The default sees 32,000 images per model: both pre-trainings fit in about four
+    minutes on two idle CPU cores (about 260 training images/s for this 0.8M-parameter
+    image tower and its text tower). Of the two settings tried at this cost, 500 steps of
+    64 at lr 1e-3 ended at a clearly lower loss than 250 steps of 128 at lr 2e-3
+    (docs/mini-suite.md has the numbers).
+    """
+
+    width: int = 128
+    layers: int = 4
+    patch_size: int = 4
+    embed_dim: int = 64
+    text_width: int = 64
+    text_layers: int = 2
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    corpus_size: int = 16384
+    seed_a: int = 0  # model A: init, batch order and corpus seed
+    seed_b: int = 1  # model B: its own, so nothing is shared but the architecture
+
+    @classmethod
+    def micro(cls) -> PretrainConfig:
+        """A few steps on a few images of a tiny model: for tests, in seconds."""
+        return cls(width=32, layers=2, embed_dim=16, text_width=32, text_layers=1, steps=3, batch_size=16,
+                   warmup=1, corpus_size=64)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.corpus_size < self.batch_size:
+            raise UsageError(
+                f"pre-training needs steps >= 1 and 2 <= batch_size <= corpus_size "
+                f"(got steps={self.steps}, batch_size={self.batch_size}, corpus_size={self.corpus_size})"
+            )
+        if self.width % max(8, self.width // 4) or IMAGE_SIZE % self.patch_size:
+            raise UsageError(f"width {self.width} and patch size {self.patch_size} do not fit a {IMAGE_SIZE} px ViT")
+
+    def seed(self, which: Which) -> int:
+        return self.seed_a if which == "a" else self.seed_b
+
+    def key(self) -> str:
+        """A hash of everything that produced the models: this config, data and code versions."""
+        record = {
+            "config": dataclasses.asdict(self),
+            "data_version": DATA_VERSION,
+            "train_version": TRAIN_VERSION,
+            "torch": torch.__version__.split("+")[0],
+            "open_clip": open_clip.__version__,
+        }
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    """``$ORTHOXFER_CACHE`` if set, else ``$XDG_CACHE_HOME/orthoxfer``, else ``~/.cache/orthoxfer``."""
+    if os.environ.get("ORTHOXFER_CACHE"):
+        return Path(os.environ["ORTHOXFER_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orthoxfer"
+
+
+def build_model(config: PretrainConfig, which: Which) -> open_clip.CLIP:
+    """The untrained model ``which`` (its own seeded init) of the mini architecture."""
+    return small_clip(
+        seed=config.seed(which),
+        width=config.width,
+        layers=config.layers,
+        image_size=IMAGE_SIZE,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        text_width=config.text_width,
+        text_layers=config.text_layers,
+    )
+
+
+def tokenize(captions: list[str], model: open_clip.CLIP) -> torch.Tensor:
+    """Captions as token ids at the model's context length (open_clip's bundled BPE; no download)."""
+    return open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)(captions)
+
+
+def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss whose targets are uniform over the pairs with equal captions."""
+    logits = scale * image @ text.T
+    same = (ids[:, None] == ids[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def _random_shift(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Each image moved by up to ``pad`` pixels (edge-replicated): a cheap batched view change."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, images.shape[1], h, w + 2 * pad)
+    picked = torch.gather(padded, 2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, images.shape[1], h, w)
+    return torch.gather(picked, 3, cols)
+
+
+def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True) -> tuple[open_clip.CLIP, dict]:
+    """Pre-train model ``which`` on its corpus for ``config.steps`` seeded steps; returns it (eval mode) and a log.
+
+    AdamW with linear warm-up and cosine decay; weight decay only on matrices (not on
+    gains, biases, embeddings' positions or the logit scale), as in CLIP.
+    """
+    seed = config.seed(which)
+    data = data if data is not None else corpus(which, config.corpus_size, seed)
+    model = build_model(config, which).train()
+    first: dict[str, int] = {}
+    caption_ids = torch.tensor([first.setdefault(c, len(first)) for c in data.captions])
+    tokens = tokenize(data.captions, model)
+    norm = FewShotTask("pretrain", data.images[:1], torch.zeros(1, dtype=torch.int64), torch.nn.Identity()).normalise
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "positional" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "positional" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)  # fmt: skip
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup:
+            return config.lr * (step + 1) / config.warmup
+        t = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data.images), generator=g)
+    cursor, losses, start = 0, [], time.perf_counter()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        job = bar.add_task(f"pre-training mini model {which.upper()}", total=config.steps, loss="-")
+        for step in range(config.steps):
+            if cursor + config.batch_size > len(order):
+                order, cursor = torch.randperm(len(data.images), generator=g), 0
+            idx = order[cursor : cursor + config.batch_size]
+            cursor += config.batch_size
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            images = norm(_random_shift(data.images[idx].float(), g))
+            loss = _contrastive_loss(
+                model.encode_image(images, normalize=True),
+                model.encode_text(tokens[idx], normalize=True),
+                model.logit_scale.exp(),
+                caption_ids[idx],
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            bar.update(job, advance=1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    log = {
+        "which": which,
+        "seconds": round(time.perf_counter() - start, 2),
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "first_loss": losses[0],
+    }
+    return model.eval(), log
+
+
+def _paths(root: Path, config: PretrainConfig) -> tuple[Path, Path, Path]:
+    folder = root / "mini" / config.key()
+    return folder / "model_a.safetensors", folder / "model_b.safetensors", folder / "config.json"
+
+
+def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | None:
+    """The cached model, or None when it is missing, unreadable or from another config."""
+    try:
+        tensors, meta = load_artifact(path, KIND)
+    except ArtifactError:
+        return None
+    if meta.get("key") != config.key():
+        return None
+    model = build_model(config, which)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError:
+        return None
+    return model.eval()
+
+
+def pretrained_pair(
+    config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True
+) -> tuple[open_clip.CLIP, open_clip.CLIP]:
+    """Models A and B, loaded from the cache when this exact config built them before, else pre-trained and cached."""
+    config = config or PretrainConfig()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path_a, path_b, path_config = _paths(root, config)
+    console = Console(stderr=True, quiet=not progress)
+    models, logs = [], {}
+    for which, path in (("a", path_a), ("b", path_b)):
+        model = _load(path, config, which)
+        if model is None:
+            model, log = pretrain(config, which, progress=progress)
+            logs[which] = log
+            meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
+            save_artifact(path, KIND, model.state_dict(), meta)
+            console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
+        models.append(model)
+    if logs or not path_config.is_file():
+        write_json(path_config, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
+                                 "train_version": TRAIN_VERSION, "logs": logs})  # fmt: skip
+    return models[0], models[1]

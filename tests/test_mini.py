@@ -1,0 +1,147 @@
+"""The mini suite: bundled tasks, generated corpora, the prototype head and the cached model pair."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+
+from orthoxfer.data import mini
+from orthoxfer.errors import UsageError
+from orthoxfer.models import pretrain as pre
+from orthoxfer.models.prototype_head import PrototypeHead
+from orthoxfer.problem import FewShotTask
+
+MICRO = pre.PretrainConfig.micro()
+
+
+def _hashes(images: torch.Tensor) -> set[str]:
+    return {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in images}
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def tasks() -> list[mini.MiniTask]:
+    return mini.mini_tasks("micro")
+
+
+def test_micro_tasks_have_the_documented_shapes(tasks):
+    assert [t.name for t in tasks] == list(mini.TASK_NAMES)
+    assert {t.stands_for for t in tasks} == {"MNIST", "SVHN", "GTSRB", "DTD", "EuroSAT", "RESISC45", "SUN397", "Cars"}
+    for t in tasks:
+        for images, labels in ((t.train_images, t.train_labels), (t.test_images, t.test_labels)):
+            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+            assert labels.dtype == torch.int64 and len(labels) == len(images)
+            assert set(labels.tolist()) == set(range(len(t.class_names)))  # every class in both splits
+
+
+def test_tasks_are_deterministic():
+    for name in mini.TASK_NAMES:
+        first, second = mini.mini_task.__wrapped__(name, "micro"), mini.mini_task.__wrapped__(name, "micro")
+        assert torch.equal(first.train_images, second.train_images) and torch.equal(first.test_images, second.test_images)
+        assert torch.equal(first.train_labels, second.train_labels) and torch.equal(first.test_labels, second.test_labels)
+
+
+def test_corpora_are_deterministic_and_disjoint_from_each_other_and_from_tasks(tasks):
+    a, b = mini.corpus("a", 256, seed=0), mini.corpus("b", 256, seed=1)
+    again = mini.corpus("a", 256, seed=0)
+    assert torch.equal(a.images, again.images) and a.captions == again.captions
+    assert a.images.shape == (256, 3, 32, 32) and len(a.captions) == 256
+    assert not _hashes(a.images) & _hashes(b.images)
+    assert not set(a.captions) & set(b.captions)
+    assert not set(a.sources) & set(b.sources)
+    task_images = set().union(*(_hashes(torch.cat([t.train_images, t.test_images])) for t in tasks))
+    assert not task_images & (_hashes(a.images) | _hashes(b.images))
+    task_sources = set().union(*(t.sources for t in tasks))
+    assert not task_sources & (set(a.sources) | set(b.sources))
+
+
+def test_unknown_names_are_one_line_usage_errors():
+    with pytest.raises(UsageError, match="unknown mini task"):
+        mini.mini_task("cifar")
+    with pytest.raises(UsageError, match="unknown mini corpus"):
+        mini.corpus("c", 4)  # type: ignore[arg-type]
+
+
+def test_prototype_head_scores_by_centred_cosine_and_needs_every_class():
+    feats = torch.tensor([[1.0, 0.1], [1.0, 0.2], [0.1, 1.0], [0.2, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    head = PrototypeHead.from_features(feats, labels, 2)
+    assert head(feats).argmax(1).tolist() == [0, 0, 1, 1]
+    assert not any(p.requires_grad for p in head.parameters())
+    with pytest.raises(UsageError, match="classes \\[2\\]"):
+        PrototypeHead.from_features(feats, labels, 3)
+
+
+def test_model_suite_gives_stratified_train_only_pools_with_frozen_heads(tasks):
+    model = pre.build_model(MICRO, "a")
+    suite = mini.model_suite(model, tasks, shots=24, seed=3)
+    for task, ev in zip(tasks, suite):
+        pool = ev.fewshot
+        assert isinstance(pool, FewShotTask) and len(pool.labels) == 24
+        assert set(pool.labels.tolist()) == set(range(len(task.class_names)))
+        assert _hashes(pool.images) <= _hashes(task.train_images)
+        images, labels = pool.batch(torch.arange(4))
+        logits = pool.head(model.encode_image(images))
+        assert logits.shape == (4, len(task.class_names)) and labels.shape == (4,)
+        assert torch.equal(ev.test_images, task.test_images)
+    again = mini.model_suite(model, tasks[:1], shots=24, seed=3)[0].fewshot
+    assert torch.equal(again.images, suite[0].fewshot.images)
+    with pytest.raises(UsageError, match="cannot cover"):
+        mini.model_suite(model, tasks[-1:], shots=5)
+
+
+def test_pretraining_is_seeded_and_the_two_models_differ():
+    first, log = pre.pretrain(MICRO, "a", progress=False)
+    second, _ = pre.pretrain(MICRO, "a", progress=False)
+    other, _ = pre.pretrain(MICRO, "b", progress=False)
+    assert _states_equal(first, second)
+    assert not _states_equal(first, other)
+    assert not _states_equal(first, pre.build_model(MICRO, "a"))  # it trained
+    assert log["seconds"] < 30
+
+
+def test_pair_is_cached_by_a_key_of_its_settings(tmp_path, monkeypatch):
+    calls: list[str] = []
+    real = pre.pretrain
+
+    def counting(config, which, **kwargs):
+        calls.append(which)
+        return real(config, which, **kwargs)
+
+    monkeypatch.setattr(pre, "pretrain", counting)
+    a, b = pre.pretrained_pair(MICRO, tmp_path, progress=False)
+    assert calls == ["a", "b"]
+    folder = tmp_path / "mini" / MICRO.key()
+    assert {p.name for p in folder.iterdir()} == {"model_a.safetensors", "model_b.safetensors", "config.json"}
+
+    a2, b2 = pre.pretrained_pair(MICRO, tmp_path, progress=False)  # same settings: loaded
+    assert calls == ["a", "b"] and _states_equal(a, a2) and _states_equal(b, b2)
+
+    changed = dataclasses.replace(MICRO, steps=MICRO.steps + 1)  # changed setting: rebuilt under a new key
+    assert changed.key() != MICRO.key()
+    pre.pretrained_pair(changed, tmp_path, progress=False)
+    assert calls == ["a", "b", "a", "b"]
+
+    (folder / "model_b.safetensors").write_bytes(b"truncated")  # unreadable cache entry: rebuilt, A still loaded
+    pre.pretrained_pair(MICRO, tmp_path, progress=False)
+    assert calls == ["a", "b", "a", "b", "b"]
+
+
+def test_cache_dir_defaults_and_can_be_overridden(monkeypatch, tmp_path):
+    monkeypatch.delenv("ORTHOXFER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pre.default_cache_dir() == tmp_path / "xdg" / "orthoxfer"
+    monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "mine"))
+    assert pre.default_cache_dir() == tmp_path / "mine"
+
+
+def test_bad_config_is_a_usage_error():
+    with pytest.raises(UsageError, match="batch_size"):
+        pre.PretrainConfig(batch_size=1)
