@@ -95,7 +95,7 @@ def bench_command(
     tables["align"].update({k: v for k, v in flags.items() if v is not None})
     if steps is not None:
         tables["fewshot_ft"]["steps"] = steps
-    align_settings = AlignSettings(**tables["align"], shots=shots, device=str(dev))
+    align_settings = AlignSettings(**{**tables["align"], "shots": shots, "device": str(dev)})
     fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
