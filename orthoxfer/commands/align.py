@@ -154,7 +154,7 @@ def align_command(
 
     per_task = settings.mode == "per-task"
     transferred = sum(alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items())
-    transferred.meta.update(recommended_scale=settings.scale, alignment=str(run.file("alignment.safetensors")), target=target)
+    transferred.meta.update(recommended_scale=settings.scale, alignment="alignment.safetensors", target=target)  # beside it
     transferred.save(run.file("transferred.safetensors"))
     for scope in alignment.scopes:
         tv = sum(vectors.values()) if scope == "joint" else vectors[scope]

@@ -1,0 +1,62 @@
+"""Guarantees under faults: atomic artifacts, bit-identical reruns, nothing executed from files."""
+
+import pickle
+
+import pytest
+import torch
+from test_cli_align import runner, setup  # noqa: F401  (fixture)
+
+from orthoxfer.artifacts import ArtifactError, atomic_write, save_artifact
+from orthoxfer.cli import app
+from orthoxfer.taskvector import TaskVector
+
+
+def test_a_failed_write_leaves_no_file_under_the_final_name(tmp_path):
+    target = tmp_path / "tv.safetensors"
+
+    def disk_full(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, disk_full)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_previous_artifact(tmp_path, monkeypatch):
+    path = tmp_path / "a.safetensors"
+    save_artifact(path, "task_vector", {"dense/x": torch.ones(2, 2)}, {"sites": ["x"], "scale": 1.0, "kind": "dense"})
+    before = path.read_bytes()
+    import orthoxfer.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        save_artifact(path, "task_vector", {"dense/x": torch.zeros(2, 2)}, {"sites": ["x"], "scale": 1.0, "kind": "dense"})
+    assert path.read_bytes() == before
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('pickle payload executed')",))
+
+
+def test_a_pickle_is_refused_without_being_executed(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(ArtifactError, match="not a valid orthoxfer task vector file"):
+        TaskVector.load(path)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1 and "not a valid orthoxfer task vector file" in result.output
+
+
+def test_two_runs_with_one_seed_write_identical_artifacts(setup):  # noqa: F811
+    tmp_path, common, tv = setup
+    outs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        result = runner.invoke(app, [*common, "--method", "riemannian", "--lr", "0.01", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    for artifact in ("alignment.safetensors", "transferred.safetensors"):
+        assert (outs[0] / artifact).read_bytes() == (outs[1] / artifact).read_bytes(), artifact
