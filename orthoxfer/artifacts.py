@@ -1,9 +1,11 @@
 """Safetensors artifacts with JSON metadata, written atomically.
 
 Every orthoxfer artifact (task vector, alignment, checkpoint) is one safetensors
-file whose header carries ``orthoxfer.kind`` and a JSON document under
-``orthoxfer.meta``. Nothing is ever unpickled, and a file is only visible under
-its final name once it has been written completely.
+file whose header carries one key, ``orthoxfer``: a JSON document with the
+artifact's kind, the orthoxfer version and its metadata. One key, because
+safetensors writes several in an arbitrary order, and two runs with the same seed
+must write the same bytes. Nothing is ever unpickled, and a file is only visible
+under its final name once it has been written completely.
 """
 
 from __future__ import annotations
@@ -49,11 +51,7 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def save_artifact(path: Path | str, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    header = {
-        "orthoxfer.kind": kind,
-        "orthoxfer.version": __version__,
-        "orthoxfer.meta": json.dumps(meta, sort_keys=True),
-    }
+    header = {"orthoxfer": json.dumps({"kind": kind, "version": __version__, "meta": meta}, sort_keys=True)}
     payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(payload, tmp, metadata=header))
 
@@ -66,12 +64,12 @@ def load_artifact(path: Path | str, kind: str) -> tuple[dict[str, torch.Tensor],
         raise ArtifactError(f"{path}: no such file (expected an orthoxfer {label} .safetensors file)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            if header.get("orthoxfer.kind") != kind:
-                found = header.get("orthoxfer.kind")
-                why = f"it holds an orthoxfer {found}" if found else "it has no orthoxfer header"
+            header = json.loads((f.metadata() or {}).get("orthoxfer", "{}"))
+            if header.get("kind") != kind:
+                found = header.get("kind")
+                why = f"it holds an orthoxfer {found.replace('_', ' ')}" if found else "it has no orthoxfer header"
                 raise ArtifactError(f"{path} is not a valid orthoxfer {label} file: {why}")
-            meta = json.loads(header["orthoxfer.meta"])
+            meta = header["meta"]
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except ArtifactError:
         raise

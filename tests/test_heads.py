@@ -1,5 +1,7 @@
 """Zero-shot heads: the task-arithmetic construction, frozen, and cached so the text tower runs once."""
 
+import json
+
 import open_clip
 import pytest
 import torch
@@ -45,7 +47,7 @@ def test_cache_hit_skips_the_text_tower(tiny, tokenizer, tmp_path, monkeypatch):
     (path,) = tmp_path.iterdir()
     assert path.name.startswith("EuroSAT-") and path.suffix == ".safetensors"
     with safe_open(str(path), framework="pt") as f:  # a safetensors artifact, never a pickle
-        assert f.metadata()["orthoxfer.kind"] == KIND
+        assert json.loads(f.metadata()["orthoxfer"])["kind"] == KIND
     _, meta = load_artifact(path, KIND)
     assert meta["model"] == "tiny:seed0" and meta["templates"] == PROMPTS and meta["classes"] == 4
 
