@@ -54,7 +54,9 @@ class FewShotTask:
     head: nn.Module  # frozen: image features -> logits
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    augment: Augment | None = None  # one uint8 (3, H, W) image -> one augmented image (torch's global RNG)
+    # one uint8 (3, H, W) image -> one augmented image, or a whole batch if it has `batched = True`;
+    # randomness from torch's global RNG
+    augment: Augment | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -69,7 +71,8 @@ class FewShotTask:
         """Normalised float images and labels for ``index``, augmented image by image when asked."""
         images = self.images[index]
         if augment and self.augment is not None:
-            images = torch.stack([self.augment(img) for img in images])
+            batched = getattr(self.augment, "batched", False)  # some augmentations take the whole batch at once
+            images = self.augment(images) if batched else torch.stack([self.augment(img) for img in images])
         return self.normalise(images), self.labels[index]
 
     def split(self, val_fraction: float, seed: int) -> tuple[FewShotTask, FewShotTask]:

@@ -660,21 +660,34 @@ def mini_tasks(size: Size = "full", names: Sequence[str] = TASK_NAMES) -> list[M
 # ----------------------------------------------------------------------------- per-model views
 
 
+def random_shift(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 2) -> torch.Tensor:
+    """Each image of a (N, C, H, W) batch moved by up to ``pad`` pixels (edge-replicated), in one gather."""
+    n, c, h, w = images.shape
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, c, h, w + 2 * pad)
+    picked = torch.gather(padded, 2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, c, h, w)
+    return torch.gather(picked, 3, cols)
+
+
 def shift_augment(flip: bool, pad: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
     """The mini few-shot augmentation: a random shift of up to ``pad`` pixels, and a flip where it keeps the label.
 
     The paper's crops, colour and blur changes are already part of how each task image
     was rendered; at 32 px a shift is the cheap per-batch view change that is left.
+    It works on a whole uint8 batch at once (``batched``): per-image Python calls cost
+    as much as the small model's training step.
     """
 
-    def augment(image: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(image.unsqueeze(0).float(), (pad, pad, pad, pad), mode="replicate")[0]
-        dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-        out = padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
-        if flip and torch.rand(()) < 0.5:
-            out = out.flip(-1)
+    def augment(images: torch.Tensor) -> torch.Tensor:
+        out = random_shift(images, pad=pad)
+        if flip:
+            mirror = torch.rand(len(out)) < 0.5
+            out[mirror] = out[mirror].flip(-1)
         return out.round().to(torch.uint8)
 
+    augment.batched = True  # type: ignore[attr-defined]
     return augment
 
 

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
-from orthoxfer.data.mini import DATA_VERSION, IMAGE_SIZE, Corpus, corpus
+from orthoxfer.data.mini import DATA_VERSION, IMAGE_SIZE, Corpus, corpus, random_shift
 from orthoxfer.errors import UsageError
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem import FewShotTask
@@ -138,17 +138,6 @@ def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tens
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def _random_shift(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Each image moved by up to ``pad`` pixels (edge-replicated): a cheap batched view change."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, images.shape[1], h, w + 2 * pad)
-    picked = torch.gather(padded, 2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, images.shape[1], h, w)
-    return torch.gather(picked, 3, cols)
-
-
 def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True) -> tuple[open_clip.CLIP, dict]:
     """Pre-train model ``which`` on its corpus for ``config.steps`` seeded steps; returns it (eval mode) and a log.
 
@@ -187,7 +176,7 @@ def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, p
             cursor += config.batch_size
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            images = norm(_random_shift(data.images[idx].float(), g))
+            images = norm(random_shift(data.images[idx].float(), g))
             loss = _contrastive_loss(
                 model.encode_image(images, normalize=True),
                 model.encode_text(tokens[idx], normalize=True),
