@@ -60,3 +60,28 @@ def test_two_runs_with_one_seed_write_identical_artifacts(setup):  # noqa: F811
         outs.append(out)
     for artifact in ("alignment.safetensors", "transferred.safetensors"):
         assert (outs[0] / artifact).read_bytes() == (outs[1] / artifact).read_bytes(), artifact
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time, typer\n"
+        "from orthoxfer.commands import reports_errors\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "@reports_errors\n"
+        "def work():\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "app()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,11 +28,17 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does: between atomic writes
+
+
 def reports_errors(fn: F) -> F:
     """Turn orthoxfer errors into one line and an exit code; work already written stays on disk."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
