@@ -82,7 +82,7 @@ def test_prototype_head_scores_by_centred_cosine_and_needs_every_class():
 def test_model_suite_gives_stratified_train_only_pools_with_frozen_heads(tasks):
     model = pre.build_model(MICRO, "a")
     suite = mini.model_suite(model, tasks, shots=24, seed=3)
-    for task, ev in zip(tasks, suite):
+    for task, ev in zip(tasks, suite, strict=True):
         pool = ev.fewshot
         assert isinstance(pool, FewShotTask) and len(pool.labels) == 24
         assert set(pool.labels.tolist()) == set(range(len(task.class_names)))
