@@ -24,10 +24,15 @@ def attention_heads(mha: nn.MultiheadAttention, query, key, value, attn_mask=Non
     """The concatenated head outputs that ``out_proj`` receives, batch first: (B, L, d)."""
     if not mha.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    d, h = mha.embed_dim, mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
     bias = (None, None, None) if b is None else b.chunk(3)
     q, k, v = (F.linear(x, wi, bi) for x, wi, bi in zip((query, key, value), w.chunk(3), bias))
+    return attend(mha, q, k, v, attn_mask)
+
+
+def attend(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None) -> torch.Tensor:
+    """Attention of already projected, batch-first q, k, v (B, L, d) with ``mha``'s heads, heads concatenated."""
+    d, h = mha.embed_dim, mha.num_heads
     bsz = q.shape[0]
     q, k, v = (t.reshape(bsz, -1, h, d // h).transpose(1, 2) for t in (q, k, v))
     if attn_mask is not None and attn_mask.dtype == torch.bool:

@@ -18,6 +18,7 @@ from orthoxfer import __version__
 from orthoxfer.commands import console, print_json, reports_errors
 from orthoxfer.commands.align import align_command
 from orthoxfer.commands.bench import bench_command, demo_command
+from orthoxfer.commands.bench_speed import bench_speed_command
 from orthoxfer.commands.data import data_app
 from orthoxfer.commands.evaluate import eval_command
 from orthoxfer.commands.finetune import finetune_command
@@ -35,6 +36,7 @@ app.command("align")(align_command)
 app.command("finetune")(finetune_command)
 app.command("bench")(bench_command)
 app.command("demo")(demo_command)
+app.command("bench-speed")(bench_speed_command)
 @app.command()
 def version() -> None:
     """Print the orthoxfer version."""

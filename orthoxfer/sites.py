@@ -11,6 +11,7 @@ one touches exactly its rows, so the rest of the parameter is never disturbed.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -142,28 +143,57 @@ def site_shapes(model: nn.Module, sites: list[Site]) -> dict[str, tuple[int, int
     return {s.name: tuple(read_site(model, s).shape) for s in sites}
 
 
+@functools.lru_cache(maxsize=64)
+def _slices(sites: tuple[Site, ...], counts: tuple[int, ...]) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+    """For stacks of ``counts[i]`` consecutive sites: each stack's runs ``(param, first row, end row)``.
+
+    A run is consecutive sites of one parameter whose rows follow each other, so one
+    contiguous slice of the stack. Computed once per layout, not per step.
+    """
+    out, pos = [], 0
+    for count in counts:
+        runs: list[list] = []
+        for site in sites[pos : pos + count]:
+            if runs and runs[-1][0] == site.param and runs[-1][2] == site.start:
+                runs[-1][2] = site.stop
+            else:
+                runs.append([site.param, site.start, site.stop])
+        out.append(tuple(tuple(r) for r in runs))
+        pos += count
+    return tuple(out)
+
+
 def param_overrides(
     model: nn.Module, sites: list[Site], deltas: list[torch.Tensor], prefix: str = ""
 ) -> dict[str, torch.Tensor]:
     """``{param path: W + delta}`` for ``torch.func.functional_call``, differentiable in ``deltas``.
 
-    Keys are prefixed with ``prefix`` for a wrapper module. Sites of one parameter are
-    tiled in row order with zero blocks for rows no site covers, so q/k/v deltas become one ``in_proj_weight`` delta with a single ``cat``.
+    Each entry of ``deltas`` is one site's (rows, d) delta or a stack (n, rows, d) of the
+    next n sites' deltas, in the order of ``sites``. Keys are prefixed with ``prefix`` for a
+    wrapper module. Sites of one parameter are tiled in row order with zero blocks for
+    rows no site covers. In a stack, consecutive sites of one parameter whose rows follow
+    each other (q, k, v of an ``in_proj_weight``) are one contiguous slice, so their delta
+    is a view and needs no ``cat``; the stack is cut with one ``split``, whose backward
+    gathers the gradient in one pass (a view per site would cost a full-size zero
+    tensor per site in the backward).
     """
-    by_param: dict[str, list[tuple[Site, torch.Tensor]]] = {}
-    for site, delta in zip(sites, deltas):
-        by_param.setdefault(site.param, []).append((site, delta))
+    stacks = [delta if delta.dim() == 3 else delta.unsqueeze(0) for delta in deltas]
+    by_param: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for stack, runs in zip(stacks, _slices(tuple(sites), tuple(len(s) for s in stacks))):
+        chunks = stack.reshape(-1, stack.shape[-1]).split([stop - start for _, start, stop in runs])
+        for (path, start, _), chunk in zip(runs, chunks):
+            by_param.setdefault(path, []).append((start, chunk))
     out: dict[str, torch.Tensor] = {}
     for path, items in by_param.items():
         weight = model.get_parameter(path)
-        items.sort(key=lambda item: item[0].start)
+        items.sort(key=lambda item: item[0])
         pieces: list[torch.Tensor] = []
         row = 0
-        for site, delta in items:
-            if site.start > row:
-                pieces.append(weight.new_zeros(site.start - row, weight.shape[1]))
-            pieces.append(delta.to(weight.dtype))
-            row = site.stop
+        for start, chunk in items:
+            if start > row:
+                pieces.append(weight.new_zeros(start - row, weight.shape[1]))
+            pieces.append(chunk.to(weight.dtype))
+            row = start + len(chunk)
         if row < weight.shape[0]:
             pieces.append(weight.new_zeros(weight.shape[0] - row, weight.shape[1]))
         out[prefix + path] = weight + (pieces[0] if len(pieces) == 1 else torch.cat(pieces))

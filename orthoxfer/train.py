@@ -26,7 +26,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.problem import FewShotTask, ImageEncoder
 from orthoxfer.sites import Site, default_root, find_sites, param_overrides, read_site
 from orthoxfer.taskvector import TaskVector
-from orthoxfer.training import run_steps
+from orthoxfer.training import adamw, run_steps
 
 KINDS = ("embed", "lora", "full")
 
@@ -97,7 +97,7 @@ class SiteUpdates(nn.Module):
         return self.delta
 
     def overrides(self, model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-        out = param_overrides(model, self.sites, list(self.site_deltas().unbind(0)), prefix=prefix)
+        out = param_overrides(model, self.sites, [self.site_deltas()], prefix=prefix)
         for name, delta in zip(self.others, getattr(self, "rest", [])):
             out[prefix + name] = model.get_parameter(name) + delta
         return out
@@ -125,7 +125,7 @@ class FinetuneStep:
         self.settings = settings
         g = torch.Generator().manual_seed(settings.seed)
         self.module = SiteUpdates(self.model, sites, settings, g).to(self.device)
-        self.optimiser = torch.optim.AdamW(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimiser = adamw(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.base_lrs = [group["lr"] for group in self.optimiser.param_groups]
         cuda = self.device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()

@@ -55,6 +55,18 @@ class LoopSettings(Protocol):
     checkpoint_every: int
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW for every stepper, fused into one pass per parameter where torch has the kernel (CPU, CUDA).
+
+    The same update to float rounding; on a 48 x 768 x 768 stack (the U's or the site
+    deltas of ViT-B/32) one step takes 0.06 s instead of 0.33 s on a 2-core CPU, and the
+    alignment steps and the fine-tuning floor they are measured against share it.
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def batch_indices(task_pos: int, visit: int, pool: int, copies: int, batch_size: int, seed: int) -> torch.Tensor:
     """The ``visit``-th batch of one task: a slice of seeded permutations of ``pool * copies`` items."""
     virtual = pool * max(1, copies)

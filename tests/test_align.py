@@ -147,7 +147,7 @@ def test_batched_rotation_equals_per_site_rotation():
         from orthoxfer.align.base import ScopedProblem
 
         problem = ScopedProblem("joint", None, tv, {}, sites)
-        fast = site_deltas(groups, [StackedVector.build(problem, groups[0], 0.7, torch.device("cpu"))], [u])
+        fast = site_deltas(groups, [StackedVector.build(problem, groups[0], 0.7, torch.device("cpu"))], [u])[0]
         slow = rotate(tv, {s.name: u[i] for i, s in enumerate(sites)})
         for i, s in enumerate(sites):
             assert torch.allclose(fast[i], 0.7 * slow.delta(s.name), atol=1e-5)

@@ -16,11 +16,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from orthoxfer.align.linalg import gram_residual
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.problem import FewShotTask
 from orthoxfer.sites import Site, find_sites, read_site
 from orthoxfer.taskvector import TaskVector
+from orthoxfer.training import adamw
 
 
 @dataclass
@@ -155,7 +157,7 @@ class TrainedStrategy(Strategy):
         """A module whose ``forward()`` returns the (n, d, d) U stack, starting at ``init``."""
 
     def optimiser(self, module: nn.Module, settings: AlignSettings) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        return adamw(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     def regulariser(self, stacks: list[torch.Tensor], settings: AlignSettings) -> torch.Tensor | None:
         """A term added to the loss (the penalty strategy's orthogonality penalty); none by default."""
@@ -180,10 +182,9 @@ def initial_stacks(problem: ScopedProblem, groups: list[SiteGroup], settings: Al
 
 
 def orthogonality_error(stack: torch.Tensor) -> torch.Tensor:
-    """||U^T U - I||_F per U of a stack, in float32 or better."""
+    """||U^T U - I||_F per U of a stack, in float32 or better; differentiable at the cost of one extra matmul."""
     u = stack.float() if stack.dtype in (torch.float16, torch.bfloat16) else stack
-    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
-    return torch.linalg.matrix_norm(u.transpose(-1, -2) @ u - eye)
+    return torch.linalg.matrix_norm(gram_residual(u))
 
 
 def require_source(problem: ScopedProblem, what: str) -> nn.Module:

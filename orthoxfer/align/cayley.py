@@ -5,7 +5,8 @@ the rotations without eigenvalue -1, so from U0 = I it stays in SO(d): det U = +
 every step, and a reflection or an odd permutation (det -1) can never be reached.
 That is a property of any path that starts at I and moves continuously (exp maps and
 Riemannian steps from I alike); with ``init=procrustes`` U0 may already carry the
-reflection, and the Cayley factor then rotates around it.
+reflection, and the Cayley factor then rotates around it. The map is one inverse with a
+hand-written backward (:func:`orthoxfer.align.linalg.cayley`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from orthoxfer.align.base import TrainedStrategy
+from orthoxfer.align.linalg import cayley
 from orthoxfer.align.settings import AlignSettings
 
 
@@ -22,14 +24,12 @@ class CayleyMatrix(nn.Module):
         super().__init__()
         init = init.float()
         eye = torch.eye(init.shape[-1], dtype=init.dtype, device=init.device)
-        self.register_buffer("eye", eye)
         is_identity = bool(torch.equal(init, eye.expand_as(init)))
-        self.register_buffer("base", None if is_identity else init.clone())
+        self.register_buffer("base", None if is_identity else init.clone())  # U0 = I costs nothing per step
         self.a = nn.Parameter(torch.zeros_like(init))
 
     def forward(self) -> torch.Tensor:
-        s = self.a - self.a.transpose(-1, -2)
-        c = torch.linalg.solve(self.eye + s, self.eye - s)  # (I + S)^-1 (I - S) = (I - S)(I + S)^-1
+        c = cayley(self.a)
         return c if self.base is None else self.base @ c
 
 

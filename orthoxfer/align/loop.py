@@ -2,15 +2,17 @@
 
 Cost model: one forward+backward of the target per few-shot batch is the floor. On
 top of it, each step materialises ``W + scale * U^T dW U`` for all sites at once
-(stacked U's, two batched matmuls; ``(U^T B)(A U)`` for LoRA) and runs the target
-with those weights through ``torch.func.functional_call``. U is never applied to
+(stacked U's; ``U^T dW U`` is 2 batched matmuls forward and 3 backward, ``(U^T B)(A U)``
+for LoRA) and runs the target with those weights through ``torch.func.functional_call``.
+The rotated stack goes to the model without being cut per site: q, k and v of a block
+are one contiguous slice of it, the rows of ``in_proj_weight``. U is never applied to
 activations. Host syncs happen only at logging and checkpoint steps.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.align.base import ScopedProblem, SiteGroup, Solution, TrainedStrategy, orthogonality_error
+from orthoxfer.align.linalg import rotate_dense
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.problem import ImageEncoder
 from orthoxfer.sites import param_overrides
@@ -48,19 +51,21 @@ class StackedVector:
 
     def rotated(self, u: torch.Tensor) -> torch.Tensor:
         """``U^T dW U`` for every site of the group, as one (n, d, d) tensor."""
-        ut = u.transpose(-1, -2)
         if self.dw is not None:
-            return ut @ self.dw @ u
-        return (ut @ self.b) @ (self.a @ u)
+            return rotate_dense(u, self.dw)
+        return (u.mT @ self.b) @ (self.a @ u)
 
 
 def site_deltas(groups: list[SiteGroup], vectors: list[StackedVector], stacks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Rotated deltas of all sites, in group order: the one place a step touches U."""
-    out: list[torch.Tensor] = []
-    for group, vec, stack in zip(groups, vectors, stacks):
-        u = stack[group.index.to(stack.device)] if group.tied else stack
-        out.extend(vec.rotated(u).unbind(0))
-    return out
+    """Rotated deltas, one (n_sites, d, d) stack per group in site order: the one place a step touches U.
+
+    Tied groups gather their U's by ``group.index``; :class:`AlignStep` moves it to its
+    device once, so a step copies nothing from the host.
+    """
+    return [
+        vec.rotated(stack[group.index.to(stack.device)] if group.tied else stack)
+        for group, vec, stack in zip(groups, vectors, stacks)
+    ]
 
 
 class TransformStack(nn.Module):
@@ -88,9 +93,11 @@ class AlignStep:
         init: list[torch.Tensor],
         settings: AlignSettings,
     ) -> None:
+        self.device = torch.device(settings.device)
+        groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
-        self.device = torch.device(settings.device)
+        self.sites = [s for g in groups for s in g.sites]  # the order of the rotated stacks
         self.target = problem.target.to(self.device).requires_grad_(False)
         self.encoder = ImageEncoder(self.target)
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
@@ -105,12 +112,7 @@ class AlignStep:
         for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
             group["lr"] = lr * lr_scale
         stacks = self.module()
-        deltas = site_deltas(self.groups, self.vectors, stacks)
-        overrides = param_overrides(self.target, self.problem.sites, deltas, prefix="model.")
-        with self.autocast:
-            features = functional_call(self.encoder, overrides, (x,))
-            logits = head(features)
-        ce = F.cross_entropy(logits.float(), y)
+        ce = F.cross_entropy(self.logits(x, head, stacks).float(), y)
         reg = self.strategy.regulariser(stacks, self.settings)
         loss = ce if reg is None else ce + reg
         self.optimiser.zero_grad(set_to_none=True)
@@ -119,6 +121,12 @@ class AlignStep:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.settings.clip)
         self.optimiser.step()
         return loss, ce, reg
+
+    def logits(self, x: torch.Tensor, head: nn.Module, stacks: list[torch.Tensor]) -> torch.Tensor:
+        """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
+        overrides = param_overrides(self.target, self.sites, site_deltas(self.groups, self.vectors, stacks), prefix="model.")
+        with self.autocast:
+            return head(functional_call(self.encoder, overrides, (x,)))
 
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:

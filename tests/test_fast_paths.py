@@ -1,0 +1,230 @@
+"""Every fast path computes what the straightforward per-site computation computes, to float tolerance.
+
+The reference side of each test is deliberately naive: one U per site, autograd through
+plain matmuls, ``torch.linalg.solve``, geoopt's own manifolds, unfused AdamW, deltas
+joined row by row. No timings here: ``bench-speed`` is only checked to run and write
+every row.
+"""
+
+import json
+
+import geoopt
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from orthoxfer.align import STRATEGIES
+from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks
+from orthoxfer.align.linalg import cayley, cholesky_qr, gram_residual, rotate_dense
+from orthoxfer.align.loop import AlignStep, StackedVector, site_deltas
+from orthoxfer.align.riemannian import CayleyStiefel, QRStiefel
+from orthoxfer.align.settings import AlignSettings
+from orthoxfer.alignment import rotate
+from orthoxfer.commands.bench_speed import METHODS, TRAINED, bench_speed_command, load_activation_side
+from orthoxfer.problem import ImageEncoder
+from orthoxfer.sites import find_sites, param_overrides
+from orthoxfer.taskvector import TaskVector
+from orthoxfer.train import FinetuneSettings, FinetuneStep
+
+
+def near_identity(n, d, g, scale=0.2):
+    a = torch.randn(n, d, d, generator=g)
+    return torch.linalg.matrix_exp(scale * (a - a.mT) / 2)
+
+
+def vectors(sites, g):
+    dense = TaskVector({s.name: 0.1 * torch.randn(s.dim, s.dim, generator=g) for s in sites})
+    lora = TaskVector(lora={s.name: (torch.randn(3, s.dim, generator=g), torch.randn(s.dim, 3, generator=g)) for s in sites}, scale=0.5)
+    return dense, lora
+
+
+def inputs(g, n=8):
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    head = nn.Linear(16, 4).requires_grad_(False)
+    return x, y, head
+
+
+def joined_overrides(model, sites, deltas):
+    """``W + delta`` per parameter, rows joined one site at a time (the straightforward layout)."""
+    out = {}
+    for path in dict.fromkeys(s.param for s in sites):
+        weight = model.get_parameter(path)
+        rows, row = [], 0
+        for site, delta in sorted(((s, d) for s, d in zip(sites, deltas) if s.param == path), key=lambda p: p[0].start):
+            rows += [torch.zeros(site.start - row, weight.shape[1]), delta]
+            row = site.stop
+        rows.append(torch.zeros(weight.shape[0] - row, weight.shape[1]))
+        out["model." + path] = weight + torch.cat(rows)
+    return out
+
+
+@pytest.mark.parametrize("tie", ["site", "block", "model"])
+def test_batched_site_deltas_and_their_gradients_equal_per_site_rotation(tiny, tie):
+    g = torch.Generator().manual_seed(0)
+    sites = find_sites(tiny, "attn")
+    (group,) = group_sites(sites, tie)
+    for tv in vectors(sites, g):
+        problem = ScopedProblem("joint", tiny, tv, {}, sites)
+        stack = near_identity(len(group.keys), group.dim, g).requires_grad_()
+        fast = site_deltas([group], [StackedVector.build(problem, group, 0.7, torch.device("cpu"))], [stack])[0]
+        weights = torch.randn(fast.shape, generator=g)
+        (fast * weights).sum().backward()
+
+        per_site = stack.detach().clone().requires_grad_()
+        us = {s.name: per_site[i] for s, i in zip(group.sites, group.index.tolist())}
+        slow = rotate(tv, us)
+        total = sum((0.7 * slow.delta(s.name) * weights[i]).sum() for i, s in enumerate(group.sites))
+        total.backward()
+        for i, s in enumerate(group.sites):
+            assert torch.allclose(fast[i], 0.7 * slow.delta(s.name), atol=1e-5)
+        assert torch.allclose(stack.grad, per_site.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_stacked_param_overrides_equal_row_by_row_join_values_and_gradients(tiny):
+    g = torch.Generator().manual_seed(1)
+    for selector in ("attn", "attn-qkv", "visual.transformer.resblocks.0.attn.k,visual.transformer.resblocks.1.attn.out"):
+        sites = find_sites(tiny, selector)
+        stack = torch.randn(len(sites), 32, 32, generator=g, requires_grad=True)
+        per_site = stack.detach().clone().requires_grad_()
+        fast = param_overrides(tiny, sites, [stack], prefix="model.")
+        slow = joined_overrides(tiny, sites, list(per_site.unbind(0)))
+        assert fast.keys() == slow.keys()
+        weights = {k: torch.randn(v.shape, generator=g) for k, v in slow.items()}
+        sum((fast[k] * w).sum() for k, w in weights.items()).backward()
+        sum((slow[k] * w).sum() for k, w in weights.items()).backward()
+        for k in slow:
+            assert torch.equal(fast[k], slow[k])
+        assert torch.equal(stack.grad, per_site.grad)
+
+
+def test_hand_written_backwards_equal_autograd():
+    g = torch.Generator().manual_seed(2)
+    u = near_identity(3, 12, g).requires_grad_()
+    dw, out = torch.randn(3, 12, 12, generator=g), torch.randn(3, 12, 12, generator=g)
+    for fast, slow in [
+        (lambda m: rotate_dense(m, dw), lambda m: m.mT @ dw @ m),
+        (gram_residual, lambda m: m.mT @ m - torch.eye(12)),
+        (cayley, lambda m: torch.linalg.solve(torch.eye(12) + m - m.mT, torch.eye(12) - m + m.mT)),
+    ]:
+        a, b = u.detach().clone().requires_grad_(), u.detach().clone().requires_grad_()
+        fa, fb = fast(a), slow(b)
+        (fa * out).sum().backward()
+        (fb * out).sum().backward()
+        assert torch.allclose(fa, fb, atol=1e-5) and torch.allclose(a.grad, b.grad, atol=1e-4)
+
+
+def test_manifold_retractions_equal_geoopts_own():
+    g = torch.Generator().manual_seed(3)
+    x = near_identity(4, 10, g, scale=1.0)
+    u, v = 0.1 * torch.randn(4, 10, 10, generator=g), torch.randn(4, 10, 10, generator=g)
+    assert torch.allclose(QRStiefel().retr(x, u), geoopt.EuclideanStiefel().retr(x, u), atol=1e-5)
+    for fast, slow in zip(CayleyStiefel().retr_transp(x, u, v), geoopt.CanonicalStiefel().retr_transp(x, u, v)):
+        assert torch.allclose(fast, slow, atol=1e-5)
+    q = cholesky_qr(x + u)
+    assert torch.allclose(q.mT @ q, torch.eye(10).expand(4, 10, 10), atol=1e-5)
+
+
+def reference_steps(target, sites, tv, method, retraction, x, y, head, steps):
+    """``steps`` optimiser steps done the straightforward way; returns the U of every site."""
+    d, alpha, clip, lr = sites[0].dim, 1.0, 1.0, 1e-3
+    eye = torch.eye(d)
+    if method == "riemannian":
+        manifold = {"qr": geoopt.EuclideanStiefel, "cayley": geoopt.CanonicalStiefel}[retraction]()
+        params = [geoopt.ManifoldParameter(eye.clone(), manifold=manifold) for _ in sites]
+        optimiser = geoopt.optim.RiemannianAdam(params, lr=lr)
+    else:
+        params = [nn.Parameter(eye.clone() if method == "penalty" else torch.zeros(d, d)) for _ in sites]
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False, fused=False)
+
+    def transforms():
+        if method == "cayley":
+            return [torch.linalg.solve(eye + a - a.T, eye - a + a.T) for a in params]
+        return list(params)
+
+    encoder = ImageEncoder(target)
+    for _ in range(steps):
+        us = transforms()
+        deltas = [u.T @ tv.delta(s.name) @ u for s, u in zip(sites, us)]
+        logits = head(functional_call(encoder, joined_overrides(target, sites, deltas), (x,)))
+        loss = F.cross_entropy(logits, y)
+        if method == "penalty":
+            loss = loss + alpha * sum(torch.linalg.matrix_norm(u.T @ u - eye) ** 2 for u in us)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimiser.step()
+    with torch.no_grad():
+        return transforms()
+
+
+@pytest.mark.parametrize("name", list(TRAINED))
+@pytest.mark.parametrize("kind", ["dense", "lora"])
+def test_align_step_gives_the_same_u_and_transferred_vector_as_the_per_site_computation(tiny, name, kind):
+    g = torch.Generator().manual_seed(4)
+    sites = find_sites(tiny, "attn")
+    tv = vectors(sites, g)[kind == "lora"]
+    x, y, head = inputs(g)
+    method, retraction = name.split("-")[0], TRAINED[name].get("retraction", "qr")
+    settings = AlignSettings(method=method, retraction=retraction, lr=1e-3, warmup=0, log_every=0, checkpoint_every=0)
+    groups = group_sites(sites, "site")
+    step = AlignStep(STRATEGIES[method](), ScopedProblem("joint", tiny, tv, {}, sites), groups, identity_stacks(groups), settings)
+    for _ in range(3):
+        step(x, y, head)
+    with torch.no_grad():
+        fast = {s.name: u for s, u in zip(groups[0].sites, step.module()[0])}
+    slow = dict(zip([s.name for s in sites], reference_steps(tiny, sites, tv, method, retraction, x, y, head, 3)))
+    for s in sites:
+        assert torch.allclose(fast[s.name], slow[s.name], atol=2e-5), s.name
+        assert torch.allclose(rotate(tv, fast).delta(s.name), rotate(tv, slow).delta(s.name), rtol=1e-4, atol=2e-5)
+    assert (fast[sites[0].name] - torch.eye(32)).abs().max() > 1e-4  # the steps did move U
+
+
+def test_floor_step_updates_only_the_sites(tiny):
+    g = torch.Generator().manual_seed(5)
+    sites = find_sites(tiny, "visual.transformer.resblocks.0.attn.q,visual.transformer.resblocks.1.attn.out")
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    step = FinetuneStep(tiny, sites, FinetuneSettings(kind="embed", lr=1e-2, weight_decay=0.0))
+    x, y, head = inputs(g)
+    loss = step(x, y, head)[0]
+    assert loss.ndim == 0 and loss.requires_grad
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())  # the model itself never changes
+    assert [p.shape for p in step.optimiser.param_groups[0]["params"]] == [torch.Size([2, 32, 32])]
+    overrides = step.module.overrides(tiny)
+    in_proj = sites[0].param
+    assert set(overrides) == {in_proj, sites[1].param}
+    assert not torch.equal(overrides[in_proj][:32], before[in_proj][:32])  # q moved ...
+    assert torch.equal(overrides[in_proj][32:], before[in_proj][32:])  # ... k and v did not
+    assert not torch.equal(overrides[sites[1].param], before[sites[1].param])
+
+
+@pytest.mark.parametrize("kind", ["dense", "lora"])
+def test_activation_side_comparison_computes_the_same_logits(tiny, kind):
+    g = torch.Generator().manual_seed(6)
+    sites = find_sites(tiny, "attn")
+    tv = vectors(sites, g)[kind == "lora"]
+    x, _, head = inputs(g)
+    groups = group_sites(sites, "block")
+    problem = ScopedProblem("joint", tiny, tv, {}, sites)
+    settings = AlignSettings(method="penalty", log_every=0, checkpoint_every=0)
+    stacks = [near_identity(len(groups[0].keys), 32, g)]
+    weight_side = AlignStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
+    activation_side = load_activation_side().ActivationSideStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
+    with torch.no_grad():
+        expected = weight_side.logits(x, head, stacks)
+        assert torch.allclose(activation_side.logits(x, head, stacks), expected, atol=1e-5)
+        assert not torch.allclose(head(ImageEncoder(tiny)(x)), expected, atol=1e-3)  # the update mattered
+        assert isinstance(tiny.visual.transformer.resblocks[0].attn, nn.MultiheadAttention)  # put back after use
+
+
+def test_bench_speed_writes_every_row(tmp_path):
+    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, vector="dense,lora", rank=2)
+    report = json.loads((tmp_path / "step_cost-cpu.json").read_text())
+    rows = {(r["method"], r["vector"]) for r in report["rows"]}
+    per_vector = [m for m in METHODS if m not in ("floor", "procrustes")]
+    assert rows == {("floor", "-"), ("procrustes", "-")} | {(m, v) for m in per_vector for v in ("dense", "lora r2")}
+    assert all(r["median_s"] > 0 and len(r["times_s"]) == 1 for r in report["rows"])
+    assert report["rows"][0]["ratio_to_floor"] == 1.0 and report["arithmetic"]["floor_gflop"] > 0
+    assert "| floor: fine-tune the sites (AdamW) |" in (tmp_path / "step_cost-cpu.md").read_text()
