@@ -26,7 +26,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.problem import FewShotTask, ImageEncoder
 from orthoxfer.sites import Site, default_root, find_sites, param_overrides, read_site
 from orthoxfer.taskvector import TaskVector
-from orthoxfer.training import adamw, run_steps
+from orthoxfer.training import adamw, keep_freed_memory, run_steps
 
 KINDS = ("embed", "lora", "full")
 
@@ -120,6 +120,8 @@ class FinetuneStep:
 
     def __init__(self, model: nn.Module, sites: list[Site], settings: FinetuneSettings) -> None:
         self.device = torch.device(settings.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = model.to(self.device).requires_grad_(False)
         self.encoder = ImageEncoder(self.model)
         self.settings = settings

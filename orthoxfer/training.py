@@ -14,8 +14,11 @@ see the same images in the same order.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import math
+import platform
 from typing import Protocol
 
 import torch
@@ -53,6 +56,25 @@ class LoopSettings(Protocol):
     seed: int
     log_every: int
     checkpoint_every: int
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Keep freed memory in the process for reuse (glibc: no mmap per large block, no trimming); once per process.
+
+    A step allocates and frees gigabytes in blocks of 100 MB or more (at ViT-B/32 scale
+    the stacked U's, deltas, their gradients, optimiser temporaries). glibc serves each
+    such block with a fresh mmap and unmaps it on free, so every step page-faults all of
+    it again, and in a VM a fault on memory the guest gave back can cost a host fault
+    too. Measured on a 2-core VM with 12 steppers in one process: a riemannian-qr (LoRA)
+    step 7.8-8.2 s -> 4.2-4.4 s, the fine-tuning floor 2.85 -> 2.65 s. The price: the
+    process keeps its peak memory until it exits. Returns whether the setting applied.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:

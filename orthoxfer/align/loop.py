@@ -24,7 +24,7 @@ from orthoxfer.align.linalg import rotate_dense
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.problem import ImageEncoder
 from orthoxfer.sites import param_overrides
-from orthoxfer.training import run_steps
+from orthoxfer.training import keep_freed_memory, run_steps
 
 
 @dataclass
@@ -94,6 +94,8 @@ class AlignStep:
         settings: AlignSettings,
     ) -> None:
         self.device = torch.device(settings.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
