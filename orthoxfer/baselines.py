@@ -1,51 +1,77 @@
-"""The baselines every transfer is compared against, and scale selection on held-out few-shot data.
+"""The baselines every transfer is compared against, each one call, and lambda chosen on held-out data.
 
-- target only: the target's zero-shot accuracy;
-- direct addition ("w/o alignment"): the summed source task vectors added to the target,
-  lambda chosen on a validation part of the few-shot pool, never on test;
-- target few-shot fine-tuning ("Target w/ FT"): the target's sites fine-tuned on
-  exactly the aligners' few-shot images (:func:`orthoxfer.train.finetune`).
+- :func:`target_only`: the target's zero-shot accuracy;
+- :func:`direct_addition` ("w/o alignment"): the summed source task vectors added to
+  the target at the lambda with the best accuracy on a validation part of the
+  few-shot pools, never on test. Transferred vectors are scored through the same
+  call, so every row of a table picks its lambda the same way;
+- :func:`fewshot_finetune` ("Target w/ FT"): the target's sites fine-tuned on exactly
+  the aligners' few-shot images (same pools, same seed, same batches).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from orthoxfer.evaluate import evaluate
+from orthoxfer.evaluate import evaluate, pool_accuracy
 from orthoxfer.problem import FewShotTask
 from orthoxfer.taskvector import TaskVector
+from orthoxfer.train import FinetuneSettings, finetune
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+TestSets = Mapping[str, tuple[nn.Module, Iterable]]  # name -> (target head, batches of (images, labels))
 
 
-def pool_batches(task: FewShotTask, batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A pool as plain (unaugmented) evaluation batches."""
-    return [task.batch(idx, augment=False) for idx in torch.arange(len(task.labels)).split(batch_size)]
+@dataclass
+class Scaled:
+    """A target carrying a vector at the lambda chosen on validation data, with every lambda's score."""
+
+    model: nn.Module
+    scale: float
+    validation: dict[float, float]
 
 
-def pool_accuracy(model: nn.Module, tasks: dict[str, FewShotTask], device: str | torch.device = "cpu") -> dict[str, float]:
-    """Accuracy on few-shot pools (validation parts): the only data settings are chosen on."""
-    return evaluate(model, {n: (t.head, pool_batches(t)) for n, t in tasks.items()}, device, progress=False)
-
-
-def with_vector(model: nn.Module, vector: TaskVector | None, scale: float) -> nn.Module:
-    """A copy of ``model`` carrying ``scale * vector`` (the model itself is left alone)."""
-    out = copy.deepcopy(model)
-    return vector.apply_to(out, scale) if vector is not None and scale != 0 else out
+def target_only(target: nn.Module, tests: TestSets, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Test accuracy of the target as it is, per task and ``mean``."""
+    return evaluate(target, tests, device)
 
 
 def choose_scale(
     model: nn.Module,
     vector: TaskVector,
-    validation: dict[str, FewShotTask],
+    validation: Mapping[str, FewShotTask],
     scales: Sequence[float] = SCALES,
     device: str | torch.device = "cpu",
 ) -> tuple[float, dict[float, float]]:
     """The lambda with the best mean validation accuracy (ties: the smaller lambda), and every score."""
-    scores = {s: pool_accuracy(with_vector(model, vector, s), validation, device)["mean"] for s in scales}
+    scores = {s: pool_accuracy(vector.added_to_copy(model, s), validation, device)["mean"] for s in scales}
     best = max(scores, key=lambda s: (scores[s], -s))
     return best, scores
+
+
+def direct_addition(
+    target: nn.Module,
+    vector: TaskVector,
+    validation: Mapping[str, FewShotTask],
+    scales: Sequence[float] = SCALES,
+    device: str | torch.device = "cpu",
+) -> Scaled:
+    """A copy of the target carrying ``vector`` at the lambda chosen on ``validation`` (never test data)."""
+    scale, scores = choose_scale(target, vector, validation, scales, device)
+    return Scaled(vector.added_to_copy(target, scale), scale, scores)
+
+
+def fewshot_finetune(
+    target: nn.Module,
+    train: dict[str, FewShotTask],
+    settings: FinetuneSettings,
+    run=None,
+    validation: dict[str, FewShotTask] | None = None,
+) -> tuple[nn.Module, TaskVector]:
+    """A copy of the target with its sites fine-tuned on the aligners' few-shot pools, and the update itself."""
+    vector = finetune(target, train, settings, run, scope="fewshot-ft", validation=validation)
+    return vector.added_to_copy(target), vector

@@ -27,14 +27,14 @@ from orthoxfer.align import align
 from orthoxfer.align.base import AlignProblem
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.artifacts import write_json
-from orthoxfer.baselines import SCALES, choose_scale, with_vector
+from orthoxfer.baselines import SCALES, direct_addition, fewshot_finetune
 from orthoxfer.controls import CONTROLS, control_vector
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluate import evaluate
 from orthoxfer.problem import FewShotTask
 from orthoxfer.runs import Run
 from orthoxfer.taskvector import TaskVector
-from orthoxfer.train import FinetuneSettings, finetune
+from orthoxfer.train import FinetuneSettings
 
 TestSet = tuple[nn.Module, Callable[[], Any]]  # (target head, () -> iterable of (images, labels))
 
@@ -154,8 +154,8 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
         model, scale = inputs.target, None
     elif row.method == "finetune":
         ft = config.fewshot_ft.replace(seed=seed, device=device)
-        vector = finetune(inputs.target, train, ft, row_run, scope="fewshot-ft")
-        model, scale = with_vector(inputs.target, vector, 1.0), 1.0
+        model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
+        scale = 1.0
     else:
         vector = row_vector(row, inputs, seed)
         if row.method != "direct":
@@ -165,9 +165,9 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
             alignment.save(row_run.file("alignment.safetensors"))
             record["diagnostics"] = alignment.meta["diagnostics"]["joint"]
             vector = alignment.apply(vector.select(alignment.sites))
-        scale, scores = choose_scale(inputs.target, vector, val, config.scales, device)
-        record["validation"] = {str(k): v for k, v in scores.items()}
-        model = with_vector(inputs.target, vector, scale)
+        chosen = direct_addition(inputs.target, vector, val, config.scales, device)
+        record["validation"] = {str(k): v for k, v in chosen.validation.items()}
+        model, scale = chosen.model, chosen.scale
     record["scale"] = scale
     record["accuracy"] = test_accuracy(model, inputs, device)
     record["seconds"] = time.perf_counter() - started

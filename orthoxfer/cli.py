@@ -17,6 +17,7 @@ from rich.table import Table
 from orthoxfer import __version__
 from orthoxfer.commands import console, print_json, reports_errors
 from orthoxfer.commands.align import align_command
+from orthoxfer.commands.baseline import baseline_app
 from orthoxfer.commands.bench import bench_command, demo_command
 from orthoxfer.commands.bench_speed import bench_speed_command
 from orthoxfer.commands.data import data_app
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(baseline_app, name="baseline")
 app.command("eval")(eval_command)
 app.command("align")(align_command)
 app.command("finetune")(finetune_command)

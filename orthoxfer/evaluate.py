@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from orthoxfer.data.paper import CORRUPT
-from orthoxfer.problem import image_features
+from orthoxfer.problem import FewShotTask, image_features
 
 
 @dataclass
@@ -105,3 +105,13 @@ def evaluate(
 def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy of ``head(features(model, images))`` over ``loader``'s (images, labels) batches."""
     return evaluate_scores(model, {"task": (head, loader)}, device, progress=False)["task"].accuracy
+
+
+def pool_batches(task: FewShotTask, batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A pool as plain (unaugmented) evaluation batches."""
+    return [task.batch(idx, augment=False) for idx in torch.arange(len(task.labels)).split(batch_size)]
+
+
+def pool_accuracy(model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu") -> dict[str, float]:
+    """Accuracy on held-out parts of few-shot pools or train splits: the only data settings are chosen on."""
+    return evaluate(model, {n: (t.head, pool_batches(t)) for n, t in tasks.items()}, device, progress=False)

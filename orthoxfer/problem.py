@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from orthoxfer.errors import UsageError
+
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -77,11 +79,18 @@ class FewShotTask:
 
     def split(self, val_fraction: float, seed: int) -> tuple[FewShotTask, FewShotTask]:
         """A train/validation split of the pool, for choosing settings without touching test data."""
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self.labels), generator=g)
-        n_val = max(1, round(val_fraction * len(order)))
-        parts = order[n_val:], order[:n_val]
         return tuple(  # type: ignore[return-value]
             FewShotTask(self.name, self.images[p], self.labels[p], self.head, self.mean, self.std, self.augment)
-            for p in parts
+            for p in split_order(len(self.labels), val_fraction, seed)
         )
+
+
+def split_order(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, validation) indices of ``n`` items; validation gets at least one item."""
+    if not 0 < val_fraction < 1:
+        raise UsageError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
+    if n < 2:
+        raise UsageError(f"cannot hold out validation data from {n} item(s); use more shots")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    return order[n_val:], order[:n_val]

@@ -9,8 +9,10 @@ model's own prototype heads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from orthoxfer.models.heads import default_cache_dir, zero_shot_head
 from orthoxfer.models.loading import LoadedModel
 from orthoxfer.models.pretrain import PretrainConfig, pretrained_pair
 from orthoxfer.models.pretrain import default_cache_dir as pretrain_cache_dir
-from orthoxfer.problem import Augment, FewShotTask, normalise
+from orthoxfer.problem import Augment, FewShotTask, normalise, split_order
 from orthoxfer.taskvector import TaskVector
 from orthoxfer.train import FinetuneSettings, finetune
 
@@ -53,6 +55,29 @@ def paper_fewshot_tasks(
     return tasks
 
 
+def paper_test_splits(names: list[str], data_root: Path | str) -> dict[str, ImageSplit]:
+    """The test splits of ``names`` keyed by canonical name; read before any model, so missing data fails first."""
+    return {dataset(n).name: load_split(dataset(n).name, data_root, "test") for n in names}
+
+
+def paper_test_sets(
+    model: LoadedModel,
+    splits: dict[str, ImageSplit],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int | None = None,
+    heads_dir: Path | str | None = None,
+) -> dict[str, tuple[nn.Module, Iterable]]:
+    """Test loaders with ``model``'s preprocessing and its own zero-shot heads (computed before any vector is added)."""
+    from orthoxfer.data.paper import make_loader
+
+    sets = {}
+    for name, split in splits.items():
+        split.transform = model.preprocess
+        sets[name] = (paper_head(model, name, heads_dir), make_loader(split, batch_size, device, workers))
+    return sets
+
+
 @dataclass
 class SplitTask:
     """A whole dataset split used like a few-shot pool: same ``batch`` contract, images read on demand.
@@ -63,7 +88,7 @@ class SplitTask:
     """
 
     name: str
-    split: ImageSplit  # with a transform ending in uint8 (see pixel_transform)
+    data: ImageSplit  # with a transform ending in uint8 (see pixel_transform)
     head: nn.Module
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -71,14 +96,41 @@ class SplitTask:
 
     @property
     def labels(self) -> torch.Tensor:
-        return torch.tensor(self.split.targets, dtype=torch.int64)
+        return torch.tensor(self.data.targets, dtype=torch.int64)
 
     def batch(self, index: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.split[i] for i in index.tolist()]
+        pairs = [self.data[i] for i in index.tolist()]
         images = torch.stack([img for img, _ in pairs])
         if augment and self.augment is not None:
             images = torch.stack([self.augment(img) for img in images])
         return normalise(images, self.mean, self.std), torch.tensor([label for _, label in pairs], dtype=torch.int64)
+
+    def split(self, val_fraction: float, seed: int) -> tuple[TaskPart, TaskPart]:
+        """Train and held-out parts, as views: the split is never copied into memory."""
+        return tuple(TaskPart(self, p) for p in split_order(len(self.data.targets), val_fraction, seed))  # type: ignore[return-value]
+
+
+@dataclass
+class TaskPart:
+    """Some items of a :class:`SplitTask`, with the same ``batch`` contract."""
+
+    task: SplitTask
+    index: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def head(self) -> nn.Module:
+        return self.task.head
+
+    @functools.cached_property
+    def labels(self) -> torch.Tensor:
+        return self.task.labels[self.index]
+
+    def batch(self, index: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.batch(self.index[index], augment)
 
 
 def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads_dir: Path | str | None = None) -> SplitTask:

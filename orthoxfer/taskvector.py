@@ -8,6 +8,7 @@ non-site parameter deltas of a ``full`` task vector: they are added unaligned.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -247,6 +248,10 @@ class TaskVector:
             p = model.get_parameter(name)
             p.add_((scale * t).to(p.dtype))
         return model
+
+    def added_to_copy(self, model: nn.Module, scale: float = 1.0) -> nn.Module:
+        """A copy of ``model`` carrying ``scale * self``: the model stays as it was, to score other lambdas on."""
+        return self.apply_to(copy.deepcopy(model), scale)
 
     # ----------------------------------------------------------------------- IO
     def save(self, path: Path | str) -> None:

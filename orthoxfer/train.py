@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.errors import UsageError
+from orthoxfer.evaluate import pool_accuracy
 from orthoxfer.problem import FewShotTask, ImageEncoder
 from orthoxfer.sites import Site, default_root, find_sites, param_overrides, read_site
 from orthoxfer.taskvector import TaskVector
@@ -150,12 +151,18 @@ class FinetuneStep:
 
 
 def finetune(
-    model: nn.Module, tasks: dict[str, FewShotTask], settings: FinetuneSettings, run=None, scope: str = "finetune"
+    model: nn.Module,
+    tasks: dict[str, FewShotTask],
+    settings: FinetuneSettings,
+    run=None,
+    scope: str = "finetune",
+    validation: dict[str, FewShotTask] | None = None,
 ) -> TaskVector:
     """Fine-tune ``model``'s sites on ``tasks`` (cycled, as the aligners see them) and return the update.
 
     With one task this makes that task's vector on the source; with the aligners'
     few-shot tasks it is the paper's "Target w/ FT" baseline on exactly their images.
+    ``validation`` (held-out parts of the tasks' data) is scored after every epoch.
     """
     if not tasks:
         raise UsageError("fine-tuning needs at least one task")
@@ -165,7 +172,11 @@ def finetune(
             raise UsageError(f"the model has NaN or Inf weights at site {site.name}; check the checkpoint")
     torch.manual_seed(settings.seed)
     step = FinetuneStep(model, sites, settings)
-    run_steps(step, list(tasks.values()), settings, run, scope)
     meta = {"tasks": list(tasks), "finetune": {k: v for k, v in dataclasses.asdict(settings).items() if k != "extra"},
             **settings.extra}
+
+    def validate() -> dict[str, float]:
+        return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), validation, step.device)
+
+    run_steps(step, list(tasks.values()), settings, run, scope, validate if validation else None)
     return step.module.task_vector(meta)

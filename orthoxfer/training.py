@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import platform
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -133,13 +134,32 @@ def task_batch(tasks: list[FewShotTask], step: int, settings: LoopSettings, devi
     return task, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def run_steps(stepper: Stepper, tasks: list[FewShotTask], settings: LoopSettings, run, scope: str) -> None:
-    """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked."""
+def epoch_steps(tasks: list[FewShotTask], settings: LoopSettings) -> int:
+    """Steps in which every task's pool (times its augmented copies) has been visited once."""
+    longest = max(len(t.labels) for t in tasks) * max(1, settings.augment)
+    return len(tasks) * math.ceil(longest / settings.batch_size)
+
+
+def run_steps(
+    stepper: Stepper,
+    tasks: list[FewShotTask],
+    settings: LoopSettings,
+    run,
+    scope: str,
+    validate: Callable[[], dict[str, float]] | None = None,
+) -> None:
+    """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
+
+    ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
+    epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
+    """
     checkpoint = run.file(f"checkpoint-{scope}.safetensors") if run is not None else None
     start = 0
     if run is not None and run.resume and checkpoint.exists():
         start, _ = load_checkpoint(checkpoint, stepper.module, stepper.optimiser)
-        _truncate_metrics(run, scope, start)
+        for name in ("metrics.jsonl", "validation.jsonl"):
+            _truncate_log(run, name, scope, start)
+    epoch = epoch_steps(tasks, settings)
     with progress_bar() as bar:
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
         for step in range(start, settings.steps):
@@ -165,13 +185,19 @@ def run_steps(stepper: Stepper, tasks: list[FewShotTask], settings: LoopSettings
                 bar.update(job, completed=done, status=status)
             else:
                 bar.update(job, completed=done)
+            if validate is not None and (done % epoch == 0 or last):
+                scores = validate()
+                if run is not None:
+                    run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
+                bar.console.print(f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
+                                  + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()), highlight=False)
             if save_now:
                 save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name})
 
 
-def _truncate_metrics(run, scope: str, step: int) -> None:
-    """Drop metric lines logged after the checkpoint a run resumes from, so each step appears once."""
-    path = run.file("metrics.jsonl")
+def _truncate_log(run, name: str, scope: str, step: int) -> None:
+    """Drop lines logged after the checkpoint a run resumes from, so each step appears once."""
+    path = run.file(name)
     if not path.exists():
         return
     records = [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -65,13 +65,13 @@ def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
     for task in inputs.tasks:
         head, make = task.test
         task.test = (head, lambda make=make, name=task.name: opened.append(name) or make())
-    real_choose = bench_module.choose_scale
+    real_addition = bench_module.direct_addition
 
     def spy(model, vector, validation, scales, device):
         assert opened == [], "test data was read before lambda was chosen"
         assert set(validation) == {"mnist"}
-        return real_choose(model, vector, validation, scales, device)
+        return real_addition(model, vector, validation, scales, device)
 
-    monkeypatch.setattr(bench_module, "choose_scale", spy)
+    monkeypatch.setattr(bench_module, "direct_addition", spy)
     record = run_row(Row("embed", "direct"), inputs, BenchConfig(), Run(root / "spy"), seed=0)
     assert opened == ["mnist"] and record["scale"] is not None

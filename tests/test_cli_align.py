@@ -113,10 +113,13 @@ def test_finetune_command_makes_a_task_vector_that_align_accepts(setup, tiny_arc
     result = runner.invoke(app, ["finetune", "--model", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--task", "eurosat",
                                  "--data-root", str(tmp_path / "data"), "--kind", "lora", "--rank", "2", "--steps", "3",
                                  "--warmup", "1", "--batch-size", "4", "--lr", "1e-3", "--heads-dir", str(tmp_path / "heads"),
-                                 "--device", "cpu", "--out", str(out)])
+                                 "--device", "cpu", "--out", str(out), "--val-fraction", "0.25"])
     assert result.exit_code == 0, result.output
     made = TaskVector.load(out / "task_vector.safetensors")
     assert made.kind == "lora" and made.rank == 2 and made.meta["tasks"] == ["EuroSAT"] and (out / "metrics.jsonl").exists()
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert validation[-1]["step"] == 3 and set(validation[-1]["accuracy"]) == {"EuroSAT", "mean"}
+    assert "validation accuracy" in result.output
     aligned = runner.invoke(app, [*common[:3], "--task-vector", str(out / "task_vector.safetensors"), *common[5:],
                                   "--method", "cayley", "--out", str(tmp_path / "al")])
     assert aligned.exit_code == 0, aligned.output

@@ -37,33 +37,24 @@ def eval_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Top-1 accuracy per task and their mean; heads come from the model's own text tower."""
-    from orthoxfer.data.paper import DATASETS, dataset, load_split, make_loader
+    from orthoxfer.data.paper import DATASETS
     from orthoxfer.evaluate import evaluate_scores, summarise
-    from orthoxfer.models.heads import default_cache_dir, zero_shot_head
     from orthoxfer.models.loading import load_model
+    from orthoxfer.suites import paper_test_sets, paper_test_splits
     from orthoxfer.taskvector import TaskVector
 
-    specs = [dataset(t) for t in tasks.split(",") if t.strip()]
-    if not specs:
+    names = [t for t in tasks.split(",") if t.strip()]
+    if not names:
         raise UsageError("--tasks names no dataset; choose from " + ", ".join(DATASETS))
     target = resolve_device(device)
-    splits = {s.name: load_split(s.name, data_root, "test") for s in specs}  # fail on missing data before loading
+    splits = paper_test_splits(names, data_root)  # fail on missing data before loading
     tv = TaskVector.load(task_vector) if task_vector is not None else None
     loaded = load_model(model, cache_dir=cache_dir, device=target)
     if tv is not None:
         tv.check_fits(loaded.model)  # a mismatched vector fails before any head is computed
-    # heads before the task vector: they belong to the model's own (pre-trained) text tower
-    heads = {
-        s.name: zero_shot_head(
-            loaded, None, s.classnames, s.templates, cache_dir=heads_dir or default_cache_dir(), name=s.name
-        )
-        for s in specs
-    }
+    loaders = paper_test_sets(loaded, splits, batch_size, target, workers, heads_dir)
     if tv is not None:
         tv.apply_to(loaded.model, scale)
-    for split in splits.values():
-        split.transform = loaded.preprocess
-    loaders = {name: (heads[name], make_loader(split, batch_size, target, workers)) for name, split in splits.items()}
     scores = evaluate_scores(loaded.model, loaders, target, progress=progress)
     accuracies = summarise(scores)
     results = {

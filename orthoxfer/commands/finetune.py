@@ -30,6 +30,7 @@ def finetune_command(
     batch_size: Annotated[int, Opt("--batch-size")] = 128,
     augment: Annotated[int, Opt("--augment", help="Augmented views per image per epoch (<=1: none).")] = 1,
     seed: Annotated[int, Opt("--seed")] = 0,
+    val_fraction: Annotated[float, Opt("--val-fraction", help="Part of the train split held out and scored every epoch (0: none).")] = 0.05,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path, Opt("--out", help="Run folder; task_vector.safetensors is written there.")] = Path("runs/finetune"),
     overwrite: Annotated[bool, Opt("--overwrite")] = False,
@@ -41,7 +42,8 @@ def finetune_command(
 
     `embed` and `lora` train only the sites (LoRA stays factored); `full` trains every
     parameter of the image tower: its site deltas are aligned later, the rest is
-    added unaligned.
+    added unaligned. A held-out part of the train split is scored after every epoch
+    (validation.jsonl in --out).
     """
     from orthoxfer.models.loading import load_model
     from orthoxfer.runs import Run
@@ -55,10 +57,12 @@ def finetune_command(
         extra={"architecture": model.split(":", 1)[0], "source": model, "orthoxfer_version": __version__},
     )
     run = Run(out, overwrite=overwrite, resume=resume)
-    run.write_config({**settings.__dict__, "model": model, "task": task, "data_root": str(data_root)})
+    run.write_config({**settings.__dict__, "model": model, "task": task, "data_root": str(data_root), "val_fraction": val_fraction})
     loaded = load_model(model, cache_dir=cache_dir, device=dev)
-    train = paper_train_task(loaded, task, data_root, heads_dir)
-    tv = finetune(loaded.model, {train.name: train}, settings, run, scope=train.name)
+    data = paper_train_task(loaded, task, data_root, heads_dir)
+    train, held_out = data.split(val_fraction, seed) if val_fraction > 0 else (data, None)
+    validation = {data.name: held_out} if held_out is not None else None
+    tv = finetune(loaded.model, {data.name: train}, settings, run, scope=data.name, validation=validation)
     tv.save(run.file("task_vector.safetensors"))
     console.print(
         f"wrote {run.file('task_vector.safetensors')} ({tv.kind}, {len(tv.sites)} sites"
