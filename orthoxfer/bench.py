@@ -28,7 +28,7 @@ from orthoxfer.align.base import AlignProblem
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.artifacts import write_json
 from orthoxfer.baselines import SCALES, direct_addition, fewshot_finetune
-from orthoxfer.controls import CONTROLS, control_vector
+from orthoxfer.controls import CONTROLS, control_vectors
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluate import evaluate
 from orthoxfer.problem import FewShotTask
@@ -132,15 +132,8 @@ def test_accuracy(model: nn.Module, inputs: BenchInputs, device: str) -> dict[st
 
 def row_vector(row: Row, inputs: BenchInputs, seed: int) -> TaskVector:
     """The summed task vector a row carries: the real one, or its control (built per task, then summed)."""
-    per_task = inputs.vectors[row.kind]
-    names = [t.name for t in inputs.tasks]
-    if not row.control:
-        return sum(per_task[n] for n in names)
-    others = names[1:] + names[:1]  # other-task: each task borrows its neighbour's vector
-    return sum(
-        control_vector(per_task[n], row.control, seed=seed + i, other=per_task[o])
-        for i, (n, o) in enumerate(zip(names, others))
-    )
+    vectors = {t.name: inputs.vectors[row.kind][t.name] for t in inputs.tasks}
+    return sum((control_vectors(vectors, row.control, seed) if row.control else vectors).values())
 
 
 def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:

@@ -48,3 +48,15 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
             o = other.delta(site).double()
             dense[site] = (o * (norms[site] / o.norm()) if o.norm() > 0 else o).to(d.dtype)
     return TaskVector(dense, extra=dict(tv.extra), meta=meta)
+
+
+def control_vectors(vectors: dict[str, TaskVector], kind: str, seed: int = 0) -> dict[str, TaskVector]:
+    """A control for each named vector, seeded per position; ``other-task`` borrows the next task's vector."""
+    names = list(vectors)
+    if kind == "other-task" and len(names) < 2:
+        raise UsageError("the other-task control needs two or more task vectors (each borrows another's)")
+    others = names[1:] + names[:1]
+    return {
+        n: control_vector(vectors[n], kind, seed=seed + i, other=vectors[o])
+        for i, (n, o) in enumerate(zip(names, others))
+    }

@@ -124,3 +124,19 @@ def test_finetune_command_makes_a_task_vector_that_align_accepts(setup, tiny_arc
                                   "--method", "cayley", "--out", str(tmp_path / "al")])
     assert aligned.exit_code == 0, aligned.output
     assert TaskVector.load(tmp_path / "al" / "transferred.safetensors").kind == "lora"
+
+
+def test_align_control_aligns_a_norm_matched_control(setup):
+    tmp_path, common, tv = setup
+    out = tmp_path / "ctl"
+    result = runner.invoke(app, [*common, "--method", "cayley", "--control", "norm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    al = Alignment.load(out / "alignment.safetensors")
+    assert al.meta["control"] == "norm" and json.loads((out / "config.json").read_text())["control"] == "norm"
+    moved = TaskVector.load(out / "transferred.safetensors")
+    assert moved.meta["control"] == "norm"
+    for site, norm in tv.norms().items():  # cayley is exactly orthogonal: the control's norms are the vector's
+        assert moved.norms()[site] == pytest.approx(norm, rel=1e-4)
+        assert not torch.allclose(moved.delta(site), tv.delta(site), atol=1e-3)
+    alone = runner.invoke(app, [*common, "--control", "other-task", "--out", str(tmp_path / "o")])
+    assert alone.exit_code == 2 and "two or more task vectors" in alone.output

@@ -36,3 +36,16 @@ def test_other_task_control_is_rescaled_other_vector():
         assert torch.allclose(c.delta(s) / c.delta(s).norm(), other.delta(s) / other.delta(s).norm(), atol=1e-6)
     with pytest.raises(ValueError, match="needs another task"):
         control_vector(tv, "other-task")
+
+
+def test_control_vectors_are_seeded_per_task_and_other_task_borrows_the_next():
+    from orthoxfer.controls import control_vectors
+
+    g = torch.Generator().manual_seed(0)
+    vectors = {n: TaskVector({"s": torch.randn(4, 4, generator=g)}) for n in ("a", "b", "c")}
+    norm = control_vectors(vectors, "norm", seed=5)
+    assert not torch.equal(norm["a"].delta("s"), norm["b"].delta("s"))
+    assert torch.equal(norm["b"].delta("s"), control_vectors(vectors, "norm", seed=5)["b"].delta("s"))
+    other = control_vectors(vectors, "other-task")
+    b = vectors["b"].delta("s")
+    assert torch.allclose(other["a"].delta("s"), b * vectors["a"].delta("s").norm() / b.norm())

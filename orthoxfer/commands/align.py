@@ -93,6 +93,8 @@ def align_command(
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
+    control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: align a control vector with the "
+                                       "same norms instead of each task vector, to measure the transfer gain.")] = None,  # fmt: skip
     source: Annotated[str | None, Opt("--source", help="Source model (for procrustes and init=procrustes).")] = None,
     suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root).")] = "paper",
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
@@ -135,13 +137,17 @@ def align_command(
     if (settings.method == "procrustes" or settings.init == "procrustes") and source is None:
         raise UsageError(f"{'init=procrustes' if settings.init == 'procrustes' else 'procrustes'} needs --source")
     vectors = load_vectors(task_vector)
+    if control is not None:
+        from orthoxfer.controls import control_vectors
+
+        vectors = control_vectors(vectors, control, seed=settings.seed)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(vectors)
     dev = resolve_device(device)
-    settings = settings.replace(
-        device=str(dev), extra={"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
-    )
+    provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
+    settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
-    run.write_config({**settings.to_dict(), "task_vectors": task_vector, "tasks": names, "data_root": str(data_root)})
+    run.write_config({**settings.to_dict(), "task_vectors": task_vector, "tasks": names, "data_root": str(data_root),
+                      "control": control})  # fmt: skip
 
     loaded = load_model(target, cache_dir=cache_dir, device=dev)
     source_model = load_model(source, cache_dir=cache_dir, device=dev).model if source else None
