@@ -23,6 +23,7 @@ from orthoxfer.commands.bench_speed import bench_speed_command
 from orthoxfer.commands.data import data_app
 from orthoxfer.commands.evaluate import eval_command
 from orthoxfer.commands.finetune import finetune_command
+from orthoxfer.commands.relate import relate_command
 
 app = typer.Typer(
     name="orthoxfer",
@@ -39,6 +40,7 @@ app.command("finetune")(finetune_command)
 app.command("bench")(bench_command)
 app.command("demo")(demo_command)
 app.command("bench-speed")(bench_speed_command)
+app.command("relate")(relate_command)
 @app.command()
 def version() -> None:
     """Print the orthoxfer version."""
