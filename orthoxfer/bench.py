@@ -26,11 +26,13 @@ from torch import nn
 from orthoxfer.align import align
 from orthoxfer.align.base import AlignProblem
 from orthoxfer.align.settings import AlignSettings
+from orthoxfer.alignment import rotate
 from orthoxfer.artifacts import write_json
 from orthoxfer.baselines import SCALES, direct_addition, fewshot_finetune
 from orthoxfer.controls import CONTROLS, control_vectors
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluate import evaluate
+from orthoxfer.planted import recovery_error
 from orthoxfer.problem import FewShotTask
 from orthoxfer.runs import Run
 from orthoxfer.taskvector import TaskVector
@@ -58,6 +60,7 @@ class BenchInputs:
     target: nn.Module
     tasks: list[BenchTask]
     vectors: dict[str, dict[str, TaskVector]]  # kind -> task -> source task vector
+    planted: dict[str, torch.Tensor] | None = None  # positive control: site -> the U* planted in the target
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Row:
             return "target only"
         if self.method == "finetune":
             return "target few-shot FT"
+        if self.method == "oracle":
+            return f"{self.kind}, U = U* (ceiling)"
         text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
         text += " (init procrustes)" if self.init == "procrustes" else ""
         return text + (f" [control: {self.control}]" if self.control else "")
@@ -104,10 +109,12 @@ class BenchConfig:
             if c not in CONTROLS:
                 raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
 
-    def rows(self) -> list[Row]:
+    def rows(self, planted: bool = False) -> list[Row]:
+        """The table's rows; a planted target adds the ceiling row, the vector carried by the planted U*."""
         rows = [Row("", "target"), Row("", "finetune")]
         for kind in self.kinds:
             rows.append(Row(kind, "direct"))
+            rows.extend([Row(kind, "oracle")] if planted else [])
             methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods)
             for method in methods:
                 inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
@@ -151,12 +158,16 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
         scale = 1.0
     else:
         vector = row_vector(row, inputs, seed)
-        if row.method != "direct":
+        if row.method == "oracle":
+            vector = rotate(vector, inputs.planted)
+        elif row.method != "direct":
             settings = config.align.replace(method=row.method, init=row.init, seed=seed)
             problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
             alignment = align(problem, settings, row_run)
             alignment.save(row_run.file("alignment.safetensors"))
             record["diagnostics"] = alignment.meta["diagnostics"]["joint"]
+            if inputs.planted is not None:
+                record["diagnostics"]["recovery_error"] = recovery_error(alignment.matrices(), inputs.planted)
             vector = alignment.apply(vector.select(alignment.sites))
         chosen = direct_addition(inputs.target, vector, val, config.scales, device)
         record["validation"] = {str(k): v for k, v in chosen.validation.items()}
@@ -170,7 +181,7 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
 def run_bench(inputs: BenchInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:
     """Every row for every seed, reusing rows already stored in the run folder."""
     records = []
-    rows = config.rows()
+    rows = config.rows(planted=inputs.planted is not None)
     for seed in seeds:
         for i, row in enumerate(rows, 1):
             path = run.file(f"rows/{row.id}-seed{seed}.json")

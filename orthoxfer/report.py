@@ -49,11 +49,13 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
             entry["norm_ratio"] = sum(d["norm_ratio"] for d in diags) / len(diags)
             entry["rank_kept"] = f"{diags[0]['rank_kept']}/{diags[0]['sites']}"
             entry["dist_identity"] = sum(d["dist_identity_mean"] for d in diags) / len(diags)
+            if "recovery_error" in diags[0]:
+                entry["recovery_error"] = sum(d["recovery_error"] for d in diags) / len(diags)
         out.append(entry)
     index = {(e["kind"], e["method"], e["init"], e["control"]): e for e in out}
     by_seed = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in records}
     for e in out:
-        if e["control"] or e["method"] in ("target", "finetune", "direct"):
+        if e["control"] or e["method"] in ("target", "finetune", "direct", "oracle"):
             continue
         gains = {}
         for (kind, method, init, control), c in index.items():
@@ -72,7 +74,9 @@ def _cell(value: tuple[float, float | None]) -> str:
 
 def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str], list[list[str]]]:
     controls = sorted({c for e in summary for c in e.get("transfer_gain", {})})
-    heads = ["method", *tasks, "mean", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *[f"gain vs {c}" for c in controls], "s"]
+    planted = any("recovery_error" in e for e in summary)
+    heads = ["method", *tasks, "mean", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *(["‖U−U*‖"] if planted else []),
+             *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
     rows = []
     for e in summary:
         scales = sorted({s for s in e["scale"] if s is not None})
@@ -84,6 +88,7 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
             f"{e['norm_ratio']:.4f}" if "norm_ratio" in e else "-",
             e.get("rank_kept", "-"),
             f"{e['dist_identity']:.3g}" if "dist_identity" in e else "-",
+            *([f"{e['recovery_error']:.3g}" if "recovery_error" in e else "-"] if planted else []),
             *[_cell(gains[c]) if c in gains else "-" for c in controls],
             f"{e['seconds']:.0f}",
         ])  # fmt: skip

@@ -24,8 +24,9 @@ from orthoxfer.data.mini import DATA_VERSION, MiniTask, mini_tasks, model_suite,
 from orthoxfer.data.paper import ImageSplit, dataset, load_split
 from orthoxfer.models.heads import default_cache_dir, zero_shot_head
 from orthoxfer.models.loading import LoadedModel
-from orthoxfer.models.pretrain import PretrainConfig, pretrained_pair
+from orthoxfer.models.pretrain import PretrainConfig, pretrained_model, pretrained_pair
 from orthoxfer.models.pretrain import default_cache_dir as pretrain_cache_dir
+from orthoxfer.planted import planted_target
 from orthoxfer.problem import Augment, FewShotTask, normalise, split_order
 from orthoxfer.taskvector import TaskVector
 from orthoxfer.train import FinetuneSettings, finetune
@@ -174,12 +175,21 @@ def mini_bench_inputs(
     kinds: tuple[str, ...],
     cache_dir: Path | str | None = None,
     names: tuple[str, ...] | None = None,
+    planted: bool = False,
 ):
-    """The mini suite for the benchmark: model A is the source, model B the target, each with its own heads."""
+    """The mini suite for the benchmark: model A is the source, model B the target, each with its own heads.
+
+    ``planted``: the positive control; the target is model A itself with a known
+    function-preserving permutation planted in it (:mod:`orthoxfer.planted`, seeded by ``seed``).
+    """
     from orthoxfer.bench import BenchInputs, BenchTask
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else pretrain_cache_dir()
-    source, target = pretrained_pair(pretrain, cache)
+    if planted:
+        source = pretrained_model("a", pretrain, cache)
+        target, u_star = planted_target(source, seed)
+    else:
+        (source, target), u_star = pretrained_pair(pretrain, cache), None
     tasks = mini_tasks(size) if names is None else mini_tasks(size, names)
     on_source = model_suite(source, tasks, shots=shots, seed=seed)
     on_target = model_suite(target, tasks, shots=shots, seed=seed)
@@ -194,6 +204,8 @@ def mini_bench_inputs(
         BenchTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for)
         for t, e in zip(tasks, on_target)
     ]
+    if planted:
+        return BenchInputs("planted", "mini:a", f"mini:a permuted (seed {seed})", source, target, bench_tasks, vectors, u_star)
     return BenchInputs("mini", "mini:a", "mini:b", source, target, bench_tasks, vectors)
 
 

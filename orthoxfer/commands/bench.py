@@ -51,7 +51,8 @@ def _list(text: str | None) -> tuple[str, ...] | None:
 
 @reports_errors
 def bench_command(
-    suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | paper (datasets under --data-root).")] = "mini",
+    suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
+                              "source with a known permutation planted) | paper (datasets under --data-root).")] = "mini",
     config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
     methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies.")] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
@@ -62,9 +63,10 @@ def bench_command(
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     alpha: Annotated[float | None, Opt("--alpha", help="Penalty weight.")] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model.")] = None,
+    rotation_rank: Annotated[int | None, Opt("--rotation-rank", help="k > 0: each trained U moves only inside a rank-k family (procrustes ignores it).")] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
-    size: Annotated[str, Opt("--size", help="mini only: full | micro (seconds; for smoke tests).")] = "full",
+    size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
     target: Annotated[str | None, Opt("--target", help="paper only: target model.")] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="paper only: the datasets.")] = None,
@@ -82,16 +84,16 @@ def bench_command(
     from orthoxfer.runs import Run
     from orthoxfer.train import FinetuneSettings
 
-    if suite not in ("mini", "paper"):
-        raise UsageError(f"unknown suite {suite!r}; choose mini or paper")
+    if suite not in ("mini", "planted", "paper"):
+        raise UsageError(f"unknown suite {suite!r}; choose mini, planted or paper")
     dev = resolve_device(device)
     shots = shots if shots is not None else (24 if size == "micro" else 100)
-    tables = mini_defaults() if suite == "mini" else paper_defaults()
+    tables = paper_defaults() if suite == "paper" else mini_defaults()
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
     if config is not None:
         for section, schema in schemas.items():
             tables[section].update(read_config(config, section, schema))
-    flags = {"steps": steps, "lr": lr, "alpha": alpha, "tie": tie}
+    flags = {"steps": steps, "lr": lr, "alpha": alpha, "tie": tie, "rotation_rank": rotation_rank}
     tables["align"].update({k: v for k, v in flags.items() if v is not None})
     if steps is not None:
         tables["fewshot_ft"]["steps"] = steps
@@ -126,10 +128,10 @@ def _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_
     from orthoxfer.models.pretrain import PretrainConfig
     from orthoxfer.suites import mini_bench_inputs, paper_bench_inputs
 
-    if suite == "mini":
+    if suite != "paper":
         base = PretrainConfig.micro() if size == "micro" else PretrainConfig()
         pretrain = type(base)(**{**base.__dict__, "seed_a": 2 * seed, "seed_b": 2 * seed + 1})
-        return mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir, _list(tasks))
+        return mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir, _list(tasks), suite == "planted")
     missing = [n for n, v in (("--source", source), ("--target", target), ("--data-root", data_root), ("--vectors", vectors_dir)) if v is None]
     if missing:
         raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
@@ -150,6 +152,6 @@ def demo_command(
     Reruns reuse the finished table in --out; pass a new --out to compute it again.
     """
     bench_command(suite="mini", seeds=seeds, controls=controls, size=size, out=out, resume=True, cache_dir=cache_dir,
-                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, tie=None,
+                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, tie=None, rotation_rank=None,
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip

@@ -220,25 +220,29 @@ def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | 
     return model.eval()
 
 
+def pretrained_model(
+    which: Which, config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True
+) -> open_clip.CLIP:
+    """Model ``which`` (a or b), loaded from the cache when this exact config built it before, else pre-trained and cached."""
+    config = config or PretrainConfig()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    paths = _paths(root, config)
+    path = paths[0] if which == "a" else paths[1]
+    model = _load(path, config, which)
+    if model is not None:
+        return model
+    model, log = pretrain(config, which, progress=progress)
+    meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
+    save_artifact(path, KIND, model.state_dict(), meta)
+    logs = json.loads(paths[2].read_text()).get("logs", {}) if paths[2].is_file() else {}
+    write_json(paths[2], {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
+                          "train_version": TRAIN_VERSION, "logs": {**logs, which: log}})  # fmt: skip
+    Console(stderr=True, quiet=not progress).print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
+    return model
+
+
 def pretrained_pair(
     config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True
 ) -> tuple[open_clip.CLIP, open_clip.CLIP]:
-    """Models A and B, loaded from the cache when this exact config built them before, else pre-trained and cached."""
-    config = config or PretrainConfig()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path_a, path_b, path_config = _paths(root, config)
-    console = Console(stderr=True, quiet=not progress)
-    models, logs = [], {}
-    for which, path in (("a", path_a), ("b", path_b)):
-        model = _load(path, config, which)
-        if model is None:
-            model, log = pretrain(config, which, progress=progress)
-            logs[which] = log
-            meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
-            save_artifact(path, KIND, model.state_dict(), meta)
-            console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
-        models.append(model)
-    if logs or not path_config.is_file():
-        write_json(path_config, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
-                                 "train_version": TRAIN_VERSION, "logs": logs})  # fmt: skip
-    return models[0], models[1]
+    """Models A and B (the source and target of the mini suite), each from the cache or pre-trained."""
+    return pretrained_model("a", config, cache_dir, progress), pretrained_model("b", config, cache_dir, progress)
