@@ -7,6 +7,11 @@ That is a property of any path that starts at I and moves continuously (exp maps
 Riemannian steps from I alike); with ``init=procrustes`` U0 may already carry the
 reflection, and the Cayley factor then rotates around it. The map is one inverse with a
 hand-written backward (:func:`orthoxfer.align.linalg.cayley`).
+
+With ``rotation_rank = k > 0``, ``S = A B^T - B A^T`` with A, B of shape (d, k): U moves
+only inside a rank-2k family, and the Cayley map is a 2k x 2k solve by Woodbury
+(:func:`orthoxfer.align.linalg.cayley_lowrank`), still exactly orthogonal. A starts small
+and random, B at 0, so U starts at U0 and both get gradients (as in LoRA).
 """
 
 from __future__ import annotations
@@ -15,17 +20,15 @@ import torch
 from torch import nn
 
 from orthoxfer.align.base import TrainedStrategy
-from orthoxfer.align.linalg import cayley
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.align.linalg import cayley, cayley_lowrank, is_identity_stack
+from orthoxfer.align.settings import AlignSettings, rotation_rank
 
 
 class CayleyMatrix(nn.Module):
     def __init__(self, init: torch.Tensor) -> None:
         super().__init__()
         init = init.float()
-        eye = torch.eye(init.shape[-1], dtype=init.dtype, device=init.device)
-        is_identity = bool(torch.equal(init, eye.expand_as(init)))
-        self.register_buffer("base", None if is_identity else init.clone())  # U0 = I costs nothing per step
+        self.register_buffer("base", None if is_identity_stack(init) else init.clone())  # U0 = I costs nothing per step
         self.a = nn.Parameter(torch.zeros_like(init))
 
     def forward(self) -> torch.Tensor:
@@ -33,9 +36,27 @@ class CayleyMatrix(nn.Module):
         return c if self.base is None else self.base @ c
 
 
+class LowRankCayley(nn.Module):
+    """U = U0 C(A B^T - B A^T), A, B of shape (n, d, k); forward builds the (n, d, d) stack in O(d^2 k)."""
+
+    def __init__(self, init: torch.Tensor, rank: int) -> None:
+        super().__init__()
+        init = init.float()
+        n, d, _ = init.shape
+        self.register_buffer("base", None if is_identity_stack(init) else init.clone())
+        a = torch.randn(n, d, rank) / d**0.5  # from the global RNG the loop seeds, drawn on CPU for any device
+        self.a = nn.Parameter(a.to(init.device))
+        self.b = nn.Parameter(torch.zeros(n, d, rank, device=init.device))
+
+    def forward(self) -> torch.Tensor:
+        return cayley_lowrank(self.a, self.b, self.base)
+
+
 class CayleyStrategy(TrainedStrategy):
     name = "cayley"
     exact = True
+    uses = ("rotation_rank",)
 
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
-        return CayleyMatrix(init)
+        k = rotation_rank(settings, init.shape[-1])
+        return LowRankCayley(init, k) if k else CayleyMatrix(init)

@@ -138,3 +138,59 @@ def cholesky_qr(y: torch.Tensor) -> torch.Tensor:
     with factorisation_threads(y):
         chol, _ = torch.linalg.cholesky_ex(y.mT @ y)
     return torch.linalg.solve_triangular(chol.mT, y, upper=True, left=False)
+
+
+def is_identity_stack(stack: torch.Tensor) -> bool:
+    """Whether every matrix of the stack is exactly I (a start U0 = I needs no product with U0)."""
+    eye = torch.eye(stack.shape[-1], dtype=stack.dtype, device=stack.device)
+    return bool(torch.equal(stack, eye.expand_as(stack)))
+
+
+def _lowrank_skew_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W = [A B]`` (n, d, 2k) and ``M = W^T W - J`` (n, 2k, 2k), with ``J = [[0, I], [-I, 0]]``.
+
+    ``S = A B^T - B A^T = W J W^T``, and ``M`` is never singular: if ``M x = 0`` then
+    ``x^T W^T W x = x^T M x = 0`` (J is skew), so ``W x = 0`` and ``J x = 0``, so ``x = 0``.
+    """
+    k = a.shape[-1]
+    w = torch.cat((a, b), -1)
+    m = w.mT @ w
+    m[..., :k, k:].diagonal(0, -2, -1).sub_(1)  # - J: -I top right ...
+    m[..., k:, :k].diagonal(0, -2, -1).add_(1)  # ... and +I bottom left
+    return w, m
+
+
+def _solve_small(m: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``M^-1 rhs`` for the 2k x 2k ``M`` above, with no error check (no host sync; M is invertible)."""
+    with factorisation_threads(m):
+        return torch.linalg.solve_ex(m, rhs)[0]
+
+
+def cayley_lowrank(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """``U0 (I - S)(I + S)^-1`` for ``S = A B^T - B A^T`` (A, B of shape (n, d, k)), as a dense (n, d, d) stack.
+
+    Why Woodbury: ``S`` has rank <= 2k, so ``I + S`` differs from I only inside a 2k-dim
+    subspace and its inverse needs no d x d factorisation. With ``W = [A B]`` and
+    ``S = W J W^T``, ``(I + S)^-1 = I - W (J^-1 + W^T W)^-1 W^T = I - W M^-1 W^T``
+    (``J^-1 = -J``), hence ``C = 2 (I + S)^-1 - I = I - 2 W M^-1 W^T``: one 2k x 2k solve
+    per matrix, exactly orthogonal to float precision like the dense map. Building the
+    d x d result costs O(d^2 k) (one (d x 2k)(2k x d) product; one more, ``U0 W``, when
+    ``base`` U0 is given); autograd's backward is of the same order. ``base=None`` means U0 = I.
+    """
+    w, m = _lowrank_skew_factors(a, b)
+    t = _solve_small(m, w.mT)  # M^-1 W^T, (n, 2k, d)
+    if base is not None:
+        return torch.baddbmm(base, base @ w, t, alpha=-2)
+    c = (w @ t).mul_(-2)
+    c.diagonal(0, -2, -1).add_(1)
+    return c
+
+
+def cayley_lowrank_apply(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(I - S)(I + S)^-1 v`` for ``S = A B^T - B A^T``: ``v - 2 W M^-1 (W^T v)``, O(d k m) for v of m columns.
+
+    The same Woodbury identity as :func:`cayley_lowrank`, never forming a d x d matrix
+    (the Cayley retraction of a tall Stiefel point uses it).
+    """
+    w, m = _lowrank_skew_factors(a, b)
+    return torch.baddbmm(v, w, _solve_small(m, w.mT @ v), alpha=-2)

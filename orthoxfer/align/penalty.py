@@ -5,6 +5,9 @@ drift; the diagnostics report by how much. ``penalty_form``:
 
 - ``paper``: ``alpha * sum_l ||U_l^T U_l - I||_F^2`` (the paper's equation);
 - ``reference``: ``alpha * mean_l ||U_l^T U_l - I||_F`` (what the released code does).
+
+With ``rotation_rank = k > 0``, ``U = U0 + A B^T`` (A, B of shape (d, k); A small and
+random, B = 0, as in LoRA): free inside that family, with the same penalty.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 from torch import nn
 
 from orthoxfer.align.base import TrainedStrategy, orthogonality_error
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.align.linalg import is_identity_stack
+from orthoxfer.align.settings import AlignSettings, rotation_rank
 
 
 class FreeMatrix(nn.Module):
@@ -25,13 +29,33 @@ class FreeMatrix(nn.Module):
         return self.u
 
 
+class LowRankFree(nn.Module):
+    """U = U0 + A B^T, A, B of shape (n, d, k); forward builds the (n, d, d) stack in O(d^2 k)."""
+
+    def __init__(self, init: torch.Tensor, rank: int) -> None:
+        super().__init__()
+        n, d, _ = init.shape
+        init = init.float()
+        self.register_buffer("base", None if is_identity_stack(init) else init.clone())
+        self.a = nn.Parameter((torch.randn(n, d, rank) / d**0.5).to(init.device))  # the loop's seeded RNG, on CPU
+        self.b = nn.Parameter(torch.zeros(n, d, rank, device=init.device))
+
+    def forward(self) -> torch.Tensor:
+        if self.base is not None:
+            return torch.baddbmm(self.base, self.a, self.b.mT)
+        u = self.a @ self.b.mT
+        u.diagonal(0, -2, -1).add_(1)
+        return u
+
+
 class PenaltyStrategy(TrainedStrategy):
     name = "penalty"
     exact = False
-    uses = ("alpha", "penalty_form")
+    uses = ("alpha", "penalty_form", "rotation_rank")
 
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
-        return FreeMatrix(init)
+        k = rotation_rank(settings, init.shape[-1])
+        return LowRankFree(init, k) if k else FreeMatrix(init)
 
     def regulariser(self, stacks: list[torch.Tensor], settings: AlignSettings) -> torch.Tensor:
         errors = torch.cat([orthogonality_error(s) for s in stacks])

@@ -2,7 +2,8 @@
 
 One flat record for all strategies keeps the CLI, config files and saved artifacts in
 step: a strategy reads the fields it uses (``alpha`` and ``penalty_form`` for
-``penalty``, ``retraction`` for ``riemannian``) and the record says which were used.
+``penalty``, ``retraction`` for ``riemannian``, ``rotation_rank`` for the trained ones)
+and the record says which were used.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ CHOICES = {
     "retraction": ("qr", "cayley"),
     "tie": ("site", "block", "model"),
 }
-NON_NEGATIVE = ("lr", "weight_decay", "steps", "warmup", "clip", "alpha", "log_every", "checkpoint_every", "shots", "augment")
+NON_NEGATIVE = (
+    "lr", "weight_decay", "steps", "warmup", "clip", "alpha", "log_every", "checkpoint_every", "shots", "augment",
+    "rotation_rank",
+)  # fmt: skip
 POSITIVE = ("batch_size",)
 
 
@@ -43,6 +47,7 @@ class AlignSettings:
     penalty_form: str = "paper"
     retraction: str = "qr"
     tie: str = "site"
+    rotation_rank: int = 0  # 0: a full U; k > 0: U moves away from its start only inside a rank-k family
     sites: str = "attn"
     shots: int = 100
     augment: int = 10  # copies of each few-shot image per epoch; 0 or 1 = no augmentation
@@ -71,6 +76,14 @@ class AlignSettings:
 
     def replace(self, **changes: Any) -> AlignSettings:
         return dataclasses.replace(self, **changes)
+
+
+def rotation_rank(settings: AlignSettings, dim: int) -> int:
+    """``settings.rotation_rank`` once checked against the width ``dim`` of the sites it rotates."""
+    k = settings.rotation_rank
+    if k >= dim:
+        raise UsageError(f"--rotation-rank {k} must be < {dim}, the width of the sites; pass a smaller rank, or 0 for a full U")
+    return k
 
 
 def read_config(path: Path | str, section: str | None = None, schema: type = AlignSettings) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def align_command(
     init: Annotated[str | None, Opt("--init", help="identity | procrustes (needs --source).")] = None,
     mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
+    rotation_rank: Annotated[int | None, Opt("--rotation-rank", help="k > 0: U moves from its start only inside a rank-k family (trained methods); 0: a full U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
     control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: align a control vector with the "
@@ -127,13 +128,15 @@ def align_command(
     flags = dict(
         method=method, alpha=alpha, penalty_form=penalty_form, retraction=retraction, lr=lr, weight_decay=weight_decay,
         steps=steps, warmup=warmup, clip=clip, init=init, mode=mode, tie=tie, scale=scale, sites=sites, shots=shots,
-        augment=augment, batch_size=batch_size, seed=seed,
+        augment=augment, batch_size=batch_size, seed=seed, rotation_rank=rotation_rank,
     )
     settings = resolve_settings(config, flags)
     if suite != "paper":
         raise UsageError(f"unknown suite {suite!r} for align; choose paper (the mini suite runs through `orthoxfer demo`)")
     if data_root is None:
         raise UsageError("--data-root is needed for --suite paper (see `orthoxfer data check`)")
+    if settings.method == "procrustes" and settings.rotation_rank:
+        raise UsageError("--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it")
     if (settings.method == "procrustes" or settings.init == "procrustes") and source is None:
         raise UsageError(f"{'init=procrustes' if settings.init == 'procrustes' else 'procrustes'} needs --source")
     vectors = load_vectors(task_vector)
