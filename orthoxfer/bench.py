@@ -25,7 +25,7 @@ from torch import nn
 
 from orthoxfer.align import align
 from orthoxfer.align.base import AlignProblem
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.align.settings import CHOICES, AlignSettings
 from orthoxfer.alignment import rotate
 from orthoxfer.artifacts import write_json
 from orthoxfer.baselines import SCALES, direct_addition, fewshot_finetune
@@ -71,10 +71,12 @@ class Row:
     method: str  # target | finetune | direct | a strategy name
     init: str = "identity"
     control: str = ""  # "" = the real vector
+    tie: str = "site"  # how many sites share one U (alignment rows only)
 
     @property
     def id(self) -> str:
         parts = [self.kind or "none", self.method]
+        parts += [f"tie-{self.tie}"] if self.tie != "site" else []
         parts += [f"init-{self.init}"] if self.init != "identity" else []
         parts += [f"control-{self.control}"] if self.control else []
         return "_".join(parts)
@@ -88,6 +90,7 @@ class Row:
         if self.method == "oracle":
             return f"{self.kind}, U = U* (ceiling)"
         text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
+        text += f" (tie {self.tie})" if self.tie != "site" else ""
         text += " (init procrustes)" if self.init == "procrustes" else ""
         return text + (f" [control: {self.control}]" if self.control else "")
 
@@ -99,6 +102,7 @@ class BenchConfig:
     kinds: tuple[str, ...] = ("embed", "lora")
     lora_methods: tuple[str, ...] = ("penalty",)
     controls: tuple[str, ...] = ()
+    ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
     val_fraction: float = 0.2
     scales: tuple[float, ...] = SCALES
     align: AlignSettings = field(default_factory=AlignSettings)
@@ -108,6 +112,9 @@ class BenchConfig:
         for c in self.controls:
             if c not in CONTROLS:
                 raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
+        for tie in self.ties:
+            if tie not in CHOICES["tie"]:
+                raise UsageError(f"unknown tie {tie!r}; choose from {', '.join(CHOICES['tie'])}")
 
     def rows(self, planted: bool = False) -> list[Row]:
         """The table's rows; a planted target adds the ceiling row, the vector carried by the planted U*."""
@@ -118,10 +125,11 @@ class BenchConfig:
             methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods)
             for method in methods:
                 inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
-                for init in inits:
-                    rows.append(Row(kind, method, init))
-                    if init == "identity":
-                        rows.extend(Row(kind, method, init, c) for c in self.controls)
+                for tie in self.ties:
+                    for init in inits:
+                        rows.append(Row(kind, method, init, tie=tie))
+                        if init == "identity":
+                            rows.extend(Row(kind, method, init, c, tie) for c in self.controls)
         return rows
 
 
@@ -161,7 +169,7 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
         if row.method == "oracle":
             vector = rotate(vector, inputs.planted)
         elif row.method != "direct":
-            settings = config.align.replace(method=row.method, init=row.init, seed=seed)
+            settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed)
             problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
             alignment = align(problem, settings, row_run)
             alignment.save(row_run.file("alignment.safetensors"))

@@ -38,7 +38,7 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
     out = []
     for row_id, runs in by_row.items():
         first = runs[0]
-        entry: dict[str, Any] = {k: first[k] for k in ("row", "label", "kind", "method", "init", "control")}
+        entry: dict[str, Any] = {k: first.get(k, "site") for k in ("row", "label", "kind", "method", "init", "control", "tie")}
         entry["seeds"] = [r["seed"] for r in runs]
         entry["accuracy"] = {t: interval([r["accuracy"][t] for r in runs]) for t in [*tasks, "mean"]}
         entry["scale"] = [r["scale"] for r in runs]
@@ -52,14 +52,14 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
             if "recovery_error" in diags[0]:
                 entry["recovery_error"] = sum(d["recovery_error"] for d in diags) / len(diags)
         out.append(entry)
-    index = {(e["kind"], e["method"], e["init"], e["control"]): e for e in out}
+    index = {(e["kind"], e["method"], e["init"], e["tie"], e["control"]): e for e in out}
     by_seed = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in records}
     for e in out:
         if e["control"] or e["method"] in ("target", "finetune", "direct", "oracle"):
             continue
         gains = {}
-        for (kind, method, init, control), c in index.items():
-            if control and (kind, method, init) == (e["kind"], e["method"], e["init"]):
+        for (kind, method, init, tie, control), c in index.items():
+            if control and (kind, method, init, tie) == (e["kind"], e["method"], e["init"], e["tie"]):
                 paired = [by_seed[(e["row"], s)] - by_seed[(c["row"], s)] for s in e["seeds"] if (c["row"], s) in by_seed]
                 gains[control] = interval(paired)
         if gains:

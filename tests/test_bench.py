@@ -75,3 +75,24 @@ def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
     monkeypatch.setattr(bench_module, "direct_addition", spy)
     record = run_row(Row("embed", "direct"), inputs, BenchConfig(), Run(root / "spy"), seed=0)
     assert opened == ["mnist"] and record["scale"] is not None
+
+
+def test_tie_options_are_rows_with_their_own_controls_and_gains():
+    from orthoxfer.bench import BenchConfig, Row
+    from orthoxfer.report import summarise_rows
+
+    config = BenchConfig(methods=("penalty",), kinds=("embed",), controls=("norm",), ties=("site", "block"), procrustes_init=False)
+    rows = config.rows()
+    assert Row("embed", "penalty", tie="block") in rows and Row("embed", "penalty", control="norm", tie="block") in rows
+    assert Row("embed", "penalty", tie="block").label == "embed, penalty (tie block)"
+    records = [
+        {"row": r.id, "label": r.label, **{k: getattr(r, k) for k in ("kind", "method", "init", "control", "tie")},
+         "seed": seed, "accuracy": {"t": acc, "mean": acc}, "scale": 1.0, "seconds": 1.0}
+        for seed in (0, 1)
+        for r, acc in zip(rows, (0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.4))
+    ]  # fmt: skip
+    summary = {e["label"]: e for e in summarise_rows(records, ["t"])}
+    assert summary["embed, penalty"]["transfer_gain"]["norm"][0] == pytest.approx(0.2)
+    assert summary["embed, penalty (tie block)"]["transfer_gain"]["norm"][0] == pytest.approx(0.3)
+    with pytest.raises(Exception, match="unknown tie"):
+        BenchConfig(ties=("layer",))

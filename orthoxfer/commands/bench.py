@@ -62,7 +62,7 @@ def bench_command(
     steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     alpha: Annotated[float | None, Opt("--alpha", help="Penalty weight.")] = None,
-    tie: Annotated[str | None, Opt("--tie", help="site | block | model.")] = None,
+    ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
     rotation_rank: Annotated[int | None, Opt("--rotation-rank", help="k > 0: each trained U moves only inside a rank-k family (procrustes ignores it).")] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
@@ -93,7 +93,7 @@ def bench_command(
     if config is not None:
         for section, schema in schemas.items():
             tables[section].update(read_config(config, section, schema))
-    flags = {"steps": steps, "lr": lr, "alpha": alpha, "tie": tie, "rotation_rank": rotation_rank}
+    flags = {"steps": steps, "lr": lr, "alpha": alpha, "rotation_rank": rotation_rank}
     tables["align"].update({k: v for k, v in flags.items() if v is not None})
     if steps is not None:
         tables["fewshot_ft"]["steps"] = steps
@@ -101,7 +101,8 @@ def bench_command(
     fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
-    chosen = {"methods": _list(methods), "kinds": _list(kinds), "controls": _list(controls), "procrustes_init": procrustes_init}
+    chosen = {"methods": _list(methods), "kinds": _list(kinds), "controls": _list(controls), "procrustes_init": procrustes_init,
+              "ties": _list(ties) or (align_settings.tie,)}  # fmt: skip
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
 
     run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
@@ -152,6 +153,6 @@ def demo_command(
     Reruns reuse the finished table in --out; pass a new --out to compute it again.
     """
     bench_command(suite="mini", seeds=seeds, controls=controls, size=size, out=out, resume=True, cache_dir=cache_dir,
-                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, tie=None, rotation_rank=None,
+                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, ties=None, rotation_rank=None,
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip
