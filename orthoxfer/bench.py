@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from orthoxfer.align import align
-from orthoxfer.align.base import AlignProblem
+from orthoxfer.align import STRATEGIES, align
+from orthoxfer.align.base import AlignProblem, Strategy, TrainedStrategy
 from orthoxfer.align.settings import CHOICES, AlignSettings
 from orthoxfer.alignment import rotate
 from orthoxfer.artifacts import write_json
 from orthoxfer.baselines import SCALES, direct_addition, fewshot_finetune
 from orthoxfer.controls import CONTROLS, control_vectors
 from orthoxfer.errors import UsageError
-from orthoxfer.evaluate import evaluate
+from orthoxfer.evaluate import evaluate, pool_accuracy
 from orthoxfer.planted import recovery_error
 from orthoxfer.problem import FewShotTask
 from orthoxfer.runs import Run
@@ -103,6 +103,7 @@ class BenchConfig:
     lora_methods: tuple[str, ...] = ("penalty",)
     controls: tuple[str, ...] = ()
     ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
+    lrs: tuple[float, ...] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
     val_fraction: float = 0.2
     scales: tuple[float, ...] = SCALES
     align: AlignSettings = field(default_factory=AlignSettings)
@@ -152,38 +153,58 @@ def row_vector(row: Row, inputs: BenchInputs, seed: int) -> TaskVector:
 
 
 def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
-    """Compute one row; its record holds accuracies, the chosen lambda, diagnostics and wall time."""
+    """Compute one row; its record holds accuracies, the chosen lambda (and lr), diagnostics and wall time.
+
+    Trained rows (aligners and few-shot FT alike) try every learning rate of
+    ``config.lrs`` with the same steps and keep the one whose model scores best on the
+    validation part of the pools; only then is test data read, once.
+    """
     started = time.perf_counter()
-    device = config.align.device
     train, val = split_pools(inputs, config.val_fraction, seed)
     record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "seed": seed}
-    row_run = Run(run.file(f"rows/{row.id}-seed{seed}"), resume=True)  # resumes a row cut off mid-training
-    if row.method == "target":
-        model, scale = inputs.target, None
-    elif row.method == "finetune":
-        ft = config.fewshot_ft.replace(seed=seed, device=device)
-        model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
-        scale = 1.0
-    else:
-        vector = row_vector(row, inputs, seed)
-        if row.method == "oracle":
-            vector = rotate(vector, inputs.planted)
-        elif row.method != "direct":
-            settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed)
-            problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
-            alignment = align(problem, settings, row_run)
-            alignment.save(row_run.file("alignment.safetensors"))
-            record["diagnostics"] = alignment.meta["diagnostics"]["joint"]
-            if inputs.planted is not None:
-                record["diagnostics"]["recovery_error"] = recovery_error(alignment.matrices(), inputs.planted)
-            vector = alignment.apply(vector.select(alignment.sites))
-        chosen = direct_addition(inputs.target, vector, val, config.scales, device)
-        record["validation"] = {str(k): v for k, v in chosen.validation.items()}
-        model, scale = chosen.model, chosen.scale
-    record["scale"] = scale
-    record["accuracy"] = test_accuracy(model, inputs, device)
+    trained = row.method == "finetune" or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
+    grid = config.lrs if trained and config.lrs else (None,)
+    fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
+    best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
+    model, score, fields = fits[best]
+    record.update(fields)
+    if len(grid) > 1:
+        record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
+    record["accuracy"] = test_accuracy(model, inputs, config.align.device)
     record["seconds"] = time.perf_counter() - started
     return record
+
+
+def _fit(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int, train, val, lr: float | None,
+         own_folder: bool) -> tuple[nn.Module, float, dict[str, Any]]:  # fmt: skip
+    """One candidate of a row: the model it yields, its mean validation accuracy, and what to record."""
+    device = config.align.device
+    folder = f"rows/{row.id}-seed{seed}" + (f"-lr{lr:g}" if own_folder else "")
+    row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
+    if row.method == "target":
+        return inputs.target, pool_accuracy(inputs.target, val, device)["mean"], {"scale": None}
+    if row.method == "finetune":
+        ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
+        model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
+        return model, pool_accuracy(model, val, device)["mean"], {"scale": 1.0}
+    fields: dict[str, Any] = {}
+    vector = row_vector(row, inputs, seed)
+    if row.method == "oracle":
+        vector = rotate(vector, inputs.planted)
+    elif row.method != "direct":
+        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed)
+        settings = settings.replace(lr=lr) if lr is not None else settings
+        problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
+        alignment = align(problem, settings, row_run)
+        alignment.save(row_run.file("alignment.safetensors"))
+        fields["diagnostics"] = alignment.meta["diagnostics"]["joint"]
+        if inputs.planted is not None:
+            fields["diagnostics"]["recovery_error"] = recovery_error(alignment.matrices(), inputs.planted)
+        vector = alignment.apply(vector.select(alignment.sites))
+    chosen = direct_addition(inputs.target, vector, val, config.scales, device)
+    fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
+    fields["scale"] = chosen.scale
+    return chosen.model, chosen.validation[chosen.scale], fields
 
 
 def run_bench(inputs: BenchInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:

@@ -96,3 +96,28 @@ def test_tie_options_are_rows_with_their_own_controls_and_gains():
     assert summary["embed, penalty (tie block)"]["transfer_gain"]["norm"][0] == pytest.approx(0.3)
     with pytest.raises(Exception, match="unknown tie"):
         BenchConfig(ties=("layer",))
+
+
+def test_lr_grid_is_chosen_on_validation_for_aligners_and_fewshot_ft_alike(micro_run, monkeypatch):
+    root, _, _ = micro_run
+    from orthoxfer.bench import BenchConfig, Row, run_row
+    from orthoxfer.commands.bench import _inputs, mini_defaults
+    from orthoxfer.runs import Run
+    from orthoxfer.train import FinetuneSettings
+
+    source_ft = FinetuneSettings(**mini_defaults()["finetune"])
+    inputs = _inputs("mini", 0, 24, "micro", "mnist", None, None, None, None, source_ft, ("embed",), "cpu", root / "cache")
+    opened = []
+    for task in inputs.tasks:
+        head, make = task.test
+        task.test = (head, lambda make=make: opened.append(1) or make())
+    config = BenchConfig(lrs=(1e-4, 1e-2))
+    config.align.steps = config.fewshot_ft.steps = 2
+    run = Run(root / "grid")
+    for row in (Row("", "finetune"), Row("embed", "penalty")):
+        record = run_row(row, inputs, config, run, seed=0)
+        assert set(record["lr_validation"]) == {"0.0001", "0.01"} and record["lr"] in (1e-4, 1e-2)
+        assert record["lr_validation"][f"{record['lr']:g}"] == max(record["lr_validation"].values())
+        assert (root / "grid" / "rows" / f"{row.id}-seed0-lr0.01").is_dir()
+    assert len(opened) == 2  # test data read once per row, after the choice
+    assert "lr" not in run_row(Row("embed", "procrustes"), inputs, config, run, seed=0)

@@ -70,3 +70,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available")
     return device
+
+
+def comma_list(text: str | None) -> tuple[str, ...] | None:
+    """``"a, b,"`` -> ``("a", "b")``; None stays None (the option was not given)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None
+
+
+def comma_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    try:
+        return tuple(float(t) for t in comma_list(text)) if text is not None else None
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None

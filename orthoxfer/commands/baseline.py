@@ -16,7 +16,7 @@ from rich.table import Table
 
 from orthoxfer import __version__
 from orthoxfer.artifacts import write_json
-from orthoxfer.commands import console, reports_errors, resolve_device
+from orthoxfer.commands import comma_floats, comma_list, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 
 Opt = typer.Option
@@ -37,7 +37,7 @@ BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per eval
 
 
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else (fallback or [])
+    names = list(comma_list(tasks) or fallback or [])
     if not names:
         raise UsageError("--tasks names no dataset; give e.g. --tasks EuroSAT,MNIST")
     return names
@@ -130,10 +130,7 @@ def direct_command(
     from orthoxfer.evaluate import evaluate
     from orthoxfer.runs import Run
 
-    try:
-        grid = tuple(float(s) for s in scales.split(",")) if scales else SCALES
-    except ValueError:
-        raise UsageError(f"--scales must be comma-separated numbers, got {scales!r}") from None
+    grid = comma_floats(scales, "--scales") or SCALES
     vectors = load_vectors(task_vector)
     names = _names(tasks, list(vectors))
     run = Run(out or Path("runs/baseline-direct"), overwrite=overwrite)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from orthoxfer import __version__
-from orthoxfer.commands import console, reports_errors, resolve_device
+from orthoxfer.commands import comma_floats, comma_list, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 
 Opt = typer.Option
@@ -45,10 +45,6 @@ def paper_defaults() -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
-def _list(text: str | None) -> tuple[str, ...] | None:
-    return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None
-
-
 @reports_errors
 def bench_command(
     suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
@@ -62,6 +58,8 @@ def bench_command(
     steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     alpha: Annotated[float | None, Opt("--alpha", help="Penalty weight.")] = None,
+    lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
+                                   "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
     ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
     rotation_rank: Annotated[int | None, Opt("--rotation-rank", help="k > 0: each trained U moves only inside a rank-k family (procrustes ignores it).")] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
@@ -101,8 +99,8 @@ def bench_command(
     fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
-    chosen = {"methods": _list(methods), "kinds": _list(kinds), "controls": _list(controls), "procrustes_init": procrustes_init,
-              "ties": _list(ties) or (align_settings.tie,)}  # fmt: skip
+    chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
+              "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs")}  # fmt: skip
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
 
     run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
@@ -132,11 +130,11 @@ def _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_
     if suite != "paper":
         base = PretrainConfig.micro() if size == "micro" else PretrainConfig()
         pretrain = type(base)(**{**base.__dict__, "seed_a": 2 * seed, "seed_b": 2 * seed + 1})
-        return mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir, _list(tasks), suite == "planted")
+        return mini_bench_inputs(pretrain, size, shots, seed, source_ft, kinds, cache_dir, comma_list(tasks), suite == "planted")
     missing = [n for n, v in (("--source", source), ("--target", target), ("--data-root", data_root), ("--vectors", vectors_dir)) if v is None]
     if missing:
         raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
-    names = list(_list(tasks or PAPER_TASKS))
+    names = list(comma_list(tasks or PAPER_TASKS))
     return paper_bench_inputs(source, target, names, data_root, shots, seed, vectors_dir, source_ft, kinds, dev, cache_dir)
 
 
@@ -153,6 +151,6 @@ def demo_command(
     Reruns reuse the finished table in --out; pass a new --out to compute it again.
     """
     bench_command(suite="mini", seeds=seeds, controls=controls, size=size, out=out, resume=True, cache_dir=cache_dir,
-                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, ties=None, rotation_rank=None,
+                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, ties=None, lrs=None, rotation_rank=None,
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip
