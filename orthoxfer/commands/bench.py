@@ -138,19 +138,30 @@ def _inputs(suite, seed, shots, size, tasks, source, target, data_root, vectors_
     return paper_bench_inputs(source, target, names, data_root, shots, seed, vectors_dir, source_ft, kinds, dev, cache_dir)
 
 
+STUDY = {"controls": "norm,spectrum,other-task", "ties": "site,block,model", "kinds": "embed", "procrustes_init": False}
+
+
 @reports_errors
 def demo_command(
-    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1, pre-training included.")] = 1,
-    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1, pre-training included; N > 1 runs the study "
+                              "(controls and tie options, below).")] = 1,  # fmt: skip
+    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task (study default: all three).")] = None,
+    ties: Annotated[str | None, Opt("--ties", help="Tie options: site,block,model (study default: all three).")] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
     out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/demo"),
     cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,
 ) -> None:
     """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` with its defaults.
 
-    Reruns reuse the finished table in --out; pass a new --out to compute it again.
+    With one seed: the table's rows (embed and LoRA vectors, every strategy, each also
+    started at Procrustes). With --seeds N > 1, the study of what the vector transfers:
+    embed vectors, every strategy at every tie option, each beside its three controls,
+    with transfer gains and 95% intervals over the N seeds. Reruns reuse the finished
+    rows in --out; pass a new --out to compute them again.
     """
-    bench_command(suite="mini", seeds=seeds, controls=controls, size=size, out=out, resume=True, cache_dir=cache_dir,
-                  methods=None, kinds=None, procrustes_init=None, steps=None, lr=None, alpha=None, ties=None, lrs=None, rotation_rank=None,
+    study = dict(STUDY) if seeds > 1 else {"controls": None, "ties": None, "kinds": None, "procrustes_init": None}
+    study.update({k: v for k, v in {"controls": controls, "ties": ties}.items() if v is not None})
+    bench_command(suite="mini", seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
+                  methods=None, steps=None, lr=None, alpha=None, lrs=None, rotation_rank=None,
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip
