@@ -230,3 +230,37 @@ def test_bench_speed_writes_every_row(tmp_path):
     assert all(r["median_s"] > 0 and len(r["times_s"]) == len(r["ratios"]) == 1 for r in others)
     assert report["arithmetic"]["floor_gflop"] > 0
     assert "| floor: fine-tune the sites (AdamW) |" in (tmp_path / "step_cost-cpu.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["penalty", "riemannian", "cayley"])
+@pytest.mark.parametrize("tie", ["site", "block"])
+@pytest.mark.parametrize("start", ["identity", "orthogonal"])
+def test_low_rank_factored_rotation_equals_rotation_by_the_full_u(tiny, method, tie, start):
+    """``U = U0 (I + L R^T)``: deltas from the factors alone equal ``U^T dW U`` with U built in full, values and gradients."""
+    from orthoxfer.align.loop import factored_deltas
+
+    g = torch.Generator().manual_seed(7)
+    sites = find_sites(tiny, "attn")
+    (group,) = group_sites(sites, tie)
+    settings = AlignSettings(method=method, rotation_rank=3)
+    init = identity_stacks([group])[0] if start == "identity" else near_identity(len(group.keys), group.dim, g, scale=1.0)
+    torch.manual_seed(0)
+    part = STRATEGIES[method]().parameterise(init, settings)
+    with torch.no_grad():
+        for p in part.parameters():  # off the start (B = 0, R = I), where U would not depend on every factor
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    for tv in vectors(sites, g):
+        vec = StackedVector.build(ScopedProblem("joint", tiny, tv, {}, sites), group, 0.7, torch.device("cpu"))
+        base = part.base if part.base is None or not group.tied else part.base[group.index]
+        carried = vec if part.base is None else vec.carried_by(base)
+        fast = factored_deltas([group], [carried], [part])[0]
+        weights = torch.randn(fast.shape, generator=g)
+        part.zero_grad()
+        (fast * weights).sum().backward()
+        fast_grads = [p.grad.clone() for p in part.parameters()]
+        part.zero_grad()
+        slow = site_deltas([group], [vec], [part()])[0]
+        (slow * weights).sum().backward()
+        assert torch.allclose(fast, slow, atol=1e-4), (method, tie, start)
+        for a, b in zip(fast_grads, (p.grad for p in part.parameters())):
+            assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)

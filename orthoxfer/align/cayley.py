@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from orthoxfer.align.base import TrainedStrategy
-from orthoxfer.align.linalg import cayley, cayley_lowrank, is_identity_stack
+from orthoxfer.align.linalg import cayley, cayley_lowrank, cayley_lowrank_factors, is_identity_stack
 from orthoxfer.align.settings import AlignSettings, rotation_rank
 
 
@@ -50,6 +50,10 @@ class LowRankCayley(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return cayley_lowrank(self.a, self.b, self.base)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``L, R`` with ``U = U0 (I + L R^T)``: what the step needs to rotate a vector in O(d^2 k)."""
+        return cayley_lowrank_factors(self.a, self.b)
 
 
 class CayleyStrategy(TrainedStrategy):

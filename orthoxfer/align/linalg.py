@@ -177,13 +177,18 @@ def cayley_lowrank(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None =
     d x d result costs O(d^2 k) (one (d x 2k)(2k x d) product; one more, ``U0 W``, when
     ``base`` U0 is given); autograd's backward is of the same order. ``base=None`` means U0 = I.
     """
-    w, m = _lowrank_skew_factors(a, b)
-    t = _solve_small(m, w.mT)  # M^-1 W^T, (n, 2k, d)
+    left, right = cayley_lowrank_factors(a, b)
     if base is not None:
-        return torch.baddbmm(base, base @ w, t, alpha=-2)
-    c = (w @ t).mul_(-2)
+        return torch.baddbmm(base, base @ left, right.mT)
+    c = left @ right.mT
     c.diagonal(0, -2, -1).add_(1)
     return c
+
+
+def cayley_lowrank_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L, R`` (n, d, 2k) with ``(I - S)(I + S)^-1 = I + L R^T``: ``L = W``, ``R^T = -2 M^-1 W^T`` (see above)."""
+    w, m = _lowrank_skew_factors(a, b)
+    return w, _solve_small(m, w.mT).mT.mul(-2)
 
 
 def cayley_lowrank_apply(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -194,3 +199,16 @@ def cayley_lowrank_apply(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> t
     """
     w, m = _lowrank_skew_factors(a, b)
     return torch.baddbmm(v, w, _solve_small(m, w.mT @ v), alpha=-2)
+
+
+def rotate_factored(dw: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``U^T dW U`` for ``U = I + L R^T`` (L, R of shape (n, d, m)) without forming U: O(d^2 m), not O(d^3).
+
+    ``(I + R L^T) dW (I + L R^T) = dW + R (L^T dW + (L^T dW L) R^T) + (dW L) R^T``: four
+    (d x d)(d x m)-sized products instead of two d x d ones, so with a low-rank rotation
+    (``--rotation-rank k``, m <= 2k) the step pays for the parameters it has. Autograd's
+    backward is of the same order.
+    """
+    p = left.mT @ dw  # (n, m, d)
+    inner = torch.baddbmm(p, p @ left, right.mT)  # L^T dW + (L^T dW L) R^T
+    return torch.baddbmm(torch.baddbmm(dw, right, inner), dw @ left, right.mT)

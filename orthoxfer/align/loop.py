@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.align.base import ScopedProblem, SiteGroup, Solution, TrainedStrategy, orthogonality_error
-from orthoxfer.align.linalg import rotate_dense
+from orthoxfer.align.linalg import rotate_dense, rotate_factored
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.problem import ImageEncoder
 from orthoxfer.sites import param_overrides
@@ -55,6 +55,21 @@ class StackedVector:
             return rotate_dense(u, self.dw)
         return (u.mT @ self.b) @ (self.a @ u)
 
+    def rotated_factored(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``U^T dW U`` for ``U = I + L R^T``, never forming U (see :func:`rotate_factored`)."""
+        if self.dw is not None:
+            return rotate_factored(self.dw, left, right)
+        ub = torch.baddbmm(self.b, right, left.mT @ self.b)  # U^T B
+        au = torch.baddbmm(self.a, self.a @ left, right.mT)  # A U
+        return ub @ au
+
+    @torch.no_grad()
+    def carried_by(self, base: torch.Tensor) -> StackedVector:
+        """The vector moved once by a fixed start ``U0`` (``U0^T dW U0``), so ``U = U0 (I + L R^T)`` needs only the factors."""
+        if self.dw is not None:
+            return StackedVector(dw=base.mT @ self.dw @ base)
+        return StackedVector(a=self.a @ base, b=base.mT @ self.b)
+
 
 def site_deltas(groups: list[SiteGroup], vectors: list[StackedVector], stacks: list[torch.Tensor]) -> list[torch.Tensor]:
     """Rotated deltas, one (n_sites, d, d) stack per group in site order: the one place a step touches U.
@@ -66,6 +81,20 @@ def site_deltas(groups: list[SiteGroup], vectors: list[StackedVector], stacks: l
         vec.rotated(stack[group.index.to(stack.device)] if group.tied else stack)
         for group, vec, stack in zip(groups, vectors, stacks)
     ]
+
+
+def factored_deltas(groups: list[SiteGroup], vectors: list[StackedVector], parts: list[nn.Module]) -> list[torch.Tensor]:
+    """As :func:`site_deltas` for low-rank parameterisations ``U = U0 (I + L R^T)``, from their factors only.
+
+    ``vectors`` must already be carried by each part's ``U0`` (:meth:`StackedVector.carried_by`).
+    """
+    deltas = []
+    for group, vec, part in zip(groups, vectors, parts):
+        left, right = part.factors()
+        if group.tied:
+            left, right = left[group.index], right[group.index]
+        deltas.append(vec.rotated_factored(left, right))
+    return deltas
 
 
 class TransformStack(nn.Module):
@@ -104,6 +133,14 @@ class AlignStep:
         self.encoder = ImageEncoder(self.target)
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
+        # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)
+        self.factored = all(hasattr(p, "factors") for p in self.module.parts)
+        if self.factored:
+            self.vectors = [
+                v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
+                for v, p, g in zip(self.vectors, self.module.parts, groups)
+            ]
+        self.needs_stacks = not self.factored or type(strategy).regulariser is not TrainedStrategy.regulariser
         self.optimiser = strategy.optimiser(self.module, settings)
         self.base_lrs = [g["lr"] for g in self.optimiser.param_groups]
         cuda = self.device.type == "cuda"
@@ -113,9 +150,9 @@ class AlignStep:
         """Returns (loss, ce, regulariser or None) as device tensors: no host sync here."""
         for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
             group["lr"] = lr * lr_scale
-        stacks = self.module()
+        stacks = self.module() if self.needs_stacks else None
         ce = F.cross_entropy(self.logits(x, head, stacks).float(), y)
-        reg = self.strategy.regulariser(stacks, self.settings)
+        reg = self.strategy.regulariser(stacks, self.settings) if stacks is not None else None
         loss = ce if reg is None else ce + reg
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,9 +161,13 @@ class AlignStep:
         self.optimiser.step()
         return loss, ce, reg
 
-    def logits(self, x: torch.Tensor, head: nn.Module, stacks: list[torch.Tensor]) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, head: nn.Module, stacks: list[torch.Tensor] | None) -> torch.Tensor:
         """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
-        overrides = param_overrides(self.target, self.sites, site_deltas(self.groups, self.vectors, stacks), prefix="model.")
+        if self.factored:
+            deltas = factored_deltas(self.groups, self.vectors, list(self.module.parts))
+        else:
+            deltas = site_deltas(self.groups, self.vectors, stacks)
+        overrides = param_overrides(self.target, self.sites, deltas, prefix="model.")
         with self.autocast:
             return head(functional_call(self.encoder, overrides, (x,)))
 

@@ -47,6 +47,10 @@ class LowRankFree(nn.Module):
         u.diagonal(0, -2, -1).add_(1)
         return u
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``L, R`` with ``U = U0 (I + L R^T)``: ``L = U0^T A``, ``R = B`` (U0, I or Procrustes, is orthogonal)."""
+        return (self.a if self.base is None else self.base.mT @ self.a), self.b
+
 
 class PenaltyStrategy(TrainedStrategy):
     name = "penalty"

@@ -86,6 +86,12 @@ class LowRankStiefel(nn.Module):
             return u
         return torch.baddbmm(self.base, (self.base @ self.q) @ r, self.q.mT)
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``L, R`` with ``U = U0 (I + L R^T)``: ``L = Q``, ``R = Q (R - I)^T`` (the step rotates in O(d^2 k))."""
+        r = self.r.clone()
+        r.diagonal(0, -2, -1).sub_(1)
+        return self.q, self.q @ r.mT
+
 
 class RiemannianStrategy(TrainedStrategy):
     name = "riemannian"
