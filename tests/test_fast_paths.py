@@ -220,11 +220,13 @@ def test_activation_side_comparison_computes_the_same_logits(tiny, kind):
 
 
 def test_bench_speed_writes_every_row(tmp_path):
-    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, vector="dense,lora", rank=2)
+    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, vector="dense,lora", rank=2,
+                        rotation_rank=2)  # fmt: skip
     report = json.loads((tmp_path / "step_cost-cpu.json").read_text())
     rows = {(r["method"], r["vector"]) for r in report["rows"]}
-    per_vector = [m for m in METHODS if m not in ("floor", "procrustes")]
+    per_vector = [m for m in METHODS if m not in ("floor", "procrustes")] + [f"{m} rank 2" for m in TRAINED]
     assert rows == {("floor", "-"), ("procrustes", "-")} | {(m, v) for m in per_vector for v in ("dense", "lora r2")}
+    assert sum("meets_goal" in r for r in report["rows"]) == 2 * 2 * len(TRAINED)
     floor, *others = report["rows"]
     assert floor["ratio_to_floor"] == 1.0 and len(floor["times_s"]) == 1 + (len(others) + 1) // 2
     assert all(r["median_s"] > 0 and len(r["times_s"]) == len(r["ratios"]) == 1 for r in others)
