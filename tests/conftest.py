@@ -34,3 +34,33 @@ def tiny_arch():
     """An open_clip arch name for a tiny config, loadable as `orthoxfer-test-tiny:none` or `:/path`."""
     register_arch(TINY_ARCH, TINY_CONFIG)
     return TINY_ARCH
+
+
+@pytest.fixture
+def eurosat_run(tmp_path, tiny_arch):
+    """A generated EuroSAT tree, a source checkpoint and a task vector for the tiny target, and CLI flags naming them."""
+    from safetensors.torch import save_file
+    from test_data_paper import make_eurosat
+
+    from orthoxfer.models.loading import load_model
+    from orthoxfer.sites import find_sites
+    from orthoxfer.taskvector import TaskVector
+
+    make_eurosat(tmp_path / "data", per_class=8)
+    save_file(small_clip(seed=7, layers=1).state_dict(), str(tmp_path / "source.safetensors"))
+    target = load_model(f"{tiny_arch}:none").model
+    g = torch.Generator().manual_seed(0)
+    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
+    tv.save(tmp_path / "tv.safetensors")
+    flags = ["--target", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--heads-dir", str(tmp_path / "heads"),
+             "--device", "cpu"]  # fmt: skip
+    return tmp_path, flags, tv
+
+
+@pytest.fixture
+def align_setup(eurosat_run):
+    """``orthoxfer align`` arguments for a 3-step run on :func:`eurosat_run` (method and --out still to add)."""
+    tmp_path, flags, tv = eurosat_run
+    common = ["align", *flags[:2], "--task-vector", str(tmp_path / "tv.safetensors"), *flags[2:],
+              "--shots", "6", "--batch-size", "4", "--steps", "3"]  # fmt: skip
+    return tmp_path, common, tv

@@ -22,18 +22,6 @@ from orthoxfer.train import finetune
 runner = CliRunner()
 
 
-@pytest.fixture
-def world(tmp_path, tiny_arch):
-    make_eurosat(tmp_path / "data", per_class=8)
-    target = load_model(f"{tiny_arch}:none").model
-    g = torch.Generator().manual_seed(0)
-    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
-    tv.save(tmp_path / "tv.safetensors")
-    common = ["--target", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--heads-dir", str(tmp_path / "heads"),
-              "--device", "cpu"]  # fmt: skip
-    return tmp_path, common
-
-
 def test_finetune_scores_held_out_data_every_epoch(tiny, tmp_path):
     train, held_out = colour_task(n=128).split(0.25, seed=0)
     run = Run(tmp_path / "ft")
@@ -59,8 +47,8 @@ def test_python_baselines(tiny):
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # the target itself is left alone
 
 
-def test_target_baseline_command(world):
-    tmp_path, common = world
+def test_target_baseline_command(eurosat_run):
+    tmp_path, common, _ = eurosat_run
     result = runner.invoke(app, ["baseline", "target", *common, "--tasks", "eurosat", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "t" / "results.json").read_text())
@@ -69,8 +57,8 @@ def test_target_baseline_command(world):
     assert again.exit_code == 2 and "already holds a run" in again.output
 
 
-def test_direct_baseline_chooses_lambda_without_reading_test_images(world, monkeypatch):
-    tmp_path, common = world
+def test_direct_baseline_chooses_lambda_without_reading_test_images(eurosat_run, monkeypatch):
+    tmp_path, common, _ = eurosat_run
     read = []  # the split each loader iterated over, in order
     real_loader, real_direct = paper.make_loader, baselines.direct_addition
 
@@ -105,8 +93,8 @@ def test_direct_baseline_chooses_lambda_without_reading_test_images(world, monke
     assert bad.exit_code == 2 and "--scales" in bad.output
 
 
-def test_fewshot_ft_baseline_sees_the_aligners_images(world, monkeypatch):
-    tmp_path, common = world
+def test_fewshot_ft_baseline_sees_the_aligners_images(eurosat_run, monkeypatch):
+    tmp_path, common, _ = eurosat_run
     seen: dict[str, list] = {"finetune": [], "penalty": []}
     real = training.task_batch
 

@@ -52,11 +52,9 @@ def test_rerun_with_resume_reuses_rows_and_changed_settings_are_refused(micro_ru
     assert changed.exit_code == 2 and "settings differ" in changed.output
 
 
-def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
-    root, _, _ = micro_run
-    from orthoxfer.bench import BenchConfig, Row, run_row
+def spied_inputs(root):
+    """The micro suite's mnist inputs, and a list that records each reading of test data (by task name)."""
     from orthoxfer.commands.bench import _inputs, mini_defaults
-    from orthoxfer.runs import Run
     from orthoxfer.train import FinetuneSettings
 
     source_ft = FinetuneSettings(**mini_defaults()["finetune"])
@@ -65,6 +63,15 @@ def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
     for task in inputs.tasks:
         head, make = task.test
         task.test = (head, lambda make=make, name=task.name: opened.append(name) or make())
+    return inputs, opened
+
+
+def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
+    root, _, _ = micro_run
+    from orthoxfer.bench import BenchConfig, Row, run_row
+    from orthoxfer.runs import Run
+
+    inputs, opened = spied_inputs(root)
     real_addition = bench_module.direct_addition
 
     def spy(model, vector, validation, scales, device):
@@ -101,16 +108,9 @@ def test_tie_options_are_rows_with_their_own_controls_and_gains():
 def test_lr_grid_is_chosen_on_validation_for_aligners_and_fewshot_ft_alike(micro_run, monkeypatch):
     root, _, _ = micro_run
     from orthoxfer.bench import BenchConfig, Row, run_row
-    from orthoxfer.commands.bench import _inputs, mini_defaults
     from orthoxfer.runs import Run
-    from orthoxfer.train import FinetuneSettings
 
-    source_ft = FinetuneSettings(**mini_defaults()["finetune"])
-    inputs = _inputs("mini", 0, 24, "micro", "mnist", None, None, None, None, source_ft, ("embed",), "cpu", root / "cache")
-    opened = []
-    for task in inputs.tasks:
-        head, make = task.test
-        task.test = (head, lambda make=make: opened.append(1) or make())
+    inputs, opened = spied_inputs(root)
     config = BenchConfig(lrs=(1e-4, 1e-2))
     config.align.steps = config.fewshot_ft.steps = 2
     run = Run(root / "grid")

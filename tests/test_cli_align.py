@@ -18,25 +18,8 @@ from orthoxfer.taskvector import TaskVector
 runner = CliRunner()
 
 
-@pytest.fixture
-def setup(tmp_path, tiny_arch):
-    make_eurosat(tmp_path / "data", per_class=4)
-    source = small_clip(seed=7, layers=1)
-    save_file(source.state_dict(), str(tmp_path / "source.safetensors"))
-    target = load_model(f"{tiny_arch}:none").model
-    g = torch.Generator().manual_seed(0)
-    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
-    tv.save(tmp_path / "tv.safetensors")
-    common = [
-        "align", "--target", f"{tiny_arch}:none", "--task-vector", str(tmp_path / "tv.safetensors"),
-        "--data-root", str(tmp_path / "data"), "--shots", "6", "--batch-size", "4", "--steps", "3",
-        "--heads-dir", str(tmp_path / "heads"), "--device", "cpu",
-    ]
-    return tmp_path, common, tv
-
-
-def test_align_writes_a_complete_run_folder(setup):
-    tmp_path, common, tv = setup
+def test_align_writes_a_complete_run_folder(align_setup):
+    tmp_path, common, tv = align_setup
     out = tmp_path / "run"
     result = runner.invoke(app, [*common, "--method", "penalty", "--alpha", "1.0", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -63,8 +46,8 @@ def test_align_writes_a_complete_run_folder(setup):
     assert len(report["sites"]) == 4 and report["aggregate"]["cosine_oracle_before"] == pytest.approx(1.0)
 
 
-def test_align_procrustes_with_source_and_per_task(setup, tiny_arch):
-    tmp_path, common, tv = setup
+def test_align_procrustes_with_source_and_per_task(align_setup, tiny_arch):
+    tmp_path, common, tv = align_setup
     out = tmp_path / "proc"
     source = ["--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}"]
     result = runner.invoke(app, [*common, *source, "--method", "procrustes", "--mode", "per-task", "--out", str(out)])
@@ -84,15 +67,15 @@ def test_align_procrustes_with_source_and_per_task(setup, tiny_arch):
         (["--tasks", "imagenet"], "unknown dataset 'imagenet'"),
     ],
 )
-def test_align_usage_errors_exit_2_in_one_line(setup, extra, message):
-    tmp_path, common, tv = setup
+def test_align_usage_errors_exit_2_in_one_line(align_setup, extra, message):
+    tmp_path, common, tv = align_setup
     result = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_config_file_is_data_and_flags_override_it(setup):
-    tmp_path, common, tv = setup
+def test_config_file_is_data_and_flags_override_it(align_setup):
+    tmp_path, common, tv = align_setup
     cfg = tmp_path / "align.toml"
     cfg.write_text('[align]\nmethod = "cayley"\nlr = 0.01\nsteps = 2\n')
     result = runner.invoke(app, [*common, "--config", str(cfg), "--out", str(tmp_path / "c")])
@@ -107,8 +90,8 @@ def test_config_file_is_data_and_flags_override_it(setup):
     assert bad.exit_code == 2 and "'steps' must be int" in bad.output
 
 
-def test_finetune_command_makes_a_task_vector_that_align_accepts(setup, tiny_arch):
-    tmp_path, common, tv = setup
+def test_finetune_command_makes_a_task_vector_that_align_accepts(align_setup, tiny_arch):
+    tmp_path, common, tv = align_setup
     out = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", "--model", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--task", "eurosat",
                                  "--data-root", str(tmp_path / "data"), "--kind", "lora", "--rank", "2", "--steps", "3",
@@ -126,8 +109,8 @@ def test_finetune_command_makes_a_task_vector_that_align_accepts(setup, tiny_arc
     assert TaskVector.load(tmp_path / "al" / "transferred.safetensors").kind == "lora"
 
 
-def test_align_control_aligns_a_norm_matched_control(setup):
-    tmp_path, common, tv = setup
+def test_align_control_aligns_a_norm_matched_control(align_setup):
+    tmp_path, common, tv = align_setup
     out = tmp_path / "ctl"
     result = runner.invoke(app, [*common, "--method", "cayley", "--control", "norm", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -149,23 +149,8 @@ def test_settings_and_config_accept_rotation_rank(tmp_path):
         align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings("cayley", rotation_rank=8))
 
 
-@pytest.fixture
-def cli(tmp_path, tiny_arch):
-    make_eurosat(tmp_path / "data", per_class=4)
-    target = load_model(f"{tiny_arch}:none").model
-    g = torch.Generator().manual_seed(0)
-    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
-    tv.save(tmp_path / "tv.safetensors")
-    common = [
-        "align", "--target", f"{tiny_arch}:none", "--task-vector", str(tmp_path / "tv.safetensors"),
-        "--data-root", str(tmp_path / "data"), "--shots", "6", "--batch-size", "4", "--steps", "3",
-        "--heads-dir", str(tmp_path / "heads"), "--device", "cpu",
-    ]  # fmt: skip
-    return tmp_path, common
-
-
-def test_align_cli_records_rotation_rank_and_ties_by_block(cli):
-    tmp_path, common = cli
+def test_align_cli_records_rotation_rank_and_ties_by_block(align_setup):
+    tmp_path, common, _ = align_setup
     out = tmp_path / "run"
     result = runner.invoke(app, [*common, "--method", "cayley", "--rotation-rank", "2", "--tie", "block", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -184,8 +169,8 @@ def test_align_cli_records_rotation_rank_and_ties_by_block(cli):
         (["--rotation-rank", "-1"], "--rotation-rank must be >= 0"),
     ],
 )
-def test_align_cli_refuses_bad_rotation_ranks_in_one_line(cli, extra, message):
-    tmp_path, common = cli
+def test_align_cli_refuses_bad_rotation_ranks_in_one_line(align_setup, extra, message):
+    tmp_path, common, _ = align_setup
     result = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
