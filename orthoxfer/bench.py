@@ -104,6 +104,7 @@ class BenchConfig:
     controls: tuple[str, ...] = ()
     ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
     lrs: tuple[float, ...] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
+    mode: str = "joint"  # joint: the summed vectors, one lambda | per-task: each task its own vector, U's and lambda
     val_fraction: float = 0.2
     scales: tuple[float, ...] = SCALES
     align: AlignSettings = field(default_factory=AlignSettings)
@@ -113,6 +114,8 @@ class BenchConfig:
         for c in self.controls:
             if c not in CONTROLS:
                 raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
+        if self.mode not in CHOICES["mode"]:
+            raise UsageError(f"unknown mode {self.mode!r}; choose from {', '.join(CHOICES['mode'])}")
         for tie in self.ties:
             if tie not in CHOICES["tie"]:
                 raise UsageError(f"unknown tie {tie!r}; choose from {', '.join(CHOICES['tie'])}")
@@ -142,14 +145,23 @@ def split_pools(inputs: BenchInputs, fraction: float, seed: int) -> tuple[dict[s
     return train, val
 
 
-def test_accuracy(model: nn.Module, inputs: BenchInputs, device: str) -> dict[str, float]:
-    return evaluate(model, {t.name: (t.test[0], t.test[1]()) for t in inputs.tasks}, device, progress=False)
+def test_accuracy(models: dict[str, nn.Module], inputs: BenchInputs, device: str) -> dict[str, float]:
+    """Test accuracy of each task's model (one shared model in joint mode) and their unweighted mean."""
+    scores = {t.name: evaluate(models[t.name], {t.name: (t.test[0], t.test[1]())}, device, progress=False)[t.name]
+              for t in inputs.tasks}  # fmt: skip
+    return {**scores, "mean": sum(scores.values()) / len(scores)}
 
 
-def row_vector(row: Row, inputs: BenchInputs, seed: int) -> TaskVector:
-    """The summed task vector a row carries: the real one, or its control (built per task, then summed)."""
+def row_vectors(row: Row, inputs: BenchInputs, seed: int) -> dict[str, TaskVector]:
+    """The task vectors a row carries, by task: the real ones, or their controls."""
     vectors = {t.name: inputs.vectors[row.kind][t.name] for t in inputs.tasks}
-    return sum((control_vectors(vectors, row.control, seed) if row.control else vectors).values())
+    return control_vectors(vectors, row.control, seed) if row.control else vectors
+
+
+def _mean_diagnostics(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task alignments' diagnostics as one: means of the measures, the fewest sites whose rank was kept."""
+    return {k: (min if isinstance(v, int) else lambda xs: sum(xs) / len(xs))([r[k] for r in reports])
+            for k, v in reports[0].items() if isinstance(v, (int, float))}  # fmt: skip
 
 
 def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
@@ -166,45 +178,62 @@ def run_row(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: 
     grid = config.lrs if trained and config.lrs else (None,)
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
-    model, score, fields = fits[best]
+    models, score, fields = fits[best]
     record.update(fields)
     if len(grid) > 1:
         record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
-    record["accuracy"] = test_accuracy(model, inputs, config.align.device)
+    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
     record["seconds"] = time.perf_counter() - started
     return record
 
 
 def _fit(row: Row, inputs: BenchInputs, config: BenchConfig, run: Run, seed: int, train, val, lr: float | None,
-         own_folder: bool) -> tuple[nn.Module, float, dict[str, Any]]:  # fmt: skip
-    """One candidate of a row: the model it yields, its mean validation accuracy, and what to record."""
+         own_folder: bool) -> tuple[dict[str, nn.Module], float, dict[str, Any]]:  # fmt: skip
+    """One candidate of a row: each task's model (one shared in joint mode), mean validation accuracy, what to record.
+
+    ``per-task`` mode carries each task's vector alone (its own U's and its own lambda),
+    as separate modules that never interfere; ``joint`` carries their sum.
+    """
     device = config.align.device
     folder = f"rows/{row.id}-seed{seed}" + (f"-lr{lr:g}" if own_folder else "")
     row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
     if row.method == "target":
-        return inputs.target, pool_accuracy(inputs.target, val, device)["mean"], {"scale": None}
+        return dict.fromkeys(val, inputs.target), pool_accuracy(inputs.target, val, device)["mean"], {"scale": None}
     if row.method == "finetune":
         ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
         model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
-        return model, pool_accuracy(model, val, device)["mean"], {"scale": 1.0}
+        return dict.fromkeys(val, model), pool_accuracy(model, val, device)["mean"], {"scale": 1.0}
     fields: dict[str, Any] = {}
-    vector = row_vector(row, inputs, seed)
+    tasks = [t.name for t in inputs.tasks]
+    vectors = row_vectors(row, inputs, seed)
+    per_task = config.mode == "per-task"
+    if not per_task:
+        vectors = {"joint": sum(vectors.values())}
     if row.method == "oracle":
-        vector = rotate(vector, inputs.planted)
+        vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
     elif row.method != "direct":
-        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed)
+        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         settings = settings.replace(lr=lr) if lr is not None else settings
-        problem = AlignProblem(inputs.target, {"joint": vector}, train, inputs.source)
-        alignment = align(problem, settings, row_run)
+        if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
+            settings = settings.replace(steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks))
+        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), settings, row_run)
         alignment.save(row_run.file("alignment.safetensors"))
-        fields["diagnostics"] = alignment.meta["diagnostics"]["joint"]
+        reports = [alignment.meta["diagnostics"][scope] for scope in alignment.scopes]
         if inputs.planted is not None:
-            fields["diagnostics"]["recovery_error"] = recovery_error(alignment.matrices(), inputs.planted)
-        vector = alignment.apply(vector.select(alignment.sites))
-    chosen = direct_addition(inputs.target, vector, val, config.scales, device)
-    fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
-    fields["scale"] = chosen.scale
-    return chosen.model, chosen.validation[chosen.scale], fields
+            for report, scope in zip(reports, alignment.scopes):
+                report["recovery_error"] = recovery_error(alignment.matrices(scope), inputs.planted)
+        fields["diagnostics"] = _mean_diagnostics(reports)
+        vectors = {k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()}
+    if not per_task:
+        chosen = direct_addition(inputs.target, vectors["joint"], val, config.scales, device)
+        fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
+        fields["scale"] = chosen.scale
+        return dict.fromkeys(tasks, chosen.model), chosen.validation[chosen.scale], fields
+    chosen = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
+    fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
+    fields["scale"] = {t: c.scale for t, c in chosen.items()}
+    score = sum(c.validation[c.scale] for c in chosen.values()) / len(tasks)
+    return {t: c.model for t, c in chosen.items()}, score, fields
 
 
 def run_bench(inputs: BenchInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:

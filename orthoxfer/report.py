@@ -79,7 +79,7 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
              *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
     rows = []
     for e in summary:
-        scales = sorted({s for s in e["scale"] if s is not None})
+        scales = sorted({v for s in e["scale"] if s is not None for v in (s.values() if isinstance(s, dict) else [s])})
         gains = e.get("transfer_gain", {})
         rows.append([
             e["label"], *[_cell(e["accuracy"][t]) for t in tasks], _cell(e["accuracy"]["mean"]),

@@ -40,6 +40,14 @@ def test_micro_bench_writes_every_output_with_its_columns(micro_run):
     header = next(csv.reader((run / "results.csv").open()))
     assert header[:4] == ["method", "mnist", "coins", "mean"] and "gain vs norm" in header and "norm ratio" in header
     assert "top-1 %" in result.output and "diagnostics" in result.output
+    # the mini suite's default mode: each task its own vector, U's and lambda (chosen on that task's validation part)
+    record = json.loads((run / "rows" / "embed_penalty-seed0.json").read_text())
+    assert set(record["scale"]) == set(record["validation"]) == {"mnist", "coins"}
+    assert json.loads((run / "config.json").read_text())["bench"]["mode"] == "per-task"
+    from orthoxfer.alignment import Alignment
+
+    alignment = Alignment.load(run / "rows" / "embed_penalty-seed0" / "alignment.safetensors")
+    assert alignment.scopes == ["mnist", "coins"] and alignment.meta["steps"] == 1  # 2 joint steps shared by 2 tasks
 
 
 def test_rerun_with_resume_reuses_rows_and_changed_settings_are_refused(micro_run):

@@ -58,6 +58,9 @@ def bench_command(
     steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     alpha: Annotated[float | None, Opt("--alpha", help="Penalty weight.")] = None,
+    mode: Annotated[str | None, Opt("--mode", help="joint (the summed vectors, one lambda: the reference code; default for "
+                                    "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
+                                    "default for mini and planted, whose summed vectors interfere: see README).")] = None,  # fmt: skip
     lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
                                    "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
     ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
@@ -100,7 +103,8 @@ def bench_command(
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
     chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
-              "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs")}  # fmt: skip
+              "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs"),
+              "mode": mode or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
 
     run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
@@ -162,6 +166,6 @@ def demo_command(
     study = dict(STUDY) if seeds > 1 else {"controls": None, "ties": None, "kinds": None, "procrustes_init": None}
     study.update({k: v for k, v in {"controls": controls, "ties": ties}.items() if v is not None})
     bench_command(suite="mini", seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
-                  methods=None, steps=None, lr=None, alpha=None, lrs=None, rotation_rank=None,
+                  methods=None, steps=None, lr=None, alpha=None, lrs=None, mode=None, rotation_rank=None,
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip
