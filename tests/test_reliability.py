@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 import torch
-from test_cli_align import runner, setup  # noqa: F401  (fixture)
+from test_cli_align import runner
 
 from orthoxfer.artifacts import ArtifactError, atomic_write, save_artifact
 from orthoxfer.cli import app
@@ -50,8 +50,8 @@ def test_a_pickle_is_refused_without_being_executed(tmp_path):
     assert result.exit_code == 1 and "not a valid orthoxfer task vector file" in result.output
 
 
-def test_two_runs_with_one_seed_write_identical_artifacts(setup):  # noqa: F811
-    tmp_path, common, tv = setup
+def test_two_runs_with_one_seed_write_identical_artifacts(align_setup):
+    tmp_path, common, tv = align_setup
     outs = []
     for name in ("one", "two"):
         out = tmp_path / name
