@@ -94,7 +94,8 @@ class ActivationSideStep(AlignStep):
             h = F.linear(h, factor)
         return F.linear(h, u.mT)
 
-    def logits(self, x: torch.Tensor, head: nn.Module, stacks: list[torch.Tensor]) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, head: nn.Module, transforms) -> torch.Tensor:
+        stacks = transforms.stacks()
         self.current = [u for g, s in zip(self.groups, stacks) for u in (s[g.index] if g.tied else s).unbind(0)]
         with swapped(self.target, self.blocks), self.autocast:
             return head(self.encoder(x))

@@ -16,9 +16,9 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.align import STRATEGIES
-from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks
+from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks, orthogonality_error
 from orthoxfer.align.linalg import cayley, cholesky_qr, gram_residual, rotate_dense
-from orthoxfer.align.loop import AlignStep, StackedVector, site_deltas
+from orthoxfer.align.loop import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.align.riemannian import CayleyStiefel, QRStiefel
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.alignment import rotate
@@ -213,8 +213,9 @@ def test_activation_side_comparison_computes_the_same_logits(tiny, kind):
     weight_side = AlignStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
     activation_side = load_activation_side().ActivationSideStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
     with torch.no_grad():
-        expected = weight_side.logits(x, head, stacks)
-        assert torch.allclose(activation_side.logits(x, head, stacks), expected, atol=1e-5)
+        transforms = Transforms(list(weight_side.module.parts), stacks)
+        expected = weight_side.logits(x, head, transforms)
+        assert torch.allclose(activation_side.logits(x, head, transforms), expected, atol=1e-5)
         assert not torch.allclose(head(ImageEncoder(tiny)(x)), expected, atol=1e-3)  # the update mattered
         assert isinstance(tiny.visual.transformer.resblocks[0].attn, nn.MultiheadAttention)  # put back after use
 
@@ -266,3 +267,29 @@ def test_low_rank_factored_rotation_equals_rotation_by_the_full_u(tiny, method, 
         assert torch.allclose(fast, slow, atol=1e-4), (method, tie, start)
         for a, b in zip(fast_grads, (p.grad for p in part.parameters())):
             assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("start", ["identity", "orthogonal"])
+def test_low_rank_penalty_from_factors_equals_the_full_gram_residual(start):
+    from orthoxfer.align.linalg import factored_orthogonality_error
+    from orthoxfer.align.penalty import LowRankFree
+
+    g = torch.Generator().manual_seed(3)
+    init = torch.eye(24).expand(5, 24, 24).clone() if start == "identity" else near_identity(5, 24, g, scale=1.0)
+    part = LowRankFree(init, 3)
+    at_start = factored_orthogonality_error(*part.factors())  # B = 0: U = U0, error 0, a finite (zero) gradient
+    at_start.square().sum().backward()
+    assert torch.all(at_start < 1e-3) and all(torch.isfinite(p.grad).all() for p in part.parameters())
+    part.zero_grad()
+    with torch.no_grad():
+        part.b.add_(0.3 * torch.randn(part.b.shape, generator=g))
+    fast = factored_orthogonality_error(*part.factors())
+    slow = orthogonality_error(part())
+    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4) and slow.min() > 0.1
+    (fast.sum()).backward()
+    grads = [p.grad.clone() for p in part.parameters()]
+    part.zero_grad()
+    slow_again = orthogonality_error(part())
+    slow_again.sum().backward()
+    for a, b in zip(grads, (p.grad for p in part.parameters())):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)

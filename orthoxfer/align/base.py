@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from orthoxfer.problem import FewShotTask
 from orthoxfer.sites import Site, find_sites, read_site
 from orthoxfer.taskvector import TaskVector
 from orthoxfer.training import adamw
+
+if TYPE_CHECKING:
+    from orthoxfer.align.loop import Transforms
 
 
 @dataclass
@@ -159,8 +162,12 @@ class TrainedStrategy(Strategy):
     def optimiser(self, module: nn.Module, settings: AlignSettings) -> torch.optim.Optimizer:
         return adamw(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
-    def regulariser(self, stacks: list[torch.Tensor], settings: AlignSettings) -> torch.Tensor | None:
-        """A term added to the loss (the penalty strategy's orthogonality penalty); none by default."""
+    def regulariser(self, transforms: Transforms, settings: AlignSettings) -> torch.Tensor | None:
+        """A term added to the loss (the penalty strategy's orthogonality penalty); none by default.
+
+        ``transforms`` (:class:`orthoxfer.align.loop.Transforms`) gives the U stacks or their
+        orthogonality errors, each computed only when asked for (from factors where cheaper).
+        """
         return None
 
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:

@@ -212,3 +212,22 @@ def rotate_factored(dw: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
     p = left.mT @ dw  # (n, m, d)
     inner = torch.baddbmm(p, p @ left, right.mT)  # L^T dW + (L^T dW L) R^T
     return torch.baddbmm(torch.baddbmm(dw, right, inner), dw @ left, right.mT)
+
+
+def factored_orthogonality_error(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``||U^T U - I||_F`` per matrix for ``U = U0 (I + L R^T)`` with U0 orthogonal, from 2m x 2m Grams: O(d m^2).
+
+    ``U^T U - I = L R^T + R L^T + R (L^T L) R^T = Z C Z^T`` with ``Z = [L R]`` and
+    ``C = [[0, I], [I, L^T L]]`` (symmetric), so ``||.||_F^2 = tr((Z^T Z C)^2)``: a low-rank
+    penalty never needs the d x d product a full ``U^T U`` costs. The identity cancels
+    digits near 0 (about 1e-4 absolute in float32), fine for a penalty, not for checking
+    that an exact strategy stays orthogonal.
+    """
+    m = left.shape[-1]
+    eye = torch.eye(m, dtype=left.dtype, device=left.device).expand(*left.shape[:-2], m, m)
+    c = torch.cat((torch.cat((torch.zeros_like(eye), eye), -1), torch.cat((eye, left.mT @ left), -1)), -2)
+    z = torch.cat((left, right), -1)
+    p = (z.mT @ z) @ c
+    squared = (p * p.mT).sum((-2, -1))
+    positive = squared > 0  # at U = I exactly (B = 0 at the start) the norm is 0: its gradient is taken as 0
+    return torch.where(positive, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), torch.zeros_like(squared))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.align.base import ScopedProblem, SiteGroup, Solution, TrainedStrategy, orthogonality_error
-from orthoxfer.align.linalg import rotate_dense, rotate_factored
+from orthoxfer.align.linalg import factored_orthogonality_error, rotate_dense, rotate_factored
 from orthoxfer.align.settings import AlignSettings
 from orthoxfer.problem import ImageEncoder
 from orthoxfer.sites import param_overrides
@@ -97,6 +97,28 @@ def factored_deltas(groups: list[SiteGroup], vectors: list[StackedVector], parts
     return deltas
 
 
+class Transforms:
+    """The current U's as a regulariser or a metric reads them: full stacks, or orthogonality errors.
+
+    Low-rank parameterisations give their errors from their factors (O(d^2 k) for the
+    whole step); the stacks are built only if something asks for them.
+    """
+
+    def __init__(self, parts: list[nn.Module], stacks: list[torch.Tensor] | None = None) -> None:
+        self.parts, self._stacks = parts, stacks
+
+    def stacks(self) -> list[torch.Tensor]:
+        if self._stacks is None:
+            self._stacks = [p() for p in self.parts]
+        return self._stacks
+
+    def orthogonality_errors(self) -> list[torch.Tensor]:
+        """``||U^T U - I||_F`` of every U, one tensor per group."""
+        if self._stacks is None and all(hasattr(p, "factors") for p in self.parts):
+            return [factored_orthogonality_error(*p.factors()) for p in self.parts]
+        return [orthogonality_error(s) for s in self.stacks()]
+
+
 class TransformStack(nn.Module):
     """The parameterisations of every group, one module so one optimiser and one checkpoint serve all."""
 
@@ -140,7 +162,6 @@ class AlignStep:
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
                 for v, p, g in zip(self.vectors, self.module.parts, groups)
             ]
-        self.needs_stacks = not self.factored or type(strategy).regulariser is not TrainedStrategy.regulariser
         self.optimiser = strategy.optimiser(self.module, settings)
         self.base_lrs = [g["lr"] for g in self.optimiser.param_groups]
         cuda = self.device.type == "cuda"
@@ -150,9 +171,9 @@ class AlignStep:
         """Returns (loss, ce, regulariser or None) as device tensors: no host sync here."""
         for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
             group["lr"] = lr * lr_scale
-        stacks = self.module() if self.needs_stacks else None
-        ce = F.cross_entropy(self.logits(x, head, stacks).float(), y)
-        reg = self.strategy.regulariser(stacks, self.settings) if stacks is not None else None
+        transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
+        ce = F.cross_entropy(self.logits(x, head, transforms).float(), y)
+        reg = self.strategy.regulariser(transforms, self.settings)
         loss = ce if reg is None else ce + reg
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,18 +182,19 @@ class AlignStep:
         self.optimiser.step()
         return loss, ce, reg
 
-    def logits(self, x: torch.Tensor, head: nn.Module, stacks: list[torch.Tensor] | None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, head: nn.Module, transforms: Transforms) -> torch.Tensor:
         """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
         if self.factored:
-            deltas = factored_deltas(self.groups, self.vectors, list(self.module.parts))
+            deltas = factored_deltas(self.groups, self.vectors, transforms.parts)
         else:
-            deltas = site_deltas(self.groups, self.vectors, stacks)
+            deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
         overrides = param_overrides(self.target, self.sites, deltas, prefix="model.")
         with self.autocast:
             return head(functional_call(self.encoder, overrides, (x,)))
 
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:
+        # in full, not from factors: the Gram identity loses the digits an exact strategy's ~1e-6 needs
         return {"orth_error": max(orthogonality_error(s).max().item() for s in self.module())}
 
 

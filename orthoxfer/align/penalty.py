@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orthoxfer.align.base import TrainedStrategy, orthogonality_error
+from orthoxfer.align.base import TrainedStrategy
 from orthoxfer.align.linalg import is_identity_stack
 from orthoxfer.align.settings import AlignSettings, rotation_rank
 
@@ -61,8 +61,8 @@ class PenaltyStrategy(TrainedStrategy):
         k = rotation_rank(settings, init.shape[-1])
         return LowRankFree(init, k) if k else FreeMatrix(init)
 
-    def regulariser(self, stacks: list[torch.Tensor], settings: AlignSettings) -> torch.Tensor:
-        errors = torch.cat([orthogonality_error(s) for s in stacks])
+    def regulariser(self, transforms, settings: AlignSettings) -> torch.Tensor:
+        errors = torch.cat(transforms.orthogonality_errors())  # from the factors for a low-rank U
         if settings.penalty_form == "paper":
             return settings.alpha * errors.square().sum()
         return settings.alpha * errors.mean()
