@@ -40,19 +40,6 @@ def target_only(target: nn.Module, tests: TestSets, device: str | torch.device =
     return evaluate(target, tests, device)
 
 
-def choose_scale(
-    model: nn.Module,
-    vector: TaskVector,
-    validation: Mapping[str, FewShotTask],
-    scales: Sequence[float] = SCALES,
-    device: str | torch.device = "cpu",
-) -> tuple[float, dict[float, float]]:
-    """The lambda with the best mean validation accuracy (ties: the smaller lambda), and every score."""
-    scores = {s: pool_accuracy(vector.added_to_copy(model, s), validation, device)["mean"] for s in scales}
-    best = max(scores, key=lambda s: (scores[s], -s))
-    return best, scores
-
-
 def direct_addition(
     target: nn.Module,
     vector: TaskVector,
@@ -60,8 +47,10 @@ def direct_addition(
     scales: Sequence[float] = SCALES,
     device: str | torch.device = "cpu",
 ) -> Scaled:
-    """A copy of the target carrying ``vector`` at the lambda chosen on ``validation`` (never test data)."""
-    scale, scores = choose_scale(target, vector, validation, scales, device)
+    """A copy of the target carrying ``vector`` at the lambda with the best mean accuracy on ``validation``
+    (never test data; ties: the smaller lambda)."""
+    scores = {s: pool_accuracy(vector.added_to_copy(target, s), validation, device)["mean"] for s in scales}
+    scale = max(scores, key=lambda s: (scores[s], -s))
     return Scaled(vector.added_to_copy(target, scale), scale, scores)
 
 

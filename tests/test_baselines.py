@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from test_data_paper import make_eurosat
 from test_train import acc, colour_task, settings
 from typer.testing import CliRunner
 
@@ -13,10 +12,7 @@ import orthoxfer.training as training
 from orthoxfer import baselines
 from orthoxfer.cli import app
 from orthoxfer.data import fewshot, paper
-from orthoxfer.models.loading import load_model
 from orthoxfer.runs import Run
-from orthoxfer.sites import find_sites
-from orthoxfer.taskvector import TaskVector
 from orthoxfer.train import finetune
 
 runner = CliRunner()

@@ -4,15 +4,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from test_data_paper import make_eurosat
 from typer.testing import CliRunner
 
 from orthoxfer.alignment import Alignment
 from orthoxfer.cli import app
-from orthoxfer.models.loading import load_model
-from orthoxfer.models.small import small_clip
-from orthoxfer.sites import find_sites
 from orthoxfer.taskvector import TaskVector
 
 runner = CliRunner()

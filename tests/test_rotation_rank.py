@@ -7,7 +7,6 @@ import geoopt
 import pytest
 import torch
 from planted import planted
-from test_data_paper import make_eurosat
 from typer.testing import CliRunner
 
 from orthoxfer.align import STRATEGIES, align
@@ -19,7 +18,6 @@ from orthoxfer.align.settings import AlignSettings, read_config
 from orthoxfer.alignment import Alignment
 from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
-from orthoxfer.models.loading import load_model
 from orthoxfer.runs import Run
 from orthoxfer.sites import find_sites
 from orthoxfer.taskvector import TaskVector
