@@ -25,7 +25,10 @@ from torch import nn
 from orthoxfer.errors import UsageError
 from orthoxfer.sites import find_sites
 
-RESIDUAL_VECTORS = re.compile(r"(.*\.)?(class_embedding|ln_(pre|post|1|2)\.(weight|bias)|ls_[12]\.gamma|out_proj\.bias|c_proj\.bias)")
+# parameters whose first axis is the residual stream: permuted by ``perm`` there only
+RESIDUAL_FIRST = re.compile(
+    r"(.*\.)?(class_embedding|conv1\.weight|proj|ln_(pre|post|1|2)\.(weight|bias)|ls_[12]\.gamma|out_proj\.bias|c_proj\.bias)"
+)
 
 
 def block_permutation(dim: int, heads: int, generator: torch.Generator) -> torch.Tensor:
@@ -37,14 +40,10 @@ def block_permutation(dim: int, heads: int, generator: torch.Generator) -> torch
 
 def _permute(name: str, value: torch.Tensor, perm: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
     """``value`` with its residual / head-space axes indexed by ``perm`` and MLP axes by ``hidden``."""
-    if RESIDUAL_VECTORS.fullmatch(name):
-        return value[perm]
-    if name.endswith("conv1.weight"):
+    if RESIDUAL_FIRST.fullmatch(name):  # includes the image projection ``proj``
         return value[perm]
     if name.endswith("positional_embedding"):
         return value[:, perm]
-    if name.endswith("proj") and value.ndim == 2 and not name.endswith("out_proj"):  # the image projection
-        return value[perm]
     if name.endswith("in_proj_weight"):
         return torch.cat([chunk[perm][:, perm] for chunk in value.chunk(3)])
     if name.endswith("in_proj_bias"):
