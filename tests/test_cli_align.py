@@ -21,7 +21,8 @@ def test_align_writes_a_complete_run_folder(align_setup):
     for name in ("alignment.safetensors", "transferred.safetensors", "metrics.jsonl", "diagnostics.json", "config.json",
                  "singular_values.png", "orthogonality.png"):
         assert (out / name).is_file(), name
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [3] and "orth_error" in logged[0]  # every 10th step and the last
     al = Alignment.load(out / "alignment.safetensors")
     assert al.meta["strategy"] == "penalty" and al.meta["settings"]["alpha"] == 1.0 and "retraction" not in al.meta["settings"]
     moved = TaskVector.load(out / "transferred.safetensors")

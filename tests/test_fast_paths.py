@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from orthoxfer.align import STRATEGIES
 from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks, orthogonality_error
-from orthoxfer.align.linalg import cayley, cholesky_qr, gram_residual, rotate_dense
+from orthoxfer.align.linalg import cayley, cholesky_qr, gram_residual, inverse_by_cholesky, rotate_dense
 from orthoxfer.align.loop import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.align.riemannian import CayleyStiefel, QRStiefel
 from orthoxfer.align.settings import AlignSettings
@@ -114,6 +114,38 @@ def test_hand_written_backwards_equal_autograd():
         (fa * out).sum().backward()
         (fb * out).sum().backward()
         assert torch.allclose(fa, fb, atol=1e-5) and torch.allclose(a.grad, b.grad, atol=1e-4)
+
+
+def test_cuda_route_of_the_cayley_inverse_equals_lu():
+    """``inverse_identity_plus_skew`` goes through a Cholesky factor on CUDA; the same function, checked here."""
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(4, 24, 24, generator=g)
+    m = torch.eye(24) + a - a.mT  # ||S||_2 ~ 14: far rougher than any step or learned skew part
+    assert torch.allclose(inverse_by_cholesky(m), torch.linalg.inv(m), atol=1e-5)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_rotation_at_model_precision_is_bf16_close_and_keeps_float32_gradients(tiny, factored):
+    """On CUDA the vector is kept in bf16 and the rotation runs there; U and its gradient stay float32."""
+    g = torch.Generator().manual_seed(10)
+    sites = find_sites(tiny, "attn")
+    (group,) = group_sites(sites, "site")
+    for tv in vectors(sites, g):
+        vec = StackedVector.build(ScopedProblem("joint", tiny, tv, {}, sites), group, 0.7, torch.device("cpu"))
+        u = near_identity(len(sites), group.dim, g)
+        left, right = torch.randn(2, len(sites), group.dim, 4, generator=g).mul(0.1).unbind(0)
+        weights = torch.randn(len(sites), group.dim, group.dim, generator=g)
+        outs, grads = [], []
+        for v in (vec, vec.to(torch.bfloat16)):
+            args = [left.clone().requires_grad_(), right] if factored else [u.clone().requires_grad_()]
+            out = v.rotated_factored(*args) if factored else v.rotated(*args)
+            (out.float() * weights).sum().backward()
+            outs.append(out.float())
+            grads.append(args[0].grad)
+        assert grads[1].dtype == torch.float32
+        assert vec.to(torch.bfloat16).rotated(u).dtype == torch.bfloat16
+        assert (outs[1] - outs[0]).norm() / outs[0].norm() < 1e-2
+        assert (grads[1] - grads[0]).norm() / grads[0].norm() < 2e-2
 
 
 def test_manifold_retractions_equal_geoopts_own():

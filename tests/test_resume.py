@@ -30,7 +30,8 @@ class Interrupting(FewShotTask):
 
 
 def settings(method):
-    return AlignSettings(method=method, sites="linear", steps=30, lr=2e-2, batch_size=16, augment=4, warmup=5, checkpoint_every=10)
+    return AlignSettings(method=method, sites="linear", steps=30, lr=2e-2, batch_size=16, augment=4, warmup=5, checkpoint_every=10,
+                         log_every=1)
 
 
 @pytest.mark.parametrize("method", ["penalty", "riemannian", "cayley"])

@@ -42,17 +42,31 @@ def factorisation_threads(t: torch.Tensor) -> Iterator[None]:
 
 
 def inverse_identity_plus_skew(s: torch.Tensor) -> torch.Tensor:
-    """``(I + S)^-1`` for a stack of skew-symmetric S, by LU (single-threaded on CPU).
+    """``(I + S)^-1`` for a stack of skew-symmetric S: by LU on CPU, through a Cholesky factor on CUDA.
 
     ``(I + S)^T (I + S) = I + S^T S``, so the singular values of ``I + S`` are >= 1: it is
     never singular (no error check, hence no host sync) and its condition number is
-    ``sqrt(1 + ||S||_2^2)``. Measured at 48 x 768 x 768: 0.72 s, against 1.66 s through a
-    Cholesky factor of ``I + S^T S`` with multi-threaded triangular solves.
+    ``sqrt(1 + ||S||_2^2)``. Which route is faster depends on the device; at 48 x 768 x 768:
+    on a 2-core Xeon, LU 0.72 s against 1.66 s through Cholesky with multi-threaded
+    triangular solves; on an H100, batched LU 16.5 ms against 6.4 ms for
+    ``(I + S)^-1 = L^-T L^-1 (I - S)`` with ``L L^T = I + S^T S`` (one matmul, one Cholesky
+    factor, two triangular solves). The Cholesky route squares the condition number, which
+    costs little here, where S is a step or a learned skew part near 0: relative error
+    against float64 1.5e-6 at ``||S||_2 ~ 4`` (LU 5.7e-7).
     """
     m = s.clone()
     m.diagonal(0, -2, -1).add_(1)
+    if s.device.type == "cuda":
+        return inverse_by_cholesky(m)
     with factorisation_threads(s):
         return torch.linalg.inv_ex(m)[0]
+
+
+def inverse_by_cholesky(m: torch.Tensor) -> torch.Tensor:
+    """``M^-1 = L^-T L^-1 M^T`` with ``L L^T = M^T M``, for M with singular values >= 1 (no error check)."""
+    chol = torch.linalg.cholesky_ex(m.mT @ m)[0]
+    half = torch.linalg.solve_triangular(chol, m.mT, upper=False)
+    return torch.linalg.solve_triangular(chol.mT, half, upper=True)
 
 
 class _Rotate(torch.autograd.Function):

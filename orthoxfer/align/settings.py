@@ -51,7 +51,7 @@ class AlignSettings:
     sites: str = "attn"
     shots: int = 100
     augment: int = 10  # copies of each few-shot image per epoch; 0 or 1 = no augmentation
-    log_every: int = 1
+    log_every: int = 10  # a logged step syncs host and device (loss, orthogonality error in full)
     checkpoint_every: int = 50
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (model names, suite)
