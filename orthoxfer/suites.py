@@ -158,7 +158,7 @@ def mini_source_vector(
 
 
 def train_key(settings: FinetuneSettings) -> dict:
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "device", "log_every", "checkpoint_every")}
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "device", "log_every", "checkpoint_every", "compile")}
 
 
 def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):

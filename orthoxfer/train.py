@@ -51,6 +51,7 @@ class FinetuneSettings:
     log_every: int = 10
     checkpoint_every: int = 200
     device: str = "cpu"
+    compile: bool = False  # torch.compile the model's forward (pays on GPU; see ImageEncoder)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,7 +125,7 @@ class FinetuneStep:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(self.device).requires_grad_(False)
-        self.encoder = ImageEncoder(self.model)
+        self.encoder = ImageEncoder(self.model, compiled=settings.compile)
         self.settings = settings
         g = torch.Generator().manual_seed(settings.seed)
         self.module = SiteUpdates(self.model, sites, settings, g).to(self.device)

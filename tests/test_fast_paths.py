@@ -325,3 +325,46 @@ def test_low_rank_penalty_from_factors_equals_the_full_gram_residual(start):
     slow_again.sum().backward()
     for a, b in zip(grads, (p.grad for p in part.parameters())):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """torch.compile with its eager backend (graph capture without a C compiler); lists what it compiled."""
+    seen = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kwargs):
+        seen.append(fn)
+        return real_compile(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    return seen
+
+
+def test_compiled_target_forward_gives_the_same_steps(tiny, compiled):
+    """``compile=True`` puts the target's forward through torch.compile."""
+    g = torch.Generator().manual_seed(11)
+    sites = find_sites(tiny, "attn")
+    groups = group_sites(sites, "site")
+    problem = ScopedProblem("joint", tiny, vectors(sites, g)[0], {}, sites)
+    x, y, head = inputs(g)
+    runs = []
+    for flag in (False, True):
+        settings = AlignSettings(method="cayley", lr=1e-2, warmup=0, log_every=0, checkpoint_every=0, compile=flag)
+        step = AlignStep(STRATEGIES["cayley"](), problem, groups, identity_stacks(groups), settings)
+        floor = FinetuneStep(tiny, sites, FinetuneSettings(kind="embed", lr=1e-2, compile=flag))
+        losses = [float(s(x, y, head)[0].detach()) for _ in range(3) for s in (step, floor)]
+        runs.append((losses, [p.detach().clone() for p in (*step.module.parameters(), *floor.module.parameters())]))
+    assert len(compiled) == 2  # one compiled forward per step object
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0][0] != runs[0][0][4]  # the steps moved something
+
+
+def test_bench_speed_compile_times_every_row_compiled(tmp_path, compiled):
+    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, methods="floor,penalty",
+                        compile=True)  # fmt: skip
+    report = json.loads((tmp_path / "step_cost-cpu-compiled.json").read_text())
+    assert report["settings"]["compile"] and len(compiled) == 2 and not (tmp_path / "step_cost-cpu.json").exists()
+    assert [r["method"] for r in report["rows"]] == ["floor", "penalty"] and all(r["gflop"] is None for r in report["rows"])
+    assert "through torch.compile" in (tmp_path / "step_cost-cpu-compiled.md").read_text()

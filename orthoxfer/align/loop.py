@@ -171,7 +171,7 @@ class AlignStep:
         self.name = strategy.name
         self.sites = [s for g in groups for s in g.sites]  # the order of the rotated stacks
         self.target = problem.target.to(self.device).requires_grad_(False)
-        self.encoder = ImageEncoder(self.target)
+        self.encoder = ImageEncoder(self.target, compiled=settings.compile)
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
         # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)

@@ -54,6 +54,7 @@ class AlignSettings:
     log_every: int = 10  # a logged step syncs host and device (loss, orthogonality error in full)
     checkpoint_every: int = 50
     device: str = "cpu"
+    compile: bool = False  # torch.compile the target's forward (pays on GPU; see ImageEncoder)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (model names, suite)
 
     def __post_init__(self) -> None:

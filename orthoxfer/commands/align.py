@@ -106,6 +106,8 @@ def align_command(
     batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of the few-shot draw, batches and augmentation.")] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the target's forward "
+                                        "(about 8 s once; a faster step on GPU).")] = None,  # fmt: skip
     config: Annotated[Path | None, Opt("--config", help="TOML settings; flags override it.")] = None,
     out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/align"),
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
@@ -128,7 +130,7 @@ def align_command(
     flags = dict(
         method=method, alpha=alpha, penalty_form=penalty_form, retraction=retraction, lr=lr, weight_decay=weight_decay,
         steps=steps, warmup=warmup, clip=clip, init=init, mode=mode, tie=tie, scale=scale, sites=sites, shots=shots,
-        augment=augment, batch_size=batch_size, seed=seed, rotation_rank=rotation_rank,
+        augment=augment, batch_size=batch_size, seed=seed, rotation_rank=rotation_rank, compile=compile,
     )
     settings = resolve_settings(config, flags)
     if suite != "paper":

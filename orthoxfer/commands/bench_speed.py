@@ -170,7 +170,7 @@ def state_bytes(step) -> int:
 
 
 def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[str], vectors: list[str], rank: int,
-               rotation_rank: int = 0) -> tuple[list[Row], dict[str, Any]]:  # fmt: skip
+               rotation_rank: int = 0, compile: bool = False) -> tuple[list[Row], dict[str, Any]]:  # fmt: skip
     """Every row's callable on one shared target, batch and head."""
     import torch
     from torch import nn
@@ -196,13 +196,14 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
     head = nn.Linear(target.visual.output_dim, 10).requires_grad_(False).to(device)
     task = FewShotTask("bench", images, labels, head)
     x, y = task.normalise(images).to(device), labels.to(device)
-    settings = AlignSettings(lr=1e-3, warmup=0, batch_size=batch_size, device=str(device), log_every=0, checkpoint_every=0)
+    settings = AlignSettings(lr=1e-3, warmup=0, batch_size=batch_size, device=str(device), log_every=0, checkpoint_every=0,
+                             compile=compile)
 
     def step_row(name: str, vector: str, step, trained: bool = False) -> Row:
         return Row(name, vector, lambda: step(x, y, head), lambda: state_bytes(step), trained=trained)
 
     floor = FinetuneStep(target, sites, FinetuneSettings(kind="embed", lr=settings.lr, weight_decay=settings.weight_decay,
-                                                         clip=settings.clip, device=str(device)))
+                                                         clip=settings.clip, device=str(device), compile=compile))
     rows = [step_row("floor", "-", floor)]
     for kind in vectors:
         tv = task_vector(sites, kind, rank)
@@ -258,16 +259,19 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch.device, methods: list[str], vectors: list[str],
-              rank: int, out: Path, rotation_rank: int = 0) -> dict[str, Any]:
-    """Run the benchmark, write ``step_cost-<device>.json`` and ``.md`` to ``out``, return the report."""
+              rank: int, out: Path, rotation_rank: int = 0, compile: bool = False) -> dict[str, Any]:
+    """Run the benchmark, write ``step_cost-<device>[-compiled].json`` and ``.md`` to ``out``, return the report."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from orthoxfer.training import progress_bar
 
     load_before = os.getloadavg()
-    rows, meta = build_rows(arch, batch_size, device, methods, vectors, rank, rotation_rank)
+    rows, meta = build_rows(arch, batch_size, device, methods, vectors, rank, rotation_rank, compile)
     floor, others = rows[0], rows[1:]
     for row in rows:
+        if compile:  # the first step compiles; FLOPs are counted in an eager run (the same matmuls)
+            row.run()
+            continue
         with FlopCounterMode(display=False) as flops:
             row.run()
         row.gflop = flops.get_total_flops() / 1e9
@@ -295,12 +299,18 @@ def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch
             row.run()
         row.step_bytes = mem.bytes
     report = summarise(rows, meta, {"arch": arch, "batch_size": batch_size, "steps": steps, "warmup": warmup,
-                                    "vectors": vectors, "rank": rank, "rotation_rank": rotation_rank, "lr": 1e-3},
+                                    "vectors": vectors, "rank": rank, "rotation_rank": rotation_rank, "lr": 1e-3,
+                                    "compile": compile},
                        dict(machine(device), load_before=load_before, load_after=os.getloadavg()))
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"step_cost-{device.type}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"step_cost-{device.type}.md").write_text(markdown(report))
+    stem = result_stem(device, compile)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(report))
     return report
+
+
+def result_stem(device: torch.device, compile: bool) -> str:
+    return f"step_cost-{device.type}" + ("-compiled" if compile else "")
 
 
 def summarise(rows: list[Row], meta: dict[str, Any], settings: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +348,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"### Step cost: {s['arch']}, {s['sites']} attention sites (d = {s['d']}), batch {s['batch_size']}, {m['device']}",
         "",
-        f"{where}; torch {m['torch']}; load average {m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after. "
+        f"{where}; torch {m['torch']}; " + ("every row's target forward through torch.compile; " if s.get("compile") else "")
+        + f"load average {m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after. "
         f"Median of {s['steps']} timed steps per row after {s['warmup']} warm-up, rows interleaved in one process; "
         "x floor: median over rounds of a step's time over the mean of the two floor steps timed around it. "
         "GFLOP: matmul FLOPs of one step counted by torch.utils.flop_counter (factorisations and triangular solves "
@@ -391,11 +402,12 @@ def bench_speed_command(
     warmup: Annotated[int, Opt("--warmup", help="Untimed rounds first (the first also counts FLOPs).")] = 1,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     arch: Annotated[str, Opt("--arch", help="open_clip architecture (random weights), or 'tiny' for the test model.")] = "ViT-B-32",
-    out: Annotated[Path, Opt("--out", help="Folder for step_cost-<device>.json and .md.")] = Path("benchmarks/results"),
+    out: Annotated[Path, Opt("--out", help="Folder for step_cost-<device>[-compiled].json and .md.")] = Path("benchmarks/results"),
     methods: Annotated[str, Opt("--methods", help=f"Comma-separated rows; the floor is always timed. Default: all of {','.join(METHODS)}.")] = ",".join(METHODS),
     vector: Annotated[str, Opt("--vector", help="Task-vector kinds to time the strategies with: dense, lora or dense,lora.")] = "dense",
     rank: Annotated[int, Opt("--rank", help="LoRA rank for --vector lora.")] = 16,
     rotation_rank: Annotated[int, Opt("--rotation-rank", min=0, help="Also time each trained strategy with this --rotation-rank (0: not).")] = 0,
+    compile: Annotated[bool, Opt("--compile", help="Every row (the floor too) with the target's forward through torch.compile.")] = False,
 ) -> None:
     """Time one optimiser step of every strategy against plain fine-tuning of the same sites."""
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -409,6 +421,6 @@ def bench_speed_command(
     batch = batch_size if batch_size is not None else (128 if dev.type == "cuda" else 32)
     if batch < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch}")
-    report = step_cost(arch, batch, steps, warmup, dev, chosen, kinds, rank, out, rotation_rank)
+    report = step_cost(arch, batch, steps, warmup, dev, chosen, kinds, rank, out, rotation_rank, compile)
     print_table(report)
-    console.print(f"wrote {out / f'step_cost-{dev.type}.json'} and .md")
+    console.print(f"wrote {out / result_stem(dev, compile)}.json and .md")
