@@ -64,3 +64,17 @@ def align_setup(eurosat_run):
     common = ["align", *flags[:2], "--task-vector", str(tmp_path / "tv.safetensors"), *flags[2:],
               "--shots", "6", "--batch-size", "4", "--steps", "3"]  # fmt: skip
     return tmp_path, common, tv
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """torch.compile with its eager backend (graph capture without a C compiler); lists what it compiled."""
+    seen = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kwargs):
+        seen.append(fn)
+        return real_compile(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    return seen

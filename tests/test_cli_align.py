@@ -86,14 +86,15 @@ def test_config_file_is_data_and_flags_override_it(align_setup):
     assert bad.exit_code == 2 and "'steps' must be int" in bad.output
 
 
-def test_finetune_command_makes_a_task_vector_that_align_accepts(align_setup, tiny_arch):
+def test_finetune_command_makes_a_task_vector_that_align_accepts(align_setup, tiny_arch, compiled):
     tmp_path, common, tv = align_setup
     out = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", "--model", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--task", "eurosat",
                                  "--data-root", str(tmp_path / "data"), "--kind", "lora", "--rank", "2", "--steps", "3",
                                  "--warmup", "1", "--batch-size", "4", "--lr", "1e-3", "--heads-dir", str(tmp_path / "heads"),
-                                 "--device", "cpu", "--out", str(out), "--val-fraction", "0.25"])
+                                 "--device", "cpu", "--out", str(out), "--val-fraction", "0.25", "--compile"])
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1
     made = TaskVector.load(out / "task_vector.safetensors")
     assert made.kind == "lora" and made.rank == 2 and made.meta["tasks"] == ["EuroSAT"] and (out / "metrics.jsonl").exists()
     validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
@@ -119,3 +120,11 @@ def test_align_control_aligns_a_norm_matched_control(align_setup):
         assert not torch.allclose(moved.delta(site), tv.delta(site), atol=1e-3)
     alone = runner.invoke(app, [*common, "--control", "other-task", "--out", str(tmp_path / "o")])
     assert alone.exit_code == 2 and "two or more task vectors" in alone.output
+
+
+def test_align_compile_flag_compiles_the_target_forward(align_setup, compiled):
+    tmp_path, common, _ = align_setup
+    out = tmp_path / "compiled"
+    result = runner.invoke(app, [*common, "--method", "cayley", "--compile", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1

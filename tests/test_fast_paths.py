@@ -327,20 +327,6 @@ def test_low_rank_penalty_from_factors_equals_the_full_gram_residual(start):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
-@pytest.fixture
-def compiled(monkeypatch):
-    """torch.compile with its eager backend (graph capture without a C compiler); lists what it compiled."""
-    seen = []
-    real_compile = torch.compile
-
-    def eager_compile(fn, **kwargs):
-        seen.append(fn)
-        return real_compile(fn, backend="eager")
-
-    monkeypatch.setattr(torch, "compile", eager_compile)
-    return seen
-
-
 def test_compiled_target_forward_gives_the_same_steps(tiny, compiled):
     """``compile=True`` puts the target's forward through torch.compile."""
     g = torch.Generator().manual_seed(11)
