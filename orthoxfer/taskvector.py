@@ -243,10 +243,10 @@ class TaskVector:
         """Add ``scale * self`` to ``model`` in place and return it."""
         for site in self.check_fits(model):
             view = read_site(model, site)
-            view.add_((scale * self.delta(site.name)).to(view.dtype))
+            view.add_((scale * self.delta(site.name)).to(view.device, view.dtype))
         for name, t in self.extra.items():
             p = model.get_parameter(name)
-            p.add_((scale * t).to(p.dtype))
+            p.add_((scale * t).to(p.device, p.dtype))
         return model
 
     def added_to_copy(self, model: nn.Module, scale: float = 1.0) -> nn.Module:

@@ -160,6 +160,8 @@ def run_steps(
         for name in ("metrics.jsonl", "validation.jsonl"):
             _truncate_log(run, name, scope, start)
     epoch = epoch_steps(tasks, settings)
+    for task in tasks:
+        task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
     with progress_bar() as bar:
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
         for step in range(start, settings.steps):

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ def load_activation_side():
                          "leave 'activation' out of --methods")
     spec = importlib.util.spec_from_file_location("orthoxfer_activation_side", ACTIVATION_SIDE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # importable by name, as torch.compile's tracing needs
     spec.loader.exec_module(module)
     return module
 

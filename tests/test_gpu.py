@@ -1,0 +1,91 @@
+"""The CUDA path end to end, on a tiny model: skipped where no GPU is present (CI has none).
+
+Run them on a GPU machine with ``python -m pytest tests/test_gpu.py``. What only a GPU
+exercises: bf16 autocast with the rotation at bf16 (the vector stored in bf16, U and its
+gradient in float32), the Cholesky route of the Cayley inverse, checkpoints written from
+device tensors and loaded back onto them, ``torch.compile`` with its real backend.
+"""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from orthoxfer.align.base import ScopedProblem, group_sites
+from orthoxfer.align.linalg import inverse_identity_plus_skew
+from orthoxfer.align.loop import StackedVector
+from orthoxfer.alignment import Alignment
+from orthoxfer.cli import app
+from orthoxfer.commands.bench_speed import METHODS, bench_speed_command
+from orthoxfer.sites import find_sites
+from orthoxfer.taskvector import TaskVector
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+runner = CliRunner()
+
+
+def on_cuda(common: list[str]) -> list[str]:
+    return [("cuda" if arg == "cpu" and common[i - 1] == "--device" else arg) for i, arg in enumerate(common)]
+
+
+def test_cayley_inverse_on_cuda_equals_lu_in_float64():
+    g = torch.Generator().manual_seed(0)
+    a = 0.05 * torch.randn(6, 96, 96, generator=g, dtype=torch.float64)
+    s = a - a.mT
+    expected = torch.linalg.inv(torch.eye(96, dtype=torch.float64) + s)
+    got = inverse_identity_plus_skew(s.float().cuda()).double().cpu()
+    assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+def test_bf16_rotation_on_cuda_matches_float32_on_cpu(tiny):
+    g = torch.Generator().manual_seed(1)
+    sites = find_sites(tiny, "attn")
+    (group,) = group_sites(sites, "site")
+    tv = TaskVector({s.name: 0.1 * torch.randn(s.dim, s.dim, generator=g) for s in sites})
+    problem = ScopedProblem("joint", tiny, tv, {}, sites)
+    vec = StackedVector.build(problem, group, 1.0, torch.device("cpu"))
+    u = torch.linalg.qr(torch.eye(group.dim) + 0.1 * torch.randn(len(sites), group.dim, group.dim, generator=g))[0]
+    cpu = vec.rotated(u)
+    cuda = StackedVector.build(problem, group, 1.0, torch.device("cuda")).to(torch.bfloat16).rotated(u.cuda())
+    assert cuda.dtype == torch.bfloat16
+    assert (cuda.float().cpu() - cpu).norm() / cpu.norm() < 1e-2
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("penalty", []), ("riemannian", ["--retraction", "qr"]), ("riemannian", ["--retraction", "cayley"]), ("cayley", []),
+    ("procrustes", []), ("penalty", ["--rotation-rank", "2"]), ("cayley", ["--rotation-rank", "2"]),
+])  # fmt: skip
+def test_align_on_cuda_resumes_and_evaluates(align_setup, method, extra):
+    tmp_path, common, _ = align_setup
+    common = on_cuda(common)
+    out = tmp_path / "run"
+    source = ["--source", common[common.index("--target") + 1].replace(":none", f":{tmp_path / 'source.safetensors'}")]
+    args = [*common, "--method", method, *extra, *(source if method == "procrustes" else []), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    al = Alignment.load(out / "alignment.safetensors")
+    for u in al.matrices().values():
+        assert torch.isfinite(u).all() and u.device.type == "cpu"  # saved from the device, loadable anywhere
+        if method != "penalty":
+            assert torch.linalg.matrix_norm(u.T @ u - torch.eye(u.shape[0])) < 1e-4
+    if method != "procrustes":  # the checkpoint, written from device tensors, loads back onto them
+        resumed = runner.invoke(app, [*args, "--resume"])
+        assert resumed.exit_code == 0, resumed.output
+        again = Alignment.load(out / "alignment.safetensors").matrices()
+        assert all(torch.equal(again[k], u) for k, u in al.matrices().items())
+    evaluated = runner.invoke(app, ["eval", "--model", common[common.index("--target") + 1], "--data-root",
+                                    common[common.index("--data-root") + 1], "--tasks", "EuroSAT", "--heads-dir",
+                                    str(tmp_path / "heads"), "--task-vector", str(out / "transferred.safetensors"),
+                                    "--device", "cuda", "--out", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert 0 <= json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"]["mean"] <= 1
+
+
+@pytest.mark.parametrize(("compile", "methods"), [(False, ",".join(METHODS)), (True, "floor,penalty,cayley,activation")])
+def test_bench_speed_on_cuda_writes_every_row(tmp_path, compile, methods):
+    bench_speed_command(arch="tiny", batch_size=8, steps=2, warmup=1, device="cuda", out=tmp_path, methods=methods,
+                        rotation_rank=0 if compile else 2, compile=compile)  # fmt: skip
+    report = json.loads((tmp_path / f"step_cost-cuda{'-compiled' if compile else ''}.json").read_text())
+    assert {r["method"] for r in report["rows"]} >= set(methods.split(","))
+    assert all(r["median_s"] > 0 and r["step_peak_mb"] is not None for r in report["rows"])
