@@ -89,3 +89,25 @@ def test_bench_speed_on_cuda_writes_every_row(tmp_path, compile, methods):
     report = json.loads((tmp_path / f"step_cost-cuda{'-compiled' if compile else ''}.json").read_text())
     assert {r["method"] for r in report["rows"]} >= set(methods.split(","))
     assert all(r["median_s"] > 0 and r["step_peak_mb"] is not None for r in report["rows"])
+
+
+def test_baselines_on_cuda(eurosat_run):
+    tmp_path, common, _ = eurosat_run
+    common = on_cuda(common)
+    vector = ["--task-vector", str(tmp_path / "tv.safetensors")]
+    loop = ["--shots", "10", "--batch-size", "4", "--steps", "3"]
+    for name, extra in [("target", ["--tasks", "eurosat"]), ("direct", [*vector, "--shots", "10", "--scales", "0,1"]),
+                        ("fewshot-ft", ["--tasks", "eurosat", *loop])]:  # fmt: skip
+        result = runner.invoke(app, ["baseline", name, *common, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, (name, result.output)
+        assert 0 <= json.loads((tmp_path / name / "results.json").read_text())["accuracy"]["mean"] <= 1
+
+
+def test_relate_on_cuda(eurosat_run, tiny_arch):
+    tmp_path, _, _ = eurosat_run
+    result = runner.invoke(app, ["relate", "--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--target",
+                                 f"{tiny_arch}:none", "--images", f"eurosat:{tmp_path / 'data'}", "--limit", "4",
+                                 "--batch-size", "2", "--device", "cuda", "--workers", "0", "--out", str(tmp_path / "r"),
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert all(0 <= layer["cka"] <= 1 + 1e-6 for layer in json.loads(result.output)["layers"])
