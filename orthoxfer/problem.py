@@ -30,9 +30,9 @@ class ImageEncoder(nn.Module):
 
     Its parameter names are the wrapped model's prefixed with ``model.``. With
     ``compiled``, ``forward`` goes through ``torch.compile``; ``functional_call`` still swaps
-    the weights in, which the compiled graph takes as inputs. On an H100 at batch 128 this
-    made a ViT-B/32 fine-tuning step 25% faster (the eager step leaves the GPU idle
-    between small kernels); the first step pays the compilation (about 8 s).
+    the weights in, which the compiled graph takes as inputs. On an H100 at batch 128 a
+    ViT-B/32 fine-tuning step took 18.7 ms instead of 23.5 (the eager step leaves the GPU
+    idle between small kernels); the first step pays the compilation (about 8 s).
     """
 
     def __init__(self, model: nn.Module, compiled: bool = False) -> None:

@@ -14,7 +14,8 @@ is rounded to bf16 before any image sees it; the rotation product there runs in 
 too (the stacked vector is kept in bf16, U is cast for the product, its gradient comes
 back in float32). The error this adds to the delta, about 2^-8 of ``|U^T dW U|``, is far
 below the bf16 rounding of ``W`` itself that the forward applies anyway, since a task
-vector is small beside the weights; on an H100 a float32 batched product of the stack
+vector is small beside the weights (measured on ViT-B/32: logits against an all-float32
+forward differ by 1.17e-2 with a float32 rotation, 1.18e-2 with a bf16 one); on an H100 a float32 batched product of the stack
 takes 1 ms and a bf16 one 0.1 ms, and the dense rotation costs five of them a step.
 """
 
