@@ -71,8 +71,13 @@ def evaluate_scores(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Score]:
-    """Counts per task for ``tasks = {name: (head, loader)}``; the model is left in the mode it came in."""
+    """Counts per task for ``tasks = {name: (head, loader)}``; the model is left in the mode it came in.
+
+    The model and heads move to ``device`` in place, as the training steps move them:
+    models built or cached on the CPU are scored where the images go.
+    """
     device = torch.device(device)
+    model.to(device)
     was_training = model.training
     model.eval()
     try:

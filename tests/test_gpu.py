@@ -111,3 +111,15 @@ def test_relate_on_cuda(eurosat_run, tiny_arch):
                                  "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert all(0 <= layer["cka"] <= 1 + 1e-6 for layer in json.loads(result.output)["layers"])
+
+
+def test_micro_bench_on_cuda(tmp_path):
+    """The mini suite on the GPU: pre-training, source vectors, every strategy, controls, evaluation."""
+    (tmp_path / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")
+    result = runner.invoke(app, ["bench", "--config", str(tmp_path / "fast.toml"), "--suite", "mini", "--size", "micro",
+                                 "--steps", "2", "--tasks", "mnist,coins", "--methods", "penalty,riemannian,cayley,procrustes",
+                                 "--controls", "norm", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+                                 "--device", "cuda"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
+    assert all(0 <= r["accuracy"]["mean"][0] <= 1 for r in rows)
