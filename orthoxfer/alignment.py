@@ -37,12 +37,12 @@ def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor]) -> TaskVector:
     if tv.lora:
         lora = {}
         for s, (a, b) in tv.lora.items():
-            u = us[s].to(a.dtype)
+            u = us[s].to(a.device, a.dtype)
             lora[s] = (a @ u, u.T @ b)
         return TaskVector(lora=lora, scale=tv.scale, extra=dict(tv.extra), meta=meta)
     dense = {}
     for s, d in tv.dense.items():
-        u = us[s].to(d.dtype)
+        u = us[s].to(d.device, d.dtype)
         dense[s] = u.T @ d @ u
     return TaskVector(dense, extra=dict(tv.extra), meta=meta)
 

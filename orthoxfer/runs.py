@@ -15,6 +15,8 @@ from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 
 CONFIG = "config.json"
+# settings that change how a run goes, not what it computes: a resume may change them
+HOW_NOT_WHAT = frozenset({"resume", "compile", "log_every", "checkpoint_every"})
 
 
 class Run:
@@ -38,7 +40,7 @@ class Run:
         path = self.file(CONFIG)
         if self.resume and path.exists():
             before = json.loads(path.read_text())
-            changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k) and k != "resume")
+            changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in HOW_NOT_WHAT)
             if changed:
                 raise UsageError(
                     f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "

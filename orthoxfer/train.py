@@ -106,12 +106,13 @@ class SiteUpdates(nn.Module):
 
     @torch.no_grad()
     def task_vector(self, meta: dict[str, Any]) -> TaskVector:
+        """The update as a task vector on the CPU, as one loaded from disk would be, wherever it was trained."""
         names = [s.name for s in self.sites]
-        extra = {n: d.detach().clone() for n, d in zip(self.others, getattr(self, "rest", []))}
+        extra = {n: d.detach().cpu().clone() for n, d in zip(self.others, getattr(self, "rest", []))}
         if self.kind == "lora":
-            lora = {n: (self.a[i].detach().clone(), self.b[i].detach().clone()) for i, n in enumerate(names)}
+            lora = {n: (self.a[i].detach().cpu().clone(), self.b[i].detach().cpu().clone()) for i, n in enumerate(names)}
             return TaskVector(lora=lora, scale=self.scale, meta=dict(meta, kind="lora", rank=self.a.shape[1]))
-        dense = {n: self.delta[i].detach().clone() for i, n in enumerate(names)}
+        dense = {n: self.delta[i].detach().cpu().clone() for i, n in enumerate(names)}
         return TaskVector(dense, extra=extra, meta=dict(meta, kind="dense", rank=None))
 
 

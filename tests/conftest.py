@@ -68,13 +68,24 @@ def align_setup(eurosat_run):
 
 @pytest.fixture
 def compiled(monkeypatch):
-    """torch.compile with its eager backend (graph capture without a C compiler); lists what it compiled."""
-    seen = []
+    """torch.compile with its eager backend (graph capture without a C compiler).
+
+    Lists one call count per function compiled, so a test can tell a compiled function
+    that runs from one that is compiled and then bypassed.
+    """
+    calls: list[int] = []
     real_compile = torch.compile
 
     def eager_compile(fn, **kwargs):
-        seen.append(fn)
-        return real_compile(fn, backend="eager")
+        graph = real_compile(fn, backend="eager")
+        index = len(calls)
+        calls.append(0)
+
+        def counted(*args, **kw):
+            calls[index] += 1
+            return graph(*args, **kw)
+
+        return counted
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    return seen
+    return calls

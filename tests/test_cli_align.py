@@ -94,7 +94,7 @@ def test_finetune_command_makes_a_task_vector_that_align_accepts(align_setup, ti
                                  "--warmup", "1", "--batch-size", "4", "--lr", "1e-3", "--heads-dir", str(tmp_path / "heads"),
                                  "--device", "cpu", "--out", str(out), "--val-fraction", "0.25", "--compile"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1
+    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1 and compiled[0] > 0
     made = TaskVector.load(out / "task_vector.safetensors")
     assert made.kind == "lora" and made.rank == 2 and made.meta["tasks"] == ["EuroSAT"] and (out / "metrics.jsonl").exists()
     validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
@@ -127,4 +127,19 @@ def test_align_compile_flag_compiles_the_target_forward(align_setup, compiled):
     out = tmp_path / "compiled"
     result = runner.invoke(app, [*common, "--method", "cayley", "--compile", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1
+    assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1 and compiled[0] > 0
+
+
+def test_resume_accepts_changes_to_how_a_run_goes_not_what_it_computes(align_setup, compiled):
+    """A run folder from before `compile` existed (and with the old log_every) resumes; --compile may be switched."""
+    tmp_path, common, _ = align_setup
+    out = tmp_path / "old"
+    assert runner.invoke(app, [*common, "--method", "cayley", "--out", str(out)]).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["compile"]
+    config["log_every"] = 1
+    (out / "config.json").write_text(json.dumps(config))
+    resumed = runner.invoke(app, [*common, "--method", "cayley", "--out", str(out), "--resume", "--compile"])
+    assert resumed.exit_code == 0, resumed.output
+    changed = runner.invoke(app, [*common, "--method", "cayley", "--lr", "0.5", "--out", str(out), "--resume"])
+    assert changed.exit_code == 2 and "settings differ" in changed.output and "(lr)" in changed.output

@@ -341,7 +341,7 @@ def test_compiled_target_forward_gives_the_same_steps(tiny, compiled):
         floor = FinetuneStep(tiny, sites, FinetuneSettings(kind="embed", lr=1e-2, compile=flag))
         losses = [float(s(x, y, head)[0].detach()) for _ in range(3) for s in (step, floor)]
         runs.append((losses, [p.detach().clone() for p in (*step.module.parameters(), *floor.module.parameters())]))
-    assert len(compiled) == 2  # one compiled forward per step object
+    assert len(compiled) == 2 and all(compiled)  # one compiled forward per step object, and it ran
     assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5, abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
     assert runs[0][0][0] != runs[0][0][4]  # the steps moved something
@@ -351,6 +351,6 @@ def test_bench_speed_compile_times_every_row_compiled(tmp_path, compiled):
     bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, methods="floor,penalty",
                         compile=True)  # fmt: skip
     report = json.loads((tmp_path / "step_cost-cpu-compiled.json").read_text())
-    assert report["settings"]["compile"] and len(compiled) == 2 and not (tmp_path / "step_cost-cpu.json").exists()
+    assert report["settings"]["compile"] and len(compiled) == 2 and all(compiled) and not (tmp_path / "step_cost-cpu.json").exists()
     assert [r["method"] for r in report["rows"]] == ["floor", "penalty"] and all(r["gflop"] is None for r in report["rows"])
     assert "through torch.compile" in (tmp_path / "step_cost-cpu-compiled.md").read_text()

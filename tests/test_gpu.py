@@ -3,21 +3,25 @@
 Run them on a GPU machine with ``python -m pytest tests/test_gpu.py``. What only a GPU
 exercises: bf16 autocast with the rotation at bf16 (the vector stored in bf16, U and its
 gradient in float32), the Cholesky route of the Cayley inverse, checkpoints written from
-device tensors and loaded back onto them, ``torch.compile`` with its real backend.
+device tensors and resumed from mid-run, ``torch.compile`` with its real backend.
 """
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from orthoxfer.align.base import ScopedProblem, group_sites
-from orthoxfer.align.linalg import inverse_identity_plus_skew
-from orthoxfer.align.loop import StackedVector
+from orthoxfer.align import STRATEGIES, align, linalg
+from orthoxfer.align.base import AlignProblem, ScopedProblem, group_sites, identity_stacks
+from orthoxfer.align.loop import AlignStep, StackedVector
+from orthoxfer.align.settings import AlignSettings
 from orthoxfer.alignment import Alignment
 from orthoxfer.cli import app
 from orthoxfer.commands.bench_speed import METHODS, bench_speed_command
+from orthoxfer.problem import FewShotTask
+from orthoxfer.runs import Run
 from orthoxfer.sites import find_sites
 from orthoxfer.taskvector import TaskVector
 
@@ -29,13 +33,16 @@ def on_cuda(common: list[str]) -> list[str]:
     return [("cuda" if arg == "cpu" and common[i - 1] == "--device" else arg) for i, arg in enumerate(common)]
 
 
-def test_cayley_inverse_on_cuda_equals_lu_in_float64():
+def test_cayley_inverse_on_cuda_takes_the_cholesky_route_and_equals_float64(monkeypatch):
+    routed = []
+    real = linalg.inverse_by_cholesky
+    monkeypatch.setattr(linalg, "inverse_by_cholesky", lambda m: routed.append(m.device) or real(m))
     g = torch.Generator().manual_seed(0)
     a = 0.05 * torch.randn(6, 96, 96, generator=g, dtype=torch.float64)
     s = a - a.mT
     expected = torch.linalg.inv(torch.eye(96, dtype=torch.float64) + s)
-    got = inverse_identity_plus_skew(s.float().cuda()).double().cpu()
-    assert (got - expected).norm() / expected.norm() < 1e-5
+    got = linalg.inverse_identity_plus_skew(s.float().cuda()).double().cpu()
+    assert (got - expected).norm() / expected.norm() < 1e-5 and [d.type for d in routed] == ["cuda"]
 
 
 def test_bf16_rotation_on_cuda_matches_float32_on_cpu(tiny):
@@ -50,6 +57,10 @@ def test_bf16_rotation_on_cuda_matches_float32_on_cpu(tiny):
     cuda = StackedVector.build(problem, group, 1.0, torch.device("cuda")).to(torch.bfloat16).rotated(u.cuda())
     assert cuda.dtype == torch.bfloat16
     assert (cuda.float().cpu() - cpu).norm() / cpu.norm() < 1e-2
+    settings = AlignSettings(method="cayley", device="cuda", log_every=0, checkpoint_every=0)
+    step = AlignStep(STRATEGIES["cayley"](), problem, [group], identity_stacks([group]), settings)
+    assert [v.dtype for v in step.vectors] == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in step.module.parameters())
 
 
 @pytest.mark.parametrize(("method", "extra"), [
@@ -123,3 +134,22 @@ def test_micro_bench_on_cuda(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
     assert all(0 <= r["accuracy"]["mean"][0] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("method", ["penalty", "riemannian", "cayley"])
+def test_interrupted_run_on_cuda_resumes_to_the_same_transforms(method, tmp_path):
+    """Cut at step 25 (checkpoint at 20), resumed onto the GPU: the U's of an uninterrupted run, to float tolerance."""
+    from planted import planted
+    from test_resume import Interrupting
+
+    source, target, _, tv, task = planted()
+    settings = AlignSettings(method=method, sites="linear", steps=30, lr=2e-2, batch_size=16, augment=4, warmup=5,
+                             checkpoint_every=10, device="cuda")  # fmt: skip
+    whole = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings, Run(tmp_path / "whole"))
+    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(FewShotTask)}
+    with pytest.raises(KeyboardInterrupt):
+        align(AlignProblem(target, {"toy": tv}, {"toy": Interrupting(**fields, fail_at=25)}, source), settings,
+              Run(tmp_path / "cut"))  # fmt: skip
+    resumed = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings, Run(tmp_path / "cut", resume=True))
+    for site in tv.sites:
+        assert torch.allclose(resumed.matrices()[site], whole.matrices()[site], atol=1e-5)

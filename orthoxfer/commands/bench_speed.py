@@ -271,7 +271,7 @@ def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch
     rows, meta = build_rows(arch, batch_size, device, methods, vectors, rank, rotation_rank, compile)
     floor, others = rows[0], rows[1:]
     for row in rows:
-        if compile:  # the first step compiles; FLOPs are counted in an eager run (the same matmuls)
+        if compile:  # the first step compiles; FLOPs are not counted here (an eager run counts the same matmuls)
             row.run()
             continue
         with FlopCounterMode(display=False) as flops:
