@@ -8,7 +8,10 @@ factored, never a d x d x d product.
 U's are stored per *key*: with ``tie=site`` a key is a site, with ``tie=block`` all
 sites of one attention block share a key (one tensor), with ``tie=model`` one key
 serves every site of a width. ``scope`` is ``joint`` (one set of U's for the summed
-task vectors) or a task name (``per-task`` mode).
+task vectors) or a task name (``per-task`` mode). A U learned with ``--rotation-rank k``
+from the identity is kept as its factors, ``U = I + L R^T`` (:class:`LowRankU`): for
+ViT-B/32 at k = 16 a scope takes 5-9 MB instead of 113 MB, which is what lets per-task
+alignments sit beside their task vectors.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ from orthoxfer.taskvector import MismatchError, TaskVector
 
 KIND = "alignment"
 JOINT = "joint"
+
+
+@dataclass(frozen=True)
+class LowRankU:
+    """``U = I + L R^T`` with L, R of shape (d, m): the factors a low-rank strategy learned, stored as they are."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        u = self.left @ self.right.T
+        u.diagonal().add_(1)
+        return u
+
+
+def as_matrix(u: torch.Tensor | LowRankU) -> torch.Tensor:
+    return u.dense() if isinstance(u, LowRankU) else u
 
 
 def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor]) -> TaskVector:
@@ -49,7 +69,7 @@ def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor]) -> TaskVector:
 
 @dataclass
 class Alignment:
-    transforms: dict[str, dict[str, torch.Tensor]]  # scope -> key -> U (d x d)
+    transforms: dict[str, dict[str, torch.Tensor | LowRankU]]  # scope -> key -> U (d x d, or its factors)
     keys: dict[str, str]  # site -> key
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -62,10 +82,10 @@ class Alignment:
         return list(self.keys)
 
     def matrices(self, scope: str = JOINT) -> dict[str, torch.Tensor]:
-        """``{site: U}`` of one scope; tied sites share one tensor."""
+        """``{site: U}`` of one scope, d x d (built from factors where stored so); tied sites share one tensor."""
         if scope not in self.transforms:
             raise UsageError(f"this alignment has no U's for {scope!r}; it has {', '.join(self.scopes)}")
-        table = self.transforms[scope]
+        table = {key: as_matrix(u) for key, u in self.transforms[scope].items()}
         return {site: table[key] for site, key in self.keys.items()}
 
     def scope_for(self, tv: TaskVector, task: str | None = None) -> str:
@@ -88,15 +108,27 @@ class Alignment:
 
     # ----------------------------------------------------------------------- IO
     def save(self, path: Path | str) -> None:
-        tensors = {f"u/{scope}/{key}": u for scope, table in self.transforms.items() for key, u in table.items()}
+        tensors = {}
+        for scope, table in self.transforms.items():
+            for key, u in table.items():
+                if isinstance(u, LowRankU):
+                    tensors[f"l/{scope}/{key}"], tensors[f"r/{scope}/{key}"] = u.left, u.right
+                else:
+                    tensors[f"u/{scope}/{key}"] = u
         save_artifact(path, KIND, tensors, dict(self.meta, keys=self.keys, scopes=self.scopes))
 
     @classmethod
     def load(cls, path: Path | str) -> Alignment:
         tensors, meta = load_artifact(path, KIND)
+
+        def stored(name: str) -> torch.Tensor | LowRankU:
+            if f"u/{name}" in tensors:
+                return tensors[f"u/{name}"]
+            return LowRankU(tensors[f"l/{name}"], tensors[f"r/{name}"])
+
         try:
             keys, scopes = meta.pop("keys"), meta.pop("scopes")
-            transforms = {s: {k: tensors[f"u/{s}/{k}"] for k in dict.fromkeys(keys.values())} for s in scopes}
+            transforms = {s: {k: stored(f"{s}/{k}") for k in dict.fromkeys(keys.values())} for s in scopes}
         except KeyError as exc:
             raise ArtifactError(f"{path} is not a valid orthoxfer alignment file (missing {exc})") from None
         return cls(transforms, keys, meta)

@@ -104,6 +104,30 @@ def test_each_strategy_starts_at_u0_and_moves_inside_the_rank_k_family(method, t
         assert numerical_rank(moved) <= MAX_RANK[method], site
 
 
+@pytest.mark.parametrize("method", TRAINED)
+def test_a_low_rank_alignment_from_the_identity_is_stored_as_its_factors(method, tmp_path):
+    from orthoxfer.alignment import LowRankU, rotate
+
+    source, target, _, tv, task = planted()
+    problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source)
+    al = align(problem, settings(method, log_every=0))
+    assert all(isinstance(u, LowRankU) and u.left.shape == (8, MAX_RANK[method]) for u in al.transforms["joint"].values())
+    al.save(tmp_path / "a.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and not any(n.startswith("u/") for n in names)  # no d x d tensor on disk
+    loaded = Alignment.load(tmp_path / "a.safetensors")
+    for site, u in al.matrices().items():
+        assert torch.equal(loaded.matrices()[site], u)
+        if method != "penalty":
+            assert torch.allclose(u.T @ u, torch.eye(8), atol=1e-5)
+    assert all(torch.equal(loaded.apply(tv).delta(s), rotate(tv, al.matrices()).delta(s)) for s in tv.sites)
+    started = align(problem, settings(method, log_every=0, init="procrustes"))  # from a full U0: stored in full
+    assert all(isinstance(u, torch.Tensor) for u in started.transforms["joint"].values())
+
+
 def test_a_low_rank_family_starts_at_a_non_identity_u0_too():
     torch.manual_seed(0)
     u0 = torch.linalg.qr(torch.randn(2, 8, 8))[0]

@@ -10,7 +10,7 @@ from orthoxfer.align.penalty import PenaltyStrategy
 from orthoxfer.align.procrustes import ProcrustesStrategy
 from orthoxfer.align.riemannian import RiemannianStrategy
 from orthoxfer.align.settings import AlignSettings
-from orthoxfer.alignment import Alignment
+from orthoxfer.alignment import Alignment, LowRankU
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "penalty": PenaltyStrategy,
@@ -34,13 +34,17 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
     sites = problem.aligned_sites(settings.sites)
     groups = group_sites(sites, settings.tie)
     names = [s.name for s in sites]
-    transforms: dict[str, dict[str, torch.Tensor]] = {}
+    transforms: dict[str, dict[str, torch.Tensor | LowRankU]] = {}
     steps = 0
     for scoped in problem.scoped(settings.mode, sites):
         torch.manual_seed(settings.seed)
         solution = strategy.solve(scoped, groups, settings, run)
         steps = solution.steps
-        transforms[scoped.scope] = {k: stack[i] for g, stack in zip(groups, solution.stacks) for i, k in enumerate(g.keys)}
+        transforms[scoped.scope] = {
+            k: LowRankU(stack[0][i], stack[1][i]) if isinstance(stack, tuple) else stack[i]
+            for g, stack in zip(groups, solution.stacks)
+            for i, k in enumerate(g.keys)
+        }
     keys = {s.name: k for g in groups for s, k in zip(g.sites, (g.keys[i] for i in g.index.tolist()))}
     used = {k: v for k, v in settings.to_dict().items() if k not in strategy_fields_unused(strategy)}
     meta = {

@@ -82,9 +82,9 @@ class ScopedProblem:
 
 @dataclass
 class Solution:
-    """Per group, the fitted U stack; plus anything the strategy wants recorded."""
+    """Per group, the fitted U stack (or, for ``U = I + L R^T``, the stacks of L and R); plus anything to record."""
 
-    stacks: list[torch.Tensor]
+    stacks: list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     steps: int = 0
     record: dict = field(default_factory=dict)
 

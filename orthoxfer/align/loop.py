@@ -231,5 +231,8 @@ def train_transforms(
     step = AlignStep(strategy, problem, groups, init, settings)
     run_steps(step, list(problem.tasks.values()), settings, run, problem.scope)
     with torch.no_grad():
-        final = [s.detach().float().cpu() for s in step.module()]
+        if step.factored and all(p.base is None for p in step.module.parts):  # U = I + L R^T: keep the factors
+            final = [tuple(f.detach().float().cpu() for f in p.factors()) for p in step.module.parts]
+        else:
+            final = [s.detach().float().cpu() for s in step.module()]
     return Solution(final, steps=settings.steps)
