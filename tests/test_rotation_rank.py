@@ -181,6 +181,10 @@ def test_align_cli_records_rotation_rank_and_ties_by_block(align_setup):
     us = al.matrices()
     assert len(al.transforms["joint"]) == 1 and len({id(m) for m in us.values()}) == 1  # one U for the block's 4 sites
     assert al.meta["diagnostics"]["joint"]["orth_error_max"] < 1e-4
+    diag = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment",
+                               str(out / "alignment.safetensors"), "--json"])  # fmt: skip
+    assert diag.exit_code == 0, diag.output  # from the stored factors
+    assert json.loads(diag.output)["aggregate"]["orth_error_max"] < 1e-4
 
 
 @pytest.mark.parametrize(
