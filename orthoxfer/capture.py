@@ -10,7 +10,7 @@ input through a forward pre-hook.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ def attend(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torc
 def capture_inputs(model: nn.Module, sites: list[Site]) -> Iterator[dict[str, torch.Tensor]]:
     """While active, every forward of ``model`` fills ``{site: (tokens, d) inputs}``."""
     seen: dict[str, torch.Tensor] = {}
-    handles = []
+    hooks = ExitStack()  # a hook handle is a context manager: closing the stack removes every hook
     by_module: dict[str, list[Site]] = {}
     for site in sites:
         owner = site.name.rsplit(".", 1)[0]
@@ -65,18 +65,15 @@ def capture_inputs(model: nn.Module, sites: list[Site]) -> Iterator[dict[str, to
                         x = inputs[site.part] if mod.batch_first else inputs[site.part].transpose(0, 1)
                     seen[site.name] = x.detach().reshape(-1, site.dim)
 
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            hooks.enter_context(module.register_forward_pre_hook(hook, with_kwargs=True))
         else:
 
             def linear_hook(mod, args, members=members):
                 seen[members[0].name] = args[0].detach().reshape(-1, members[0].dim)
 
-            handles.append(module.register_forward_pre_hook(linear_hook))
-    try:
+            hooks.enter_context(module.register_forward_pre_hook(linear_hook))
+    with hooks:
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()

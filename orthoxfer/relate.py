@@ -21,7 +21,7 @@ X_T permuted at random, seeded) gives the floor a meaningless pairing reaches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -180,18 +180,16 @@ def capture_stream(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
     def before(mod, args, kwargs):
         seen[0] = rows(args[0] if args else next(iter(kwargs.values())))
 
-    handles = [blocks[0].register_forward_pre_hook(before, with_kwargs=True)]
+    hooks = ExitStack()  # a hook handle is a context manager: closing the stack removes every hook
+    hooks.enter_context(blocks[0].register_forward_pre_hook(before, with_kwargs=True))
     for i, block in enumerate(blocks):
 
         def after(mod, args, output, i=i):
             seen[i + 1] = rows(output[0] if isinstance(output, tuple) else output)
 
-        handles.append(block.register_forward_hook(after))
-    try:
+        hooks.enter_context(block.register_forward_hook(after))
+    with hooks:
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _device(model: nn.Module) -> torch.device:
