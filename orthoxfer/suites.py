@@ -28,6 +28,7 @@ from orthoxfer.models.pretrain import PretrainConfig, pretrained_model, pretrain
 from orthoxfer.models.pretrain import default_cache_dir as pretrain_cache_dir
 from orthoxfer.planted import planted_target
 from orthoxfer.problem import Augment, FewShotTask, normalise, split_order
+from orthoxfer.runs import HOW_NOT_WHAT
 from orthoxfer.taskvector import TaskVector
 from orthoxfer.train import FinetuneSettings, finetune
 
@@ -158,7 +159,8 @@ def mini_source_vector(
 
 
 def train_key(settings: FinetuneSettings) -> dict:
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "device", "log_every", "checkpoint_every", "compile")}
+    """The settings a cached vector depends on: not where or how it was trained (device, logging, compilation)."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in HOW_NOT_WHAT | {"extra", "device"}}
 
 
 def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
