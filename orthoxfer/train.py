@@ -107,12 +107,15 @@ class SiteUpdates(nn.Module):
     @torch.no_grad()
     def task_vector(self, meta: dict[str, Any]) -> TaskVector:
         """The update as a task vector on the CPU, as one loaded from disk would be, wherever it was trained."""
+        def own(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)  # one copy, from any device
+
         names = [s.name for s in self.sites]
-        extra = {n: d.detach().cpu().clone() for n, d in zip(self.others, getattr(self, "rest", []))}
+        extra = {n: own(d) for n, d in zip(self.others, getattr(self, "rest", []))}
         if self.kind == "lora":
-            lora = {n: (self.a[i].detach().cpu().clone(), self.b[i].detach().cpu().clone()) for i, n in enumerate(names)}
+            lora = {n: (own(self.a[i]), own(self.b[i])) for i, n in enumerate(names)}
             return TaskVector(lora=lora, scale=self.scale, meta=dict(meta, kind="lora", rank=self.a.shape[1]))
-        dense = {n: self.delta[i].detach().cpu().clone() for i, n in enumerate(names)}
+        dense = {n: own(self.delta[i]) for i, n in enumerate(names)}
         return TaskVector(dense, extra=extra, meta=dict(meta, kind="dense", rank=None))
 
 
