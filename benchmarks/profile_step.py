@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from orthoxfer.commands import resolve_device
+from orthoxfer.commands import comma_list, resolve_device
 from orthoxfer.commands.bench_speed import build_rows
 
 
@@ -32,7 +32,7 @@ def profile_rows(
     from torch.profiler import ProfilerActivity, profile
 
     dev = resolve_device(device)
-    rows, _ = build_rows(arch, batch_size, dev, methods.split(","), ["dense"], 16, rotation_rank)
+    rows, _ = build_rows(arch, batch_size, dev, list(comma_list(methods)), ["dense"], 16, rotation_rank)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for row in rows:

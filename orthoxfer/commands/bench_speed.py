@@ -46,7 +46,7 @@ import typer
 from rich.table import Table
 
 from orthoxfer import __version__
-from orthoxfer.commands import console, reports_errors, resolve_device
+from orthoxfer.commands import comma_list, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -412,8 +412,7 @@ def bench_speed_command(
     compile: Annotated[bool, Opt("--compile", help="Every row (the floor too) with the target's forward through torch.compile.")] = False,
 ) -> None:
     """Time one optimiser step of every strategy against plain fine-tuning of the same sites."""
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    kinds = [v.strip() for v in vector.split(",") if v.strip()]
+    chosen, kinds = list(comma_list(methods)), list(comma_list(vector))
     unknown = [m for m in chosen if m not in METHODS] + [v for v in kinds if v not in ("dense", "lora")]
     if unknown:
         raise UsageError(f"unknown method or vector kind {unknown[0]!r}; methods: {', '.join(METHODS)}; kinds: dense, lora")
