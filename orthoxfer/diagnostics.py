@@ -2,8 +2,10 @@
 
 Per site: ||dW||_F before and after (and their ratio), numerical rank before and
 after, ||U^T U - I||_F, max |sigma_i(U) - 1|, the sign of det U, ||U - I||_F, and the
-cosine to the target's own task vector (the oracle) when one is given. All maths in
-float64 so the diagnostics never blame U for their own rounding.
+cosine to the target's own task vector (the oracle) when one is given; for U's found
+in closed form (``procrustes``, ``init=procrustes``) also how much of U the data decided:
+the identified rank of the cross-covariance M and its condition. All maths in float64 so
+the diagnostics never blame U for their own rounding.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def diagnose(tv: TaskVector, alignment: Alignment, oracle: TaskVector | None = N
     after = alignment.apply(tv, task)
     norms_b, norms_a = tv.norms(), after.norms()
     ranks_b, ranks_a = tv.ranks(), after.ranks()
+    identified = alignment.meta.get("identification", {}).get(scope, {})
     per_key: dict[int, dict[str, float]] = {}
     rows = []
     for site in tv.sites:
@@ -63,6 +66,9 @@ def diagnose(tv: TaskVector, alignment: Alignment, oracle: TaskVector | None = N
             "rank_after": ranks_a[site],
             **metrics,
         }
+        if identified:
+            found = identified[alignment.keys[site]]
+            row["identified_rank"], row["condition"] = found["identified_rank"], found["condition"]
         if oracle is not None and site in oracle.sites:
             row["cosine_oracle_before"] = cosine(tv.delta(site), oracle.delta(site))
             row["cosine_oracle_after"] = cosine(after.delta(site), oracle.delta(site))
@@ -90,6 +96,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "det_negative": sum(r["det_sign"] < 0 for r in rows),
         "dist_identity_mean": mean("dist_identity"),
     }
+    if rows and "identified_rank" in rows[0]:
+        out["identified_rank_min"] = min(r["identified_rank"] for r in rows)
+        conditions = [r["condition"] for r in rows]
+        out["condition_max"] = None if None in conditions else max(conditions)
     if rows and "cosine_oracle_after" in rows[0]:
         out["cosine_oracle_before"] = mean("cosine_oracle_before")
         out["cosine_oracle_after"] = mean("cosine_oracle_after")
@@ -155,8 +165,10 @@ def write_report(report: dict[str, Any], tv: TaskVector, alignment: Alignment, o
 def report_table(report: dict[str, Any]) -> Table:
     """The per-site rows and the aggregate as one rich table."""
     oracle = "cosine_oracle_after" in report["aggregate"]
+    identified = "identified_rank_min" in report["aggregate"]
     table = Table(title=f"diagnostics: {report['strategy']} ({report['scope']})")
     heads = ["site", "||dW|| before", "after", "ratio", "rank", "||U^TU-I||", "max|s-1|", "det", "||U-I||"]
+    heads += ["identified rank", "cond(M)"] if identified else []
     heads += ["cos oracle before", "after"] if oracle else []
     for h in heads:
         table.add_column(h, justify="left" if h == "site" else "right")
@@ -169,6 +181,9 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{r['det_sign']:+d}" if "det_sign" in r else f"{r['det_negative']} neg",
             f"{r.get('dist_identity', r.get('dist_identity_mean', 0)):.4g}",
         ]
+        if identified:
+            condition = r.get("condition", r.get("condition_max"))
+            row += [str(r.get("identified_rank", r.get("identified_rank_min"))), "inf" if condition is None else f"{condition:.3g}"]
         if oracle:
             row += [f"{r['cosine_oracle_before']:.4f}", f"{r['cosine_oracle_after']:.4f}"]
         return row
@@ -176,5 +191,6 @@ def report_table(report: dict[str, Any]) -> Table:
     for r in report["sites"]:
         table.add_row(*cells(r, r["site"]))
     table.add_section()
-    table.add_row(*cells(report["aggregate"], "all sites (max orth, mean ||U-I||)"))
+    label = "all sites (max orth, mean ||U-I||" + (", min rank, max cond)" if identified else ")")
+    table.add_row(*cells(report["aggregate"], label))
     return table

@@ -20,6 +20,7 @@ from orthoxfer.taskvector import TaskVector
 runner = CliRunner()
 
 
+@pytest.mark.numerics
 def test_planted_target_computes_the_same_function(tiny):
     target, u_star = planted_target(tiny.eval(), seed=3)
     images = torch.randn(5, 3, 16, 16)
@@ -32,6 +33,7 @@ def test_planted_target_computes_the_same_function(tiny):
     assert not torch.equal(tiny.visual.transformer.resblocks[0].mlp.c_fc.weight, target.visual.transformer.resblocks[0].mlp.c_fc.weight)
 
 
+@pytest.mark.numerics
 def test_procrustes_recovers_the_planted_permutation(tiny):
     target, u_star = planted_target(tiny.eval(), seed=1)
     g = torch.Generator().manual_seed(0)
@@ -39,7 +41,7 @@ def test_procrustes_recovers_the_planted_permutation(tiny):
     task = colour_task(n=32)
     problem = AlignProblem(target, {"joint": tv}, {"colour": task}, source=tiny)
     alignment = align(problem, AlignSettings(method="procrustes", shots=32, augment=1, batch_size=32))
-    assert recovery_error(alignment.matrices(), u_star) < 1e-3
+    assert recovery_error(alignment.matrices(), u_star) < 1e-4  # q/k/v: M is exactly rank-deficient (centred inputs)
     identity = {s: torch.eye(u.shape[0]) for s, u in u_star.items()}
     assert recovery_error(identity, u_star) > 1.0  # a permutation of 32 coordinates is far from I
     moved = alignment.apply(tv)

@@ -50,6 +50,7 @@ def test_a_pickle_is_refused_without_being_executed(tmp_path):
     assert result.exit_code == 1 and "not a valid orthoxfer task vector file" in result.output
 
 
+@pytest.mark.numerics
 def test_two_runs_with_one_seed_write_identical_artifacts(align_setup):
     tmp_path, common, tv = align_setup
     outs = []

@@ -14,6 +14,8 @@ from orthoxfer.problem import FewShotTask
 from orthoxfer.runs import Run
 from orthoxfer.training import Diverged
 
+pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
+
 
 @dataclasses.dataclass
 class Interrupting(FewShotTask):

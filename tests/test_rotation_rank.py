@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import geoopt
 import pytest
 import torch
+from rounding import assert_norm_close, assert_rounding_close
 from planted import planted
 from typer.testing import CliRunner
 
@@ -21,6 +22,8 @@ from orthoxfer.errors import UsageError
 from orthoxfer.runs import Run
 from orthoxfer.sites import find_sites
 from orthoxfer.taskvector import TaskVector
+
+pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 
 runner = CliRunner()
 TRAINED = ("penalty", "riemannian", "cayley")
@@ -69,7 +72,7 @@ def test_cayley_retraction_of_a_tall_point_equals_geoopts_own():
     x = torch.linalg.qr(torch.randn(4, 10, 3, generator=g))[0]
     u, v = 0.1 * torch.randn(4, 10, 3, generator=g), torch.randn(4, 10, 3, generator=g)
     for fast, slow in zip(CayleyStiefel().retr_transp(x, u, v), geoopt.CanonicalStiefel().retr_transp(x, u, v)):
-        assert torch.allclose(fast, slow, atol=1e-5)
+        assert_rounding_close(fast, slow, terms=8 * 10, scale=2 * torch.linalg.matrix_norm(v, ord=2).max())
 
 
 def test_a_rotation_of_a_subspace_is_orthogonal():
@@ -119,11 +122,17 @@ def test_a_low_rank_alignment_from_the_identity_is_stored_as_its_factors(method,
         names = list(f.keys())
     assert names and not any(n.startswith("u/") for n in names)  # no d x d tensor on disk
     loaded = Alignment.load(tmp_path / "a.safetensors")
+    stored, back = al.transforms["joint"], loaded.transforms["joint"]
+    for key, u in stored.items():  # the file keeps the factors bit for bit
+        assert torch.equal(back[key].left, u.left) and torch.equal(back[key].right, u.right)
     for site, u in al.matrices().items():
-        assert torch.equal(loaded.matrices()[site], u)
+        # I + L R^T rebuilt from loaded tensors: a BLAS may round differently with another memory alignment
+        factors = stored[al.keys[site]]
+        assert_rounding_close(loaded.matrices()[site], u, terms=MAX_RANK[method], scale=1 + factors.left.norm() * factors.right.norm())
         if method != "penalty":
-            assert torch.allclose(u.T @ u, torch.eye(8), atol=1e-5)
-    assert all(torch.equal(loaded.apply(tv).delta(s), rotate(tv, al.matrices()).delta(s)) for s in tv.sites)
+            assert_rounding_close(u.T @ u, torch.eye(8), terms=8 * 8, scale=4.0)
+    for s in tv.sites:
+        assert_norm_close(loaded.apply(tv).delta(s), rotate(tv, al.matrices()).delta(s), terms=4 * 8)
     started = align(problem, settings(method, log_every=0, init="procrustes"))  # from a full U0: stored in full
     assert all(isinstance(u, torch.Tensor) for u in started.transforms["joint"].values())
 

@@ -36,17 +36,20 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
     names = [s.name for s in sites]
     transforms: dict[str, dict[str, torch.Tensor | LowRankU]] = {}
     steps = 0
+    records: dict[str, dict] = {}
     for scoped in problem.scoped(settings.mode, sites):
         torch.manual_seed(settings.seed)
         solution = strategy.solve(scoped, groups, settings, run)
         steps = solution.steps
+        for name, value in solution.record.items():
+            records.setdefault(name, {})[scoped.scope] = value
         transforms[scoped.scope] = {
             k: LowRankU(stack[0][i], stack[1][i]) if isinstance(stack, tuple) else stack[i]
             for g, stack in zip(groups, solution.stacks)
             for i, k in enumerate(g.keys)
         }
     keys = {s.name: k for g in groups for s, k in zip(g.sites, (g.keys[i] for i in g.index.tolist()))}
-    used = {k: v for k, v in settings.to_dict().items() if k not in strategy_fields_unused(strategy)}
+    used = {k: v for k, v in settings.to_dict().items() if k not in strategy_fields_unused(strategy, settings)}
     meta = {
         "strategy": strategy.name,
         "exact": strategy.exact,
@@ -56,13 +59,15 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
         "sites": names,
         "tasks": list(problem.tasks),
         **settings.extra,
+        **records,
     }
     alignment = Alignment(transforms, keys, meta)
     alignment.meta["diagnostics"] = summarise(alignment, problem.restricted_vectors(names))
     return alignment
 
 
-def strategy_fields_unused(strategy: Strategy) -> set[str]:
+def strategy_fields_unused(strategy: Strategy, settings: AlignSettings) -> set[str]:
     """Strategy-specific settings another strategy reads; recorded only where they mattered."""
     specific = {f for cls in STRATEGIES.values() for f in cls.uses}
-    return specific - set(strategy.uses)
+    start = ProcrustesStrategy.uses if settings.init == "procrustes" else ()
+    return specific - set(strategy.uses) - set(start)

@@ -173,19 +173,23 @@ class TrainedStrategy(Strategy):
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:
         from orthoxfer.align.loop import train_transforms
 
-        return train_transforms(self, problem, groups, initial_stacks(problem, groups, settings), settings, run)
+        init, record = initial_stacks(problem, groups, settings)
+        solution = train_transforms(self, problem, groups, init, settings, run)
+        solution.record.update(record)
+        return solution
 
 
 def identity_stacks(groups: list[SiteGroup]) -> list[torch.Tensor]:
     return [torch.eye(g.dim).expand(len(g.keys), g.dim, g.dim).clone() for g in groups]
 
 
-def initial_stacks(problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings) -> list[torch.Tensor]:
+def initial_stacks(problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings) -> tuple[list[torch.Tensor], dict]:
+    """The start U0 of every group, and what to record about it (procrustes' identified ranks)."""
     if settings.init == "procrustes":
-        from orthoxfer.align.procrustes import procrustes_stacks
+        from orthoxfer.align.procrustes import procrustes_fit
 
-        return procrustes_stacks(problem, groups, settings)
-    return identity_stacks(groups)
+        return procrustes_fit(problem, groups, settings)
+    return identity_stacks(groups), {}
 
 
 def orthogonality_error(stack: torch.Tensor) -> torch.Tensor:

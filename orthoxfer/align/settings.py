@@ -25,7 +25,7 @@ CHOICES = {
 }
 NON_NEGATIVE = (
     "lr", "weight_decay", "steps", "warmup", "clip", "alpha", "log_every", "checkpoint_every", "shots", "augment",
-    "rotation_rank",
+    "rotation_rank", "procrustes_rtol",
 )  # fmt: skip
 POSITIVE = ("batch_size",)
 
@@ -48,6 +48,7 @@ class AlignSettings:
     retraction: str = "qr"
     tie: str = "site"
     rotation_rank: int = 0  # 0: a full U; k > 0: U moves away from its start only inside a rank-k family
+    procrustes_rtol: float = 1e-6  # singular values of M at or below this times the largest leave U free there
     sites: str = "attn"
     shots: int = 100
     augment: int = 10  # copies of each few-shot image per epoch; 0 or 1 = no augmentation

@@ -92,6 +92,9 @@ def align_command(
     mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     rotation_rank: Annotated[int | None, Opt("--rotation-rank", help="k > 0: U moves from its start only inside a rank-k family (trained methods); 0: a full U.")] = None,
+    procrustes_rtol: Annotated[float | None, Opt("--procrustes-rtol", help="procrustes (and init=procrustes): singular values of "
+                                                 "the cross-covariance at or below this times the largest leave U free there; "
+                                                 "U is then completed by the map closest to I.")] = None,  # fmt: skip
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
     control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: align a control vector with the "
@@ -131,6 +134,7 @@ def align_command(
         method=method, alpha=alpha, penalty_form=penalty_form, retraction=retraction, lr=lr, weight_decay=weight_decay,
         steps=steps, warmup=warmup, clip=clip, init=init, mode=mode, tie=tie, scale=scale, sites=sites, shots=shots,
         augment=augment, batch_size=batch_size, seed=seed, rotation_rank=rotation_rank, compile=compile,
+        procrustes_rtol=procrustes_rtol,
     )
     settings = resolve_settings(config, flags)
     if suite != "paper":

@@ -180,7 +180,7 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
     from orthoxfer.align import STRATEGIES
     from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks
     from orthoxfer.align.loop import AlignStep
-    from orthoxfer.align.procrustes import procrustes_stacks
+    from orthoxfer.align.procrustes import procrustes_fit
     from orthoxfer.align.settings import AlignSettings
     from orthoxfer.problem import FewShotTask
     from orthoxfer.sites import find_sites
@@ -227,7 +227,7 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
         result: list = []
 
         def solve() -> None:
-            result[:] = procrustes_stacks(problem, groups, s)
+            result[:] = procrustes_fit(problem, groups, s)[0]
 
         rows.append(Row("procrustes", "-", solve, lambda: sum(t.numel() * t.element_size() for t in result)))
     d = sites[0].dim
