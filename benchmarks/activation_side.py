@@ -6,9 +6,9 @@ three activation-sized matmuls per site (``F.linear`` with U, dW, then U^T; for 
 ``dW^T = A^T B^T``), where orthoxfer materialises ``U^T dW U`` once per step. This
 module runs exactly that inside the target's attention blocks. ``nn.MultiheadAttention``
 never exposes the input of ``out_proj``, so q, k, v and the attention itself are
-computed by hand (:func:`orthoxfer.capture.attend`, the same maths as the module).
+computed by hand (:func:`orthoxfer.problem.capture.attend`, the same maths as the module).
 
-:class:`ActivationSideStep` is :class:`~orthoxfer.align.loop.AlignStep` with only its
+:class:`ActivationSideStep` is :class:`~orthoxfer.fit.align_step.AlignStep` with only its
 ``logits`` replaced, so strategy, regulariser, optimiser and clipping are the real ones
 and the benchmark compares the two formulations and nothing else. ``orthoxfer
 bench-speed`` loads this file from the source checkout; it is not part of the package.
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orthoxfer.align.loop import AlignStep
-from orthoxfer.capture import attend
 from orthoxfer.errors import UsageError
+from orthoxfer.fit.align_step import AlignStep
+from orthoxfer.problem.capture import attend
 
 Contribution = Callable[[int, torch.Tensor], torch.Tensor]
 

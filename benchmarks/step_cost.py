@@ -1,6 +1,6 @@
 """Step-cost benchmark at ViT-B/32 scale: every strategy's optimiser step against plain fine-tuning.
 
-The same function as ``orthoxfer bench-speed`` (see :mod:`orthoxfer.commands.bench_speed`
+The same function as ``orthoxfer bench-speed`` (see :mod:`orthoxfer.cli.bench_speed`
 for what each row is and how time and memory are measured); writes
 ``benchmarks/results/step_cost-<device>.json`` and ``.md``.
 
@@ -10,7 +10,7 @@ for what each row is and how time and memory are measured); writes
 
 import typer
 
-from orthoxfer.commands.bench_speed import bench_speed_command
+from orthoxfer.cli.bench_speed import bench_speed_command
 
 if __name__ == "__main__":
     typer.run(bench_speed_command)

@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from orthoxfer import __version__
 from orthoxfer.errors import OrthoxferError
+from orthoxfer.version import __version__
 
 
 class ArtifactError(OrthoxferError, ValueError):

@@ -43,8 +43,8 @@ def eurosat_run(tmp_path, tiny_arch):
     from test_data_paper import make_eurosat
 
     from orthoxfer.models.loading import load_model
-    from orthoxfer.sites import find_sites
-    from orthoxfer.taskvector import TaskVector
+    from orthoxfer.vectors.sites import find_sites
+    from orthoxfer.vectors.taskvector import TaskVector
 
     make_eurosat(tmp_path / "data", per_class=8)
     save_file(small_clip(seed=7, layers=1).state_dict(), str(tmp_path / "source.safetensors"))

@@ -8,8 +8,8 @@ rotated coordinates and the ideal transferred vector is U*^T dW U*.
 import torch
 from torch import nn
 
-from orthoxfer.problem import FewShotTask
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.vectors.taskvector import TaskVector
 
 
 class ResidualNet(nn.Module):

@@ -5,15 +5,16 @@ import scipy.linalg
 import torch
 from planted import planted
 
-from orthoxfer.align import STRATEGIES, align
-from orthoxfer.align.base import AlignProblem, group_sites
-from orthoxfer.align.loop import StackedVector, site_deltas
-from orthoxfer.align.procrustes import polar_transform
-from orthoxfer.align.settings import AlignSettings
-from orthoxfer.alignment import Alignment, rotate
-from orthoxfer.diagnostics import diagnose
+from orthoxfer.alignment.align import align
+from orthoxfer.alignment.artifact import Alignment, rotate
+from orthoxfer.evaluation.diagnostics import diagnose
+from orthoxfer.fit.align_step import StackedVector, site_deltas
+from orthoxfer.problem.align_problem import AlignProblem, group_sites
 from orthoxfer.runs import Run
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.strategies.procrustes import polar_transform
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.taskvector import TaskVector
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 
@@ -138,7 +139,7 @@ def test_tied_transforms_share_one_tensor_and_stay_orthogonal():
 
 def test_batched_rotation_equals_per_site_rotation():
     g = torch.Generator().manual_seed(0)
-    from orthoxfer.sites import Site
+    from orthoxfer.vectors.sites import Site
 
     sites = [Site(f"s{i}", f"s{i}", 0, 6, 6, "weight") for i in range(3)]
     groups = group_sites(sites, "site")
@@ -146,7 +147,7 @@ def test_batched_rotation_equals_per_site_rotation():
     dense = TaskVector({s.name: torch.randn(6, 6, generator=g) for s in sites})
     lora = TaskVector(lora={s.name: (torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g)) for s in sites}, scale=1.5)
     for tv in (dense, lora):
-        from orthoxfer.align.base import ScopedProblem
+        from orthoxfer.problem.align_problem import ScopedProblem
 
         problem = ScopedProblem("joint", None, tv, {}, sites)
         fast = site_deltas(groups, [StackedVector.build(problem, groups[0], 0.7, torch.device("cpu"))], [u])[0]

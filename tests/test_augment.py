@@ -3,7 +3,7 @@
 import torch
 
 from orthoxfer.data.mini import random_shift, shift_augment
-from orthoxfer.problem import FewShotTask
+from orthoxfer.problem.tasks import FewShotTask
 
 
 def test_random_shift_moves_each_image_within_the_pad():

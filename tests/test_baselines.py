@@ -8,12 +8,13 @@ import torch
 from test_train import acc, colour_task, settings
 from typer.testing import CliRunner
 
-import orthoxfer.training as training
-from orthoxfer import baselines
+import orthoxfer.fit.loop as training
 from orthoxfer.cli import app
 from orthoxfer.data import fewshot, paper
+from orthoxfer.suites import paper as paper_suite
+from orthoxfer.evaluation import baselines
+from orthoxfer.fit.finetune import finetune
 from orthoxfer.runs import Run
-from orthoxfer.train import finetune
 
 runner = CliRunner()
 
@@ -72,6 +73,7 @@ def test_direct_baseline_chooses_lambda_without_reading_test_images(eurosat_run,
 
     monkeypatch.setattr(paper, "make_loader", Spy)
     monkeypatch.setattr(fewshot, "make_loader", Spy)
+    monkeypatch.setattr(paper_suite, "make_loader", Spy)
 
     def spy(*args, **kwargs):
         assert "test" not in read, "test images were read before lambda was chosen"

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import orthoxfer.bench as bench_module
+import orthoxfer.experiments.bench as bench_module
 from orthoxfer.cli import app
 
 runner = CliRunner()
@@ -44,7 +44,7 @@ def test_micro_bench_writes_every_output_with_its_columns(micro_run):
     record = json.loads((run / "rows" / "embed_penalty-seed0.json").read_text())
     assert set(record["scale"]) == set(record["validation"]) == {"mnist", "coins"}
     assert json.loads((run / "config.json").read_text())["bench"]["mode"] == "per-task"
-    from orthoxfer.alignment import Alignment
+    from orthoxfer.alignment.artifact import Alignment
 
     alignment = Alignment.load(run / "rows" / "embed_penalty-seed0" / "alignment.safetensors")
     assert alignment.scopes == ["mnist", "coins"] and alignment.meta["steps"] == 1  # 2 joint steps shared by 2 tasks
@@ -62,11 +62,13 @@ def test_rerun_with_resume_reuses_rows_and_changed_settings_are_refused(micro_ru
 
 def spied_inputs(root):
     """The micro suite's mnist inputs, and a list that records each reading of test data (by task name)."""
-    from orthoxfer.commands.bench import _inputs, mini_defaults
-    from orthoxfer.train import FinetuneSettings
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.suites import build_suite, default_tables
+    from orthoxfer.suites.base import SuiteRequest
 
-    source_ft = FinetuneSettings(**mini_defaults()["finetune"])
-    inputs = _inputs("mini", 0, 24, "micro", "mnist", None, None, None, None, source_ft, ("embed",), "cpu", root / "cache")
+    source_ft = FinetuneSettings(**default_tables("mini")["finetune"])
+    request = SuiteRequest(seed=0, shots=24, size="micro", tasks=("mnist",), kinds=("embed",), source_ft=source_ft, cache_dir=root / "cache")
+    inputs = build_suite("mini", request)
     opened = []
     for task in inputs.tasks:
         head, make = task.test
@@ -76,7 +78,7 @@ def spied_inputs(root):
 
 def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
     root, _, _ = micro_run
-    from orthoxfer.bench import BenchConfig, Row, run_row
+    from orthoxfer.experiments.bench import BenchConfig, Row, run_row
     from orthoxfer.runs import Run
 
     inputs, opened = spied_inputs(root)
@@ -93,8 +95,8 @@ def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
 
 
 def test_tie_options_are_rows_with_their_own_controls_and_gains():
-    from orthoxfer.bench import BenchConfig, Row
-    from orthoxfer.report import summarise_rows
+    from orthoxfer.experiments.bench import BenchConfig, Row
+    from orthoxfer.report.tables import summarise_rows
 
     config = BenchConfig(methods=("penalty",), kinds=("embed",), controls=("norm",), ties=("site", "block"), procrustes_init=False)
     rows = config.rows()
@@ -115,7 +117,7 @@ def test_tie_options_are_rows_with_their_own_controls_and_gains():
 
 def test_lr_grid_is_chosen_on_validation_for_aligners_and_fewshot_ft_alike(micro_run, monkeypatch):
     root, _, _ = micro_run
-    from orthoxfer.bench import BenchConfig, Row, run_row
+    from orthoxfer.experiments.bench import BenchConfig, Row, run_row
     from orthoxfer.runs import Run
 
     inputs, opened = spied_inputs(root)

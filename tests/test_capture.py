@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orthoxfer.capture import capture_inputs, cross_covariance
-from orthoxfer.sites import find_sites
+from orthoxfer.problem.capture import capture_inputs, cross_covariance
+from orthoxfer.vectors.sites import find_sites
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 
@@ -37,7 +37,7 @@ def test_text_tower_causal_mask_is_respected(tiny):
 
 
 def test_cross_covariance_of_a_model_with_itself_gives_identity(tiny):
-    from orthoxfer.align.procrustes import polar_transform
+    from orthoxfer.strategies.procrustes import polar_transform
 
     sites = find_sites(tiny, "attn")
     cov = cross_covariance(tiny, tiny, sites, [torch.randn(8, 3, 16, 16)])

@@ -6,9 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orthoxfer.alignment import Alignment
+from orthoxfer.alignment.artifact import Alignment
 from orthoxfer.cli import app
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.vectors.taskvector import TaskVector
 
 runner = CliRunner()
 

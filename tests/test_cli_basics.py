@@ -2,9 +2,9 @@ import json
 
 from typer.testing import CliRunner
 
-from orthoxfer import __version__
 from orthoxfer.cli import app
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.vectors.taskvector import TaskVector
+from orthoxfer.version import __version__
 
 runner = CliRunner()
 

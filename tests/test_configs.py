@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from orthoxfer.align.settings import AlignSettings, read_config
-from orthoxfer.train import FinetuneSettings
+from orthoxfer.fit.finetune import FinetuneSettings
+from orthoxfer.strategies.settings import AlignSettings, read_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from orthoxfer.controls import control_vector
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.vectors.controls import control_vector
+from orthoxfer.vectors.taskvector import TaskVector
 
 
 def vector(seed):
@@ -39,7 +39,7 @@ def test_other_task_control_is_rescaled_other_vector():
 
 
 def test_control_vectors_are_seeded_per_task_and_other_task_borrows_the_next():
-    from orthoxfer.controls import control_vectors
+    from orthoxfer.vectors.controls import control_vectors
 
     g = torch.Generator().manual_seed(0)
     vectors = {n: TaskVector({"s": torch.randn(4, 4, generator=g)}) for n in ("a", "b", "c")}

@@ -16,7 +16,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from orthoxfer.commands.data import data_app
+from orthoxfer.cli.data import data_app
 from orthoxfer.data.classnames import CLASSNAMES, FOLDERS, TEMPLATES
 from orthoxfer.data.paper import (
     CORRUPT,

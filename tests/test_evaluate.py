@@ -11,13 +11,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from orthoxfer.artifacts import load_artifact
-from orthoxfer.commands.evaluate import eval_command
+from orthoxfer.cli.evaluate import eval_command
 from orthoxfer.data.paper import CORRUPT
-from orthoxfer.evaluate import accuracy, evaluate, evaluate_scores
+from orthoxfer.evaluation.accuracy import accuracy, evaluate, evaluate_scores
 from orthoxfer.models.heads import KIND, ZeroShotHead
 from orthoxfer.models.loading import load_model
 from orthoxfer.models.small import small_clip
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.vectors.taskvector import TaskVector
 
 runner = CliRunner()
 

@@ -12,22 +12,23 @@ import geoopt
 import pytest
 import torch
 import torch.nn.functional as F
+from rounding import assert_norm_close, assert_rounding_close, rotation_bound
 from torch import nn
 from torch.func import functional_call
 
-from orthoxfer.align import STRATEGIES
-from orthoxfer.align.base import ScopedProblem, group_sites, identity_stacks, orthogonality_error
-from orthoxfer.align.linalg import cayley, cholesky_qr, gram_residual, inverse_by_cholesky, rotate_dense
-from orthoxfer.align.loop import AlignStep, StackedVector, Transforms, site_deltas
-from orthoxfer.align.riemannian import CayleyStiefel, QRStiefel
-from orthoxfer.align.settings import AlignSettings
-from orthoxfer.alignment import rotate
-from orthoxfer.commands.bench_speed import METHODS, TRAINED, bench_speed_command, load_activation_side
-from orthoxfer.problem import ImageEncoder
-from orthoxfer.sites import find_sites, param_overrides
-from orthoxfer.taskvector import TaskVector
-from orthoxfer.train import FinetuneSettings, FinetuneStep
-from rounding import assert_norm_close, assert_rounding_close, rotation_bound
+from orthoxfer.alignment.artifact import rotate
+from orthoxfer.cli.bench_speed import METHODS, TRAINED, bench_speed_command, load_activation_side
+from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_deltas
+from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
+from orthoxfer.problem.align_problem import ScopedProblem, group_sites
+from orthoxfer.problem.tasks import ImageEncoder
+from orthoxfer.strategies.linalg import cayley, cholesky_qr, gram_residual, inverse_by_cholesky, orthogonality_error, rotate_dense
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.strategies.riemannian import CayleyStiefel, QRStiefel
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.strategies.trained import identity_stacks
+from orthoxfer.vectors.sites import find_sites, param_overrides
+from orthoxfer.vectors.taskvector import TaskVector
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 
@@ -293,7 +294,7 @@ def test_bench_speed_writes_every_row(tmp_path):
 @pytest.mark.parametrize("start", ["identity", "orthogonal"])
 def test_low_rank_factored_rotation_equals_rotation_by_the_full_u(tiny, method, tie, start):
     """``U = U0 (I + L R^T)``: deltas from the factors alone equal ``U^T dW U`` with U built in full, values and gradients."""
-    from orthoxfer.align.loop import factored_deltas
+    from orthoxfer.fit.align_step import factored_deltas
 
     g = torch.Generator().manual_seed(7)
     sites = find_sites(tiny, "attn")
@@ -325,8 +326,8 @@ def test_low_rank_factored_rotation_equals_rotation_by_the_full_u(tiny, method, 
 
 @pytest.mark.parametrize("start", ["identity", "orthogonal"])
 def test_low_rank_penalty_from_factors_equals_the_full_gram_residual(start):
-    from orthoxfer.align.linalg import factored_orthogonality_error
-    from orthoxfer.align.penalty import LowRankFree
+    from orthoxfer.strategies.linalg import factored_orthogonality_error
+    from orthoxfer.strategies.penalty import LowRankFree
 
     g = torch.Generator().manual_seed(3)
     init = torch.eye(24).expand(5, 24, 24).clone() if start == "identity" else near_identity(5, 24, g, scale=1.0)

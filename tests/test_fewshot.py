@@ -15,7 +15,6 @@ from orthoxfer.errors import UsageError
 from orthoxfer.models.loading import load_model
 
 
-
 @pytest.fixture(scope="module")
 def loaded(tiny_arch):
     return load_model(f"{tiny_arch}:none")

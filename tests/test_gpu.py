@@ -13,17 +13,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orthoxfer.align import STRATEGIES, align, linalg
-from orthoxfer.align.base import AlignProblem, ScopedProblem, group_sites, identity_stacks
-from orthoxfer.align.loop import AlignStep, StackedVector
-from orthoxfer.align.settings import AlignSettings
-from orthoxfer.alignment import Alignment
+from orthoxfer.alignment.align import align
+from orthoxfer.alignment.artifact import Alignment
 from orthoxfer.cli import app
-from orthoxfer.commands.bench_speed import METHODS, bench_speed_command
-from orthoxfer.problem import FewShotTask
+from orthoxfer.cli.bench_speed import METHODS, bench_speed_command
+from orthoxfer.fit.align_step import AlignStep, StackedVector
+from orthoxfer.problem.align_problem import AlignProblem, ScopedProblem, group_sites
+from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import Run
-from orthoxfer.sites import find_sites
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.strategies import linalg
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.strategies.trained import identity_stacks
+from orthoxfer.vectors.sites import find_sites
+from orthoxfer.vectors.taskvector import TaskVector
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 runner = CliRunner()

@@ -8,11 +8,12 @@ import hashlib
 import pytest
 import torch
 
+from orthoxfer.cache import cache_root
 from orthoxfer.data import mini
 from orthoxfer.errors import UsageError
 from orthoxfer.models import pretrain as pre
 from orthoxfer.models.prototype_head import PrototypeHead
-from orthoxfer.problem import FewShotTask
+from orthoxfer.problem.tasks import FewShotTask
 
 MICRO = pre.PretrainConfig.micro()
 
@@ -137,9 +138,9 @@ def test_pair_is_cached_by_a_key_of_its_settings(tmp_path, monkeypatch):
 def test_cache_dir_defaults_and_can_be_overridden(monkeypatch, tmp_path):
     monkeypatch.delenv("ORTHOXFER_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert pre.default_cache_dir() == tmp_path / "xdg" / "orthoxfer"
+    assert cache_root() == tmp_path / "xdg" / "orthoxfer"
     monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "mine"))
-    assert pre.default_cache_dir() == tmp_path / "mine"
+    assert cache_root() == tmp_path / "mine"
 
 
 def test_bad_config_is_a_usage_error():

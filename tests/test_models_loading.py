@@ -2,16 +2,14 @@
 
 import pytest
 import torch
+from conftest import TINY_CONFIG as TINY
 from open_clip import pretrained as oc_pretrained
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models import loading
-from conftest import TINY_CONFIG as TINY
-
 from orthoxfer.models.loading import _is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
-
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,14 +8,14 @@ from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache:
 from test_train import colour_task
 from typer.testing import CliRunner
 
-from orthoxfer.align import align
-from orthoxfer.align.base import AlignProblem
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.alignment.align import align
 from orthoxfer.cli import app
-from orthoxfer.planted import planted_target, recovery_error
-from orthoxfer.problem import image_features
-from orthoxfer.sites import find_sites, read_site
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.models.planted import planted_target, recovery_error
+from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.problem.tasks import image_features
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.sites import find_sites, read_site
+from orthoxfer.vectors.taskvector import TaskVector
 
 runner = CliRunner()
 

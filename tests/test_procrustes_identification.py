@@ -7,15 +7,15 @@ import torch
 from test_train import colour_task
 from typer.testing import CliRunner
 
-from orthoxfer.align import align
-from orthoxfer.align.base import AlignProblem
-from orthoxfer.align.procrustes import complete, polar_transform
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.alignment.align import align
 from orthoxfer.cli import app
-from orthoxfer.diagnostics import diagnose
-from orthoxfer.planted import planted_target, recovery_error
-from orthoxfer.sites import find_sites
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.evaluation.diagnostics import diagnose
+from orthoxfer.models.planted import planted_target, recovery_error
+from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.strategies.procrustes import complete, polar_transform
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.sites import find_sites
+from orthoxfer.vectors.taskvector import TaskVector
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 

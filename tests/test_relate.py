@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
+from orthoxfer.evaluation.relate import RelationStats, compare, relate
 from orthoxfer.models.loading import register_arch
 from orthoxfer.models.small import small_clip, small_config
-from orthoxfer.relate import RelationStats, compare, relate
 
 runner = CliRunner()
 

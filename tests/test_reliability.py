@@ -8,7 +8,7 @@ from test_cli_align import runner
 
 from orthoxfer.artifacts import ArtifactError, atomic_write, save_artifact
 from orthoxfer.cli import app
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.vectors.taskvector import TaskVector
 
 
 def test_a_failed_write_leaves_no_file_under_the_final_name(tmp_path):
@@ -71,7 +71,7 @@ def test_sigterm_stops_a_command_like_ctrl_c(tmp_path):
 
     script = (
         "import time, typer\n"
-        "from orthoxfer.commands import reports_errors\n"
+        "from orthoxfer.cli.common import reports_errors\n"
         "app = typer.Typer()\n"
         "@app.command()\n"
         "@reports_errors\n"

@@ -6,13 +6,13 @@ import pytest
 import torch
 from planted import planted
 
-from orthoxfer.align import align
-from orthoxfer.align.base import AlignProblem
-from orthoxfer.align.settings import AlignSettings
+from orthoxfer.alignment.align import align
 from orthoxfer.artifacts import load_artifact
-from orthoxfer.problem import FewShotTask
+from orthoxfer.fit.loop import Diverged
+from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import Run
-from orthoxfer.training import Diverged
+from orthoxfer.strategies.settings import AlignSettings
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 

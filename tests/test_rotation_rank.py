@@ -6,22 +6,24 @@ from types import SimpleNamespace
 import geoopt
 import pytest
 import torch
-from rounding import assert_norm_close, assert_rounding_close
 from planted import planted
+from rounding import assert_norm_close, assert_rounding_close
 from typer.testing import CliRunner
 
-from orthoxfer.align import STRATEGIES, align
-from orthoxfer.align.base import AlignProblem, ScopedProblem, group_sites, identity_stacks
-from orthoxfer.align.linalg import cayley_lowrank, cayley_lowrank_apply
-from orthoxfer.align.loop import AlignStep
-from orthoxfer.align.riemannian import CayleyStiefel
-from orthoxfer.align.settings import AlignSettings, read_config
-from orthoxfer.alignment import Alignment
+from orthoxfer.alignment.align import align
+from orthoxfer.alignment.artifact import Alignment
 from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
+from orthoxfer.fit.align_step import AlignStep
+from orthoxfer.problem.align_problem import AlignProblem, ScopedProblem, group_sites
 from orthoxfer.runs import Run
-from orthoxfer.sites import find_sites
-from orthoxfer.taskvector import TaskVector
+from orthoxfer.strategies.linalg import cayley_lowrank, cayley_lowrank_apply
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.strategies.riemannian import CayleyStiefel
+from orthoxfer.strategies.settings import AlignSettings, read_config
+from orthoxfer.strategies.trained import identity_stacks
+from orthoxfer.vectors.sites import find_sites
+from orthoxfer.vectors.taskvector import TaskVector
 
 pytestmark = pytest.mark.numerics  # also run under a second CPU kernel path (tests/test_kernel_paths.py)
 
@@ -109,7 +111,7 @@ def test_each_strategy_starts_at_u0_and_moves_inside_the_rank_k_family(method, t
 
 @pytest.mark.parametrize("method", TRAINED)
 def test_a_low_rank_alignment_from_the_identity_is_stored_as_its_factors(method, tmp_path):
-    from orthoxfer.alignment import LowRankU, rotate
+    from orthoxfer.alignment.artifact import LowRankU, rotate
 
     source, target, _, tv, task = planted()
     problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source)
@@ -212,8 +214,8 @@ def test_align_cli_refuses_bad_rotation_ranks_in_one_line(align_setup, extra, me
 
 
 def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypatch):
-    import orthoxfer.bench
-    import orthoxfer.commands.bench
+    import orthoxfer.experiments.bench
+    import orthoxfer.suites
 
     seen = {}
 
@@ -224,8 +226,8 @@ def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypa
         seen["align"] = bench.align
         raise Stop
 
-    monkeypatch.setattr(orthoxfer.commands.bench, "_inputs", lambda *args: SimpleNamespace(tasks=[]))
-    monkeypatch.setattr(orthoxfer.bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(orthoxfer.suites, "build_suite", lambda *args: SimpleNamespace(tasks=[]))
+    monkeypatch.setattr(orthoxfer.experiments.bench, "run_bench", fake_run_bench)
     result = runner.invoke(app, ["bench", "--suite", "mini", "--rotation-rank", "4", "--device", "cpu", "--out", str(tmp_path / "b")])
     assert isinstance(result.exception, Stop), result.output
     assert seen["align"].rotation_rank == 4

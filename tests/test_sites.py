@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from orthoxfer.sites import SiteError, find_sites, param_overrides, read_site, write_site
+from orthoxfer.vectors.sites import SiteError, find_sites, param_overrides, read_site, write_site
 
 
 def test_vit_b32_attn_gives_48_square_sites():

@@ -5,8 +5,8 @@ import torch
 
 from orthoxfer.artifacts import ArtifactError
 from orthoxfer.models.small import small_clip
-from orthoxfer.sites import find_sites, read_site
-from orthoxfer.taskvector import MismatchError, TaskVector
+from orthoxfer.vectors.sites import find_sites, read_site
+from orthoxfer.vectors.taskvector import MismatchError, TaskVector
 
 
 def lora_vector(sites, rank=2, seed=0, scale=2.0):

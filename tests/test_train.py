@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from orthoxfer.evaluate import accuracy
-from orthoxfer.problem import FewShotTask
-from orthoxfer.train import FinetuneSettings, finetune
-from orthoxfer.training import task_batch
+from orthoxfer.evaluation.accuracy import accuracy
+from orthoxfer.fit.finetune import FinetuneSettings, finetune
+from orthoxfer.fit.loop import task_batch
+from orthoxfer.problem.tasks import FewShotTask
 
 
 def colour_task(n=96, seed=0, head_seed=1):
@@ -64,7 +64,7 @@ def test_full_vector_carries_and_applies_non_site_parameters(tiny):
 def test_same_seed_same_images_for_any_trained_method():
     """The few-shot baseline and an aligner with one seed draw the same batches."""
     tasks = [colour_task(), colour_task(seed=3)]
-    from orthoxfer.align.settings import AlignSettings
+    from orthoxfer.strategies.settings import AlignSettings
 
     ft, al = settings("embed", augment=4), AlignSettings(batch_size=32, augment=4, seed=0)
     for step in (0, 1, 7):

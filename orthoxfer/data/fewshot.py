@@ -6,7 +6,7 @@ the whole split, as the reference does ("the first 100 images of a shuffled trai
 split"); ``shots_per_class`` the first K of each class. An image that cannot be read
 is replaced by the next one in the same order, so a draw stays deterministic.
 Images are stored as uint8 at the model's resolution (open_clip's own resize and
-crop) and augmented per batch by :class:`~orthoxfer.problem.FewShotTask`.
+crop) and augmented per batch by :class:`~orthoxfer.problem.tasks.FewShotTask`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torchvision.transforms import Compose, PILToTensor, ToTensor, v2
 from orthoxfer.data.paper import CORRUPT, ImageSplit, load_split, make_loader
 from orthoxfer.errors import UsageError
 from orthoxfer.models.loading import LoadedModel
-from orthoxfer.problem import FewShotTask
+from orthoxfer.problem.tasks import FewShotTask
 
 
 def sample_indices(

@@ -73,7 +73,7 @@ from torch import nn
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models.prototype_head import PrototypeHead
-from orthoxfer.problem import FewShotTask, image_features
+from orthoxfer.problem.tasks import FewShotTask, image_features
 
 DATA_VERSION = 1  # bump whenever a generator below changes what it produces: the model cache keys on it
 IMAGE_SIZE = 32

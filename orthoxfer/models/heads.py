@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact
+from orthoxfer.cache import cache_root
 from orthoxfer.models.loading import LoadedModel
 
 KIND = "zero_shot_head"
 
 
-def default_cache_dir() -> Path:
-    """Where heads go when no cache folder is given: ``$ORTHOXFER_CACHE/heads`` (default ``~/.cache/orthoxfer``)."""
-    return Path(os.environ.get("ORTHOXFER_CACHE", "~/.cache/orthoxfer")).expanduser() / "heads"
+def heads_cache_dir() -> Path:
+    """Where heads go when no cache folder is given: ``heads`` under :func:`~orthoxfer.cache.cache_root`."""
+    return cache_root() / "heads"
 
 
 class ZeroShotHead(nn.Module):

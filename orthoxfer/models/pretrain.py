@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
+from orthoxfer.cache import cache_root
 from orthoxfer.data.mini import DATA_VERSION, IMAGE_SIZE, Corpus, corpus, random_shift
 from orthoxfer.errors import UsageError
 from orthoxfer.models.small import small_clip
-from orthoxfer.problem import FewShotTask
+from orthoxfer.problem.tasks import FewShotTask
 
 TRAIN_VERSION = 1  # bump whenever the training loop below changes what it produces
 KIND = "mini_model"
@@ -101,13 +101,6 @@ class PretrainConfig:
             "open_clip": open_clip.__version__,
         }
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def default_cache_dir() -> Path:
-    """``$ORTHOXFER_CACHE`` if set, else ``$XDG_CACHE_HOME/orthoxfer``, else ``~/.cache/orthoxfer``."""
-    if os.environ.get("ORTHOXFER_CACHE"):
-        return Path(os.environ["ORTHOXFER_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orthoxfer"
 
 
 def build_model(config: PretrainConfig, which: Which) -> open_clip.CLIP:
@@ -225,7 +218,7 @@ def pretrained_model(
 ) -> open_clip.CLIP:
     """Model ``which`` (a or b), loaded from the cache when this exact config built it before, else pre-trained and cached."""
     config = config or PretrainConfig()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     paths = _paths(root, config)
     path = paths[0] if which == "a" else paths[1]
     model = _load(path, config, which)

@@ -1,0 +1,50 @@
+"""The typer app: every command registered under its name, strategy flags generated from the registry."""
+
+from __future__ import annotations
+
+import typer
+
+from orthoxfer.cli.align import align_command
+from orthoxfer.cli.baseline import baseline_app
+from orthoxfer.cli.bench import bench_command, demo_command
+from orthoxfer.cli.bench_speed import bench_speed_command
+from orthoxfer.cli.data import data_app
+from orthoxfer.cli.diagnose import diagnose_command
+from orthoxfer.cli.evaluate import eval_command
+from orthoxfer.cli.finetune import finetune_command
+from orthoxfer.cli.inspect import inspect_command
+from orthoxfer.cli.relate import relate_command
+from orthoxfer.cli.strategy_options import with_strategy_options
+from orthoxfer.version import __version__
+
+
+def version_command() -> None:
+    """Print the orthoxfer version."""
+    typer.echo(__version__)
+
+
+def build_app() -> typer.Typer:
+    """The ``orthoxfer`` app, with a flag for every option the registered strategies declare now."""
+    app = typer.Typer(
+        name="orthoxfer",
+        help="Carry task vectors between independently pre-trained models with orthogonal similarity transforms.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.add_typer(data_app, name="data")
+    app.add_typer(baseline_app, name="baseline")
+    app.command("eval")(eval_command)
+    app.command("align")(with_strategy_options(align_command))
+    app.command("finetune")(finetune_command)
+    app.command("bench")(with_strategy_options(bench_command))
+    app.command("demo")(demo_command)
+    app.command("bench-speed")(bench_speed_command)
+    app.command("relate")(relate_command)
+    app.command("version")(version_command)
+    app.command("inspect")(inspect_command)
+    app.command("diagnose")(diagnose_command)
+    return app
+
+
+app = build_app()

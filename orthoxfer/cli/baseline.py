@@ -1,0 +1,202 @@
+"""``orthoxfer baseline target|direct|fewshot-ft``: the paper's baselines, one command each.
+
+Each writes ``results.json`` (test accuracy per task and mean, plus what was chosen)
+and ``config.json`` into ``--out``. The few-shot pools are drawn exactly as
+``orthoxfer align`` draws them (same ``--shots`` and ``--seed``: same images), and
+lambda is chosen on a held-out part of those pools, never on test data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orthoxfer.artifacts import write_json
+from orthoxfer.cli.common import comma_floats, comma_list, console, reports_errors, resolve_device
+from orthoxfer.errors import UsageError
+from orthoxfer.version import __version__
+
+Opt = typer.Option
+baseline_app = typer.Typer(help="The baselines transfers are compared against: target only, direct addition, few-shot FT.",
+                           no_args_is_help=True)  # fmt: skip
+
+Target = Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path or ARCH:none.")]
+DataRoot = Annotated[Path, Opt("--data-root", help="Folder holding the datasets (see `data check`).")]
+Tasks = Annotated[str | None, Opt("--tasks", help="Comma-separated datasets.")]
+Shots = Annotated[int, Opt("--shots", min=2, help="Few-shot images per task (train split), drawn as `align` draws them.")]
+Seed = Annotated[int, Opt("--seed", help="Seed of the few-shot draw (and of training).")]
+Device = Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")]
+Out = Annotated[Path | None, Opt("--out", help="Run folder (default runs/baseline-<name>).")]
+Overwrite = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
+CacheDir = Annotated[Path | None, Opt("--cache-dir", help="Weights cache.")]
+HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache.")]
+BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
+
+
+def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
+    names = list(comma_list(tasks) or fallback or [])
+    if not names:
+        raise UsageError("--tasks names no dataset; give e.g. --tasks EuroSAT,MNIST")
+    return names
+
+
+def _prepare(target: str, names: list[str], data_root: Path, device: str, cache_dir, heads_dir, batch_size: int):
+    """Test splits first (missing data fails before any model loads), then the target and its test sets."""
+    from orthoxfer.models.loading import load_model
+    from orthoxfer.suites.paper import paper_test_sets, paper_test_splits
+
+    splits = paper_test_splits(names, data_root)
+    dev = resolve_device(device)
+    loaded = load_model(target, cache_dir=cache_dir, device=dev)
+    return loaded, dev, paper_test_sets(loaded, splits, batch_size, dev, heads_dir=heads_dir)
+
+
+def _pools(loaded, names: list[str], data_root: Path, shots: int, seed: int, heads_dir, val_fraction: float):
+    """The few-shot pools ``align`` would draw, and (when ``val_fraction`` > 0) their train / validation parts."""
+    from orthoxfer.suites.paper import paper_fewshot_tasks
+
+    pools = paper_fewshot_tasks(loaded, names, data_root, shots, None, seed, heads_dir)
+    if val_fraction <= 0:
+        return pools, None
+    parts = {name: pool.split(val_fraction, seed) for name, pool in pools.items()}
+    return {n: p[0] for n, p in parts.items()}, {n: p[1] for n, p in parts.items()}
+
+
+def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: dict[str, Any]) -> None:
+    results = {"baseline": baseline, "target": target, "accuracy": accuracy, **extra, "orthoxfer_version": __version__}
+    write_json(run.file("results.json"), results)
+    table = Table(title=f"{baseline} baseline: {target}")
+    table.add_column("task")
+    table.add_column("top-1 %", justify="right")
+    for name, value in accuracy.items():
+        if name != "mean":
+            table.add_row(name, f"{100 * value:.2f}")
+    table.add_section()
+    table.add_row("mean", f"{100 * accuracy['mean']:.2f}")
+    console.print(table)
+    if extra.get("scale") is not None:
+        console.print(f"lambda {extra['scale']:g}, chosen on held-out few-shot data", highlight=False)
+    console.print(f"wrote {run.file('results.json')}", highlight=False)
+
+
+@baseline_app.command("target")
+@reports_errors
+def target_command(
+    target: Target,
+    data_root: DataRoot,
+    tasks: Tasks = None,
+    device: Device = "auto",
+    out: Out = None,
+    overwrite: Overwrite = False,
+    cache_dir: CacheDir = None,
+    heads_dir: HeadsDir = None,
+    eval_batch_size: BatchSize = 256,
+) -> None:
+    """Target only: the target's zero-shot test accuracy, with its own text-tower heads."""
+    from orthoxfer.evaluation.baselines import target_only
+    from orthoxfer.runs import Run
+
+    names = _names(tasks)
+    run = Run(out or Path("runs/baseline-target"), overwrite=overwrite)
+    run.write_config({"baseline": "target", "target": target, "tasks": names, "data_root": str(data_root)})
+    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+    _finish(run, "target only", target, target_only(loaded.model, tests, dev), {})
+
+
+@baseline_app.command("direct")
+@reports_errors
+def direct_command(
+    target: Target,
+    data_root: DataRoot,
+    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH); repeatable, summed.")],
+    tasks: Tasks = None,
+    shots: Shots = 100,
+    seed: Seed = 0,
+    val_fraction: Annotated[float, Opt("--val-fraction", help="Part of each few-shot pool lambda is chosen on.")] = 0.2,
+    scales: Annotated[str | None, Opt("--scales", help="Comma-separated lambdas to try (default 0..2).")] = None,
+    device: Device = "auto",
+    out: Out = None,
+    overwrite: Overwrite = False,
+    cache_dir: CacheDir = None,
+    heads_dir: HeadsDir = None,
+    eval_batch_size: BatchSize = 256,
+) -> None:
+    """Direct addition ("w/o alignment"): the summed source vectors added to the target, lambda chosen on held-out shots."""
+    from orthoxfer.cli.align import load_vectors
+    from orthoxfer.evaluation.accuracy import evaluate
+    from orthoxfer.evaluation.baselines import SCALES, direct_addition
+    from orthoxfer.runs import Run
+
+    grid = comma_floats(scales, "--scales") or SCALES
+    vectors = load_vectors(task_vector)
+    names = _names(tasks, list(vectors))
+    run = Run(out or Path("runs/baseline-direct"), overwrite=overwrite)
+    run.write_config({"baseline": "direct", "target": target, "task_vectors": task_vector, "tasks": names, "shots": shots,
+                      "seed": seed, "val_fraction": val_fraction, "scales": list(grid), "data_root": str(data_root)})  # fmt: skip
+    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+    vector = sum(vectors.values())
+    vector.check_fits(loaded.model)
+    _, validation = _pools(loaded, names, data_root, shots, seed, heads_dir, val_fraction)
+    if validation is None:
+        raise UsageError("--val-fraction must be > 0: lambda is chosen on held-out few-shot data")
+    chosen = direct_addition(loaded.model, vector, validation, grid, dev)
+    accuracy = evaluate(chosen.model, tests, dev)
+    _finish(run, "direct addition", target, accuracy,
+            {"scale": chosen.scale, "validation": {str(k): v for k, v in chosen.validation.items()}})  # fmt: skip
+
+
+@baseline_app.command("fewshot-ft")
+@reports_errors
+def fewshot_ft_command(
+    target: Target,
+    data_root: DataRoot,
+    tasks: Tasks = None,
+    shots: Shots = 100,
+    seed: Seed = 0,
+    config: Annotated[Path | None, Opt("--config", help="TOML with a [fewshot_ft] table (e.g. configs/paper.toml).")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
+    lr: Annotated[float | None, Opt("--lr")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
+    augment: Annotated[int | None, Opt("--augment", help="Augmented views per image per epoch.")] = None,
+    sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob (the aligners' sites).")] = None,
+    val_fraction: Annotated[float, Opt("--val-fraction", help="Hold out this part of each pool for per-epoch validation; "
+                                       "0 (default) trains on exactly the images `align` gets.")] = 0.0,  # fmt: skip
+    device: Device = "auto",
+    out: Out = None,
+    overwrite: Overwrite = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue from the run's checkpoint.")] = False,
+    cache_dir: CacheDir = None,
+    heads_dir: HeadsDir = None,
+    eval_batch_size: BatchSize = 256,
+) -> None:
+    """Target few-shot fine-tuning ("Target w/ FT"): the target's sites trained on the aligners' few-shot images.
+
+    Steps, batch size and augmentation default to `align`'s, so the same flags and
+    seed give both exactly the same batches; the optimiser is the paper's (AdamW 1e-5).
+    """
+    from orthoxfer.evaluation.accuracy import evaluate
+    from orthoxfer.evaluation.baselines import fewshot_finetune
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.runs import Run
+    from orthoxfer.strategies.settings import AlignSettings, read_config
+
+    loop = AlignSettings()  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
+    values: dict[str, Any] = {"kind": "embed", "steps": loop.steps, "warmup": loop.warmup, "batch_size": loop.batch_size,
+                              "augment": loop.augment}  # fmt: skip
+    if config is not None:
+        values.update(read_config(config, "fewshot_ft", FinetuneSettings))
+    flags = {"steps": steps, "lr": lr, "batch_size": batch_size, "augment": augment, "sites": sites}
+    values.update({k: v for k, v in flags.items() if v is not None}, seed=seed)
+    names = _names(tasks)
+    run = Run(out or Path("runs/baseline-fewshot-ft"), overwrite=overwrite, resume=resume)
+    run.write_config({"baseline": "fewshot-ft", "target": target, "tasks": names, "shots": shots, "seed": seed,
+                      "val_fraction": val_fraction, "data_root": str(data_root), **values})  # fmt: skip
+    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+    settings = FinetuneSettings(**values, device=str(dev), extra={"target": target, "orthoxfer_version": __version__})
+    train, validation = _pools(loaded, names, data_root, shots, seed, heads_dir, val_fraction)
+    model, vector = fewshot_finetune(loaded.model, train, settings, run, validation)
+    vector.save(run.file("task_vector.safetensors"))
+    _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps})

@@ -1,0 +1,139 @@
+"""``orthoxfer bench`` and ``orthoxfer demo``: the paper's Table 1, on the real suite or the offline miniature.
+
+Settings resolve as the suite's defaults <- ``--config FILE.toml`` (tables
+``[models]``, ``[data]``, ``[finetune]`` for source vectors, ``[align]``,
+``[fewshot_ft]``, ``[bench]``) <- flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orthoxfer.cli.common import comma_floats, comma_list, console, reports_errors, resolve_device
+from orthoxfer.errors import UsageError
+from orthoxfer.version import __version__
+
+Opt = typer.Option
+
+
+@reports_errors
+def bench_command(
+    suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
+                              "source with a known permutation planted) | paper (datasets under --data-root).")] = "mini",
+    config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
+    methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies.")] = None,
+    kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
+    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
+    procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")] = 1,
+    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
+    mode: Annotated[str | None, Opt("--mode", help="joint (the summed vectors, one lambda: the reference code; default for "
+                                    "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
+                                    "default for mini and planted, whose summed vectors interfere: see README).")] = None,  # fmt: skip
+    lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
+                                   "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
+    ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
+    size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
+    source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
+    target: Annotated[str | None, Opt("--target", help="paper only: target model.")] = None,
+    data_root: Annotated[Path | None, Opt("--data-root", help="paper only: the datasets.")] = None,
+    vectors_dir: Annotated[Path | None, Opt("--vectors", help="paper only: <Task>-<kind>.safetensors source vectors (made if missing).")] = None,
+    device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/<suite>).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Reuse rows already computed in --out.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")] = None,
+    strategy_options: dict[str, Any] | None = None,
+) -> None:
+    """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics.
+
+    Strategy-specific flags (--alpha, --rotation-rank, ...) set that option for every row that reads it.
+    """
+    from orthoxfer.experiments.bench import BenchConfig, run_bench
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
+    from orthoxfer.runs import Run
+    from orthoxfer.strategies.settings import AlignSettings, read_config
+    from orthoxfer.suites import SUITES, build_suite, default_tables
+    from orthoxfer.suites.base import SuiteRequest
+
+    if suite not in SUITES:
+        raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
+    dev = resolve_device(device)
+    shots = shots if shots is not None else (24 if size == "micro" else 100)
+    tables = default_tables(suite)
+    schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
+    if config is not None:
+        for section, schema in schemas.items():
+            tables[section].update(read_config(config, section, schema))
+    flags = {"steps": steps, "lr": lr, **(strategy_options or {})}
+    tables["align"].update({k: v for k, v in flags.items() if v is not None})
+    if steps is not None:
+        tables["fewshot_ft"]["steps"] = steps
+    align_settings = AlignSettings(**{**tables["align"], "shots": shots, "device": str(dev)})
+    fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
+    source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
+    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
+    chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
+              "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs"),
+              "mode": mode or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
+    bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
+
+    run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
+    resolved = {"suite": suite, "seeds": seeds, "shots": shots, "size": size, **{k: v for k, v in tables.items()},
+                "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items() if v is not None}}
+    run.write_config(resolved)
+    started = time.perf_counter()
+    records, names = [], []
+    for seed in range(seeds):
+        request = SuiteRequest(seed=seed, shots=shots, size=size, tasks=comma_list(tasks), kinds=bench.kinds, source_ft=source_ft,
+                               device=dev, cache_dir=cache_dir, source=source, target=target, data_root=data_root,
+                               vectors_dir=vectors_dir)  # fmt: skip
+        inputs = build_suite(suite, request)
+        names = [t.name for t in inputs.tasks]
+        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+    summary = summarise_rows(records, names)
+    meta = {"suite": suite, "source": inputs.source_name, "target": inputs.target_name, "seeds": seeds,
+            "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
+            "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}"}  # fmt: skip
+    files = write_results(run.path, summary, records, names, meta)
+    for table in rich_tables(summary, names, meta["title"]):
+        console.print(table)
+    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+
+
+STUDY = {"controls": "norm,spectrum,other-task", "ties": "site,block,model", "kinds": "embed", "procrustes_init": False}
+
+
+@reports_errors
+def demo_command(
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1, pre-training included; N > 1 runs the study "
+                              "(controls and tie options, below).")] = 1,  # fmt: skip
+    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task (study default: all three).")] = None,
+    ties: Annotated[str | None, Opt("--ties", help="Tie options: site,block,model (study default: all three).")] = None,
+    size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
+    out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/demo"),
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,
+) -> None:
+    """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` with its defaults.
+
+    With one seed: the table's rows (embed and LoRA vectors, every strategy, each also
+    started at Procrustes). With --seeds N > 1, the study of what the vector transfers:
+    embed vectors, every strategy at every tie option, each beside its three controls,
+    with transfer gains and 95% intervals over the N seeds. Reruns reuse the finished
+    rows in --out; pass a new --out to compute them again.
+    """
+    study = dict(STUDY) if seeds > 1 else {"controls": None, "ties": None, "kinds": None, "procrustes_init": None}
+    study.update({k: v for k, v in {"controls": controls, "ties": ties}.items() if v is not None})
+    bench_command(suite="mini", seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
+                  methods=None, steps=None, lr=None, lrs=None, mode=None, strategy_options={},
+                  tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
+                  overwrite=False)  # fmt: skip

@@ -1,0 +1,149 @@
+"""``orthoxfer relate``: how related two models' image representations are, layer by layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from orthoxfer.artifacts import write_json
+from orthoxfer.cli.common import console, print_json, reports_errors, resolve_device
+from orthoxfer.errors import UsageError
+from orthoxfer.version import __version__
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
+
+
+def image_files(folder: Path, limit: int) -> list[Path]:
+    """The first ``limit`` image files under ``folder`` (recursively, sorted), or a UsageError."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"--images folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}); point it at one that has")
+    return files[:limit]
+
+
+def image_source(spec: str, limit: int, seed: int):
+    """``--images``: a folder of image files, or ``DATASET:DIR`` (that dataset's test split under a data root).
+
+    Returns an :class:`~orthoxfer.data.paper.ImageSplit` without a transform. A test
+    split is often sorted by class, so ``limit`` images are drawn from it at random (seeded).
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    from orthoxfer.data.paper import DATASETS, FileSplit, load_split
+
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        files = image_files(folder, limit)
+        return FileSplit(folder.name or "images", "folder", files, [0] * len(files))
+    name, sep, root = spec.partition(":")
+    if not sep or name.strip().lower() not in {d.lower() for d in DATASETS}:
+        raise UsageError(
+            f"--images {spec!r} is neither a folder nor DATASET:DIR; give a folder of images or e.g. eurosat:/data"
+        )
+    split = load_split(name, root, "test")
+    if len(split) == 0:
+        raise UsageError(f"the {name} test split under {root} holds no images")
+    if limit >= len(split):
+        return split
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return Subset(split, order.tolist())
+
+
+@reports_errors
+def relate_command(
+    source: Annotated[str, typer.Option("--source", help="ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none.")],
+    target: Annotated[str, typer.Option("--target", help="ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none.")],
+    images: Annotated[
+        str, typer.Option("--images", help="A folder of images (read recursively, sorted) or DATASET:DIR (its test split).")
+    ],
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the shuffled control and a dataset's image draw.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Folder for relate.json and relate.png.")] = Path("runs/relate"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Weights cache (default: open_clip's and Hugging Face's).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,
+) -> None:
+    """Procrustes residual and linear CKA of source versus target, per layer of the image tower."""
+    from orthoxfer.data.fewshot import pixel_transform
+    from orthoxfer.data.paper import CORRUPT, make_loader
+    from orthoxfer.evaluation.relate import check_pair, plot_relations, relate
+    from orthoxfer.models.loading import load_model
+    from orthoxfer.problem.tasks import normalise
+
+    data = image_source(images, limit, seed)  # fail on missing images before loading weights
+    where = resolve_device(device)
+    loaded_target = load_model(target, cache_dir=cache_dir, device=where)
+    loaded_source = load_model(source, cache_dir=cache_dir, device=where)
+    check_pair(loaded_source.model, loaded_target.model)
+    if loaded_source.image_size != loaded_target.image_size:
+        raise UsageError(
+            f"the source takes {loaded_source.image_size} images and the target {loaded_target.image_size}; "
+            "relate needs models of one resolution"
+        )
+    # both models see the same pixels (the target's resize and crop), each normalised its own way
+    split = data.dataset if hasattr(data, "dataset") else data
+    split.transform = pixel_transform(loaded_target.preprocess)
+    loader = make_loader(data, batch_size=batch_size, device=where, workers=workers)
+    counted = {"images": 0, "skipped": 0}
+
+    def batches():
+        for pixels, labels in loader:
+            keep = labels != CORRUPT
+            counted["images"] += int(keep.sum())
+            counted["skipped"] += int((~keep).sum())
+            if keep.any():
+                yield pixels[keep]
+
+    relations = relate(
+        loaded_source.model,
+        loaded_target.model,
+        batches(),
+        seed=seed,
+        source_transform=lambda px: normalise(px.to(where), loaded_source.mean, loaded_source.std),
+        target_transform=lambda px: normalise(px.to(where), loaded_target.mean, loaded_target.std),
+    )
+    same_norm = (loaded_source.mean, loaded_source.std) == (loaded_target.mean, loaded_target.std)
+    results = {
+        "source": loaded_source.spec,
+        "target": loaded_target.spec,
+        "images": images,
+        "image_count": counted["images"],
+        "skipped_unreadable": counted["skipped"],
+        "seed": seed,
+        "preprocessing": "target's resize and crop; "
+        + ("one normalisation" if same_norm else "each model normalises the same pixels with its own mean and std"),
+        "normalisation": {
+            "source": {"mean": list(loaded_source.mean), "std": list(loaded_source.std)},
+            "target": {"mean": list(loaded_target.mean), "std": list(loaded_target.std)},
+        },
+        "layers": [r.to_dict() for r in relations],
+        "orthoxfer_version": __version__,
+    }
+    out_json, out_png = out / "relate.json", out / "relate.png"
+    write_json(out_json, results)
+    plot_relations(relations, out_png, title=f"{loaded_source.spec} vs {loaded_target.spec}")
+    if as_json:
+        print_json(results)
+        return
+
+    table = Table(title=f"{loaded_source.spec} vs {loaded_target.spec} ({counted['images']} images)")
+    for column in ("layer", "procrustes residual", "CKA", "control residual", "control CKA"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for r in relations:
+        table.add_row(
+            r.layer, f"{r.procrustes_residual:.4f}", f"{r.cka:.4f}", f"{r.control_residual:.4f}", f"{r.control_cka:.4f}"
+        )
+    console.print(table)
+    if not same_norm:
+        console.print("note: the two models normalise pixels differently; each got its own normalisation of the same pixels")
+    if counted["skipped"]:
+        console.print(f"skipped {counted['skipped']} unreadable image(s)")
+    console.print(f"wrote {out_json}, {out_png}", highlight=False)

@@ -1,0 +1,1 @@
+"""Experiments: the Table-1 benchmark and the step-cost timing."""

@@ -1,0 +1,235 @@
+"""The benchmark: the paper's Table 1 as rows of methods x tasks, with diagnostics and controls.
+
+Every row is computed the same way: a task vector (or none), a way to carry it into
+the target (nothing, an alignment strategy, or few-shot fine-tuning), a lambda chosen
+on the validation part of the few-shot pools (never on test), then top-1 accuracy on
+each task's test split. Each row is stored in the run folder as soon as it is done,
+so an interrupted benchmark resumes where it stopped.
+
+Controls (``norm``, ``spectrum``, ``other-task``) are the same strategies applied to
+vectors that carry no knowledge of the task; **transfer gain** = accuracy(aligned real
+vector) - accuracy(same strategy on the control).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoxfer.alignment.align import align
+from orthoxfer.alignment.artifact import rotate
+from orthoxfer.artifacts import write_json
+from orthoxfer.errors import UsageError
+from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
+from orthoxfer.evaluation.baselines import SCALES, direct_addition, fewshot_finetune
+from orthoxfer.fit.finetune import FinetuneSettings
+from orthoxfer.models.planted import recovery_error
+from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.runs import Run
+from orthoxfer.strategies.base import Strategy
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.strategies.settings import CHOICES, AlignSettings
+from orthoxfer.strategies.trained import TrainedStrategy
+from orthoxfer.suites.base import SuiteInputs
+from orthoxfer.vectors.controls import CONTROLS, control_vectors
+from orthoxfer.vectors.taskvector import TaskVector
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    kind: str  # embed | lora | "" (no task vector)
+    method: str  # target | finetune | direct | a strategy name
+    init: str = "identity"
+    control: str = ""  # "" = the real vector
+    tie: str = "site"  # how many sites share one U (alignment rows only)
+
+    @property
+    def id(self) -> str:
+        parts = [self.kind or "none", self.method]
+        parts += [f"tie-{self.tie}"] if self.tie != "site" else []
+        parts += [f"init-{self.init}"] if self.init != "identity" else []
+        parts += [f"control-{self.control}"] if self.control else []
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        if self.method == "target":
+            return "target only"
+        if self.method == "finetune":
+            return "target few-shot FT"
+        if self.method == "oracle":
+            return f"{self.kind}, U = U* (ceiling)"
+        text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
+        text += f" (tie {self.tie})" if self.tie != "site" else ""
+        text += " (init procrustes)" if self.init == "procrustes" else ""
+        return text + (f" [control: {self.control}]" if self.control else "")
+
+
+@dataclass
+class BenchConfig:
+    methods: tuple[str, ...] = ("penalty", "riemannian", "cayley", "procrustes")
+    procrustes_init: bool = True  # also each trained strategy started at the closed form
+    kinds: tuple[str, ...] = ("embed", "lora")
+    lora_methods: tuple[str, ...] = ("penalty",)
+    controls: tuple[str, ...] = ()
+    ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
+    lrs: tuple[float, ...] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
+    mode: str = "joint"  # joint: the summed vectors, one lambda | per-task: each task its own vector, U's and lambda
+    val_fraction: float = 0.2
+    scales: tuple[float, ...] = SCALES
+    align: AlignSettings = field(default_factory=AlignSettings)
+    fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def __post_init__(self) -> None:
+        for c in self.controls:
+            if c not in CONTROLS:
+                raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
+        if self.mode not in CHOICES["mode"]:
+            raise UsageError(f"unknown mode {self.mode!r}; choose from {', '.join(CHOICES['mode'])}")
+        for tie in self.ties:
+            if tie not in CHOICES["tie"]:
+                raise UsageError(f"unknown tie {tie!r}; choose from {', '.join(CHOICES['tie'])}")
+
+    def rows(self, planted: bool = False) -> list[Row]:
+        """The table's rows; a planted target adds the ceiling row, the vector carried by the planted U*."""
+        rows = [Row("", "target"), Row("", "finetune")]
+        for kind in self.kinds:
+            rows.append(Row(kind, "direct"))
+            rows.extend([Row(kind, "oracle")] if planted else [])
+            methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods)
+            for method in methods:
+                inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
+                for tie in self.ties:
+                    for init in inits:
+                        rows.append(Row(kind, method, init, tie=tie))
+                        if init == "identity":
+                            rows.extend(Row(kind, method, init, c, tie) for c in self.controls)
+        return rows
+
+
+def split_pools(inputs: SuiteInputs, fraction: float, seed: int) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
+    """Train and validation parts of every few-shot pool: settings are chosen on validation only."""
+    train, val = {}, {}
+    for t in inputs.tasks:
+        train[t.name], val[t.name] = t.pool.split(fraction, seed)
+    return train, val
+
+
+def test_accuracy(models: dict[str, nn.Module], inputs: SuiteInputs, device: str) -> dict[str, float]:
+    """Test accuracy of each task's model (one shared model in joint mode) and their unweighted mean."""
+    scores = {t.name: evaluate(models[t.name], {t.name: (t.test[0], t.test[1]())}, device, progress=False)[t.name]
+              for t in inputs.tasks}  # fmt: skip
+    return {**scores, "mean": sum(scores.values()) / len(scores)}
+
+
+def row_vectors(row: Row, inputs: SuiteInputs, seed: int) -> dict[str, TaskVector]:
+    """The task vectors a row carries, by task: the real ones, or their controls."""
+    vectors = {t.name: inputs.vectors[row.kind][t.name] for t in inputs.tasks}
+    return control_vectors(vectors, row.control, seed) if row.control else vectors
+
+
+def _mean_diagnostics(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task alignments' diagnostics as one: means of the measures, the fewest sites whose rank was kept."""
+    return {k: (min if isinstance(v, int) else lambda xs: sum(xs) / len(xs))([r[k] for r in reports])
+            for k, v in reports[0].items() if isinstance(v, (int, float))}  # fmt: skip
+
+
+def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
+    """Compute one row; its record holds accuracies, the chosen lambda (and lr), diagnostics and wall time.
+
+    Trained rows (aligners and few-shot FT alike) try every learning rate of
+    ``config.lrs`` with the same steps and keep the one whose model scores best on the
+    validation part of the pools; only then is test data read, once.
+    """
+    started = time.perf_counter()
+    train, val = split_pools(inputs, config.val_fraction, seed)
+    record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "seed": seed}
+    trained = row.method == "finetune" or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
+    grid = config.lrs if trained and config.lrs else (None,)
+    fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
+    best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
+    models, score, fields = fits[best]
+    record.update(fields)
+    if len(grid) > 1:
+        record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
+    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int, train, val, lr: float | None,
+         own_folder: bool) -> tuple[dict[str, nn.Module], float, dict[str, Any]]:  # fmt: skip
+    """One candidate of a row: each task's model (one shared in joint mode), mean validation accuracy, what to record.
+
+    ``per-task`` mode carries each task's vector alone (its own U's and its own lambda),
+    as separate modules that never interfere; ``joint`` carries their sum.
+    """
+    device = config.align.device
+    folder = f"rows/{row.id}-seed{seed}" + (f"-lr{lr:g}" if own_folder else "")
+    row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
+    if row.method == "target":
+        return dict.fromkeys(val, inputs.target), pool_accuracy(inputs.target, val, device)["mean"], {"scale": None}
+    if row.method == "finetune":
+        ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
+        model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
+        return dict.fromkeys(val, model), pool_accuracy(model, val, device)["mean"], {"scale": 1.0}
+    fields: dict[str, Any] = {}
+    tasks = [t.name for t in inputs.tasks]
+    vectors = row_vectors(row, inputs, seed)
+    per_task = config.mode == "per-task"
+    if not per_task:
+        vectors = {"joint": sum(vectors.values())}
+    if row.method == "oracle":
+        vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
+    elif row.method != "direct":
+        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
+        settings = settings.replace(lr=lr) if lr is not None else settings
+        if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
+            settings = settings.replace(steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks))
+        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), settings, row_run)
+        alignment.save(row_run.file("alignment.safetensors"))
+        reports = [alignment.meta["diagnostics"][scope] for scope in alignment.scopes]
+        if inputs.planted is not None:
+            for report, scope in zip(reports, alignment.scopes):
+                report["recovery_error"] = recovery_error(alignment.matrices(scope), inputs.planted)
+        fields["diagnostics"] = _mean_diagnostics(reports)
+        vectors = {k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()}
+    if not per_task:
+        chosen = direct_addition(inputs.target, vectors["joint"], val, config.scales, device)
+        fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
+        fields["scale"] = chosen.scale
+        return dict.fromkeys(tasks, chosen.model), chosen.validation[chosen.scale], fields
+    chosen = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
+    fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
+    fields["scale"] = {t: c.scale for t, c in chosen.items()}
+    score = sum(c.validation[c.scale] for c in chosen.values()) / len(tasks)
+    return {t: c.model for t, c in chosen.items()}, score, fields
+
+
+def run_bench(inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:
+    """Every row for every seed, reusing rows already stored in the run folder."""
+    records = []
+    rows = config.rows(planted=inputs.planted is not None)
+    for seed in seeds:
+        for i, row in enumerate(rows, 1):
+            path = run.file(f"rows/{row.id}-seed{seed}.json")
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+                progress(f"[{i}/{len(rows)}] {row.label} (seed {seed}): reused")
+                continue
+            progress(f"[{i}/{len(rows)}] {row.label} (seed {seed})")
+            torch.manual_seed(seed)
+            record = run_row(row, inputs, config, run, seed)
+            write_json(path, record)
+            records.append(record)
+    return records

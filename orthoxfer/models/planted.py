@@ -1,0 +1,89 @@
+"""Positive control: a target that is the source with a known, function-preserving permutation planted in it.
+
+The residual stream of the image tower is permuted by ``perm`` and so is every
+attention head space (q, k, v and the concatenated heads that ``out_proj`` reads), with
+``perm`` mapping head blocks onto head blocks: attention scores, values and the
+residual sums are then only relabelled, and LayerNorm commutes with any coordinate
+permutation, so the target computes exactly the source's features. A rotation would
+not do: LayerNorm's mean and per-coordinate gains break rotational invariance. The MLP
+hidden units get an independent permutation (it touches no site).
+
+Every attention site then satisfies ``W_T = P W_S P^T`` with ``P = I[perm]``, so the
+source's task vector carried by ``U* = P^T`` (``U*^T dW U* = P dW P^T``) is exactly the
+source's fine-tuned model, relabelled: its accuracy is the ceiling a strategy should
+reach, and ``||U - U*||_F / sqrt(d)`` says how close it came.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+from torch import nn
+
+from orthoxfer.errors import UsageError
+from orthoxfer.vectors.sites import find_sites
+
+# parameters whose first axis is the residual stream: permuted by ``perm`` there only
+RESIDUAL_FIRST = re.compile(
+    r"(.*\.)?(class_embedding|conv1\.weight|proj|ln_(pre|post|1|2)\.(weight|bias)|ls_[12]\.gamma|out_proj\.bias|c_proj\.bias)"
+)
+
+
+def block_permutation(dim: int, heads: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of ``range(dim)`` that maps whole head blocks onto head blocks, shuffling inside them too."""
+    width = dim // heads
+    blocks = torch.randperm(heads, generator=generator)
+    return torch.cat([b * width + torch.randperm(width, generator=generator) for b in blocks.tolist()])
+
+
+def _permute(name: str, value: torch.Tensor, perm: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+    """``value`` with its residual / head-space axes indexed by ``perm`` and MLP axes by ``hidden``."""
+    if RESIDUAL_FIRST.fullmatch(name):  # includes the image projection ``proj``
+        return value[perm]
+    if name.endswith("positional_embedding"):
+        return value[:, perm]
+    if name.endswith("in_proj_weight"):
+        return torch.cat([chunk[perm][:, perm] for chunk in value.chunk(3)])
+    if name.endswith("in_proj_bias"):
+        return torch.cat([chunk[perm] for chunk in value.chunk(3)])
+    if name.endswith("out_proj.weight"):
+        return value[perm][:, perm]
+    if name.endswith("c_fc.weight"):
+        return value[hidden][:, perm]
+    if name.endswith("c_fc.bias"):
+        return value[hidden]
+    if name.endswith("c_proj.weight"):
+        return value[perm][:, hidden]
+    raise UsageError(f"cannot plant a permutation in parameter {name!r}: the tower has parts the positive control does not know")
+
+
+def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A copy of ``source`` whose image tower is permuted (function-preserving), and ``U*`` for each attention site.
+
+    Needs an open_clip ``VisionTransformer`` with plain residual blocks (conv stem,
+    class token, LayerNorms, multi-head attention, two-layer MLP); anything else is
+    refused by name.
+    """
+    visual = getattr(source, "visual", None)
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None or not len(blocks):
+        raise UsageError("the positive control needs an open_clip model with a ViT image tower (model.visual.transformer)")
+    dim, heads = visual.class_embedding.shape[0], blocks[0].attn.num_heads
+    g = torch.Generator().manual_seed(seed)
+    perm = block_permutation(dim, heads, g)
+    hidden = [torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g) for block in blocks]
+    target = copy.deepcopy(source)
+    with torch.no_grad():
+        for name, param in target.visual.named_parameters():
+            block = re.search(r"resblocks\.(\d+)\.", name)
+            param.copy_(_permute(name, param, perm, hidden[int(block.group(1))] if block else None))
+    u_star = torch.eye(dim)[perm].T  # U* = P^T with P = I[perm]
+    return target, {site.name: u_star for site in find_sites(target, "attn") if site.dim == dim}
+
+
+def recovery_error(us: dict[str, torch.Tensor], planted: dict[str, torch.Tensor]) -> float:
+    """Mean over the planted sites of ``||U - U*||_F / sqrt(d)`` (0: recovered; about 1.4 for an unrelated rotation)."""
+    errors = [torch.linalg.matrix_norm(us[s].float() - u).item() / u.shape[0] ** 0.5 for s, u in planted.items() if s in us]
+    return sum(errors) / len(errors)

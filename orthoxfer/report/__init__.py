@@ -1,0 +1,1 @@
+"""Reports: result tables (rich, CSV, Markdown, JSON) and plots."""

@@ -1,0 +1,137 @@
+"""Every setting of an alignment run, validated once, readable from a TOML file.
+
+The fields below are what every strategy shares (budget, data, mode, ties, device).
+What only some strategies read (``penalty``'s weight, ``riemannian``'s retraction, the
+low-rank family of the trained ones) is declared by those strategies as
+:class:`~orthoxfer.strategies.options.Option` s and held in ``options``; it reads like
+a field (``settings.alpha``), is accepted by the constructor, TOML files and the CLI,
+and is flattened into :meth:`AlignSettings.to_dict`, so saved artifacts list every
+setting by name as they always have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from orthoxfer.errors import UsageError
+from orthoxfer.strategies.registry import declared_options, strategy_class
+
+CHOICES = {
+    "mode": ("joint", "per-task"),
+    "init": ("identity", "procrustes"),
+    "tie": ("site", "block", "model"),
+}
+NON_NEGATIVE = ("lr", "weight_decay", "steps", "warmup", "clip", "log_every", "checkpoint_every", "shots", "augment")
+POSITIVE = ("batch_size",)
+
+
+@dataclass(init=False)
+class AlignSettings:
+    method: str = "penalty"
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW decay pulls U toward 0, away from I: off unless asked for
+    steps: int = 100
+    warmup: int = 10
+    clip: float = 1.0
+    batch_size: int = 32
+    scale: float = 1.0  # lambda: the target carries scale * U^T dW U
+    mode: str = "joint"
+    init: str = "identity"
+    seed: int = 0
+    tie: str = "site"
+    sites: str = "attn"
+    shots: int = 100
+    augment: int = 10  # copies of each few-shot image per epoch; 0 or 1 = no augmentation
+    log_every: int = 10  # a logged step syncs host and device (loss, orthogonality error in full)
+    checkpoint_every: int = 50
+    device: str = "cpu"
+    compile: bool = False  # torch.compile the target's forward (pays on GPU; see ImageEncoder)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (model names, suite)
+    options: dict[str, Any] = field(default_factory=dict)  # every declared strategy option, defaults filled in
+
+    def __init__(self, **values: Any) -> None:
+        declared = declared_options()
+        options = dict(values.pop("options", {}))
+        for f in fields(self):
+            if f.name == "options":
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, f.name, values.pop(f.name, default))
+        for name, value in values.items():
+            if name not in declared:
+                raise UsageError(f"unknown setting {name!r}; known: {', '.join(sorted(setting_types(AlignSettings)))}")
+            options[name] = value
+        unknown = set(options) - set(declared)
+        if unknown:
+            raise UsageError(f"unknown setting {sorted(unknown)[0]!r}; no registered strategy declares it")
+        self.options = {name: o.check(options.get(name, o.default)) for name, o in declared.items()}
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """A declared option reads like a field (only called when no field has the name)."""
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__!s} has no setting {name!r}")
+
+    def __post_init__(self) -> None:
+        strategy_class(self.method)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, options flattened in (what artifacts and run folders record)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        return {**out, "extra": dict(self.extra), **self.options}
+
+    def replace(self, **changes: Any) -> AlignSettings:
+        return AlignSettings(**{**self.to_dict(), **changes})
+
+
+def setting_types(schema: type) -> dict[str, type]:
+    """The keys a settings class accepts and the type of each (for AlignSettings: fields and declared options)."""
+    plain = {f.name: f.type for f in fields(schema) if f.name not in ("extra", "options")}
+    defaults = {name: type(getattr(schema(), name)) for name in plain}
+    if schema is AlignSettings:
+        defaults.update({name: o.type for name, o in declared_options().items()})
+    return defaults
+
+
+def read_config(path: Path | str, section: str | None = None, schema: type = AlignSettings) -> dict[str, Any]:
+    """Settings from a TOML file (data only, never executed), checked key by key against ``schema``.
+
+    ``section`` picks a table (e.g. ``align`` in a multi-stage config); keys of other
+    tables are ignored there, unknown keys inside the section are refused.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    if section is not None:
+        data = data.get(section, {})
+    where = f"config file {path}" + (f", [{section}]" if section else "")
+    known = setting_types(schema)
+    for key, value in data.items():
+        if key not in known:
+            raise UsageError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        expected = known[key]
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        ok = ok or (expected is float and is_number) or (expected is tuple and isinstance(value, list))
+        if not ok:
+            raise UsageError(f"{where}: key {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -1,0 +1,117 @@
+"""The paper's suite: the eight datasets under a data root, open_clip checkpoints, each model's own zero-shot heads."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform
+from orthoxfer.data.paper import ImageSplit, dataset, load_split, make_loader
+from orthoxfer.errors import UsageError
+from orthoxfer.fit.finetune import finetune
+from orthoxfer.models.heads import heads_cache_dir, zero_shot_head
+from orthoxfer.models.loading import LoadedModel, load_model
+from orthoxfer.problem.tasks import FewShotTask, SplitTask
+from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
+from orthoxfer.vectors.taskvector import TaskVector
+
+TASKS = ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN")
+SETTINGS = Path(__file__).with_name("paper.toml")  # the paper's settings; configs/paper.toml links here
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The settings tables of the paper and its released code (``paper.toml`` beside this module)."""
+    tables = tomllib.loads(SETTINGS.read_text())
+    return {section: dict(tables.get(section, {})) for section in ("finetune", "align", "fewshot_ft")}
+
+
+def paper_head(model: LoadedModel, name: str, heads_dir: Path | str | None = None) -> nn.Module:
+    """``model``'s own zero-shot head for a paper dataset (cached on disk: the text tower runs once)."""
+    spec = dataset(name)
+    return zero_shot_head(model, None, spec.classnames, spec.templates, cache_dir=heads_dir or heads_cache_dir(), name=spec.name)
+
+
+def paper_fewshot_tasks(
+    model: LoadedModel,
+    names: list[str],
+    data_root: Path | str,
+    shots: int | None,
+    shots_per_class: int | None,
+    seed: int,
+    heads_dir: Path | str | None = None,
+) -> dict[str, FewShotTask]:
+    """Few-shot pools (train split only) with ``model``'s own zero-shot heads, keyed by dataset name."""
+    tasks = {}
+    for name in names:
+        canonical = dataset(name).name
+        head = paper_head(model, canonical, heads_dir)
+        tasks[canonical] = fewshot_task(canonical, data_root, model, head, shots=shots, shots_per_class=shots_per_class, seed=seed)
+    return tasks
+
+
+def paper_test_splits(names: list[str], data_root: Path | str) -> dict[str, ImageSplit]:
+    """The test splits of ``names`` keyed by canonical name; read before any model, so missing data fails first."""
+    return {dataset(n).name: load_split(dataset(n).name, data_root, "test") for n in names}
+
+
+def paper_test_sets(
+    model: LoadedModel,
+    splits: dict[str, ImageSplit],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int | None = None,
+    heads_dir: Path | str | None = None,
+) -> dict[str, tuple[nn.Module, Iterable]]:
+    """Test loaders with ``model``'s preprocessing and its own zero-shot heads (computed before any vector is added)."""
+    sets = {}
+    for name, split in splits.items():
+        split.transform = model.preprocess
+        sets[name] = (paper_head(model, name, heads_dir), make_loader(split, batch_size, device, workers))
+    return sets
+
+
+def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads_dir: Path | str | None = None) -> SplitTask:
+    """The whole train split of a paper dataset with ``model``'s zero-shot head, for fine-tuning a source."""
+    canonical = dataset(name).name
+    split = load_split(canonical, data_root, "train", transform=pixel_transform(model.preprocess))
+    head = paper_head(model, canonical, heads_dir)
+    return SplitTask(canonical, split, head, model.mean, model.std, paper_augmentation(model.image_size))
+
+
+def build(request: SuiteRequest) -> SuiteInputs:
+    """The paper suite: open_clip checkpoints, zero-shot heads from each model's own text tower.
+
+    Source task vectors are read from ``vectors_dir/<Task>-<kind>.safetensors``; a
+    missing one is fine-tuned on the task's train split and written there first.
+    """
+    given = (("--source", request.source), ("--target", request.target), ("--data-root", request.data_root),
+             ("--vectors", request.vectors_dir))  # fmt: skip
+    missing = [flag for flag, value in given if value is None]
+    if missing:
+        raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
+    source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
+    names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
+    cache_dir, heads_dir, source_ft = request.cache_dir, request.heads_dir, request.source_ft
+    source = load_model(source_spec, cache_dir=cache_dir, device=device)
+    target = load_model(target_spec, cache_dir=cache_dir, device=device)
+    pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir)
+    vectors: dict[str, dict[str, TaskVector]] = {kind: {} for kind in kinds}
+    for kind in kinds:
+        for name in pools:
+            path = Path(vectors_dir) / f"{name}-{kind}.safetensors"
+            if not path.is_file():
+                train = paper_train_task(source, name, data_root, heads_dir)
+                meta = {"source": source_spec, "architecture": source.arch}
+                settings = source_ft.replace(kind=kind, device=str(device), extra=meta)
+                finetune(source.model, {name: train}, settings, scope=name).save(path)
+            vectors[kind][name] = TaskVector.load(path)
+    tasks = []
+    for name, pool in pools.items():
+        split = load_split(name, data_root, "test", transform=target.preprocess)
+        tasks.append(SuiteTask(name, pool, (pool.head, lambda split=split: make_loader(split, 256, device))))
+    return SuiteInputs("paper", source_spec, target_spec, source.model, target.model, tasks, vectors)
