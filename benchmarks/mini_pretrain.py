@@ -25,7 +25,8 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from orthoxfer.data.mini import TASK_NAMES, MiniTask, features, mini_tasks, model_suite
+from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_tasks
+from orthoxfer.data.mini_pools import features, model_suite
 from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrained_pair, tokenize
 
 

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from orthoxfer.cli.bench_speed import build_rows
 from orthoxfer.cli.common import comma_list, resolve_device
+from orthoxfer.experiments.step_cost import build_rows
 
 
 def profile_rows(

@@ -2,7 +2,7 @@
 
 import torch
 
-from orthoxfer.data.mini import random_shift, shift_augment
+from orthoxfer.data.mini_pools import random_shift, shift_augment
 from orthoxfer.problem.tasks import FewShotTask
 
 

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 import orthoxfer.fit.loop as training
 from orthoxfer.cli import app
 from orthoxfer.data import fewshot, paper
-from orthoxfer.suites import paper as paper_suite
 from orthoxfer.evaluation import baselines
 from orthoxfer.fit.finetune import finetune
 from orthoxfer.runs import Run
+from orthoxfer.suites import paper as paper_suite
 
 runner = CliRunner()
 

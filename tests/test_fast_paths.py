@@ -17,7 +17,9 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.alignment.artifact import rotate
-from orthoxfer.cli.bench_speed import METHODS, TRAINED, bench_speed_command, load_activation_side
+from orthoxfer.cli.bench_speed import bench_speed_command
+from orthoxfer.experiments.activation_side import ActivationSideStep
+from orthoxfer.experiments.step_cost import METHODS, TRAINED
 from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
@@ -265,7 +267,7 @@ def test_activation_side_comparison_computes_the_same_logits(tiny, kind):
     settings = AlignSettings(method="penalty", log_every=0, checkpoint_every=0)
     stacks = [near_identity(len(groups[0].keys), 32, g)]
     weight_side = AlignStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
-    activation_side = load_activation_side().ActivationSideStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
+    activation_side = ActivationSideStep(STRATEGIES["penalty"](), problem, groups, stacks, settings)
     with torch.no_grad():
         transforms = Transforms(list(weight_side.module.parts), stacks)
         expected = weight_side.logits(x, head, transforms)

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from orthoxfer.alignment.align import align
 from orthoxfer.alignment.artifact import Alignment
 from orthoxfer.cli import app
-from orthoxfer.cli.bench_speed import METHODS, bench_speed_command
+from orthoxfer.cli.bench_speed import bench_speed_command
+from orthoxfer.experiments.step_cost import METHODS
 from orthoxfer.fit.align_step import AlignStep, StackedVector
 from orthoxfer.problem.align_problem import AlignProblem, ScopedProblem, group_sites
 from orthoxfer.problem.tasks import FewShotTask

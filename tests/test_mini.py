@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orthoxfer.cache import cache_root
-from orthoxfer.data import mini
+from orthoxfer.data import mini, mini_corpora, mini_pools
 from orthoxfer.errors import UsageError
 from orthoxfer.models import pretrain as pre
 from orthoxfer.models.prototype_head import PrototypeHead
@@ -50,8 +50,8 @@ def test_tasks_are_deterministic():
 
 
 def test_corpora_are_deterministic_and_disjoint_from_each_other_and_from_tasks(tasks):
-    a, b = mini.corpus("a", 256, seed=0), mini.corpus("b", 256, seed=1)
-    again = mini.corpus("a", 256, seed=0)
+    a, b = mini_corpora.corpus("a", 256, seed=0), mini_corpora.corpus("b", 256, seed=1)
+    again = mini_corpora.corpus("a", 256, seed=0)
     assert torch.equal(a.images, again.images) and a.captions == again.captions
     assert a.images.shape == (256, 3, 32, 32) and len(a.captions) == 256
     assert not _hashes(a.images) & _hashes(b.images)
@@ -67,7 +67,7 @@ def test_unknown_names_are_one_line_usage_errors():
     with pytest.raises(UsageError, match="unknown mini task"):
         mini.mini_task("cifar")
     with pytest.raises(UsageError, match="unknown mini corpus"):
-        mini.corpus("c", 4)  # type: ignore[arg-type]
+        mini_corpora.corpus("c", 4)  # type: ignore[arg-type]
 
 
 def test_prototype_head_scores_by_centred_cosine_and_needs_every_class():
@@ -82,7 +82,7 @@ def test_prototype_head_scores_by_centred_cosine_and_needs_every_class():
 
 def test_model_suite_gives_stratified_train_only_pools_with_frozen_heads(tasks):
     model = pre.build_model(MICRO, "a")
-    suite = mini.model_suite(model, tasks, shots=24, seed=3)
+    suite = mini_pools.model_suite(model, tasks, shots=24, seed=3)
     for task, ev in zip(tasks, suite, strict=True):
         pool = ev.fewshot
         assert isinstance(pool, FewShotTask) and len(pool.labels) == 24
@@ -92,10 +92,10 @@ def test_model_suite_gives_stratified_train_only_pools_with_frozen_heads(tasks):
         logits = pool.head(model.encode_image(images))
         assert logits.shape == (4, len(task.class_names)) and labels.shape == (4,)
         assert torch.equal(ev.test_images, task.test_images)
-    again = mini.model_suite(model, tasks[:1], shots=24, seed=3)[0].fewshot
+    again = mini_pools.model_suite(model, tasks[:1], shots=24, seed=3)[0].fewshot
     assert torch.equal(again.images, suite[0].fewshot.images)
     with pytest.raises(UsageError, match="cannot cover"):
-        mini.model_suite(model, tasks[-1:], shots=5)
+        mini_pools.model_suite(model, tasks[-1:], shots=5)
 
 
 def test_pretraining_is_seeded_and_the_two_models_differ():

@@ -4,7 +4,7 @@ The paper transfers between two ViT-B/32 CLIPs pre-trained independently on diff
 data. The mini suite rebuilds that situation at laptop scale: two CLIPs of one small
 open_clip architecture (:func:`orthoxfer.models.small.small_clip`), each from its own
 random init, each trained with CLIP's own image-text contrastive loss on its own
-generated corpus (:func:`orthoxfer.data.mini.corpus`: ``a`` for model A, ``b`` for
+generated corpus (:func:`orthoxfer.data.mini_corpora.corpus`: ``a`` for model A, ``b`` for
 model B), for a fixed number of seeded steps.
 
 Captions repeat within a batch (a corpus has a few thousand distinct captions), so the
@@ -38,7 +38,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
 from orthoxfer.cache import cache_root
-from orthoxfer.data.mini import DATA_VERSION, IMAGE_SIZE, Corpus, corpus, random_shift
+from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
+from orthoxfer.data.mini_corpora import Corpus, corpus
+from orthoxfer.data.mini_pools import random_shift
 from orthoxfer.errors import UsageError
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.tasks import FewShotTask

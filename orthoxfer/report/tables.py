@@ -151,6 +151,7 @@ def plot_results(out: Path, summary: list[dict[str, Any]], tasks: list[str]) -> 
         points = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         ax.semilogy([p["step"] for p in points], [max(p["orth_error"], 1e-9) for p in points], label=e["label"])
     ax.set(xlabel="step", ylabel="max ||U^T U - I||_F", title="orthogonality error over steps")
-    ax.legend(fontsize=7)
+    if ax.get_lines():  # rows without a training curve (closed forms, baselines) draw nothing
+        ax.legend(fontsize=7)
     save_figure(fig, files[1], dpi=110)
     return files

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from orthoxfer.cache import cache_root
-from orthoxfer.data.mini import DATA_VERSION, MiniTask, mini_tasks, model_suite, shift_augment
+from orthoxfer.data.bundled import DATA_VERSION
+from orthoxfer.data.mini import MiniTask, mini_tasks
+from orthoxfer.data.mini_pools import model_suite, shift_augment
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.pretrain import PretrainConfig, pretrained_pair
 from orthoxfer.problem.tasks import FewShotTask

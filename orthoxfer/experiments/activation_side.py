@@ -1,4 +1,4 @@
-"""The activation-side formulation of the paper's released code, kept here only as a comparison point.
+"""The activation-side formulation of the paper's released code, kept only as a comparison point for the step cost.
 
 The reference applies each site's transform to activations on every forward: for a
 site input x (rows are tokens) the update adds ``x (U^T dW U)^T = ((x U^T) dW^T) U``,
@@ -10,8 +10,8 @@ computed by hand (:func:`orthoxfer.problem.capture.attend`, the same maths as th
 
 :class:`ActivationSideStep` is :class:`~orthoxfer.fit.align_step.AlignStep` with only its
 ``logits`` replaced, so strategy, regulariser, optimiser and clipping are the real ones
-and the benchmark compares the two formulations and nothing else. ``orthoxfer
-bench-speed`` loads this file from the source checkout; it is not part of the package.
+and the benchmark compares the two formulations and nothing else. Only
+:mod:`orthoxfer.experiments.step_cost` uses it; no alignment runs this way.
 """
 
 from __future__ import annotations
