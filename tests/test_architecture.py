@@ -90,3 +90,12 @@ def test_the_root_exports_the_public_api():
         assert getattr(orthoxfer, name) is not None
     with pytest.raises(AttributeError):
         orthoxfer.not_a_name  # noqa: B018
+
+
+def test_readmes_python_examples_import_from_the_root_only():
+    readme = (ROOT.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    imports = [line for block in blocks for line in block.splitlines() if line.startswith(("from ", "import "))]
+    assert imports and all(line.startswith("from orthoxfer import ") for line in imports), imports
+    for line in imports:
+        exec(line, {})  # every name resolves

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from orthoxfer.alignment.artifact import Alignment, LowRankU
-from orthoxfer.evaluation.diagnostics import summarise
+from orthoxfer.evaluation.diagnostics import aggregate_by_scope
 from orthoxfer.problem.align_problem import AlignProblem, group_sites
 from orthoxfer.strategies.base import Strategy
 from orthoxfer.strategies.procrustes import ProcrustesStrategy
@@ -53,7 +53,7 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
         **records,
     }
     alignment = Alignment(transforms, keys, meta)
-    alignment.meta["diagnostics"] = summarise(alignment, problem.restricted_vectors(names))
+    alignment.meta["diagnostics"] = aggregate_by_scope(alignment, problem.restricted_vectors(names))
     return alignment
 
 

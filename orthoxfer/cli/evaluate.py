@@ -39,7 +39,7 @@ def eval_command(
 ) -> None:
     """Top-1 accuracy per task and their mean; heads come from the model's own text tower."""
     from orthoxfer.data.paper import DATASETS
-    from orthoxfer.evaluation.accuracy import evaluate_scores, summarise
+    from orthoxfer.evaluation.accuracy import evaluate_scores, mean_accuracies
     from orthoxfer.models.loading import load_model
     from orthoxfer.suites.paper import paper_test_sets, paper_test_splits
     from orthoxfer.vectors.taskvector import TaskVector
@@ -57,7 +57,7 @@ def eval_command(
     if tv is not None:
         tv.apply_to(loaded.model, scale)
     scores = evaluate_scores(loaded.model, loaders, target, progress=progress)
-    accuracies = summarise(scores)
+    accuracies = mean_accuracies(scores)
     results = {
         "model": loaded.spec,
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint is not None else None,

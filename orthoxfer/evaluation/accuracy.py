@@ -90,7 +90,7 @@ def evaluate_scores(
         model.train(was_training)
 
 
-def summarise(scores: Mapping[str, Score]) -> dict[str, float]:
+def mean_accuracies(scores: Mapping[str, Score]) -> dict[str, float]:
     """``{task: accuracy, ..., "mean": unweighted mean over tasks}``."""
     accuracies = {name: score.accuracy for name, score in scores.items()}
     accuracies["mean"] = sum(accuracies.values()) / len(accuracies) if accuracies else float("nan")
@@ -104,7 +104,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, float]:
     """Top-1 accuracy per task and their unweighted mean (key ``"mean"``)."""
-    return summarise(evaluate_scores(model, tasks, device, progress))
+    return mean_accuracies(evaluate_scores(model, tasks, device, progress))
 
 
 def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:

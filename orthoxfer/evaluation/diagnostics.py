@@ -106,7 +106,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def summarise(alignment: Alignment, vectors: dict[str, TaskVector]) -> dict[str, Any]:
+def aggregate_by_scope(alignment: Alignment, vectors: dict[str, TaskVector]) -> dict[str, Any]:
     """The aggregate of every scope of an alignment (joint: the summed vectors)."""
     if JOINT in alignment.transforms:
         return {JOINT: diagnose(sum(vectors.values()), alignment)["aggregate"]}
