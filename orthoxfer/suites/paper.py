@@ -93,7 +93,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
              ("--vectors", request.vectors_dir))  # fmt: skip
     missing = [flag for flag, value in given if value is None]
     if missing:
-        raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
+        raise UsageError(f"--suite paper needs {', '.join(missing)}")
     source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
     names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
     cache_dir, heads_dir, source_ft = request.cache_dir, request.heads_dir, request.source_ft
