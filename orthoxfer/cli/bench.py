@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, reports_errors, resolve_device
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -69,7 +69,7 @@ def bench_command(
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
-    dev = resolve_device(device)
+    dev = launch(device)
     tables = default_tables(suite)
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
     if config is not None:
@@ -103,6 +103,8 @@ def bench_command(
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
         records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+    if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
+        return
     summary = summarise_rows(records, names)
     meta = {"suite": suite, "source": inputs.source_name, "target": inputs.target_name, "seeds": seeds,
             "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
