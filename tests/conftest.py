@@ -1,8 +1,9 @@
 import pytest
 import torch
+from tiny import TINY_ARCH, TINY_CONFIG
 
 from orthoxfer.models.loading import register_arch
-from orthoxfer.models.small import small_clip, small_config
+from orthoxfer.models.small import small_clip
 
 torch.set_num_threads(2)
 
@@ -23,10 +24,6 @@ def tiny_pair():
         for p in tuned.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=g))
     return base, tuned
-
-
-TINY_ARCH = "orthoxfer-test-tiny"
-TINY_CONFIG = small_config(layers=1)
 
 
 @pytest.fixture(scope="session")

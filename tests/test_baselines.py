@@ -96,8 +96,8 @@ def test_fewshot_ft_baseline_sees_the_aligners_images(eurosat_run, monkeypatch):
     seen: dict[str, list] = {"finetune": [], "penalty": []}
     real = training.task_batch
 
-    def record(tasks, step, loop, device):
-        task, x, y = real(tasks, step, loop, device)
+    def record(tasks, step, loop, device, *part):
+        task, x, y = real(tasks, step, loop, device, *part)
         seen["current"].append((task.name, x.clone(), y.clone()))
         return task, x, y
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import TINY_CONFIG as TINY
 from open_clip import pretrained as oc_pretrained
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
+from tiny import TINY_CONFIG as TINY
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models import loading

@@ -6,6 +6,7 @@ import torch
 
 from orthoxfer.alignment.artifact import Alignment, LowRankU
 from orthoxfer.evaluation.diagnostics import aggregate_by_scope
+from orthoxfer.fit import distributed
 from orthoxfer.problem.align_problem import AlignProblem, group_sites
 from orthoxfer.strategies.base import Strategy
 from orthoxfer.strategies.procrustes import ProcrustesStrategy
@@ -19,26 +20,38 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
     ``mode=joint`` fits one set of U's for the sum of all task vectors on all tasks'
     few-shot data, datasets cycled (the reference code); ``mode=per-task`` fits one
     set per task on that task's vector and data only (the paper's text), so each
-    task vector stays a module of its own.
+    task vector stays a module of its own. Under torchrun the joint set is fitted by
+    all processes together and the per-task sets are dealt out to them
+    (:mod:`orthoxfer.fit.distributed`); every process returns the whole alignment.
     """
     strategy = strategy_class(settings.method)()
     sites = problem.aligned_sites(settings.sites)
     groups = group_sites(sites, settings.tie)
     names = [s.name for s in sites]
-    transforms: dict[str, dict[str, torch.Tensor | LowRankU]] = {}
+    solved: dict[str, tuple[dict[str, torch.Tensor | LowRankU], dict]] = {}  # scope -> (its U's by key, its record)
     steps = 0
-    records: dict[str, dict] = {}
-    for scoped in problem.scoped(settings.mode, sites):
+    scopes = problem.scoped(settings.mode, sites)
+    for scoped in scopes if scopes[0].shared else distributed.spread(scopes, run):
         torch.manual_seed(settings.seed)
         solution = strategy.solve(scoped, groups, settings, run)
         steps = solution.steps
-        for name, value in solution.record.items():
-            records.setdefault(name, {})[scoped.scope] = value
-        transforms[scoped.scope] = {
-            k: LowRankU(stack[0][i], stack[1][i]) if isinstance(stack, tuple) else stack[i]
-            for g, stack in zip(groups, solution.stacks)
-            for i, k in enumerate(g.keys)
-        }
+        solved[scoped.scope] = (
+            {
+                k: LowRankU(stack[0][i], stack[1][i]) if isinstance(stack, tuple) else stack[i]
+                for g, stack in zip(groups, solution.stacks)
+                for i, k in enumerate(g.keys)
+            },
+            solution.record,
+        )
+    if not scopes[0].shared:  # each process solved its own scopes: all of them, in the one-process order
+        gathered = distributed.all_gather((solved, steps))
+        found = {scope: s for part, _ in gathered for scope, s in part.items()}
+        solved, steps = {s.scope: found[s.scope] for s in scopes}, max(n for _, n in gathered)
+    transforms = {scope: t for scope, (t, _) in solved.items()}
+    records: dict[str, dict] = {}
+    for scope, (_, record) in solved.items():
+        for name, value in record.items():
+            records.setdefault(name, {})[scope] = value
     keys = {s.name: k for g in groups for s, k in zip(g.sites, (g.keys[i] for i in g.index.tolist()))}
     used = {k: v for k, v in settings.to_dict().items() if k not in options_unused(strategy, settings)}
     meta = {

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orthoxfer.cli.common import console, reports_errors, resolve_device
+from orthoxfer.cli.common import console, launch, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -147,7 +147,7 @@ def align_command(
 
         vectors = control_vectors(vectors, control, seed=settings.seed)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(vectors)
-    dev = resolve_device(device)
+    dev = launch(device)
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
     settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
@@ -161,6 +161,8 @@ def align_command(
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
     alignment = align(AlignProblem(loaded.model, vectors, pools, source_model), settings, run)
+    if not run.writes:  # another process of a torchrun launch: rank 0 writes what all of them found
+        return
     alignment.save(run.file("alignment.safetensors"))
 
     per_task = settings.mode == "per-task"

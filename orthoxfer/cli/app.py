@@ -8,6 +8,7 @@ from orthoxfer.cli.align import align_command
 from orthoxfer.cli.baseline import baseline_app
 from orthoxfer.cli.bench import bench_command, demo_command
 from orthoxfer.cli.bench_speed import bench_speed_command
+from orthoxfer.cli.common import reports_errors
 from orthoxfer.cli.data import data_app
 from orthoxfer.cli.diagnose import diagnose_command
 from orthoxfer.cli.evaluate import eval_command
@@ -15,12 +16,24 @@ from orthoxfer.cli.finetune import finetune_command
 from orthoxfer.cli.inspect import inspect_command
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
+from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
+
+SPREADS = ("align", "bench")  # the commands that share their work across the processes of a torchrun launch
 
 
 def version_command() -> None:
     """Print the orthoxfer version."""
     typer.echo(__version__)
+
+
+@reports_errors
+def refuse_unshared(ctx: typer.Context) -> None:
+    """Under torchrun, refuse the commands that do not share their work: every process would do all of it."""
+    from orthoxfer.fit.distributed import launched
+
+    if launched() and ctx.invoked_subcommand not in SPREADS:
+        raise UsageError(f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; under torchrun use {' or '.join(SPREADS)}")
 
 
 def build_app() -> typer.Typer:
@@ -32,6 +45,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    app.callback()(refuse_unshared)
     app.add_typer(data_app, name="data")
     app.add_typer(baseline_app, name="baseline")
     app.command("eval")(eval_command)

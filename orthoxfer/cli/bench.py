@@ -1,8 +1,8 @@
 """``orthoxfer bench`` and ``orthoxfer demo``: the paper's Table 1, on the real suite or the offline miniature.
 
 Settings resolve as the suite's defaults <- ``--config FILE.toml`` (tables
-``[models]``, ``[data]``, ``[finetune]`` for source vectors, ``[align]``,
-``[fewshot_ft]``, ``[bench]``) <- flags.
+``[finetune]`` for source vectors, ``[align]`` with the pools' ``shots`` and the
+``mode``, ``[fewshot_ft]``; other tables are left to other commands) <- flags.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, reports_errors, resolve_device
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -35,11 +35,13 @@ def bench_command(
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     mode: Annotated[str | None, Opt("--mode", help="joint (the summed vectors, one lambda: the reference code; default for "
                                     "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
-                                    "default for mini and planted, whose summed vectors interfere: see README).")] = None,  # fmt: skip
+                                    "default for mini and planted, whose summed vectors interfere: see README); "
+                                    "[align] mode of --config overrides the default.")] = None,  # fmt: skip
     lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
                                    "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
     ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
-    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda (default 100; 24 for --size micro).")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda "
+                                      "(default: [align] shots of --config, else 100; 24 for --size micro).")] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
@@ -67,13 +69,14 @@ def bench_command(
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
-    dev = resolve_device(device)
-    shots = shots if shots is not None else (24 if size == "micro" else 100)
+    dev = launch(device)
     tables = default_tables(suite)
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
     if config is not None:
         for section, schema in schemas.items():
             tables[section].update(read_config(config, section, schema))
+    if shots is None:  # the flag, else the config's [align] shots, else the suite's
+        shots = tables["align"].get("shots", 24 if size == "micro" else 100)
     flags = {"steps": steps, "lr": lr, **(strategy_options or {})}
     tables["align"].update({k: v for k, v in flags.items() if v is not None})
     if steps is not None:
@@ -84,7 +87,7 @@ def bench_command(
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
     chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
               "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs"),
-              "mode": mode or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
+              "mode": mode or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
 
     run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
@@ -100,6 +103,8 @@ def bench_command(
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
         records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+    if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
+        return
     summary = summarise_rows(records, names)
     meta = {"suite": suite, "source": inputs.source_name, "target": inputs.target_name, "seeds": seeds,
             "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,

@@ -2,13 +2,15 @@
 
 Every command turns orthoxfer's own errors into one red line: exit code 2 when the
 input must change (:class:`~orthoxfer.errors.UsageError`), 1 when the work failed,
-130 on Ctrl-C; finished artifacts and checkpoints stay on disk in every case.
+130 on Ctrl-C; finished artifacts and checkpoints stay on disk in every case. Under
+torchrun only rank 0 prints, except errors, which every process reports with its rank.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -42,16 +44,34 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OrthoxferError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: finished artifacts and checkpoints stay on disk")
+            err_console.print(f"[bold red]interrupted{_rank()}[/]: finished artifacts and checkpoints stay on disk")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _rank() -> str:
+    """Which process of a torchrun launch speaks, where it is not rank 0 (from torchrun's ``RANK``: no torch import to fail)."""
+    rank = os.environ.get("RANK", "0")
+    return f" (rank {rank})" if rank != "0" else ""
+
+
+def launch(device: str) -> torch.device:
+    """``--device`` resolved, and under torchrun this process joined to the others (its GPU, if CUDA); rank 0 alone prints."""
+    import rich
+
+    from orthoxfer.fit.distributed import ranks, start
+
+    joined = start(resolve_device(device))
+    if not ranks().main:
+        console.quiet = rich.get_console().quiet = True  # commands' output and progress bars
+    return joined
 
 
 def print_json(data: object) -> None:

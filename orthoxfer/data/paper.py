@@ -370,9 +370,14 @@ def make_loader(
     workers: int | None = None,
     shuffle: bool = False,
 ) -> DataLoader:
-    """A DataLoader with worker processes and, when the batches go to a GPU, pinned memory."""
+    """A DataLoader with worker processes and, when the batches go to a GPU, pinned memory.
+
+    Data that fits in one batch is read in the calling process unless ``workers`` is
+    given: workers could overlap nothing with a single batch, and each costs a process
+    start (tens of ms), paid again every time a small test set is scored.
+    """
     if workers is None:
-        workers = min(8, os.cpu_count() or 1)
+        workers = min(8, os.cpu_count() or 1) if len(data) > batch_size else 0
     return DataLoader(
         data,
         batch_size=batch_size,

@@ -29,6 +29,7 @@ from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.evaluation.baselines import SCALES, direct_addition, fewshot_finetune
+from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
 from orthoxfer.problem.align_problem import AlignProblem
@@ -197,7 +198,8 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
         if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
             settings = settings.replace(steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks))
         alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), settings, row_run)
-        alignment.save(row_run.file("alignment.safetensors"))
+        if row_run.writes:
+            alignment.save(row_run.file("alignment.safetensors"))
         reports = [alignment.meta["diagnostics"][scope] for scope in alignment.scopes]
         if inputs.planted is not None:
             for report, scope in zip(reports, alignment.scopes):
@@ -217,19 +219,27 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
 
 
 def run_bench(inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:
-    """Every row for every seed, reusing rows already stored in the run folder."""
+    """Every row for every seed, reusing rows already stored in the run folder.
+
+    Which rows are stored is read before any is computed: under torchrun every process
+    must compute the same rows (they meet in each row's alignment), whenever rank 0
+    writes its records.
+    """
     records = []
     rows = config.rows(planted=inputs.planted is not None)
     for seed in seeds:
-        for i, row in enumerate(rows, 1):
-            path = run.file(f"rows/{row.id}-seed{seed}.json")
-            if path.exists():
+        paths = [run.file(f"rows/{row.id}-seed{seed}.json") for row in rows]
+        stored = [path.exists() for path in paths]
+        distributed.barrier()
+        for i, (row, path, reuse) in enumerate(zip(rows, paths, stored), 1):
+            if reuse:
                 records.append(json.loads(path.read_text()))
                 progress(f"[{i}/{len(rows)}] {row.label} (seed {seed}): reused")
                 continue
             progress(f"[{i}/{len(rows)}] {row.label} (seed {seed})")
             torch.manual_seed(seed)
             record = run_row(row, inputs, config, run, seed)
-            write_json(path, record)
+            if run.writes:
+                write_json(path, record)
             records.append(record)
     return records

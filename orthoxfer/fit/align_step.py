@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from orthoxfer.fit import distributed
 from orthoxfer.fit.loop import keep_freed_memory, run_steps
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
 from orthoxfer.problem.tasks import ImageEncoder
@@ -159,6 +160,9 @@ class AlignStep:
     """One optimiser step of a trained strategy: the unit the loop repeats and the benchmark times.
 
     The target is frozen (``requires_grad_(False)``); only the strategy's parameters learn.
+    A shared problem's processes start from rank 0's parameters and average their
+    gradients (and the loss terms they report) after each backward, so they take the
+    same steps; alone, a step communicates nothing.
     """
 
     def __init__(
@@ -175,11 +179,14 @@ class AlignStep:
         groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
+        self.ranks = distributed.ranks() if problem.shared else distributed.SOLO
+        self.ranks.check_batch(settings.batch_size)
         self.sites = [s for g in groups for s in g.sites]  # the order of the rotated stacks
         self.target = problem.target.to(self.device).requires_grad_(False)
         self.encoder = ImageEncoder(self.target, compiled=settings.compile)
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
+        self.ranks.broadcast_(self.module.state_dict().values())  # before anything is derived from a start U0
         # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)
         self.factored = all(hasattr(p, "factors") for p in self.module.parts)
         if self.factored:
@@ -204,6 +211,11 @@ class AlignStep:
         loss = ce if reg is None else ce + reg
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ranks.size > 1:  # equal parts: the mean of the parts' gradients is the whole batch's
+            terms = [t.detach() for t in (ce, reg) if t is not None]
+            self.ranks.average_([p.grad for p in self.module.parameters() if p.grad is not None] + terms)
+            ce, reg = terms[0], (terms[1] if reg is not None else None)
+            loss = ce if reg is None else ce + reg
         if self.settings.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.settings.clip)
         self.optimiser.step()

@@ -12,12 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from orthoxfer.artifacts import load_artifact, save_artifact
+from orthoxfer.artifacts import load_artifact
 
 KIND = "checkpoint"
 
 
-def save_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]) -> None:
+def checkpoint_payload(
+    module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and header of a checkpoint (written with ``KIND`` by :meth:`orthoxfer.runs.Run.save_checkpoint`).
+
+    The tensors are the live state, not copies: write them before the next step.
+    """
     tensors = {f"module/{k}": v for k, v in module.state_dict().items()}
     state = optimiser.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -27,7 +33,7 @@ def save_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.
                 tensors[f"optim/{pid}/{name}"] = value
             else:
                 scalars.setdefault(str(pid), {})[name] = value
-    save_artifact(path, KIND, tensors, dict(meta, step=step, optim_scalars=scalars, param_groups=state["param_groups"]))
+    return tensors, dict(meta, step=step, optim_scalars=scalars, param_groups=state["param_groups"])
 
 
 def load_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:

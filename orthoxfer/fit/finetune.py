@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from orthoxfer.fit.distributed import SOLO
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import pool_accuracy
 from orthoxfer.fit.loop import adamw, keep_freed_memory, run_steps
@@ -123,6 +124,7 @@ class FinetuneStep:
     """One AdamW step on the update of the sites; the model itself stays frozen."""
 
     name = "finetune"
+    ranks = SOLO  # each process that fine-tunes does so alone, on whole batches
 
     def __init__(self, model: nn.Module, sites: list[Site], settings: FinetuneSettings) -> None:
         self.device = torch.device(settings.device)

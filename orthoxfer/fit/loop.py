@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import math
 import platform
 from collections.abc import Callable
@@ -26,9 +25,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from orthoxfer.artifacts import write_text
 from orthoxfer.errors import OrthoxferError
-from orthoxfer.fit.checkpoint import load_checkpoint, save_checkpoint
+from orthoxfer.fit.checkpoint import load_checkpoint
+from orthoxfer.fit.distributed import Ranks
 from orthoxfer.problem.tasks import FewShotTask
 
 
@@ -41,6 +40,7 @@ class Stepper(Protocol):
     optimiser: torch.optim.Optimizer
     device: torch.device
     name: str
+    ranks: Ranks  # the processes that share each batch, each stepping on its part of it
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module, lr_scale: float = 1.0):
         """One optimiser step; returns (loss, ce, regulariser or None) as device tensors."""
@@ -124,14 +124,19 @@ def progress_bar() -> Progress:
     )
 
 
-def task_batch(tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device):
-    """The task, images and labels of ``step``: a function of (seed, step) only."""
+def task_batch(tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)):
+    """The task, images and labels of ``step`` (its ``part`` of them): a function of (seed, step) only.
+
+    The whole batch is drawn and augmented before ``part`` is cut from it: augmentation
+    draws from one stream per step, so a process that shares the batch sees exactly the
+    pixels a single process would, at the price of augmenting images it does not use.
+    """
     torch.manual_seed(settings.seed * 1_000_003 + step)  # augmentation RNG
     pos = step % len(tasks)
     task = tasks[pos]
     index = batch_indices(pos, step // len(tasks), len(task.labels), settings.augment, settings.batch_size, settings.seed)
     x, y = task.batch(index, augment=settings.augment > 1)
-    return task, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return task, x[part].to(device, non_blocking=True), y[part].to(device, non_blocking=True)
 
 
 def epoch_steps(tasks: list[FewShotTask], settings: LoopSettings) -> int:
@@ -153,25 +158,25 @@ def run_steps(
     ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
     epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
     """
-    checkpoint = run.file(f"checkpoint-{scope}.safetensors") if run is not None else None
+    checkpoint = f"checkpoint-{scope}.safetensors"
     start = 0
-    if run is not None and run.resume and checkpoint.exists():
-        start, _ = load_checkpoint(checkpoint, stepper.module, stepper.optimiser)
+    if run is not None and run.resume and run.file(checkpoint).exists():
+        start, _ = load_checkpoint(run.file(checkpoint), stepper.module, stepper.optimiser)
         for name in ("metrics.jsonl", "validation.jsonl"):
-            _truncate_log(run, name, scope, start)
+            run.truncate_log(name, scope, start)
     epoch = epoch_steps(tasks, settings)
     for task in tasks:
         task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
     with progress_bar() as bar:
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
         for step in range(start, settings.steps):
-            task, x, y = task_batch(tasks, step, settings, stepper.device)
+            task, x, y = task_batch(tasks, step, settings, stepper.device, stepper.ranks.part(settings.batch_size))
             factor = lr_factor(step, settings.warmup, settings.steps)
             loss, ce, reg = stepper(x, y, task.head, factor)
             done = step + 1
             last = done == settings.steps
             log_now = settings.log_every and (done % settings.log_every == 0 or last)
-            save_now = checkpoint is not None and settings.checkpoint_every and (done % settings.checkpoint_every == 0 or last)
+            save_now = run is not None and settings.checkpoint_every and (done % settings.checkpoint_every == 0 or last)
             if (log_now or save_now) and not torch.isfinite(loss):
                 kept = f"the last checkpoint in {run.path}" if run is not None else "nothing (no run folder)"
                 raise Diverged(
@@ -194,14 +199,4 @@ def run_steps(
                 bar.console.print(f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
                                   + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()), highlight=False)
             if save_now:
-                save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name})
-
-
-def _truncate_log(run, name: str, scope: str, step: int) -> None:
-    """Drop lines logged after the checkpoint a run resumes from, so each step appears once."""
-    path = run.file(name)
-    if not path.exists():
-        return
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
-    keep = [json.dumps(r, sort_keys=True) for r in records if not (r["scope"] == scope and r["step"] > step)]
-    write_text(path, "".join(line + "\n" for line in keep))
+                run.save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name})

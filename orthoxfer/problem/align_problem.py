@@ -60,7 +60,11 @@ def group_sites(sites: list[Site], tie: str) -> list[SiteGroup]:
 
 @dataclass
 class ScopedProblem:
-    """What one set of U's is fitted on: a target, one (possibly summed) vector, its tasks."""
+    """What one set of U's is fitted on: a target, one (possibly summed) vector, its tasks.
+
+    ``shared``: every process of a torchrun launch fits these U's together, each on its
+    part of every batch (the joint problem); otherwise one process fits them alone.
+    """
 
     scope: str
     target: nn.Module
@@ -68,6 +72,7 @@ class ScopedProblem:
     tasks: dict[str, FewShotTask]
     sites: list[Site]
     source: nn.Module | None = None
+    shared: bool = False
 
 
 @dataclass
@@ -109,7 +114,7 @@ class AlignProblem:
     def scoped(self, mode: str, sites: list[Site]) -> list[ScopedProblem]:
         vectors = self.restricted_vectors([s.name for s in sites])
         if mode == "joint":
-            return [ScopedProblem("joint", self.target, sum(vectors.values()), self.tasks, sites, self.source)]
+            return [ScopedProblem("joint", self.target, sum(vectors.values()), self.tasks, sites, self.source, shared=True)]
         missing = [t for t in self.tasks if t not in vectors]
         if missing:
             raise UsageError(

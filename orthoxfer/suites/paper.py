@@ -13,6 +13,7 @@ from torch import nn
 from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform
 from orthoxfer.data.paper import ImageSplit, dataset, load_split, make_loader
 from orthoxfer.errors import UsageError
+from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import finetune
 from orthoxfer.models.heads import heads_cache_dir, zero_shot_head
 from orthoxfer.models.loading import LoadedModel, load_model
@@ -86,30 +87,35 @@ def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads
 def build(request: SuiteRequest) -> SuiteInputs:
     """The paper suite: open_clip checkpoints, zero-shot heads from each model's own text tower.
 
-    Source task vectors are read from ``vectors_dir/<Task>-<kind>.safetensors``; a
-    missing one is fine-tuned on the task's train split and written there first.
+    Source task vectors are read from ``vectors_dir/<Task>-<kind>.safetensors``; the
+    missing ones are fine-tuned on their tasks' train splits and written there first
+    (under torchrun, dealt out to the processes and written by rank 0).
     """
     given = (("--source", request.source), ("--target", request.target), ("--data-root", request.data_root),
              ("--vectors", request.vectors_dir))  # fmt: skip
     missing = [flag for flag, value in given if value is None]
     if missing:
-        raise UsageError(f"--suite paper needs {', '.join(missing)} (or a [models] table in --config)")
+        raise UsageError(f"--suite paper needs {', '.join(missing)}")
     source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
     names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
     cache_dir, heads_dir, source_ft = request.cache_dir, request.heads_dir, request.source_ft
     source = load_model(source_spec, cache_dir=cache_dir, device=device)
     target = load_model(target_spec, cache_dir=cache_dir, device=device)
     pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir)
-    vectors: dict[str, dict[str, TaskVector]] = {kind: {} for kind in kinds}
-    for kind in kinds:
-        for name in pools:
-            path = Path(vectors_dir) / f"{name}-{kind}.safetensors"
-            if not path.is_file():
-                train = paper_train_task(source, name, data_root, heads_dir)
-                meta = {"source": source_spec, "architecture": source.arch}
-                settings = source_ft.replace(kind=kind, device=str(device), extra=meta)
-                finetune(source.model, {name: train}, settings, scope=name).save(path)
-            vectors[kind][name] = TaskVector.load(path)
+    paths = {(kind, name): Path(vectors_dir) / f"{name}-{kind}.safetensors" for kind in kinds for name in pools}
+    missing = [key for key, path in paths.items() if not path.is_file()]
+    for chunk, mine in distributed.rounds(missing):
+        made = None
+        if mine is not None:
+            kind, name = mine
+            train = paper_train_task(source, name, data_root, heads_dir)
+            meta = {"source": source_spec, "architecture": source.arch}
+            made = finetune(source.model, {name: train}, source_ft.replace(kind=kind, device=str(device), extra=meta), scope=name)
+        for key, vector in zip(chunk, distributed.all_gather(made)):
+            if distributed.ranks().main:
+                vector.save(paths[key])
+    distributed.barrier()  # every vector is on disk before any process reads one
+    vectors = {kind: {name: TaskVector.load(paths[kind, name]) for name in pools} for kind in kinds}
     tasks = []
     for name, pool in pools.items():
         split = load_split(name, data_root, "test", transform=target.preprocess)
