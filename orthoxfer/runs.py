@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from orthoxfer.fit import distributed
 from orthoxfer.artifacts import save_artifact, write_json, write_text
-from orthoxfer.fit.checkpoint import KIND as CHECKPOINT, checkpoint_payload
 from orthoxfer.errors import UsageError
+from orthoxfer.fit import distributed
+from orthoxfer.fit.checkpoint import KIND as CHECKPOINT
+from orthoxfer.fit.checkpoint import checkpoint_payload
 
 CONFIG = "config.json"
 # settings that change how a run goes, not what it computes: a resume may change them

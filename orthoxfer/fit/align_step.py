@@ -21,7 +21,6 @@ takes 1 ms and a bf16 one 0.1 ms, and the dense rotation costs five of them a st
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -31,9 +30,9 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.fit import distributed
-from orthoxfer.fit.loop import keep_freed_memory, run_steps
+from orthoxfer.fit.loop import run_steps
+from orthoxfer.fit.stepper import Stepper
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
-from orthoxfer.problem.tasks import ImageEncoder
 from orthoxfer.strategies.base import Solution
 from orthoxfer.strategies.linalg import factored_orthogonality_error, orthogonality_error, rotate_dense, rotate_factored
 from orthoxfer.vectors.sites import param_overrides
@@ -156,7 +155,7 @@ class TransformStack(nn.Module):
         return [p() for p in self.parts]
 
 
-class AlignStep:
+class AlignStep(Stepper):
     """One optimiser step of a trained strategy: the unit the loop repeats and the benchmark times.
 
     The target is frozen (``requires_grad_(False)``); only the strategy's parameters learn.
@@ -173,17 +172,13 @@ class AlignStep:
         init: list[torch.Tensor],
         settings: AlignSettings,
     ) -> None:
-        self.device = torch.device(settings.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        super().__init__(problem.target, settings.device, settings.compile)
         groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
         self.ranks = distributed.ranks() if problem.shared else distributed.SOLO
         self.ranks.check_batch(settings.batch_size)
         self.sites = [s for g in groups for s in g.sites]  # the order of the rotated stacks
-        self.target = problem.target.to(self.device).requires_grad_(False)
-        self.encoder = ImageEncoder(self.target, compiled=settings.compile)
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
         self.ranks.broadcast_(self.module.state_dict().values())  # before anything is derived from a start U0
@@ -194,32 +189,14 @@ class AlignStep:
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
                 for v, p, g in zip(self.vectors, self.module.parts, groups)
             ]
-        cuda = self.device.type == "cuda"
-        if cuda:  # the rotation runs at the model's precision (see the module docstring)
+        if self.device.type == "cuda":  # the rotation runs at the model's precision (see the module docstring)
             self.vectors = [v.to(torch.bfloat16) for v in self.vectors]
-        self.optimiser = strategy.optimiser(self.module, settings)
-        self.base_lrs = [g["lr"] for g in self.optimiser.param_groups]
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.use_optimiser(strategy.optimiser(self.module, settings), settings.clip)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module, lr_scale: float = 1.0):
-        """Returns (loss, ce, regulariser or None) as device tensors: no host sync here."""
-        for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
-            group["lr"] = lr * lr_scale
+    def losses(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
         ce = F.cross_entropy(self.logits(x, head, transforms).float(), y)
-        reg = self.strategy.regulariser(transforms, self.settings)
-        loss = ce if reg is None else ce + reg
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.ranks.size > 1:  # equal parts: the mean of the parts' gradients is the whole batch's
-            terms = [t.detach() for t in (ce, reg) if t is not None]
-            self.ranks.average_([p.grad for p in self.module.parameters() if p.grad is not None] + terms)
-            ce, reg = terms[0], (terms[1] if reg is not None else None)
-            loss = ce if reg is None else ce + reg
-        if self.settings.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.settings.clip)
-        self.optimiser.step()
-        return loss, ce, reg
+        return ce, self.strategy.regulariser(transforms, self.settings)
 
     def logits(self, x: torch.Tensor, head: nn.Module, transforms: Transforms) -> torch.Tensor:
         """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
@@ -227,7 +204,7 @@ class AlignStep:
             deltas = factored_deltas(self.groups, self.vectors, transforms.parts)
         else:
             deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
-        overrides = param_overrides(self.target, self.sites, deltas, prefix="model.")
+        overrides = param_overrides(self.model, self.sites, deltas, prefix="model.")
         with self.autocast:
             return head(functional_call(self.encoder, overrides, (x,)))
 

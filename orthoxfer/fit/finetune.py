@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from orthoxfer.fit.distributed import SOLO
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import pool_accuracy
-from orthoxfer.fit.loop import adamw, keep_freed_memory, run_steps
-from orthoxfer.problem.tasks import FewShotTask, ImageEncoder
+from orthoxfer.fit.loop import adamw, run_steps
+from orthoxfer.fit.stepper import Stepper
+from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.vectors.sites import Site, default_root, find_sites, param_overrides, read_site
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -120,41 +119,22 @@ class SiteUpdates(nn.Module):
         return TaskVector(dense, extra=extra, meta=dict(meta, kind="dense", rank=None))
 
 
-class FinetuneStep:
+class FinetuneStep(Stepper):
     """One AdamW step on the update of the sites; the model itself stays frozen."""
 
-    name = "finetune"
-    ranks = SOLO  # each process that fine-tunes does so alone, on whole batches
+    name = "finetune"  # each process that fine-tunes does so alone, on whole batches (ranks: SOLO)
 
     def __init__(self, model: nn.Module, sites: list[Site], settings: FinetuneSettings) -> None:
-        self.device = torch.device(settings.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.model = model.to(self.device).requires_grad_(False)
-        self.encoder = ImageEncoder(self.model, compiled=settings.compile)
+        super().__init__(model, settings.device, settings.compile)
         self.settings = settings
         g = torch.Generator().manual_seed(settings.seed)
         self.module = SiteUpdates(self.model, sites, settings, g).to(self.device)
-        self.optimiser = adamw(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.base_lrs = [group["lr"] for group in self.optimiser.param_groups]
-        cuda = self.device.type == "cuda"
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.use_optimiser(adamw(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay), settings.clip)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module, lr_scale: float = 1.0):
-        for group, lr in zip(self.optimiser.param_groups, self.base_lrs):
-            group["lr"] = lr * lr_scale
+    def losses(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, None]:
         with self.autocast:
             logits = head(functional_call(self.encoder, self.module.overrides(self.model, prefix="model."), (x,)))
-        ce = F.cross_entropy(logits.float(), y)
-        self.optimiser.zero_grad(set_to_none=True)
-        ce.backward()
-        if self.settings.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.settings.clip)
-        self.optimiser.step()
-        return ce, ce, None
-
-    def metrics(self) -> dict[str, float]:
-        return {}
+        return F.cross_entropy(logits.float(), y), None
 
 
 def finetune(
