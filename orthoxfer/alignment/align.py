@@ -10,7 +10,7 @@ from orthoxfer.fit import distributed
 from orthoxfer.problem.align_problem import AlignProblem, group_sites
 from orthoxfer.strategies.base import Strategy
 from orthoxfer.strategies.procrustes import ProcrustesStrategy
-from orthoxfer.strategies.registry import STRATEGIES, strategy_class
+from orthoxfer.strategies.registry import declared_options, strategy_class
 from orthoxfer.strategies.settings import AlignSettings
 
 
@@ -72,6 +72,6 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
 
 def options_unused(strategy: Strategy, settings: AlignSettings) -> set[str]:
     """Options of other strategies; recorded only where they mattered (procrustes' own also under init=procrustes)."""
-    declared = {o.name for cls in STRATEGIES.values() for o in cls.options}
+    declared = set(declared_options())
     start = ProcrustesStrategy.options if settings.init == "procrustes" else ()
     return declared - {o.name for o in strategy.options} - {o.name for o in start}

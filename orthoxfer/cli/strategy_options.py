@@ -33,10 +33,8 @@ def with_strategy_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        given = {name: kwargs.pop(name) for name in added if kwargs.get(name) is not None}
-        for name in added:
-            kwargs.pop(name, None)
-        return command(**kwargs, strategy_options=given)
+        values = {name: kwargs.pop(name, None) for name in added}
+        return command(**kwargs, strategy_options={k: v for k, v in values.items() if v is not None})
 
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in added.items()]
     positional = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shared]
