@@ -11,3 +11,7 @@ class OrthoxferError(Exception):
 
 class UsageError(OrthoxferError, ValueError):
     """Input that cannot be used as given: an unknown name, an impossible setting."""
+
+
+class OrthoxferWarning(UserWarning):
+    """orthoxfer's own warnings: the CLI shows these while it hides third-party ones (unless --verbose)."""

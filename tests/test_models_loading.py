@@ -130,8 +130,9 @@ def test_offline_error_names_checkpoint_file_and_folder(tmp_path, monkeypatch):
 
 
 def test_usage_errors_list_the_choices(tmp_path):
-    with pytest.raises(UsageError, match="did you mean ViT-B-32"):
+    with pytest.raises(UsageError, match="did you mean ViT-B-32") as err:
         load_model("ViT-B32:openai")
+    assert "ViT-L-14" not in str(err.value)  # the closest few, not all of open_clip's configs
     with pytest.raises(UsageError, match="its tags are: openai, laion400m_e31, laion400m_e32"):
         load_model("ViT-B-32:laion5b")
     with pytest.raises(UsageError, match="must be ARCH:TAG"):

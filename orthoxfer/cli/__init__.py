@@ -7,6 +7,9 @@ registry). :func:`build_app` assembles the app; it reads the registry, so flags 
 strategy registered later appear in an app built after it.
 """
 
-from orthoxfer.cli.app import app, build_app
+from orthoxfer.cli.common import holding_warnings
+
+with holding_warnings():  # library warnings raised on import: --verbose shows them
+    from orthoxfer.cli.app import app, build_app
 
 __all__ = ["app", "build_app"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from orthoxfer.cli.align import align_command
 from orthoxfer.cli.baseline import baseline_app
 from orthoxfer.cli.bench import bench_command, demo_command
 from orthoxfer.cli.bench_speed import bench_speed_command
-from orthoxfer.cli.common import reports_errors
+from orthoxfer.cli.common import library_warnings, reports_errors
 from orthoxfer.cli.data import data_app
 from orthoxfer.cli.diagnose import diagnose_command
 from orthoxfer.cli.evaluate import eval_command
@@ -28,10 +30,14 @@ def version_command() -> None:
 
 
 @reports_errors
-def refuse_unshared(ctx: typer.Context) -> None:
-    """Under torchrun, refuse the commands that do not share their work: every process would do all of it."""
+def main_callback(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also show the warnings of torch, open_clip and other libraries.")] = False,
+) -> None:
+    """Library warnings shown only with --verbose; under torchrun, the commands that do not share their work refused (every process would do all of it)."""
     from orthoxfer.fit.distributed import launched
 
+    ctx.with_resource(library_warnings(shown=verbose))
     if launched() and ctx.invoked_subcommand not in SPREADS:
         raise UsageError(f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; under torchrun use {' or '.join(SPREADS)}")
 
@@ -45,7 +51,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    app.callback()(refuse_unshared)
+    app.callback()(main_callback)
     app.add_typer(data_app, name="data")
     app.add_typer(baseline_app, name="baseline")
     app.command("eval")(eval_command)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 
-from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +75,46 @@ def launch(device: str) -> torch.device:
     if not ranks().main:
         console.quiet = rich.get_console().quiet = True  # commands' output and progress bars
     return joined
+
+
+_held: list[warnings.WarningMessage] = []
+
+
+@contextmanager
+def holding_warnings() -> Iterator[None]:
+    """Keep the warnings raised inside for :func:`library_warnings` to show or hide.
+
+    Building the app imports the strategies, and with them geoopt, whose import warns
+    before any command line is read.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    _held.extend(caught)
+
+
+@contextmanager
+def library_warnings(shown: bool) -> Iterator[None]:
+    """Hide torch's, open_clip's and other libraries' warnings and log lines unless ``shown`` (``--verbose``).
+
+    They are about the libraries' own futures (torch deprecating ``torch.jit.script``,
+    which geoopt calls on import), not about the run; orthoxfer's own warnings
+    (:class:`~orthoxfer.errors.OrthoxferWarning`, e.g. an unreadable image) always show.
+    Warnings held while the app was built (:func:`holding_warnings`) follow the same rule.
+    """
+    held, _held[:] = list(_held), []
+    for w in held:
+        if shown or issubclass(w.category, OrthoxferWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        if not shown:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", OrthoxferWarning)
+            logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 def print_json(data: object) -> None:

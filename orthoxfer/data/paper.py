@@ -32,7 +32,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from orthoxfer.data.classnames import CLASSNAMES, FOLDERS, TEMPLATES
-from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
 
 SPLITS = ("train", "test")
 CORRUPT = -100
@@ -75,7 +75,7 @@ class ImageSplit(Dataset):
             image = self.read(index).convert("RGB")
             label = self.targets[index]
         except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing, truncated, garbled files
-            warnings.warn(f"skipping unreadable {self.describe(index)}: {exc}", stacklevel=2)
+            warnings.warn(f"skipping unreadable {self.describe(index)}: {exc}", OrthoxferWarning, stacklevel=2)
             image, label = Image.new("RGB", (32, 32)), CORRUPT
         return (self.transform(image) if self.transform is not None else image), label
 

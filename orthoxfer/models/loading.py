@@ -103,9 +103,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
         )
     known = open_clip.list_models()
     if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UsageError(f"unknown architecture {arch!r}; {hint}open_clip knows: {', '.join(known)}")
+        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "no known name is close."
+        raise UsageError(f"unknown architecture {arch!r}; {hint} (open_clip.list_models() lists all {len(known)})")
     return arch, source
 
 
