@@ -1,5 +1,8 @@
 """Model loading: activations per tag, caches, local files, random weights and the offline error."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from open_clip import pretrained as oc_pretrained
@@ -8,7 +11,7 @@ from safetensors.torch import save_file
 from tiny import TINY_CONFIG as TINY
 
 from orthoxfer.errors import OrthoxferError, UsageError
-from orthoxfer.models import loading
+from orthoxfer.models import hub, loading
 from orthoxfer.models.loading import _is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
 
 
@@ -114,7 +117,7 @@ def test_offline_error_names_checkpoint_file_and_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(oc_pretrained, "download_pretrained_from_url", no_network)
     monkeypatch.setattr(oc_pretrained, "download_pretrained_from_hf", no_network)
-    monkeypatch.setattr(loading, "_reachable", lambda host, timeout=3.0: False)  # a machine without network
+    monkeypatch.setattr(hub, "reachable", lambda host, timeout=3.0: False)  # a machine without network
     with pytest.raises(OrthoxferError) as err:
         load_model("ViT-B-32:laion400m_e32", cache_dir=tmp_path)
     message = str(err.value)
@@ -139,3 +142,46 @@ def test_usage_errors_list_the_choices(tmp_path):
         load_model("ViT-B-32")
     with pytest.raises(UsageError, match="does not exist"):
         load_model(f"ViT-B-32:{tmp_path / 'missing.pt'}")
+
+
+def hub_snapshot(cache: Path, repo: str, revision: str = "abc123") -> Path:
+    """The folder a Hugging Face cache keeps one revision of ``repo`` in (fill it with the repository's files)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    return folder / "snapshots" / revision
+
+
+def test_hf_hub_models_load_from_the_cache_with_their_own_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = load_model("orthoxfer-test-tiny:none").model
+    with torch.no_grad():
+        source.logit_scale.fill_(3.0)
+    snapshot = hub_snapshot(tmp_path, "owner/tiny")
+    config = {"model_cfg": {**TINY, "quick_gelu": True}, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+
+    loaded = load_model("hf-hub:owner/tiny", cache_dir=tmp_path)
+    assert _same_weights(loaded.model, source) and loaded.spec == "hf-hub:owner/tiny"
+    assert loaded.quick_gelu and _uses_quick_gelu(loaded.model) and loaded.mean == (0.5, 0.5, 0.5)
+    assert loaded.checkpoint == snapshot / "open_clip_model.safetensors" and loaded.identity.endswith(":abc123")
+    assert loaded.tokenizer(["a photo"]).shape == (1, 16)
+
+
+def test_hf_hub_models_missing_offline_name_the_repo_and_file_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OrthoxferError) as err:
+        load_model("hf-hub:owner/missing", cache_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"owner/missing/open_clip_config.json is not in the Hugging Face cache {tmp_path}")
+    assert "HF_HUB_OFFLINE is set" in message and f"hf download owner/missing open_clip_config.json --cache-dir {tmp_path}" in message
+    assert "\n" not in message
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub, "reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(OrthoxferError, match="huggingface.co is unreachable"):
+        load_model("hf-hub:owner/missing", cache_dir=tmp_path)
+    for bad in ("hf-hub:owner", "hf-hub:owner/repo/weights.pt"):
+        with pytest.raises(UsageError, match="hf-hub:owner"):
+            load_model(bad)

@@ -1,4 +1,4 @@
-"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint`` or ``ARCH:none``.
+"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint``, ``ARCH:none`` or ``hf-hub:owner/repo``.
 
 Two things are decided here, once. Each checkpoint runs with the activation it was
 trained with: open_clip's tag table says which tags used QuickGELU (``openai``,
@@ -9,7 +9,9 @@ hang or an opaque traceback: the caches
 (``--cache-dir``, open_clip's ``~/.cache/clip``, the Hugging Face cache) are read
 first without any network access, the network is only tried when its host answers,
 and a failure names the checkpoint, the file expected and the folder to put it in.
-``HF_HUB_OFFLINE=1`` keeps every load off the network.
+``HF_HUB_OFFLINE=1`` keeps every load off the network. An ``hf-hub:owner/repo`` model
+(open_clip's name for a repository holding ``open_clip_config.json`` and weights)
+follows the same rules through :mod:`orthoxfer.models.hub`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import difflib
 import json
 import logging
 import os
-import socket
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,12 +32,14 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 from open_clip import pretrained as oc_pretrained
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 
 from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.models import hub
 
 RANDOM = "none"
+HUB = "hf-hub"  # the arch of an hf-hub:owner/repo model; its tag is the repository
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 # a tag's preprocessing settings -> the create_model_and_transforms arguments that force them
 _PREPROCESS_KEYS = {
@@ -55,7 +58,7 @@ class LoadedModel:
     preprocess: object  # PIL image -> normalised float tensor (open_clip's eval transform)
     tokenizer: object  # list[str] -> token ids
     arch: str
-    tag: str  # a pretrained tag, "none", or the checkpoint path
+    tag: str  # a pretrained tag, "none", the checkpoint path, or (arch hf-hub) the repository
     image_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -71,9 +74,12 @@ class LoadedModel:
         """What distinguishes these weights from any others, for caches keyed by model.
 
         A local file can be overwritten under the same name, so its size and mtime are
-        part of it; tags and ``none`` (seeded) always mean the same weights.
+        part of it, and a repository changes with its revisions (the snapshot folder's
+        name); tags and ``none`` (seeded) always mean the same weights.
         """
         base = f"{self.spec}:quick_gelu={self.quick_gelu}"
+        if self.arch == HUB and self.checkpoint is not None:
+            return f"{base}:{self.checkpoint.parent.name}"
         if self.checkpoint is None or self.tag != str(self.checkpoint):
             return base
         stat = self.checkpoint.stat()
@@ -95,11 +101,17 @@ def register_arch(name: str, config: dict) -> None:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"ARCH:TAG"`` -> ``(arch, tag)``; the arch is checked against open_clip's configs."""
+    """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``."""
+    if spec.startswith(hub.PREFIX):
+        repo, path = hub.parse(spec)
+        if path is not None:
+            raise UsageError(f"model {spec!r}: a model is a whole repository, hf-hub:{repo}; for one weights file "
+                             f"in it give ARCH:/path/to/the/downloaded/file")  # fmt: skip
+        return HUB, repo
     arch, sep, source = spec.partition(":")
     if not sep or not arch or not source:
         raise UsageError(
-            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none (e.g. ViT-B-32:openai)"
+            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none or hf-hub:owner/repo (e.g. ViT-B-32:openai)"
         )
     known = open_clip.list_models()
     if arch not in known:
@@ -137,30 +149,20 @@ def tag_of_file(arch: str, path: Path) -> str | None:
     return None
 
 
+def file_arch(arch: str, quick_gelu: bool) -> str:
+    """The architecture name under which ``ARCH:/path`` (or open_clip) runs a weights file with this activation."""
+    if quick_gelu == _arch_quick_gelu(arch):
+        return arch
+    other = f"{arch}-quickgelu" if quick_gelu else arch.removesuffix("-quickgelu")
+    return other if other in open_clip.list_models() else arch
+
+
 def _is_torchscript(path: Path) -> bool:
     """OpenAI's original ``.pt`` files are TorchScript archives, which ``torch.load(weights_only=True)`` refuses."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
         return any(name.endswith("constants.pkl") for name in z.namelist())
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """A quick probe so that an offline machine fails in milliseconds instead of a minute of HTTP retries.
-
-    Behind a proxy the direct probe says nothing, so it is skipped there.
-    """
-    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
-        return True
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _hf_parts(cfg: dict) -> tuple[str, list[str]] | None:
@@ -174,14 +176,6 @@ def _hf_parts(cfg: dict) -> tuple[str, list[str]] | None:
     return repo, ([stem + ".safetensors"] if suffix in (".bin", ".pth") else []) + [filename]
 
 
-def _hf_cache_dir(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return cache_dir
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def _url_cache_dir(cache_dir: Path | None) -> Path:
     return cache_dir if cache_dir is not None else Path("~/.cache/clip").expanduser()
 
@@ -193,22 +187,20 @@ def _resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> Path:
     cache = str(cache_dir) if cache_dir is not None else None
     reasons: list[str] = []
     if hf and oc_pretrained.has_hf_hub():
-        from huggingface_hub import hf_hub_download
-
-        for filename in hf[1]:
-            with suppress(Exception):  # any miss means "not cached"; the download below reports what failed
-                return Path(hf_hub_download(hf[0], filename, cache_dir=cache, local_files_only=True))
+        for filename in hf[1]:  # any miss means "not cached"; the download below reports what failed
+            if (path := hub.cached_file(hf[0], filename, cache_dir)) is not None:
+                return path
     url_file = _url_cache_dir(cache_dir) / os.path.basename(url) if url else None
     if url_file is not None and url_file.is_file():
         try:  # verifies open_clip's checksum; a partial download is fetched again
             return Path(oc_pretrained.download_pretrained_from_url(url, cache_dir=cache))
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"cached {url_file.name} failed its checksum and could not be fetched again: {exc}")
-    if _offline():
+    if hub.offline():
         reasons.append("HF_HUB_OFFLINE is set")
     else:
         if hf and oc_pretrained.has_hf_hub():
-            if _reachable("huggingface.co"):
+            if hub.reachable(hub.HOST):
                 try:
                     return Path(oc_pretrained.download_pretrained_from_hf(hf[0], hf[1][-1], cache_dir=cache))
                 except Exception as exc:  # noqa: BLE001
@@ -217,7 +209,7 @@ def _resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> Path:
                 reasons.append("huggingface.co is unreachable")
         if url:
             host = urlparse(url).hostname or ""
-            if _reachable(host):
+            if hub.reachable(host):
                 try:
                     return Path(oc_pretrained.download_pretrained_from_url(url, cache_dir=cache))
                 except Exception as exc:  # noqa: BLE001
@@ -234,17 +226,13 @@ def _missing_message(arch: str, tag: str, cfg: dict, cache_dir: Path | None, why
         places.append(f"put {os.path.basename(url)} (from {url}) in {_url_cache_dir(cache_dir)}")
     if hf:
         places.append(
-            f"{'or ' if places else ''}put {hf[0]}/{hf[1][-1]} in the Hugging Face cache {_hf_cache_dir(cache_dir)} "
-            f"(hf download {hf[0]} {hf[1][-1]} --cache-dir {_hf_cache_dir(cache_dir)})"
+            f"{'or ' if places else ''}put {hf[0]}/{hf[1][-1]} in the Hugging Face cache {hub.cache_folder(cache_dir)} "
+            f"({hub.fetch_command(hf[0], hf[1][-1], cache_dir)})"
         )
-    qg = bool(cfg.get("quick_gelu", False))
-    file_arch = arch
-    if qg and not _arch_quick_gelu(arch) and f"{arch}-quickgelu" in open_clip.list_models():
-        file_arch = f"{arch}-quickgelu"
     name = os.path.basename(url) if url else hf[1][-1]  # type: ignore[index]
     return (
         f"checkpoint {arch}:{tag} is not cached and could not be downloaded ({why}): "
-        f"{', '.join(places)}; or use the model spec {file_arch}:/path/to/{name}"
+        f"{', '.join(places)}; or use the model spec {file_arch(arch, bool(cfg.get('quick_gelu', False)))}:/path/to/{name}"
     )
 
 
@@ -282,11 +270,18 @@ def _quiet() -> Iterator[None]:
 
 
 def load_model(spec: str, cache_dir: Path | str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build ``ARCH:TAG`` / ``ARCH:/path`` / ``ARCH:none`` with the activation and preprocessing its weights need."""
+    """Build ``ARCH:TAG`` / ``ARCH:/path`` / ``ARCH:none`` / ``hf-hub:owner/repo`` with the activation and
+    preprocessing its weights need."""
     arch, source = parse_spec(spec)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     checkpoint: Path | None = None
-    if source.lower() == RANDOM:
+    name, pp_kwargs = arch, {}
+    if arch == HUB:  # the repository's own config says architecture, activation and preprocessing
+        config = hub.hub_file(source, [HF_CONFIG_NAME], cache)
+        checkpoint = hub.hub_file(source, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache)
+        name, tag = f"local-dir:{config.parent}", source
+        quick_gelu = bool(json.loads(config.read_text()).get("model_cfg", {}).get("quick_gelu", False))
+    elif source.lower() == RANDOM:
         tag, pp_tag = RANDOM, None
     elif _looks_like_path(source):
         checkpoint = Path(source).expanduser()
@@ -297,21 +292,25 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         _check_tag(arch, source)
         tag = pp_tag = source.lower().replace("-", "_")
         checkpoint = _resolve_tag(arch, tag, cache)
-    quick_gelu = quick_gelu_for(arch, pp_tag)
-    pp_cfg = oc_pretrained.get_pretrained_cfg(arch, pp_tag) if pp_tag else {}
-    pp_kwargs = {kw: pp_cfg[key] for key, kw in _PREPROCESS_KEYS.items() if key in pp_cfg}
+    if arch != HUB:
+        quick_gelu = quick_gelu_for(arch, pp_tag)
+        pp_cfg = oc_pretrained.get_pretrained_cfg(arch, pp_tag) if pp_tag else {}
+        pp_kwargs = {kw: pp_cfg[key] for key, kw in _PREPROCESS_KEYS.items() if key in pp_cfg}
     try:
         with torch.random.fork_rng(devices=[]), _quiet():
             torch.manual_seed(0)  # ARCH:none is the same random model on every run, so its heads can be cached
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch,
-                pretrained=str(checkpoint) if checkpoint is not None else None,
+                name,
+                pretrained=str(checkpoint) if checkpoint is not None and arch != HUB else None,
+                load_weights=arch != HUB,  # a repository's weights: exactly the file resolved above, below
                 weights_only=checkpoint is None or not _is_torchscript(checkpoint),
                 cache_dir=str(cache) if cache is not None else None,
                 quick_gelu=quick_gelu,
                 **pp_kwargs,
             )
-        tokenizer = open_clip.get_tokenizer(arch, cache_dir=str(cache) if cache is not None else None)
+            if arch == HUB:
+                open_clip.load_checkpoint(model, str(checkpoint))
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=str(cache) if cache is not None else None)
     except Exception as exc:  # noqa: BLE001 - open_clip and torch raise many types for a bad file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = f"weights {checkpoint}" if checkpoint is not None else "random weights"
