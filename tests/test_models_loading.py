@@ -12,7 +12,7 @@ from tiny import TINY_CONFIG as TINY
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models import hub, loading
-from orthoxfer.models.loading import _is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
+from orthoxfer.models.loading import is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,7 +108,7 @@ def test_file_names_of_known_downloads_map_to_their_tags(tmp_path):
 def test_torchscript_archives_are_recognised(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "jit.pt"))
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "plain.pt")
-    assert _is_torchscript(tmp_path / "jit.pt") and not _is_torchscript(tmp_path / "plain.pt")
+    assert is_torchscript(tmp_path / "jit.pt") and not is_torchscript(tmp_path / "plain.pt")
 
 
 def test_offline_error_names_checkpoint_file_and_folder(tmp_path, monkeypatch):

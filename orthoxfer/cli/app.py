@@ -18,6 +18,7 @@ from orthoxfer.cli.finetune import finetune_command
 from orthoxfer.cli.inspect import inspect_command
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
+from orthoxfer.cli.vector import apply_command, vector_app
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -54,6 +55,7 @@ def build_app() -> typer.Typer:
     app.callback()(main_callback)
     app.add_typer(data_app, name="data")
     app.add_typer(baseline_app, name="baseline")
+    app.add_typer(vector_app, name="vector")
     app.command("eval")(eval_command)
     app.command("align")(with_strategy_options(align_command))
     app.command("finetune")(finetune_command)
@@ -61,6 +63,7 @@ def build_app() -> typer.Typer:
     app.command("demo")(demo_command)
     app.command("bench-speed")(bench_speed_command)
     app.command("relate")(relate_command)
+    app.command("apply")(apply_command)
     app.command("version")(version_command)
     app.command("inspect")(inspect_command)
     app.command("diagnose")(diagnose_command)

@@ -157,7 +157,7 @@ def file_arch(arch: str, quick_gelu: bool) -> str:
     return other if other in open_clip.list_models() else arch
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """OpenAI's original ``.pt`` files are TorchScript archives, which ``torch.load(weights_only=True)`` refuses."""
     if not zipfile.is_zipfile(path):
         return False
@@ -303,7 +303,7 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
                 name,
                 pretrained=str(checkpoint) if checkpoint is not None and arch != HUB else None,
                 load_weights=arch != HUB,  # a repository's weights: exactly the file resolved above, below
-                weights_only=checkpoint is None or not _is_torchscript(checkpoint),
+                weights_only=checkpoint is None or not is_torchscript(checkpoint),
                 cache_dir=str(cache) if cache is not None else None,
                 quick_gelu=quick_gelu,
                 **pp_kwargs,
