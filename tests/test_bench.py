@@ -66,7 +66,7 @@ def spied_inputs(root):
     from orthoxfer.suites import build_suite, default_tables
     from orthoxfer.suites.base import SuiteRequest
 
-    source_ft = FinetuneSettings(**default_tables("mini")["finetune"])
+    source_ft = FinetuneSettings(**default_tables("mini", "micro")["finetune"])
     request = SuiteRequest(seed=0, shots=24, size="micro", tasks=("mnist",), kinds=("embed",), source_ft=source_ft, cache_dir=root / "cache")
     inputs = build_suite("mini", request)
     opened = []

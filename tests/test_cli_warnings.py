@@ -15,7 +15,7 @@ def _orthoxfer(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_plain_command_prints_no_warning_line_and_verbose_shows_them(tmp_path):
     missing = tmp_path / "missing.safetensors"
-    args = ["align", "--target", "x:none", "--task-vector", str(missing), "--data-root", str(tmp_path)]  # imports geoopt
+    args = ["align", "--target", "ViT-B-32:none", "--task-vector", str(missing), "--data-root", str(tmp_path)]  # the app imports geoopt
     plain = _orthoxfer(*args)
     assert plain.returncode == 1 and plain.stdout == ""
     assert plain.stderr.splitlines() == [f"error: {missing}: no such file (expected an orthoxfer task vector .safetensors file)"]

@@ -110,3 +110,29 @@ def test_eval_command_errors_are_one_line(tmp_path, tiny_arch):
         assert result.exit_code == code and message in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_heads_follow_cache_dir_in_eval_and_the_paper_bench(tmp_path, tiny_arch, monkeypatch):
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.suites import build_suite
+    from orthoxfer.suites.base import SuiteRequest
+
+    monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "default"))
+    make_eurosat(tmp_path / "data", per_class=10)
+    args = ["eval", "--model", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--tasks", "eurosat",
+            "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    result = runner.invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "cache" / "heads").iterdir())) == 1
+
+    (tmp_path / "vectors").mkdir()
+    target = load_model(f"{tiny_arch}:none").model
+    TaskVector.from_models(target, small_clip(seed=1, width=32, layers=1, embed_dim=16), "attn").save(
+        tmp_path / "vectors" / "EuroSAT-embed.safetensors"
+    )
+    request = SuiteRequest(shots=6, tasks=("EuroSAT",), kinds=("embed",), source_ft=FinetuneSettings(), cache_dir=tmp_path / "bench-cache",
+                           source=f"{tiny_arch}:none", target=f"{tiny_arch}:none", data_root=tmp_path / "data",
+                           vectors_dir=tmp_path / "vectors")  # fmt: skip
+    build_suite("paper", request)
+    assert len(list((tmp_path / "bench-cache" / "heads").iterdir())) == 1
+    assert not (tmp_path / "default").exists()  # nothing went to the default cache

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from tiny import TINY_CONFIG as TINY
 
 from orthoxfer.errors import OrthoxferError, UsageError
-from orthoxfer.models import hub, loading
+from orthoxfer.models import hub
 from orthoxfer.models.loading import is_torchscript, load_model, quick_gelu_for, register_arch, tag_of_file
 
 

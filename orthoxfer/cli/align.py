@@ -7,13 +7,14 @@ top level) <- flags given on the command line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from orthoxfer.cli.common import console, launch, reports_errors
+from orthoxfer.cli.common import command_suite, console, launch, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -29,12 +30,13 @@ def parse_vector_args(values: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
-def load_vectors(values: list[str]) -> dict[str, Any]:
+def load_vectors(values: list[str], read: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Task vectors by name; ``read`` turns a value into a vector (a suite's, which also knows names such as ``mini:surfaces``)."""
     from orthoxfer.vectors.taskvector import TaskVector
 
     vectors: dict[str, TaskVector] = {}
     for name, path in parse_vector_args(values):
-        tv = TaskVector.load(path)
+        tv = (read or TaskVector.load)(str(path))
         tasks = tv.meta.get("tasks") or []
         key = name or (tasks[0] if len(tasks) == 1 else path.stem)
         if key in vectors:
@@ -43,10 +45,10 @@ def load_vectors(values: list[str]) -> dict[str, Any]:
     return vectors
 
 
-def resolve_settings(config: Path | None, flags: dict[str, Any]):
+def resolve_settings(config: Path | None, flags: dict[str, Any], defaults: dict[str, Any] | None = None):
     from orthoxfer.strategies.settings import AlignSettings, read_config
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if config is not None:
         data = read_config(config, section="align") if _has_section(config) else read_config(config)
         values.update(data)
@@ -77,8 +79,8 @@ def summary_table(alignment, title: str) -> Table:
 
 @reports_errors
 def align_command(
-    target: Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path or ARCH:none.")],
-    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH); repeatable.")],
+    target: Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.")],
+    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable.")],
     method: Annotated[str | None, Opt("--method", help="penalty | riemannian | cayley | procrustes.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate of U.")] = None,
     weight_decay: Annotated[float | None, Opt("--weight-decay", help="Decay on U's parameters (default 0).")] = None,
@@ -93,7 +95,8 @@ def align_command(
     control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: align a control vector with the "
                                        "same norms instead of each task vector, to measure the transfer gain.")] = None,  # fmt: skip
     source: Annotated[str | None, Opt("--source", help="Source model (for procrustes and init=procrustes).")] = None,
-    suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root).")] = "paper",
+    suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
+    size: Annotated[str, Opt("--size", help="mini: full | micro (seconds; for smoke tests).")] = "full",
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (see `data check`).")] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only).")] = None,
@@ -108,8 +111,8 @@ def align_command(
     out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/align"),
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Weights cache.")] = None,
-    heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache.")] = None,
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache.")] = None,
+    heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Learn orthogonal U's that carry source task vectors into --target, from a few labelled examples.
@@ -122,42 +125,38 @@ def align_command(
     """
     from orthoxfer.alignment.align import align
     from orthoxfer.evaluation.diagnostics import diagnose, write_report
-    from orthoxfer.models.loading import load_model
     from orthoxfer.problem.align_problem import AlignProblem
     from orthoxfer.runs import Run
-    from orthoxfer.suites.paper import paper_fewshot_tasks
 
+    dev = launch(device)
+    chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
     flags = dict(
         method=method, lr=lr, weight_decay=weight_decay, steps=steps, warmup=warmup, clip=clip, init=init, mode=mode, tie=tie,
         scale=scale, sites=sites, shots=shots, augment=augment, batch_size=batch_size, seed=seed, compile=compile,
         **(strategy_options or {}),
     )  # fmt: skip
-    settings = resolve_settings(config, flags)
-    if suite != "paper":
-        raise UsageError(f"unknown suite {suite!r} for align; choose paper (the mini suite runs through `orthoxfer demo`)")
-    if data_root is None:
-        raise UsageError("--data-root is needed for --suite paper (see `orthoxfer data check`)")
+    settings = resolve_settings(config, flags, chosen.settings("align"))
     if settings.method == "procrustes" and settings.rotation_rank:
         raise UsageError("--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it")
     if (settings.method == "procrustes" or settings.init == "procrustes") and source is None:
         raise UsageError(f"{'init=procrustes' if settings.init == 'procrustes' else 'procrustes'} needs --source")
-    vectors = load_vectors(task_vector)
+    for spec in filter(None, (target, source)):
+        chosen.check(spec)
+    vectors = load_vectors(task_vector, chosen.vector)
     if control is not None:
         from orthoxfer.vectors.controls import control_vectors
 
         vectors = control_vectors(vectors, control, seed=settings.seed)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(vectors)
-    dev = launch(device)
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
     settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
-    run.write_config({**settings.to_dict(), "task_vectors": task_vector, "tasks": names, "data_root": str(data_root),
-                      "control": control})  # fmt: skip
+    run.write_config({**settings.to_dict(), "task_vectors": task_vector, "tasks": names, **chosen.record, "control": control})
 
-    loaded = load_model(target, cache_dir=cache_dir, device=dev)
-    source_model = load_model(source, cache_dir=cache_dir, device=dev).model if source else None
+    loaded = chosen.load(target, dev)
+    source_model = chosen.load(source, dev).model if source else None
     shots_n = None if shots_per_class else settings.shots
-    pools = paper_fewshot_tasks(loaded, names, data_root, shots_n, shots_per_class, settings.seed, heads_dir)
+    pools = chosen.fewshot_tasks(loaded, names, shots_n, shots_per_class, settings.seed)
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
     alignment = align(AlignProblem(loaded.model, vectors, pools, source_model), settings, run)
@@ -176,7 +175,7 @@ def align_command(
     console.print(summary_table(alignment, f"{settings.method} alignment into {target}"))
     console.print(
         f"wrote {run.path}/ (alignment, transferred task vector, metrics, diagnostics)\n"
-        f"evaluate: orthoxfer eval --model {target} --task-vector {run.file('transferred.safetensors')} "
-        f"--scale {settings.scale:g} --data-root {data_root} --tasks {','.join(pools)}",
+        f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
+        f"--scale {settings.scale:g} --tasks {','.join(pools)}",
         highlight=False, soft_wrap=True,
     )

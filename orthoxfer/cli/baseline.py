@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import comma_floats, comma_list, console, reports_errors, resolve_device
+from orthoxfer.cli.common import comma_floats, comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -23,42 +23,44 @@ Opt = typer.Option
 baseline_app = typer.Typer(help="The baselines transfers are compared against: target only, direct addition, few-shot FT.",
                            no_args_is_help=True)  # fmt: skip
 
-Target = Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path or ARCH:none.")]
-DataRoot = Annotated[Path, Opt("--data-root", help="Folder holding the datasets (see `data check`).")]
-Tasks = Annotated[str | None, Opt("--tasks", help="Comma-separated datasets.")]
-Shots = Annotated[int, Opt("--shots", min=2, help="Few-shot images per task (train split), drawn as `align` draws them.")]
+Target = Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.")]
+DataRoot = Annotated[Path | None, Opt("--data-root", help="paper: folder holding the datasets (see `data check`).")]
+SuiteName = Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline).")]
+Size = Annotated[str, Opt("--size", help="mini: full | micro (seconds; for smoke tests).")]
+Tasks = Annotated[str | None, Opt("--tasks", help="Comma-separated tasks.")]
+Shots = Annotated[int | None, Opt("--shots", min=2, help="Few-shot images per task (train split), drawn as `align` draws them "
+                                  "(default 100; 24 for --size micro).")]  # fmt: skip
 Seed = Annotated[int, Opt("--seed", help="Seed of the few-shot draw (and of training).")]
 Device = Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Path | None, Opt("--out", help="Run folder (default runs/baseline-<name>).")]
 Overwrite = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
-CacheDir = Annotated[Path | None, Opt("--cache-dir", help="Weights cache.")]
-HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache.")]
+CacheDir = Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache.")]
+HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="paper: zero-shot head cache.")]
 BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
 
 
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
     names = list(comma_list(tasks) or fallback or [])
     if not names:
-        raise UsageError("--tasks names no dataset; give e.g. --tasks EuroSAT,MNIST")
+        raise UsageError("--tasks names no task; give e.g. --tasks EuroSAT,MNIST (or surfaces,relief with --suite mini)")
     return names
 
 
-def _prepare(target: str, names: list[str], data_root: Path, device: str, cache_dir, heads_dir, batch_size: int):
-    """Test splits first (missing data fails before any model loads), then the target and its test sets."""
-    from orthoxfer.models.loading import load_model
-    from orthoxfer.suites.paper import paper_test_sets, paper_test_splits
-
-    splits = paper_test_splits(names, data_root)
+def _suite(name: str, data_root: Path | None, size: str, device: str, cache_dir, heads_dir):
     dev = resolve_device(device)
-    loaded = load_model(target, cache_dir=cache_dir, device=dev)
-    return loaded, dev, paper_test_sets(loaded, splits, batch_size, dev, heads_dir=heads_dir)
+    return command_suite(name, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir), dev
 
 
-def _pools(loaded, names: list[str], data_root: Path, shots: int, seed: int, heads_dir, val_fraction: float):
+def _prepare(suite, target: str, names: list[str], dev, batch_size: int, shots: int | None = None, seed: int = 0):
+    """Test data first (missing data fails before any model loads), then the target and its test sets."""
+    data = suite.test_data(names)
+    loaded = suite.load(target, dev)
+    return loaded, suite.test_sets(loaded, data, batch_size, dev, shots=shots, seed=seed)
+
+
+def _pools(suite, loaded, names: list[str], shots: int, seed: int, val_fraction: float):
     """The few-shot pools ``align`` would draw, and (when ``val_fraction`` > 0) their train / validation parts."""
-    from orthoxfer.suites.paper import paper_fewshot_tasks
-
-    pools = paper_fewshot_tasks(loaded, names, data_root, shots, None, seed, heads_dir)
+    pools = suite.fewshot_tasks(loaded, names, shots, None, seed)
     if val_fraction <= 0:
         return pools, None
     parts = {name: pool.split(val_fraction, seed) for name, pool in pools.items()}
@@ -86,7 +88,9 @@ def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: 
 @reports_errors
 def target_command(
     target: Target,
-    data_root: DataRoot,
+    data_root: DataRoot = None,
+    suite: SuiteName = "paper",
+    size: Size = "full",
     tasks: Tasks = None,
     device: Device = "auto",
     out: Out = None,
@@ -99,10 +103,11 @@ def target_command(
     from orthoxfer.evaluation.baselines import target_only
     from orthoxfer.runs import Run
 
-    names = _names(tasks)
+    chosen, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
+    names = _names(tasks, list(chosen.task_names))
     run = Run(out or Path("runs/baseline-target"), overwrite=overwrite)
-    run.write_config({"baseline": "target", "target": target, "tasks": names, "data_root": str(data_root)})
-    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+    run.write_config({"baseline": "target", "target": target, "tasks": names, **chosen.record})
+    loaded, tests = _prepare(chosen, target, names, dev, eval_batch_size)
     _finish(run, "target only", target, target_only(loaded.model, tests, dev), {})
 
 
@@ -110,10 +115,13 @@ def target_command(
 @reports_errors
 def direct_command(
     target: Target,
-    data_root: DataRoot,
-    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH); repeatable, summed.")],
+    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with "
+                                          "--suite mini); repeatable, summed.")],  # fmt: skip
+    data_root: DataRoot = None,
+    suite: SuiteName = "paper",
+    size: Size = "full",
     tasks: Tasks = None,
-    shots: Shots = 100,
+    shots: Shots = None,
     seed: Seed = 0,
     val_fraction: Annotated[float, Opt("--val-fraction", help="Part of each few-shot pool lambda is chosen on.")] = 0.2,
     scales: Annotated[str | None, Opt("--scales", help="Comma-separated lambdas to try (default 0..2).")] = None,
@@ -131,15 +139,18 @@ def direct_command(
     from orthoxfer.runs import Run
 
     grid = comma_floats(scales, "--scales") or SCALES
-    vectors = load_vectors(task_vector)
+    chosen_suite, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
+    shots = shots if shots is not None else chosen_suite.default_shots
+    chosen_suite.check(target)
+    vectors = load_vectors(task_vector, chosen_suite.vector)
     names = _names(tasks, list(vectors))
     run = Run(out or Path("runs/baseline-direct"), overwrite=overwrite)
     run.write_config({"baseline": "direct", "target": target, "task_vectors": task_vector, "tasks": names, "shots": shots,
-                      "seed": seed, "val_fraction": val_fraction, "scales": list(grid), "data_root": str(data_root)})  # fmt: skip
-    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+                      "seed": seed, "val_fraction": val_fraction, "scales": list(grid), **chosen_suite.record})  # fmt: skip
+    loaded, tests = _prepare(chosen_suite, target, names, dev, eval_batch_size, shots, seed)
     vector = sum(vectors.values())
     vector.check_fits(loaded.model)
-    _, validation = _pools(loaded, names, data_root, shots, seed, heads_dir, val_fraction)
+    _, validation = _pools(chosen_suite, loaded, names, shots, seed, val_fraction)
     if validation is None:
         raise UsageError("--val-fraction must be > 0: lambda is chosen on held-out few-shot data")
     chosen = direct_addition(loaded.model, vector, validation, grid, dev)
@@ -152,9 +163,11 @@ def direct_command(
 @reports_errors
 def fewshot_ft_command(
     target: Target,
-    data_root: DataRoot,
+    data_root: DataRoot = None,
+    suite: SuiteName = "paper",
+    size: Size = "full",
     tasks: Tasks = None,
-    shots: Shots = 100,
+    shots: Shots = None,
     seed: Seed = 0,
     config: Annotated[Path | None, Opt("--config", help="TOML with a [fewshot_ft] table (e.g. configs/paper.toml).")] = None,
     steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
@@ -183,20 +196,22 @@ def fewshot_ft_command(
     from orthoxfer.runs import Run
     from orthoxfer.strategies.settings import AlignSettings, read_config
 
-    loop = AlignSettings()  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
+    chosen, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
+    shots = shots if shots is not None else chosen.default_shots
+    loop = AlignSettings(**chosen.settings("align"))  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
     values: dict[str, Any] = {"kind": "embed", "steps": loop.steps, "warmup": loop.warmup, "batch_size": loop.batch_size,
-                              "augment": loop.augment}  # fmt: skip
+                              "augment": loop.augment, **chosen.settings("fewshot_ft")}  # fmt: skip
     if config is not None:
         values.update(read_config(config, "fewshot_ft", FinetuneSettings))
     flags = {"steps": steps, "lr": lr, "batch_size": batch_size, "augment": augment, "sites": sites}
     values.update({k: v for k, v in flags.items() if v is not None}, seed=seed)
-    names = _names(tasks)
+    names = _names(tasks, list(chosen.task_names))
     run = Run(out or Path("runs/baseline-fewshot-ft"), overwrite=overwrite, resume=resume)
     run.write_config({"baseline": "fewshot-ft", "target": target, "tasks": names, "shots": shots, "seed": seed,
-                      "val_fraction": val_fraction, "data_root": str(data_root), **values})  # fmt: skip
-    loaded, dev, tests = _prepare(target, names, data_root, device, cache_dir, heads_dir, eval_batch_size)
+                      "val_fraction": val_fraction, **chosen.record, **values})  # fmt: skip
+    loaded, tests = _prepare(chosen, target, names, dev, eval_batch_size, shots, seed)
     settings = FinetuneSettings(**values, device=str(dev), extra={"target": target, "orthoxfer_version": __version__})
-    train, validation = _pools(loaded, names, data_root, shots, seed, heads_dir, val_fraction)
+    train, validation = _pools(chosen, loaded, names, shots, seed, val_fraction)
     model, vector = fewshot_finetune(loaded.model, train, settings, run, validation)
     vector.save(run.file("task_vector.safetensors"))
     _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps})

@@ -66,11 +66,13 @@ def bench_command(
     from orthoxfer.strategies.settings import AlignSettings, read_config
     from orthoxfer.suites import SUITES, build_suite, default_tables
     from orthoxfer.suites.base import SuiteRequest
+    from orthoxfer.suites.mini import default_shots
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
     dev = launch(device)
-    tables = default_tables(suite)
+    shots = shots if shots is not None else default_shots(size)
+    tables = default_tables(suite, size)
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
     if config is not None:
         for section, schema in schemas.items():

@@ -25,7 +25,11 @@ from rich.console import Console
 from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
+
+    from orthoxfer.suites.base import Suite
 
 console = Console()
 err_console = Console(stderr=True)
@@ -133,6 +137,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available")
     return device
+
+
+def command_suite(
+    name: str, device: torch.device, size: str = "full", cache_dir: Path | None = None, data_root: Path | None = None,
+    heads_dir: Path | None = None,
+) -> Suite:
+    """The suite a single-run command names with ``--suite`` (paper or mini), opened with the options given for it."""
+    from orthoxfer.suites import open_suite
+    from orthoxfer.suites.base import SuiteRequest
+
+    request = SuiteRequest(size=size, device=device, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
+    return open_suite(name, request)
 
 
 def comma_list(text: str | None) -> tuple[str, ...] | None:

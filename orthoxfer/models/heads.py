@@ -27,9 +27,11 @@ from orthoxfer.models.loading import LoadedModel
 KIND = "zero_shot_head"
 
 
-def heads_cache_dir() -> Path:
-    """Where heads go when no cache folder is given: ``heads`` under :func:`~orthoxfer.cache.cache_root`."""
-    return cache_root() / "heads"
+def heads_cache_dir(cache_dir: Path | str | None = None) -> Path:
+    """Where heads go when no heads folder is given: ``<cache_dir>/heads`` when a run names its cache
+    (``--cache-dir``), so that everything it makes stays in that folder; else ``heads`` under
+    :func:`~orthoxfer.cache.cache_root`."""
+    return (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / "heads"
 
 
 class ZeroShotHead(nn.Module):

@@ -3,32 +3,47 @@
 One registry, one signature: every builder takes a
 :class:`~orthoxfer.suites.base.SuiteRequest` and returns
 :class:`~orthoxfer.suites.base.SuiteInputs`. ``paper``: the eight datasets under a data
-root; ``mini``: the offline miniature; ``planted``: its positive control.
+root; ``mini``: the offline miniature; ``planted``: its positive control. ``paper`` and
+``mini`` also open from a request as a :class:`~orthoxfer.suites.base.Suite` for the
+single-run commands (:func:`open_suite`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from orthoxfer.errors import UsageError
 from orthoxfer.suites import mini, paper, planted
-from orthoxfer.suites.base import SuiteInputs, SuiteRequest
+from orthoxfer.suites.base import Suite, SuiteEntry, SuiteInputs, SuiteRequest
 
-SUITES: dict[str, Callable[[SuiteRequest], SuiteInputs]] = {"mini": mini.build, "planted": planted.build, "paper": paper.build}
+SUITES: dict[str, SuiteEntry] = {
+    "mini": SuiteEntry(mini.build, mini.defaults, mini.MiniSuite.open),
+    "planted": SuiteEntry(planted.build, mini.defaults),
+    "paper": SuiteEntry(paper.build, paper.defaults, paper.PaperSuite.open),
+}
 
 
-DEFAULTS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {"mini": mini.defaults, "planted": mini.defaults, "paper": paper.defaults}
+def _entry(name: str) -> SuiteEntry:
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r}; choose {', '.join(SUITES)}")
+    return SUITES[name]
 
 
-def default_tables(name: str) -> dict[str, dict[str, Any]]:
+def default_tables(name: str, size: str = "full") -> dict[str, dict[str, Any]]:
     """The ``[finetune]``, ``[align]`` and ``[fewshot_ft]`` settings a suite runs with unless a config or flag says otherwise."""
-    if name not in DEFAULTS:
-        raise UsageError(f"unknown suite {name!r}; choose mini, planted or paper")
-    return DEFAULTS[name]()
+    return _entry(name).defaults(size)
 
 
 def build_suite(name: str, request: SuiteRequest) -> SuiteInputs:
-    if name not in SUITES:
-        raise UsageError(f"unknown suite {name!r}; choose mini, planted or paper")
-    return SUITES[name](request)
+    return _entry(name).build(request)
+
+
+def open_suite(name: str, request: SuiteRequest) -> Suite:
+    """The suite a single-run command names with ``--suite``, checked against the options that belong to another suite."""
+    choices = " or ".join(n for n, entry in SUITES.items() if entry.open is not None)
+    entry = SUITES.get(name)
+    if entry is None:
+        raise UsageError(f"unknown suite {name!r}; choose {choices}")
+    if entry.open is None:
+        raise UsageError(f"the {name} suite runs only in `orthoxfer bench`; choose {choices} here")
+    return entry.open(request)

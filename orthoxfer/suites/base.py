@@ -3,14 +3,17 @@
 A suite turns a :class:`SuiteRequest` into :class:`SuiteInputs`: the source and target
 models, each task's few-shot pool (with the target's head) and test set, and the source
 task vectors by kind. The benchmark, ``align --suite`` and the CLI treat all suites alike.
+A suite the single-run commands (``align``, ``eval``, ``baseline``, ``diagnose``) can
+name also opens, from the same request, as a :class:`Suite`: models and vectors by
+name, few-shot pools and test sets for whichever model a command loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +21,9 @@ from torch import nn
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.vectors.taskvector import TaskVector
+
+if TYPE_CHECKING:
+    from orthoxfer.models.loading import LoadedModel
 
 TestSet = tuple[nn.Module, Callable[[], Any]]  # (target head, () -> iterable of (images, labels))
 
@@ -48,7 +54,7 @@ class SuiteInputs:
 
 @dataclass
 class SuiteRequest:
-    """Everything a suite builder may use; each suite reads what it needs and refuses what it lacks."""
+    """Everything a suite builder or opener may use; each suite reads what it needs and refuses what it lacks."""
 
     seed: int = 0
     shots: int = 100
@@ -63,3 +69,51 @@ class SuiteRequest:
     data_root: Path | None = None
     vectors_dir: Path | None = None
     heads_dir: Path | None = None
+
+
+class Suite(Protocol):
+    """A suite as the single-run commands use it; :func:`orthoxfer.suites.open_suite` opens one from a request."""
+
+    name: str
+    task_names: tuple[str, ...]
+    default_shots: int
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What a run's config.json records about the suite."""
+
+    @property
+    def flags(self) -> list[str]:
+        """The options that name this suite again on another command line."""
+
+    def settings(self, section: str) -> dict[str, Any]:
+        """The suite's defaults for a settings table (``align``, ``fewshot_ft``, ``finetune``)."""
+
+    def check(self, spec: str) -> str:
+        """Which model ``spec`` names, checked before any data, vector or weights are read."""
+
+    def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel: ...
+
+    def vector(self, value: str) -> TaskVector:
+        """A task vector file, or a name the suite knows."""
+
+    def fewshot_tasks(
+        self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
+    ) -> dict[str, FewShotTask]: ...
+
+    def test_data(self, names: Sequence[str]) -> Any:
+        """The test data of ``names``, read before any model so that missing data fails first."""
+
+    def test_sets(
+        self, model: LoadedModel, data: Any, batch_size: int = 256, device: str | torch.device = "cpu",
+        workers: int | None = None, shots: int | None = None, seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, Iterable]]: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """A registered suite: its builder, its settings tables by size, and (if single commands can name it) its opener."""
+
+    build: Callable[[SuiteRequest], SuiteInputs]
+    defaults: Callable[[str], dict[str, dict[str, Any]]]
+    open: Callable[[SuiteRequest], Suite] | None = None

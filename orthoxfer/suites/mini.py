@@ -3,34 +3,55 @@
 Data in :mod:`orthoxfer.data.mini`, models in :mod:`orthoxfer.models.pretrain`; every
 model classifies with its own prototype heads. The ``planted`` suite
 (:mod:`orthoxfer.suites.planted`) shares everything here but the target.
+
+The single-run commands name its parts (:class:`MiniSuite`): ``mini:a`` and ``mini:b``
+are the two pre-trained CLIPs (A is the source of every mini task vector, B the target
+the README's quick start aligns into); ``mini:<task>`` (``mini:surfaces``, any of
+:data:`~orthoxfer.data.mini.TASK_NAMES`) is model A's embed task vector for that task.
+Each is made on first use and cached under the cache folder by everything that made it,
+with the settings ``demo`` uses, so ``demo``, ``bench --suite mini`` and the single
+commands share one cache: a name means the demo's seed-0 model or vector.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from orthoxfer.cache import cache_root
-from orthoxfer.data.bundled import DATA_VERSION
-from orthoxfer.data.mini import MiniTask, mini_tasks
+from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
+from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
 from orthoxfer.data.mini_pools import model_suite, shift_augment
+from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
-from orthoxfer.models.pretrain import PretrainConfig, pretrained_pair
+from orthoxfer.models.loading import LoadedModel
+from orthoxfer.models.pretrain import PretrainConfig, pretrained_model, pretrained_pair
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import HOW_NOT_WHAT
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
 from orthoxfer.vectors.taskvector import TaskVector
 
+PREFIX = "mini:"
+MODELS = ("a", "b")
+SIZES = ("full", "micro")
 
-def defaults() -> dict[str, dict[str, Any]]:
-    """Settings of the offline suite, sized for the demo's budget on a 2-core CPU (see README)."""
-    return {
+
+def defaults(size: str = "full") -> dict[str, dict[str, Any]]:
+    """Settings of the offline suite, sized for the demo's budget on a 2-core CPU (see README).
+
+    ``micro`` trains a few small steps at every stage, so that a smoke test of any
+    command on the micro suite takes seconds.
+    """
+    tables = {
         "finetune": {"lr": 1e-3, "weight_decay": 0.0, "steps": 60, "warmup": 6, "batch_size": 64, "rank": 4,
                      "lora_alpha": 8.0, "augment": 2, "log_every": 10},
         "align": {"lr": 1e-2, "steps": 60, "warmup": 6, "batch_size": 64, "augment": 4, "alpha": 1.0,
@@ -38,7 +59,15 @@ def defaults() -> dict[str, dict[str, Any]]:
         "fewshot_ft": {"lr": 1e-3, "weight_decay": 0.0, "steps": 60, "warmup": 6, "batch_size": 64, "augment": 4,
                        "checkpoint_every": 30, "log_every": 2},
     }  # fmt: skip
+    if size == "micro":
+        for table in tables.values():
+            table.update(steps=4, warmup=1, batch_size=16)
+    return tables
 
+
+def default_shots(size: str) -> int:
+    """Few-shot images per task: the paper's 100, or 24 of a micro task's 48 training images."""
+    return 24 if size == "micro" else 100
 
 
 def pretrain_config(request: SuiteRequest) -> PretrainConfig:
@@ -102,3 +131,102 @@ def build(request: SuiteRequest) -> SuiteInputs:
     source, target = pretrained_pair(pretrain, cache_dir(request))
     tasks, vectors = suite_inputs(request, source, target, pretrain)
     return SuiteInputs("mini", "mini:a", "mini:b", source, target, tasks, vectors)
+
+
+@dataclass(frozen=True)
+class MiniSuite:
+    """The mini suite for ``align``, ``eval``, ``baseline`` and ``diagnose``: models and vectors by name, pools, tests.
+
+    Of its request it reads the size, the cache folder and the device (where a missing
+    source vector is fine-tuned). A model's heads are its prototype heads from the
+    few-shot pool of the same ``shots`` and ``seed`` (the suite's default shots and
+    seed 0 where a command draws no pool, as ``eval`` does), as ``bench`` pairs pools
+    and test sets.
+    """
+
+    request: SuiteRequest
+    name: ClassVar[str] = "mini"
+    task_names: ClassVar[tuple[str, ...]] = TASK_NAMES
+
+    @classmethod
+    def open(cls, request: SuiteRequest) -> MiniSuite:
+        for flag, value in (("--data-root", request.data_root), ("--heads-dir", request.heads_dir)):
+            if value is not None:
+                raise UsageError(f"{flag} is for --suite paper; the mini suite ships its data and builds its own heads")
+        if request.size not in SIZES:
+            raise UsageError(f"unknown mini size {request.size!r}; use {' or '.join(SIZES)}")
+        return cls(request)
+
+    @property
+    def size(self) -> str:
+        return self.request.size
+
+    @functools.cached_property
+    def pretrain(self) -> PretrainConfig:
+        return pretrain_config(dataclasses.replace(self.request, seed=0))  # names mean the demo's seed-0 pair
+
+    @property
+    def default_shots(self) -> int:
+        return default_shots(self.size)
+
+    def settings(self, section: str) -> dict[str, Any]:
+        """The suite's defaults for a settings table (``align``, ``fewshot_ft``, ``finetune``)."""
+        return {**defaults(self.size)[section], **({"shots": self.default_shots} if section == "align" else {})}
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"suite": self.name, "size": self.size, "cache_dir": str(cache_dir(self.request))}
+
+    @property
+    def flags(self) -> list[str]:
+        """The options that name this suite again on another command line."""
+        given = self.request.cache_dir
+        return ["--suite", self.name, *(["--size", self.size] if self.size != "full" else []),
+                *(["--cache-dir", str(given)] if given is not None else [])]  # fmt: skip
+
+    def check(self, spec: str) -> str:
+        """Which model ``spec`` names, before any minutes are spent on pre-training or fine-tuning."""
+        which = spec.removeprefix(PREFIX) if spec.startswith(PREFIX) else None
+        if which not in MODELS:
+            raise UsageError(f"the mini suite's models are mini:a (the source of its vectors) and mini:b, not {spec!r}")
+        return which
+
+    def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel:
+        """``mini:a`` or ``mini:b``: the pre-trained model, from the cache or pre-trained now (minutes at full size)."""
+        which = self.check(spec)
+        model = pretrained_model(which, self.pretrain, cache_dir(self.request))
+        return LoadedModel(model=model.to(device).eval(), preprocess=None, tokenizer=None, arch="mini", tag=which,
+                           image_size=(IMAGE_SIZE, IMAGE_SIZE), mean=FewShotTask.mean, std=FewShotTask.std, quick_gelu=False)  # fmt: skip
+
+    def vector(self, value: str) -> TaskVector:
+        """``mini:<task>`` (model A's embed vector, fine-tuned now if it is not cached) or a task vector file."""
+        if not value.startswith(PREFIX):
+            return TaskVector.load(value)
+        name = value.removeprefix(PREFIX)
+        if name not in TASK_NAMES:
+            raise UsageError(f"unknown mini task vector {value!r}; choose mini:<task> with a task of {', '.join(TASK_NAMES)}")
+        task = mini_task(name, self.size)
+        source = pretrained_model("a", self.pretrain, cache_dir(self.request))
+        head = model_suite(source, [task], shots=self.default_shots, seed=0)[0].fewshot.head  # as the demo's seed 0
+        settings = FinetuneSettings(**self.settings("finetune"), device=str(self.request.device))
+        return mini_source_vector(source, task, head, settings, cache_dir(self.request), self.pretrain.key())
+
+    def fewshot_tasks(
+        self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
+    ) -> dict[str, FewShotTask]:
+        """Few-shot pools drawn from each task's train split, stratified over classes, with the model's own heads."""
+        if shots_per_class is not None:
+            raise UsageError("--shots-per-class is for --suite paper; the mini suite draws --shots stratified over classes")
+        return {e.fewshot.name: e.fewshot for e in model_suite(model.model, mini_tasks(self.size, list(names)), shots, seed)}
+
+    def test_data(self, names: Sequence[str]) -> list[MiniTask]:
+        return mini_tasks(self.size, list(names))
+
+    def test_sets(
+        self, model: LoadedModel, data: list[MiniTask], batch_size: int = 500, device: str | torch.device = "cpu",
+        workers: int | None = None, shots: int | None = None, seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:  # fmt: skip
+        """Each task's test split with the model's head from the pool of ``shots`` (default: the suite's) and ``seed``."""
+        suite = model_suite(model.model, data, self.default_shots if shots is None else shots, seed)
+        return {e.fewshot.name: (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels, batch_size)())
+                for e in suite}  # fmt: skip

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import finetune
 from orthoxfer.models.heads import heads_cache_dir, zero_shot_head
-from orthoxfer.models.loading import LoadedModel, load_model
+from orthoxfer.models.loading import LoadedModel, load_model, parse_spec
 from orthoxfer.problem.tasks import FewShotTask, SplitTask
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
 from orthoxfer.vectors.taskvector import TaskVector
@@ -25,8 +26,8 @@ TASKS = ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN
 SETTINGS = Path(__file__).with_name("paper.toml")  # the paper's settings; configs/paper.toml links here
 
 
-def defaults() -> dict[str, dict[str, Any]]:
-    """The settings tables of the paper and its released code (``paper.toml`` beside this module)."""
+def defaults(size: str = "full") -> dict[str, dict[str, Any]]:
+    """The settings tables of the paper and its released code (``paper.toml`` beside this module); one size."""
     tables = tomllib.loads(SETTINGS.read_text())
     return {section: dict(tables.get(section, {})) for section in ("finetune", "align", "fewshot_ft")}
 
@@ -84,6 +85,11 @@ def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads
     return SplitTask(canonical, split, head, model.mean, model.std, paper_augmentation(model.image_size))
 
 
+def heads_folder(request: SuiteRequest) -> Path:
+    """``--heads-dir``, else ``heads`` under ``--cache-dir`` (so a run that names its cache keeps everything there)."""
+    return request.heads_dir if request.heads_dir is not None else heads_cache_dir(request.cache_dir)
+
+
 def build(request: SuiteRequest) -> SuiteInputs:
     """The paper suite: open_clip checkpoints, zero-shot heads from each model's own text tower.
 
@@ -98,7 +104,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
         raise UsageError(f"--suite paper needs {', '.join(missing)}")
     source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
     names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
-    cache_dir, heads_dir, source_ft = request.cache_dir, request.heads_dir, request.source_ft
+    cache_dir, heads_dir, source_ft = request.cache_dir, heads_folder(request), request.source_ft
     source = load_model(source_spec, cache_dir=cache_dir, device=device)
     target = load_model(target_spec, cache_dir=cache_dir, device=device)
     pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir)
@@ -121,3 +127,58 @@ def build(request: SuiteRequest) -> SuiteInputs:
         split = load_split(name, data_root, "test", transform=target.preprocess)
         tasks.append(SuiteTask(name, pool, (pool.head, lambda split=split: make_loader(split, 256, device))))
     return SuiteInputs("paper", source_spec, target_spec, source.model, target.model, tasks, vectors)
+
+
+@dataclass(frozen=True)
+class PaperSuite:
+    """The paper's eight datasets under the request's data root, each model with its own zero-shot text heads."""
+
+    request: SuiteRequest
+    name: ClassVar[str] = "paper"
+    task_names: ClassVar[tuple[str, ...]] = TASKS
+    default_shots: ClassVar[int] = 100
+
+    @classmethod
+    def open(cls, request: SuiteRequest) -> PaperSuite:
+        if request.data_root is None:
+            raise UsageError("--data-root is needed for --suite paper (see `orthoxfer data check`); --suite mini runs offline")
+        if request.size != "full":
+            raise UsageError("--size is for --suite mini")
+        return cls(request)
+
+    def settings(self, section: str) -> dict[str, Any]:
+        return {}  # the settings classes' own defaults are the paper's
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"data_root": str(self.request.data_root)}
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--data-root", str(self.request.data_root)]
+
+    def check(self, spec: str) -> str:
+        """The architecture ``spec`` names, checked before any data or vector is read."""
+        return parse_spec(spec)[0]
+
+    def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel:
+        return load_model(spec, cache_dir=self.request.cache_dir, device=device)
+
+    def vector(self, value: str) -> TaskVector:
+        return TaskVector.load(value)
+
+    def fewshot_tasks(
+        self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
+    ) -> dict[str, FewShotTask]:
+        data_root = self.request.data_root
+        return paper_fewshot_tasks(model, list(names), data_root, shots, shots_per_class, seed, heads_folder(self.request))
+
+    def test_data(self, names: Sequence[str]) -> dict[str, ImageSplit]:
+        return paper_test_splits(list(names), self.request.data_root)
+
+    def test_sets(
+        self, model: LoadedModel, data: dict[str, ImageSplit], batch_size: int = 256, device: str | torch.device = "cpu",
+        workers: int | None = None, shots: int | None = None, seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, Iterable]]:  # fmt: skip
+        """Test loaders with the model's zero-shot heads; ``shots`` and ``seed`` do not enter them."""
+        return paper_test_sets(model, data, batch_size, device, workers, heads_folder(self.request))
