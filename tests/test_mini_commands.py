@@ -71,7 +71,7 @@ def test_diagnose_reads_a_mini_vector_by_name(aligned):
 
 
 def test_baselines_on_the_mini_suite(aligned, tmp_path):
-    root, mini, _ = aligned
+    _, mini, _ = aligned
     common = [*mini, "--target", "mini:b", "--tasks", "surfaces", "--device", "cpu"]
     runs = {
         "target": [],
@@ -98,6 +98,7 @@ def test_baselines_on_the_mini_suite(aligned, tmp_path):
         (["--suite", "mini", "--target", "mini:b", "--task-vector", "mini:surfaces", "--data-root", "."], "--data-root is for --suite paper"),
         (["--target", "mini:b", "--task-vector", "mini:surfaces"], "--data-root is needed for --suite paper"),
         (["--suite", "tiny", "--target", "mini:b", "--task-vector", "mini:surfaces"], "unknown suite 'tiny'"),
+        (["--suite", "planted", "--target", "mini:b", "--task-vector", "mini:surfaces"], "runs only in `orthoxfer bench`"),
     ],
 )
 def test_wrong_suite_names_are_one_line_usage_errors(extra, message, tmp_path):

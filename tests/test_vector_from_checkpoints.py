@@ -116,7 +116,7 @@ def test_hf_hub_checkpoints_come_from_the_cache_and_offline_misses_name_what_to_
 
 
 def test_refusals_are_one_line_and_nothing_is_unpickled(tmp_path, tiny_arch, pair):
-    base, tuned = pair
+    _, tuned = pair
     torch.save({"state_dict": tuned.state_dict(), "args": Marker(tmp_path / "unpickled")}, tmp_path / "pickled.pt")
     torch.save(copy.deepcopy(tuned.visual), tmp_path / "module.pt")  # a whole module, as task arithmetic saves it
     _save(tmp_path / "wide.safetensors", small_clip(seed=1, width=64, layers=1).state_dict())
