@@ -122,6 +122,7 @@ def procrustes_fit(problem: ScopedProblem, groups: list[SiteGroup], settings: Al
 class ProcrustesStrategy(Strategy):
     name = "procrustes"
     exact = True
+    needs = "images"  # the two models' activations on the pools' images; labels are never read
     options = (PROCRUSTES_RTOL,)
 
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:
