@@ -1,8 +1,11 @@
 """Transfer methods beside the strategies: gradfix's mask against a direct computation, orthogonal-shift's projection."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
 from torch import nn
 
 from orthoxfer.errors import UsageError
@@ -114,3 +117,33 @@ def test_method_names_and_needs_are_checked_in_one_line():
         check_method("transfusionx")
     with pytest.raises(UsageError, match="unknown gradfix-vote 'max'"):
         transfer_settings({"gradfix_vote": "max"})
+
+
+def test_bench_runs_transfer_methods_as_rows_with_controls_and_a_held_out_lambda(micro_run):
+    import json
+
+    from typer.testing import CliRunner
+
+    from orthoxfer.cli import app
+
+    root, _, _ = micro_run
+    out = root / "transfers"
+    args = ["bench", "--config", str(root / "fast.toml"), "--steps", "2", "--suite", "mini", "--size", "micro", "--tasks", "mnist,coins", "--kinds", "embed", "--methods",
+            "gradfix,orthogonal-shift", "--controls", "norm", "--gradfix-vote", "mean", "--out", str(out),
+            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = {e["label"]: e for e in json.loads((out / "results.json").read_text())["summary"]}
+    for label in ("embed, gradfix", "embed, gradfix [control: norm]", "embed, orthogonal-shift", "embed, orthogonal-shift [control: norm]"):
+        entry = summary[label]
+        assert all(math.isfinite(v[0]) for v in entry["accuracy"].values()), label
+        assert all(set(s) == {"mnist", "coins"} for s in entry["scale"])  # per-task: each task its own lambda
+    assert summary["embed, gradfix"]["needs"] == "labels" and summary["embed, orthogonal-shift"]["needs"] == "none"
+    assert 0 < summary["embed, gradfix"]["kept_fraction"] < 1 and summary["embed, orthogonal-shift"]["cos_shift"] < 1e-5
+    assert "norm" in summary["embed, gradfix"]["transfer_gain"]
+    record = json.loads((out / "rows" / "embed_gradfix-seed0.json").read_text())
+    assert record["transfer"] == {"gradfix_shots": 2, "gradfix_vote": "mean"} and set(record["validation"]) == {"mnist", "coins"}
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "needs" in header and "kept" in header and "|cos s|" in header
+    bad = CliRunner().invoke(app, [a if a != "gradfix,orthogonal-shift" else "gradfix,transfusion" for a in args])
+    assert bad.exit_code == 2 and "unknown method 'transfusion'; strategies:" in bad.output and "Traceback" not in bad.output

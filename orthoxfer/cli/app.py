@@ -59,7 +59,7 @@ def build_app() -> typer.Typer:
     app.command("eval")(eval_command)
     app.command("align")(with_strategy_options(align_command))
     app.command("finetune")(finetune_command)
-    app.command("bench")(with_strategy_options(bench_command))
+    app.command("bench")(with_strategy_options(bench_command, transfers=True))
     app.command("demo")(demo_command)
     app.command("bench-speed")(bench_speed_command)
     app.command("relate")(relate_command)

@@ -26,7 +26,8 @@ def bench_command(
     suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
                               "source with a known permutation planted) | paper (datasets under --data-root).")] = "mini",
     config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
-    methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies.")] = None,
+    methods: Annotated[str | None, Opt("--methods", help="Comma-separated methods: alignment strategies (penalty, riemannian, "
+                                       "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift: no data).")] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
     controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
     procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,
@@ -57,7 +58,8 @@ def bench_command(
 ) -> None:
     """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics.
 
-    Strategy-specific flags (--alpha, --rotation-rank, ...) set that option for every row that reads it.
+    Strategy-specific flags (--alpha, --rotation-rank, ...) and transfer-method flags
+    (--gradfix-shots, --gradfix-vote) set that option for every row that reads it.
     """
     from orthoxfer.experiments.bench import BenchConfig, run_bench
     from orthoxfer.fit.finetune import FinetuneSettings
@@ -67,26 +69,28 @@ def bench_command(
     from orthoxfer.suites import SUITES, build_suite, default_tables
     from orthoxfer.suites.base import SuiteRequest
     from orthoxfer.suites.mini import default_shots
+    from orthoxfer.transfers.registry import declared_options as transfer_options
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
     dev = launch(device)
-    shots = shots if shots is not None else default_shots(size)
     tables = default_tables(suite, size)
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
     if config is not None:
         for section, schema in schemas.items():
             tables[section].update(read_config(config, section, schema))
     if shots is None:  # the flag, else the config's [align] shots, else the suite's
-        shots = tables["align"].get("shots", 24 if size == "micro" else 100)
-    flags = {"steps": steps, "lr": lr, **(strategy_options or {})}
+        shots = tables["align"].get("shots", default_shots(size))
+    options = dict(strategy_options or {})
+    transfer = {name: options.pop(name) for name in transfer_options() if name in options}
+    flags = {"steps": steps, "lr": lr, **options}
     tables["align"].update({k: v for k, v in flags.items() if v is not None})
     if steps is not None:
         tables["fewshot_ft"]["steps"] = steps
     align_settings = AlignSettings(**{**tables["align"], "shots": shots, "device": str(dev)})
     fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
-    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft)
+    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft, transfer=transfer)
     chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
               "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs"),
               "mode": mode or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
@@ -94,6 +98,7 @@ def bench_command(
 
     run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
     resolved = {"suite": suite, "seeds": seeds, "shots": shots, "size": size, **{k: v for k, v in tables.items()},
+                **({"transfer": transfer} if transfer else {}),
                 "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items() if v is not None}}
     run.write_config(resolved)
     started = time.perf_counter()

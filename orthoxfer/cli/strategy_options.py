@@ -4,7 +4,9 @@
 time the app is built, :func:`with_strategy_options` adds one flag per option any
 registered strategy declares (``--alpha``, ``--retraction``, ``--rotation-rank`` ...)
 and hands their values to the command as one ``strategy_options`` dict (flags not
-given are left out, so a config file or the default decides).
+given are left out, so a config file or the default decides). ``bench`` also gets one
+flag per option a registered transfer method declares (``--gradfix-shots`` ...), in the
+same dict.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Annotated, Any
 import typer
 
 from orthoxfer.strategies.registry import declared_options
+from orthoxfer.transfers.registry import declared_options as transfer_options
 
 
-def with_strategy_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` (which takes ``strategy_options``) with a flag for every declared strategy option."""
-    declared = declared_options()
+def with_strategy_options(command: Callable[..., Any], transfers: bool = False) -> Callable[..., Any]:
+    """``command`` (which takes ``strategy_options``) with a flag for every declared strategy (and transfer) option."""
+    declared = {**declared_options(), **(transfer_options() if transfers else {})}
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)  # typer reads a given signature as it is: no strings
     shared = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "strategy_options"]

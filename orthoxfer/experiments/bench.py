@@ -1,12 +1,13 @@
 """The benchmark: the paper's Table 1 as rows of methods x tasks, with diagnostics and controls.
 
 Every row is computed the same way: a task vector (or none), a way to carry it into
-the target (nothing, an alignment strategy, or few-shot fine-tuning), a lambda chosen
+the target (nothing, an alignment strategy, a transfer method such as ``gradfix``, or
+few-shot fine-tuning), a lambda chosen
 on the validation part of the few-shot pools (never on test), then top-1 accuracy on
 each task's test split. Each row is stored in the run folder as soon as it is done,
 so an interrupted benchmark resumes where it stopped.
 
-Controls (``norm``, ``spectrum``, ``other-task``) are the same strategies applied to
+Controls (``norm``, ``spectrum``, ``other-task``) are the same methods applied to
 vectors that carry no knowledge of the task; **transfer gain** = accuracy(aligned real
 vector) - accuracy(same strategy on the control).
 """
@@ -40,6 +41,7 @@ from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import CHOICES, AlignSettings
 from orthoxfer.strategies.trained import TrainedStrategy
 from orthoxfer.suites.base import SuiteInputs
+from orthoxfer.transfers.registry import TRANSFERS, check_method, method_needs, transfer_settings
 from orthoxfer.vectors.controls import CONTROLS, control_vectors
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -49,10 +51,17 @@ class Row:
     """One line of the table."""
 
     kind: str  # embed | lora | "" (no task vector)
-    method: str  # target | finetune | direct | a strategy name
+    method: str  # target | finetune | direct | oracle | a strategy or transfer name
     init: str = "identity"
     control: str = ""  # "" = the real vector
     tie: str = "site"  # how many sites share one U (alignment rows only)
+
+    @property
+    def needs(self) -> str:
+        """The data the row's way of carrying saw beyond the vector: labels | images | none."""
+        if self.method in ("target", "direct", "oracle"):
+            return "none"
+        return "labels" if self.method == "finetune" else method_needs(self.method)
 
     @property
     def id(self) -> str:
@@ -78,10 +87,10 @@ class Row:
 
 @dataclass
 class BenchConfig:
-    methods: tuple[str, ...] = ("penalty", "riemannian", "cayley", "procrustes")
+    methods: tuple[str, ...] = ("penalty", "riemannian", "cayley", "procrustes")  # strategies and transfer methods
     procrustes_init: bool = True  # also each trained strategy started at the closed form
     kinds: tuple[str, ...] = ("embed", "lora")
-    lora_methods: tuple[str, ...] = ("penalty",)
+    lora_methods: tuple[str, ...] = ("penalty",)  # strategies with LoRA rows too (transfer methods always have them)
     controls: tuple[str, ...] = ()
     ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
     lrs: tuple[float, ...] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
@@ -90,8 +99,12 @@ class BenchConfig:
     scales: tuple[float, ...] = SCALES
     align: AlignSettings = field(default_factory=AlignSettings)
     fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
+    transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
 
     def __post_init__(self) -> None:
+        for method in self.methods:
+            check_method(method)
+        transfer_settings(self.transfer)
         for c in self.controls:
             if c not in CONTROLS:
                 raise UsageError(f"unknown control {c!r}; choose from {', '.join(CONTROLS)}")
@@ -107,8 +120,11 @@ class BenchConfig:
         for kind in self.kinds:
             rows.append(Row(kind, "direct"))
             rows.extend([Row(kind, "oracle")] if planted else [])
-            methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods)
+            methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods or m in TRANSFERS)
             for method in methods:
+                if method in TRANSFERS:  # no U: no init, no tie
+                    rows.extend(Row(kind, method, control=c) for c in ("", *self.controls))
+                    continue
                 inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
                 for tie in self.ties:
                     for init in inits:
@@ -154,7 +170,7 @@ def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: 
     """
     started = time.perf_counter()
     train, val = split_pools(inputs, config.val_fraction, seed)
-    record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "seed": seed}
+    record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "needs": row.needs, "seed": seed}
     trained = row.method == "finetune" or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
     grid = config.lrs if trained and config.lrs else (None,)
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
@@ -192,6 +208,13 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
         vectors = {"joint": sum(vectors.values())}
     if row.method == "oracle":
         vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
+    elif row.method in TRANSFERS:
+        method, settings = TRANSFERS[row.method](), transfer_settings(config.transfer, seed=seed, device=device)
+        pools = {k: {k: train[k]} if per_task else train for k in vectors}  # the training parts only: lambda is chosen on val
+        done = {k: method.transfer(v, inputs.source, inputs.target, pools[k], settings) for k, v in vectors.items()}
+        fields["diagnostics"] = _mean_diagnostics([d.diagnostics for d in done.values()])
+        fields["transfer"] = {o.name: settings.options[o.name] for o in method.options}
+        vectors = {k: d.vector for k, d in done.items()}
     elif row.method != "direct":
         settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         settings = settings.replace(lr=lr) if lr is not None else settings

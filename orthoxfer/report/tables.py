@@ -31,6 +31,12 @@ def interval(values: list[float]) -> tuple[float, float | None]:
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
+MEASURES = {  # summary name -> diagnostics key, averaged over seeds where a row reports it
+    "orth_error": "orth_error_mean", "norm_ratio": "norm_ratio", "dist_identity": "dist_identity_mean",
+    "recovery_error": "recovery_error", "kept_fraction": "kept_fraction", "cos_shift": "cos_shift_mean",
+}  # fmt: skip
+
+
 def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
     """One entry per row: per-task and mean accuracy (mean, +-), diagnostics, time, and gains over controls."""
     by_row: dict[str, list[dict]] = defaultdict(list)
@@ -40,18 +46,18 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
     for row_id, runs in by_row.items():
         first = runs[0]
         entry: dict[str, Any] = {k: first.get(k, "site") for k in ("row", "label", "kind", "method", "init", "control", "tie")}
+        entry["needs"] = first.get("needs", "-")
         entry["seeds"] = [r["seed"] for r in runs]
         entry["accuracy"] = {t: interval([r["accuracy"][t] for r in runs]) for t in [*tasks, "mean"]}
         entry["scale"] = [r["scale"] for r in runs]
         entry["seconds"] = sum(r["seconds"] for r in runs) / len(runs)
         diags = [r["diagnostics"] for r in runs if "diagnostics" in r]
-        if diags:
-            entry["orth_error"] = sum(d["orth_error_mean"] for d in diags) / len(diags)
-            entry["norm_ratio"] = sum(d["norm_ratio"] for d in diags) / len(diags)
-            entry["rank_kept"] = f"{diags[0]['rank_kept']}/{diags[0]['sites']}"
-            entry["dist_identity"] = sum(d["dist_identity_mean"] for d in diags) / len(diags)
-            if "recovery_error" in diags[0]:
-                entry["recovery_error"] = sum(d["recovery_error"] for d in diags) / len(diags)
+        if diags:  # an alignment's measures of U, or a transfer method's own (mask kept, cosine with the base shift)
+            for name, key in MEASURES.items():
+                if key in diags[0]:
+                    entry[name] = sum(d[key] for d in diags) / len(diags)
+            if "rank_kept" in diags[0]:
+                entry["rank_kept"] = f"{diags[0]['rank_kept']}/{diags[0]['sites']}"
         out.append(entry)
     index = {(e["kind"], e["method"], e["init"], e["tie"], e["control"]): e for e in out}
     by_seed = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in records}
@@ -76,20 +82,24 @@ def _cell(value: tuple[float, float | None]) -> str:
 def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str], list[list[str]]]:
     controls = sorted({c for e in summary for c in e.get("transfer_gain", {})})
     planted = any("recovery_error" in e for e in summary)
-    heads = ["method", *tasks, "mean", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *(["‖U−U*‖"] if planted else []),
+    masks, shifts = any("kept_fraction" in e for e in summary), any("cos_shift" in e for e in summary)
+    heads = ["method", *tasks, "mean", "needs", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖",
+             *(["‖U−U*‖"] if planted else []), *(["kept"] if masks else []), *(["|cos s|"] if shifts else []),
              *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
     rows = []
     for e in summary:
         scales = sorted({v for s in e["scale"] if s is not None for v in (s.values() if isinstance(s, dict) else [s])})
         gains = e.get("transfer_gain", {})
         rows.append([
-            e["label"], *[_cell(e["accuracy"][t]) for t in tasks], _cell(e["accuracy"]["mean"]),
+            e["label"], *[_cell(e["accuracy"][t]) for t in tasks], _cell(e["accuracy"]["mean"]), e.get("needs", "-"),
             ",".join(f"{s:g}" for s in scales) or "-",
             f"{e['orth_error']:.1e}" if "orth_error" in e else "-",
             f"{e['norm_ratio']:.4f}" if "norm_ratio" in e else "-",
             e.get("rank_kept", "-"),
             f"{e['dist_identity']:.3g}" if "dist_identity" in e else "-",
             *([f"{e['recovery_error']:.3g}" if "recovery_error" in e else "-"] if planted else []),
+            *([f"{e['kept_fraction']:.3f}" if "kept_fraction" in e else "-"] if masks else []),
+            *([f"{e['cos_shift']:.1e}" if "cos_shift" in e else "-"] if shifts else []),
             *[_cell(gains[c]) if c in gains else "-" for c in controls],
             f"{e['seconds']:.0f}",
         ])  # fmt: skip
