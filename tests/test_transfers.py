@@ -104,7 +104,8 @@ def test_orthogonal_shift_is_orthogonal_to_the_base_shift_per_tensor_and_keeps_u
             assert not torch.equal(out.vector.dense[site.name], vector.dense[site.name])
     for name in EXTRAS:
         shift = (target.get_parameter(name) - source.get_parameter(name)).detach().double()
-        assert abs(float((out.vector.extra[name].double() * shift).sum())) < 1e-6 * float(shift.norm() * out.vector.extra[name].norm())
+        result = out.vector.extra[name].double()
+        assert abs(float((result * shift).sum())) < 1e-6 * float(shift.norm() * result.norm())
     assert out.diagnostics["cos_shift_mean"] < 1e-6 and 0 < out.diagnostics["norm_ratio"] <= 1
     with pytest.raises(UsageError, match="orthogonal-shift needs the source model"):
         TRANSFERS["orthogonal-shift"]().transfer(vector, None, target, None, transfer_settings({}))
@@ -134,7 +135,7 @@ def test_bench_runs_transfer_methods_as_rows_with_controls_and_a_held_out_lambda
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = {e["label"]: e for e in json.loads((out / "results.json").read_text())["summary"]}
-    for label in ("embed, gradfix", "embed, gradfix [control: norm]", "embed, orthogonal-shift", "embed, orthogonal-shift [control: norm]"):
+    for label in [f"embed, {m}{c}" for m in ("gradfix", "orthogonal-shift") for c in ("", " [control: norm]")]:
         entry = summary[label]
         assert all(math.isfinite(v[0]) for v in entry["accuracy"].values()), label
         assert all(set(s) == {"mnist", "coins"} for s in entry["scale"])  # per-task: each task its own lambda

@@ -25,6 +25,7 @@ from orthoxfer.vectors.sites import read_site
 from orthoxfer.vectors.taskvector import TaskVector
 
 NEEDS = ("labels", "images", "none")  # labelled few-shot pools | unlabelled images | no data at all
+Pools = dict[str, FewShotTask] | None  # the target's few-shot training parts by task, or none for a data-free method
 
 
 @dataclass
@@ -60,12 +61,7 @@ class Transfer(ABC):
 
     @abstractmethod
     def transfer(
-        self,
-        vector: TaskVector,
-        source: nn.Module | None,
-        target: nn.Module,
-        pools: dict[str, FewShotTask] | None,
-        settings: TransferSettings,
+        self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
         """The vector carried into ``target``; ``pools`` are the target's few-shot training parts (never validation or test)."""
 

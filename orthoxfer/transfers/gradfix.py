@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from orthoxfer.problem.tasks import FewShotTask, ImageEncoder
 from orthoxfer.strategies.options import Option
-from orthoxfer.transfers.base import Transfer, Transferred, TransferSettings, norm_ratio, per_tensor, require_pools
+from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, norm_ratio, per_tensor, require_pools
 from orthoxfer.vectors.sites import param_overrides
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -75,7 +75,9 @@ def _samples(pools: dict[str, FewShotTask], shots: int, seed: int, device: torch
     return out
 
 
-def descent_signs(target: nn.Module, vector: TaskVector, pools: dict[str, FewShotTask], settings: TransferSettings) -> tuple[TaskVector, int]:
+def descent_signs(
+    target: nn.Module, vector: TaskVector, pools: dict[str, FewShotTask], settings: TransferSettings
+) -> tuple[TaskVector, int]:
     """sign(-g) estimated on every tensor ``vector`` carries (0 where the vote ties), and the backward passes it took."""
     device = torch.device(settings.device)
     target.to(device)
@@ -102,12 +104,7 @@ class GradFix(Transfer):
     options = (SHOTS, VOTE)
 
     def transfer(
-        self,
-        vector: TaskVector,
-        source: nn.Module | None,
-        target: nn.Module,
-        pools: dict[str, FewShotTask] | None,
-        settings: TransferSettings,
+        self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
         signs, passes = descent_signs(target, vector, require_pools(pools, self.name), settings)
         mask = per_tensor(lambda t, sign: torch.sign(t) * sign.to(t) > 0, vector, signs)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from orthoxfer.problem.tasks import FewShotTask
-from orthoxfer.transfers.base import Transfer, Transferred, TransferSettings, model_tensors, norm_ratio, per_tensor, require_source
+from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, model_tensors, norm_ratio, per_tensor, require_source
 from orthoxfer.vectors.taskvector import MismatchError, TaskVector
 
 
@@ -27,12 +27,7 @@ class OrthogonalShift(Transfer):
     needs = "none"
 
     def transfer(
-        self,
-        vector: TaskVector,
-        source: nn.Module | None,
-        target: nn.Module,
-        pools: dict[str, FewShotTask] | None,
-        settings: TransferSettings,
+        self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
         source = require_source(source, self.name)
         try:
