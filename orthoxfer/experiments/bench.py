@@ -2,14 +2,13 @@
 
 Every row is computed the same way: a task vector (or none), a way to carry it into
 the target (nothing, an alignment strategy, a transfer method such as ``gradfix``, or
-few-shot fine-tuning), a lambda chosen
-on the validation part of the few-shot pools (never on test), then top-1 accuracy on
-each task's test split. Each row is stored in the run folder as soon as it is done,
+few-shot fine-tuning), a lambda chosen on the validation part of the few-shot pools
+(never on test), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
 so an interrupted benchmark resumes where it stopped.
 
 Controls (``norm``, ``spectrum``, ``other-task``) are the same methods applied to
-vectors that carry no knowledge of the task; **transfer gain** = accuracy(aligned real
-vector) - accuracy(same strategy on the control).
+vectors that carry no knowledge of the task; **transfer gain** = accuracy(carried real
+vector) - accuracy(same method on the control).
 """
 
 from __future__ import annotations

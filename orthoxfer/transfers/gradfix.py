@@ -47,7 +47,7 @@ class _Gradients:
     """
 
     def __init__(self, model: nn.Module, vector: TaskVector, device: torch.device) -> None:
-        self.model, self.vector = model, vector
+        self.model = model
         self.sites = vector.check_fits(model)
         self.encoder = ImageEncoder(model)
         self.site_deltas = [torch.zeros(s.shape, device=device, requires_grad=True) for s in self.sites]
