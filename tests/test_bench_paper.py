@@ -109,7 +109,7 @@ def test_every_row_is_in_the_results_with_its_columns(paper_run):
     with (run / "results.csv").open() as f:
         rows = list(csv.reader(f))
     controls = [f"gain vs {c}" for c in sorted(CONTROLS)]
-    assert rows[0] == ["method", *TASKS, "mean", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *controls, "s"]
+    assert rows[0] == ["method", *TASKS, "mean", "needs", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *controls, "s"]
     assert [r[0] for r in rows[1:]] == expected_labels()
     for row in rows[1:]:
         assert all(0 <= float(cell) <= 100 for cell in row[1:10]), row  # top-1 %, finite: float("nan") fails the bounds
