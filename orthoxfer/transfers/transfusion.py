@@ -13,6 +13,7 @@ permutation is an orthogonal matrix: this is the discrete end of orthoxfer's fam
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from orthoxfer.errors import UsageError
@@ -50,7 +51,7 @@ def relabel(vector: TaskVector, model: nn.Module, perms: Perms) -> TaskVector:
 
 def moved(perms: Perms) -> dict[str, float]:
     """How far each permutation is from the identity: the fraction of indices it moves, per space and by kind."""
-    fractions = {k: float((p != p.new_tensor(range(len(p)))).double().mean()) for k, p in perms.items()}
+    fractions = {k: float((p != torch.arange(len(p))).double().mean()) for k, p in perms.items()}
     out = {f"moved/{k}": v for k, v in fractions.items()}
     for kind, prefixes in (("residual", ("residual",)), ("heads", ("qk/", "vo/")), ("hidden", ("hidden/",))):
         chosen = [v for k, v in fractions.items() if k.startswith(prefixes)]
