@@ -146,5 +146,5 @@ def test_bench_runs_transfer_methods_as_rows_with_controls_and_a_held_out_lambda
     assert record["transfer"] == {"gradfix_shots": 2, "gradfix_vote": "mean"} and set(record["validation"]) == {"mnist", "coins"}
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "needs" in header and "kept" in header and "|cos s|" in header
-    bad = CliRunner().invoke(app, [a if a != "gradfix,orthogonal-shift" else "gradfix,transfusion" for a in args])
-    assert bad.exit_code == 2 and "unknown method 'transfusion'; strategies:" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, [a if a != "gradfix,orthogonal-shift" else "gradfix,rebasin" for a in args])
+    assert bad.exit_code == 2 and "unknown method 'rebasin'; strategies:" in bad.output and "Traceback" not in bad.output

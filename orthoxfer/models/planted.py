@@ -6,7 +6,8 @@ attention head space (q, k, v and the concatenated heads that ``out_proj`` reads
 residual sums are then only relabelled, and LayerNorm commutes with any coordinate
 permutation, so the target computes exactly the source's features. A rotation would
 not do: LayerNorm's mean and per-coordinate gains break rotational invariance. The MLP
-hidden units get an independent permutation (it touches no site).
+hidden units get an independent permutation (it touches no site). Which permutation acts
+on which axis of each parameter is :mod:`orthoxfer.models.tower_axes`'s.
 
 Every attention site then satisfies ``W_T = P W_S P^T`` with ``P = I[perm]``, so the
 source's task vector carried by ``U* = P^T`` (``U*^T dW U* = P dW P^T``) is exactly the
@@ -17,18 +18,12 @@ reach, and ``||U - U*||_F / sqrt(d)`` says how close it came.
 from __future__ import annotations
 
 import copy
-import re
 
 import torch
 from torch import nn
 
-from orthoxfer.errors import UsageError
+from orthoxfer.models.tower_axes import RESIDUAL, permute_param, tower_blocks
 from orthoxfer.vectors.sites import find_sites
-
-# parameters whose first axis is the residual stream: permuted by ``perm`` there only
-RESIDUAL_FIRST = re.compile(
-    r"(.*\.)?(class_embedding|conv1\.weight|proj|ln_(pre|post|1|2)\.(weight|bias)|ls_[12]\.gamma|out_proj\.bias|c_proj\.bias)"
-)
 
 
 def block_permutation(dim: int, heads: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,27 +33,6 @@ def block_permutation(dim: int, heads: int, generator: torch.Generator) -> torch
     return torch.cat([b * width + torch.randperm(width, generator=generator) for b in blocks.tolist()])
 
 
-def _permute(name: str, value: torch.Tensor, perm: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-    """``value`` with its residual / head-space axes indexed by ``perm`` and MLP axes by ``hidden``."""
-    if RESIDUAL_FIRST.fullmatch(name):  # includes the image projection ``proj``
-        return value[perm]
-    if name.endswith("positional_embedding"):
-        return value[:, perm]
-    if name.endswith("in_proj_weight"):
-        return torch.cat([chunk[perm][:, perm] for chunk in value.chunk(3)])
-    if name.endswith("in_proj_bias"):
-        return torch.cat([chunk[perm] for chunk in value.chunk(3)])
-    if name.endswith("out_proj.weight"):
-        return value[perm][:, perm]
-    if name.endswith("c_fc.weight"):
-        return value[hidden][:, perm]
-    if name.endswith("c_fc.bias"):
-        return value[hidden]
-    if name.endswith("c_proj.weight"):
-        return value[perm][:, hidden]
-    raise UsageError(f"cannot plant a permutation in parameter {name!r}: the tower has parts the positive control does not know")
-
-
 def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A copy of ``source`` whose image tower is permuted (function-preserving), and ``U*`` for each attention site.
 
@@ -66,19 +40,17 @@ def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[st
     class token, LayerNorms, multi-head attention, two-layer MLP); anything else is
     refused by name.
     """
-    visual = getattr(source, "visual", None)
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if blocks is None or not len(blocks):
-        raise UsageError("the positive control needs an open_clip model with a ViT image tower (model.visual.transformer)")
-    dim, heads = visual.class_embedding.shape[0], blocks[0].attn.num_heads
+    blocks = tower_blocks(getattr(source, "visual", None), "the positive control")
+    dim, heads = source.visual.class_embedding.shape[0], blocks[0].attn.num_heads
     g = torch.Generator().manual_seed(seed)
     perm = block_permutation(dim, heads, g)
-    hidden = [torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g) for block in blocks]
+    perms = {RESIDUAL: perm}
+    for i, block in enumerate(blocks):
+        perms.update({f"qk/{i}": perm, f"vo/{i}": perm, f"hidden/{i}": torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g)})
     target = copy.deepcopy(source)
     with torch.no_grad():
         for name, param in target.visual.named_parameters():
-            block = re.search(r"resblocks\.(\d+)\.", name)
-            param.copy_(_permute(name, param, perm, hidden[int(block.group(1))] if block else None))
+            param.copy_(permute_param(name, param, perms))
     u_star = torch.eye(dim)[perm].T  # U* = P^T with P = I[perm]
     return target, {site.name: u_star for site in find_sites(target, "attn") if site.dim == dim}
 

@@ -34,6 +34,7 @@ def interval(values: list[float]) -> tuple[float, float | None]:
 MEASURES = {  # summary name -> diagnostics key, averaged over seeds where a row reports it
     "orth_error": "orth_error_mean", "norm_ratio": "norm_ratio", "dist_identity": "dist_identity_mean",
     "recovery_error": "recovery_error", "kept_fraction": "kept_fraction", "cos_shift": "cos_shift_mean",
+    "moved": "moved_mean",
 }  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
         entry["scale"] = [r["scale"] for r in runs]
         entry["seconds"] = sum(r["seconds"] for r in runs) / len(runs)
         diags = [r["diagnostics"] for r in runs if "diagnostics" in r]
-        if diags:  # an alignment's measures of U, or a transfer method's own (mask kept, cosine with the base shift)
+        if diags:  # an alignment's measures of U, or a transfer method's own (mask kept, cosine with the base shift, indices moved)
             for name, key in MEASURES.items():
                 if key in diags[0]:
                     entry[name] = sum(d[key] for d in diags) / len(diags)
@@ -83,9 +84,10 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
     controls = sorted({c for e in summary for c in e.get("transfer_gain", {})})
     planted = any("recovery_error" in e for e in summary)
     masks, shifts = any("kept_fraction" in e for e in summary), any("cos_shift" in e for e in summary)
+    perms = any("moved" in e for e in summary)
     heads = ["method", *tasks, "mean", "needs", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖",
              *(["‖U−U*‖"] if planted else []), *(["kept"] if masks else []), *(["|cos s|"] if shifts else []),
-             *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
+             *(["moved"] if perms else []), *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
     rows = []
     for e in summary:
         scales = sorted({v for s in e["scale"] if s is not None for v in (s.values() if isinstance(s, dict) else [s])})
@@ -100,6 +102,7 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
             *([f"{e['recovery_error']:.3g}" if "recovery_error" in e else "-"] if planted else []),
             *([f"{e['kept_fraction']:.3f}" if "kept_fraction" in e else "-"] if masks else []),
             *([f"{e['cos_shift']:.1e}" if "cos_shift" in e else "-"] if shifts else []),
+            *([f"{e['moved']:.3f}" if "moved" in e else "-"] if perms else []),
             *[_cell(gains[c]) if c in gains else "-" for c in controls],
             f"{e['seconds']:.0f}",
         ])  # fmt: skip
