@@ -51,12 +51,12 @@ from orthoxfer.vectors.taskvector import TaskVector
 PREFIX = "mini:"
 MODELS = tuple(RECIPES)  # a, b, seed, release
 SIZES = ("full", "micro")
-# the ladder of relatedness: pair -> (the target model, what the rung stands for); A is always the source
-PAIRS: dict[str, tuple[str, str]] = {
-    "same": ("a", "the target is the source: direct addition must reach the source's fine-tuned accuracy"),
-    "release": ("release", "the source with its pre-training continued on corpus b: a new release"),
-    "seed": ("seed", "the source's corpus, another seed: the Git Re-Basin setting"),
-    "data": ("b", "another corpus and another seed: the paper's setting"),
+# the ladder of relatedness: pair -> the target model (A is always the source)
+PAIRS: dict[str, str] = {
+    "same": "a",  # the source itself: direct addition must reach the source's fine-tuned accuracy
+    "release": "release",  # the source with its pre-training continued on corpus b: a new release
+    "seed": "seed",  # the source's corpus, another seed: the Git Re-Basin setting
+    "data": "b",  # another corpus and another seed: the paper's setting
 }
 DEFAULT_PAIR = "data"
 RELATE_PER_TASK = 32  # pool images per task that a pair's relatedness is measured on
@@ -103,7 +103,7 @@ def check_pair(pair: str | None) -> str:
 
 def target_name(pair: str | None) -> str:
     """The target's model name on the ladder: ``mini:a`` (same), ``mini:release``, ``mini:seed``, ``mini:b`` (data)."""
-    return PREFIX + PAIRS[check_pair(pair)][0]
+    return PREFIX + PAIRS[check_pair(pair)]
 
 
 def relate_images(tasks: Sequence[MiniTask], shots: int, seed: int) -> torch.Tensor:
@@ -171,7 +171,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
 
     ``same`` gets a copy of A, so that nothing done to the target can reach the source.
     """
-    which = PAIRS[check_pair(request.pair)][0]
+    which = PAIRS[check_pair(request.pair)]
     pretrain = pretrain_config(request)
     source = pretrained_model("a", pretrain, cache_dir(request))
     target = copy.deepcopy(source) if which == "a" else pretrained_model(which, pretrain, cache_dir(request))
