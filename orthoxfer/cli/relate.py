@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import console, print_json, reports_errors, resolve_device
+from orthoxfer.cli.common import command_suite, console, print_json, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 
@@ -53,8 +56,8 @@ def image_source(spec: str, limit: int, seed: int):
     return Subset(split, order.tolist())
 
 
-def open_clip_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int, seed: int, where,
-                     cache_dir: Path | None, workers: int | None):  # fmt: skip
+def open_clip_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int, seed: int,
+                     where: torch.device, cache_dir: Path | None, workers: int | None) -> tuple:  # fmt: skip
     """Two open_clip models, batches of the same pixels (the target's resize and crop, each model's own normalisation
     applied later), what to record about them, and the counts the batches fill in as they are read."""
     from orthoxfer.data.fewshot import pixel_transform
@@ -82,10 +85,9 @@ def open_clip_inputs(source: str, target: str, images: str | None, limit: int, b
     return loaded_source, loaded_target, batches(), {"images": images}, counted
 
 
-def mini_inputs(source: str, target: str, images: str | None, limit: int, seed: int, where, size: str,
-                cache_dir: Path | None):  # fmt: skip
+def mini_inputs(source: str, target: str, images: str | None, limit: int, seed: int, where: torch.device, size: str,
+                cache_dir: Path | None) -> tuple:  # fmt: skip
     """Two of the mini suite's models and the images ``bench`` relates them on (one batch, as ``bench`` does)."""
-    from orthoxfer.cli.common import command_suite
     from orthoxfer.data.mini import mini_tasks
     from orthoxfer.suites.mini import RELATE_PER_TASK, relate_images
 
