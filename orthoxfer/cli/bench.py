@@ -25,6 +25,9 @@ Opt = typer.Option
 def bench_command(
     suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
                               "source with a known permutation planted) | paper (datasets under --data-root).")] = "mini",
+    pair: Annotated[str | None, Opt("--pair", help="mini only: the target's rung on the ladder of relatedness to model A: "
+                                    "same (A itself) | release (A pre-trained on, on corpus b) | seed (A's corpus, another "
+                                    "seed) | data (model B: another corpus and seed; the default).")] = None,  # fmt: skip
     config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
     methods: Annotated[str | None, Opt("--methods", help="Comma-separated methods: alignment strategies (penalty, riemannian, "
                                        "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data).")] = None,
@@ -50,7 +53,7 @@ def bench_command(
     data_root: Annotated[Path | None, Opt("--data-root", help="paper only: the datasets.")] = None,
     vectors_dir: Annotated[Path | None, Opt("--vectors", help="paper only: <Task>-<kind>.safetensors source vectors (made if missing).")] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/<suite>).")] = None,
+    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/<suite>, runs/mini-<pair> for another pair).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Reuse rows already computed in --out.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
     cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")] = None,
@@ -58,21 +61,27 @@ def bench_command(
 ) -> None:
     """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics.
 
-    Strategy-specific flags (--alpha, --rotation-rank, ...) and transfer-method flags
-    (--gradfix-shots, --gradfix-vote, --transfusion-rounds) set that option for every row that reads it.
+    On mini and planted, how related source and target are (CKA and Procrustes residual
+    per depth) is measured too and written beside the table. Strategy-specific flags
+    (--alpha, --rotation-rank, ...) and transfer-method flags (--gradfix-shots,
+    --gradfix-vote, --transfusion-rounds) set that option for every row that reads it.
     """
-    from orthoxfer.experiments.bench import BenchConfig, run_bench
+    from orthoxfer.artifacts import write_json
+    from orthoxfer.experiments.bench import BenchConfig, relatedness, run_bench
     from orthoxfer.fit.finetune import FinetuneSettings
     from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
     from orthoxfer.runs import Run
     from orthoxfer.strategies.settings import AlignSettings, read_config
     from orthoxfer.suites import SUITES, build_suite, default_tables
     from orthoxfer.suites.base import SuiteRequest
-    from orthoxfer.suites.mini import default_shots
+    from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair, default_shots
     from orthoxfer.transfers.registry import declared_options as transfer_options
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
+    if pair is not None and suite != "mini":
+        raise UsageError(f"--pair is for --suite mini; the {suite} suite names its own target (leave out --pair)")
+    rung = check_pair(pair) if suite == "mini" else None
     dev = launch(device)
     tables = default_tables(suite, size)
     schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
@@ -96,24 +105,36 @@ def bench_command(
               "mode": mode or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
 
-    run = Run(out or Path("runs") / suite, overwrite=overwrite, resume=resume)
-    resolved = {"suite": suite, "seeds": seeds, "shots": shots, "size": size, **{k: v for k, v in tables.items()},
+    other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
+    run = Run(out or Path("runs") / (f"{suite}-{rung}" if other_rung else suite), overwrite=overwrite, resume=resume)
+    resolved = {"suite": suite, **({"pair": rung} if other_rung else {}), "seeds": seeds, "shots": shots, "size": size,
+                **{k: v for k, v in tables.items()},
                 **({"transfer": transfer} if transfer else {}),
                 "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items() if v is not None}}
     run.write_config(resolved)
     started = time.perf_counter()
-    records, names = [], []
+    records, names, related = [], [], {}
     for seed in range(seeds):
-        request = SuiteRequest(seed=seed, shots=shots, size=size, tasks=comma_list(tasks), kinds=bench.kinds, source_ft=source_ft,
-                               device=dev, cache_dir=cache_dir, source=source, target=target, data_root=data_root,
-                               vectors_dir=vectors_dir)  # fmt: skip
+        request = SuiteRequest(seed=seed, shots=shots, size=size, pair=pair, tasks=comma_list(tasks), kinds=bench.kinds,
+                               source_ft=source_ft, device=dev, cache_dir=cache_dir, source=source, target=target,
+                               data_root=data_root, vectors_dir=vectors_dir)  # fmt: skip
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
+        layers = relatedness(inputs, seed)
+        if layers is not None:
+            related[str(seed)] = layers
+            if run.writes:
+                write_json(run.file(f"relate-seed{seed}.json"), {"source": inputs.source_name, "target": inputs.target_name,
+                                                                 "pair": rung, "seed": seed, "layers": layers})  # fmt: skip
+            console.print(f"{inputs.source_name} vs {inputs.target_name} (seed {seed}), per depth: CKA "
+                          + " ".join(f"{r['cka']:.2f}" for r in layers) + "; Procrustes residual "
+                          + " ".join(f"{r['procrustes_residual']:.2f}" for r in layers), highlight=False)  # fmt: skip
         records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
     if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
         return
     summary = summarise_rows(records, names)
-    meta = {"suite": suite, "source": inputs.source_name, "target": inputs.target_name, "seeds": seeds,
+    meta = {"suite": suite, **({"pair": rung} if rung else {}), "source": inputs.source_name, "target": inputs.target_name,
+            "seeds": seeds, **({"relatedness": related} if related else {}),
             "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
             "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}"}  # fmt: skip
     files = write_results(run.path, summary, records, names, meta)
@@ -131,8 +152,10 @@ def demo_command(
                               "(controls and tie options, below).")] = 1,  # fmt: skip
     controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task (study default: all three).")] = None,
     ties: Annotated[str | None, Opt("--ties", help="Tie options: site,block,model (study default: all three).")] = None,
+    pair: Annotated[str | None, Opt("--pair", help="The target's rung on the ladder of relatedness to model A: same | "
+                                    "release | seed | data (model B, the default); see `orthoxfer bench --help`.")] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
-    out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/demo"),
+    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/demo, runs/demo-<pair> for another pair).")] = None,
     cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,
 ) -> None:
     """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` with its defaults.
@@ -141,11 +164,16 @@ def demo_command(
     started at Procrustes). With --seeds N > 1, the study of what the vector transfers:
     embed vectors, every strategy at every tie option, each beside its three controls,
     with transfer gains and 95% intervals over the N seeds. Reruns reuse the finished
-    rows in --out; pass a new --out to compute them again.
+    rows in --out; pass a new --out to compute them again. --pair picks the target's
+    rung (the default, data, is model B: the paper's setting).
     """
+    from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair
+
     study = dict(STUDY) if seeds > 1 else {"controls": None, "ties": None, "kinds": None, "procrustes_init": None}
     study.update({k: v for k, v in {"controls": controls, "ties": ties}.items() if v is not None})
-    bench_command(suite="mini", seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
+    rung = check_pair(pair)
+    out = out or Path("runs") / ("demo" if rung == DEFAULT_PAIR else f"demo-{rung}")
+    bench_command(suite="mini", pair=pair, seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
                   methods=None, steps=None, lr=None, lrs=None, mode=None, strategy_options={},
                   tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
                   overwrite=False)  # fmt: skip

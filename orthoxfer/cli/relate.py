@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import console, print_json, reports_errors, resolve_device
+from orthoxfer.cli.common import command_suite, console, print_json, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 
@@ -53,42 +56,19 @@ def image_source(spec: str, limit: int, seed: int):
     return Subset(split, order.tolist())
 
 
-@reports_errors
-def relate_command(
-    source: Annotated[str, typer.Option("--source", help="ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none.")],
-    target: Annotated[str, typer.Option("--target", help="ARCH:TAG, ARCH:/path/to/checkpoint or ARCH:none.")],
-    images: Annotated[
-        str, typer.Option("--images", help="A folder of images (read recursively, sorted) or DATASET:DIR (its test split).")
-    ],
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the shuffled control and a dataset's image draw.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path, typer.Option("--out", help="Folder for relate.json and relate.png.")] = Path("runs/relate"),
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Weights cache (default: open_clip's and Hugging Face's).")
-    ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,
-) -> None:
-    """Procrustes residual and linear CKA of source versus target, per layer of the image tower."""
+def open_clip_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int, seed: int,
+                     where: torch.device, cache_dir: Path | None, workers: int | None) -> tuple:  # fmt: skip
+    """Two open_clip models, batches of the same pixels (the target's resize and crop, each model's own normalisation
+    applied later), what to record about them, and the counts the batches fill in as they are read."""
     from orthoxfer.data.fewshot import pixel_transform
     from orthoxfer.data.paper import CORRUPT, make_loader
-    from orthoxfer.evaluation.relate import check_pair, plot_relations, relate
     from orthoxfer.models.loading import load_model
-    from orthoxfer.problem.tasks import normalise
 
+    if images is None:
+        raise UsageError("--images is needed to relate open_clip models: a folder of images or DATASET:DIR")
     data = image_source(images, limit, seed)  # fail on missing images before loading weights
-    where = resolve_device(device)
     loaded_target = load_model(target, cache_dir=cache_dir, device=where)
     loaded_source = load_model(source, cache_dir=cache_dir, device=where)
-    check_pair(loaded_source.model, loaded_target.model)
-    if loaded_source.image_size != loaded_target.image_size:
-        raise UsageError(
-            f"the source takes {loaded_source.image_size} images and the target {loaded_target.image_size}; "
-            "relate needs models of one resolution"
-        )
-    # both models see the same pixels (the target's resize and crop), each normalised its own way
     split = data.dataset if hasattr(data, "dataset") else data
     split.transform = pixel_transform(loaded_target.preprocess)
     loader = make_loader(data, batch_size=batch_size, device=where, workers=workers)
@@ -102,23 +82,92 @@ def relate_command(
             if keep.any():
                 yield pixels[keep]
 
+    return loaded_source, loaded_target, batches(), {"images": images}, counted
+
+
+def mini_inputs(source: str, target: str, images: str | None, limit: int, seed: int, where: torch.device, size: str,
+                cache_dir: Path | None) -> tuple:  # fmt: skip
+    """Two of the mini suite's models and the images ``bench`` relates them on (one batch, as ``bench`` does)."""
+    from orthoxfer.data.mini import mini_tasks
+    from orthoxfer.suites.mini import RELATE_PER_TASK, relate_images
+
+    if images is not None:
+        raise UsageError("the mini models are related on the mini tasks' few-shot pool images; leave out --images")
+    suite = command_suite("mini", where, size=size, cache_dir=cache_dir)
+    for spec in (source, target):  # both names before minutes of pre-training
+        suite.check(spec)
+    pixels = relate_images(mini_tasks(size), suite.default_shots, seed)[:limit]
+    described = f"mini ({size}): up to {RELATE_PER_TASK} images of each task's {suite.default_shots}-shot pool (seed {seed})"
+    loaded = suite.load(source, where), suite.load(target, where)
+    return *loaded, [pixels], {"images": described, "size": size}, {"images": len(pixels), "skipped": 0}
+
+
+@reports_errors
+def relate_command(
+    source: Annotated[str | None, typer.Option("--source", help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, or a mini "
+                                               "model: mini:a, mini:b, mini:seed, mini:release.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="As --source.")] = None,
+    images: Annotated[str | None, typer.Option("--images", help="A folder of images (read recursively, sorted) or DATASET:DIR "
+                                               "(its test split); mini models use the mini tasks' images.")] = None,
+    pair: Annotated[str | None, typer.Option("--pair", help="mini:a against a rung of the mini suite's ladder, in place of "
+                                             "--source and --target: same | release | seed | data (mini:b).")] = None,
+    size: Annotated[str, typer.Option("--size", help="mini models: full | micro.")] = "full",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the shuffled control and the image draw (a dataset's, a mini pool's).")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Folder for relate.json and relate.png.")] = Path("runs/relate"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Weights cache (default: open_clip's and Hugging "
+                                                   "Face's), or the mini suite's cache.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,
+) -> None:  # fmt: skip
+    """Procrustes residual and linear CKA of source versus target, per layer of the image tower."""
+    from orthoxfer.evaluation.relate import check_pair, plot_relations, relate
+    from orthoxfer.problem.tasks import normalise
+    from orthoxfer.suites.mini import PREFIX, check_pair as check_rung, target_name
+
+    if pair is not None:
+        if source is not None or target is not None:
+            raise UsageError("--pair names both models (mini:a and the rung's target); leave out --source and --target")
+        source, target = PREFIX + "a", target_name(check_rung(pair))
+    if source is None or target is None:
+        raise UsageError("give --source and --target, or --pair for the mini suite's models")
+    where = resolve_device(device)
+    mini = source.startswith(PREFIX) or target.startswith(PREFIX)
+    if mini:
+        loaded_source, loaded_target, batches, described, counted = mini_inputs(source, target, images, limit, seed, where,
+                                                                                size, cache_dir)  # fmt: skip
+    elif size != "full":
+        raise UsageError("--size is for the mini models (mini:a, mini:b, ...)")
+    else:
+        loaded_source, loaded_target, batches, described, counted = open_clip_inputs(
+            source, target, images, limit, batch_size, seed, where, cache_dir, workers
+        )
+    check_pair(loaded_source.model, loaded_target.model)
+    if loaded_source.image_size != loaded_target.image_size:
+        raise UsageError(
+            f"the source takes {loaded_source.image_size} images and the target {loaded_target.image_size}; "
+            "relate needs models of one resolution"
+        )
     relations = relate(
         loaded_source.model,
         loaded_target.model,
-        batches(),
-        seed=seed,
-        source_transform=lambda px: normalise(px.to(where), loaded_source.mean, loaded_source.std),
-        target_transform=lambda px: normalise(px.to(where), loaded_target.mean, loaded_target.std),
+        batches,
+        seed=seed,  # the mini images come normalised, as bench relates them
+        source_transform=None if mini else lambda px: normalise(px.to(where), loaded_source.mean, loaded_source.std),
+        target_transform=None if mini else lambda px: normalise(px.to(where), loaded_target.mean, loaded_target.std),
     )
     same_norm = (loaded_source.mean, loaded_source.std) == (loaded_target.mean, loaded_target.std)
     results = {
         "source": loaded_source.spec,
         "target": loaded_target.spec,
-        "images": images,
+        **({"pair": check_rung(pair)} if pair is not None else {}),
+        **described,
         "image_count": counted["images"],
         "skipped_unreadable": counted["skipped"],
         "seed": seed,
-        "preprocessing": "target's resize and crop; "
+        "preprocessing": "the mini suite's 32 px images, one normalisation" if mini else "target's resize and crop; "
         + ("one normalisation" if same_norm else "each model normalises the same pixels with its own mean and std"),
         "normalisation": {
             "source": {"mean": list(loaded_source.mean), "std": list(loaded_source.std)},

@@ -29,6 +29,7 @@ from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.evaluation.baselines import SCALES, direct_addition, fewshot_finetune
+from orthoxfer.evaluation.relate import relate
 from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
@@ -238,6 +239,14 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
     fields["scale"] = {t: c.scale for t, c in chosen.items()}
     score = sum(c.validation[c.scale] for c in chosen.values()) / len(tasks)
     return {t: c.model for t, c in chosen.items()}, score, fields
+
+
+def relatedness(inputs: SuiteInputs, seed: int) -> list[dict[str, Any]] | None:
+    """How related the suite's source and target are: CKA and Procrustes residual at every depth of the image tower,
+    each beside its shuffled control, on the suite's relate images (None for a suite without them, as paper)."""
+    if inputs.relate_images is None:
+        return None
+    return [r.to_dict() for r in relate(inputs.source, inputs.target, inputs.relate_images, seed=seed)]
 
 
 def run_bench(inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:

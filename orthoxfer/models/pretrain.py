@@ -1,21 +1,23 @@
-"""Pre-training the ``mini`` suite's two small CLIPs, and caching them on disk.
+"""Pre-training the ``mini`` suite's small CLIPs, and caching them on disk.
 
 The paper transfers between two ViT-B/32 CLIPs pre-trained independently on different
 data. The mini suite rebuilds that situation at laptop scale: two CLIPs of one small
 open_clip architecture (:func:`orthoxfer.models.small.small_clip`), each from its own
 random init, each trained with CLIP's own image-text contrastive loss on its own
 generated corpus (:func:`orthoxfer.data.mini_corpora.corpus`: ``a`` for model A, ``b`` for
-model B), for a fixed number of seeded steps.
+model B), for a fixed number of seeded steps. Two more models make the suite's ladder of
+relatedness to A (:data:`RECIPES`): ``seed`` is trained on A's corpus from another seed,
+``release`` is A with its pre-training continued on corpus ``b``.
 
 Captions repeat within a batch (a corpus has a few thousand distinct captions), so the
 contrastive targets are spread over every pair whose captions are equal instead of
 being the diagonal only; otherwise the loss would push apart images that the text
 cannot tell apart.
 
-Results are cached as two safetensors state dicts and a JSON of the config under
-``<cache>/mini/<key>/``, where the key is a hash of everything that produced them: the
-config, the data version of the corpora, this module's training version and the
-versions of torch and open_clip. A changed setting gives a new key and so a rebuild;
+Results are cached as one safetensors state dict per model (``model_<which>``) and a
+JSON of the config under ``<cache>/mini/<key>/``, where the key is a hash of everything
+that produced them: the config, the data version of the corpora, this module's
+training version and the versions of torch and open_clip. A changed setting gives a new key and so a rebuild;
 an unreadable cached file is rebuilt too.
 """
 
@@ -26,6 +28,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
-from orthoxfer.data.mini_corpora import Corpus, corpus
+from orthoxfer.data.mini_corpora import Corpus, CorpusName, corpus
 from orthoxfer.data.mini_pools import random_shift
 from orthoxfer.errors import UsageError
 from orthoxfer.models.small import small_clip
@@ -47,7 +51,7 @@ from orthoxfer.problem.tasks import FewShotTask
 
 TRAIN_VERSION = 1  # bump whenever the training loop below changes what it produces
 KIND = "mini_model"
-Which = Literal["a", "b"]
+Which = Literal["a", "b", "seed", "release"]
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,6 @@ class PretrainConfig:
         if self.width % max(8, self.width // 4) or IMAGE_SIZE % self.patch_size:
             raise UsageError(f"width {self.width} and patch size {self.patch_size} do not fit a {IMAGE_SIZE} px ViT")
 
-    def seed(self, which: Which) -> int:
-        return self.seed_a if which == "a" else self.seed_b
-
     def key(self) -> str:
         """A hash of everything that produced the models: this config, data and code versions."""
         record = {
@@ -105,10 +106,34 @@ class PretrainConfig:
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one mini model is made: the corpus it sees, its seed (init and batch order), and whose weights it starts from."""
+
+    corpus: CorpusName
+    corpus_seed: int
+    seed: int
+    start: Which | None = None  # continue this model's pre-training instead of starting from the seeded init
+
+
+RECIPES: dict[str, Callable[[PretrainConfig], Recipe]] = {
+    "a": lambda c: Recipe("a", c.seed_a, c.seed_a),  # the source
+    "b": lambda c: Recipe("b", c.seed_b, c.seed_b),  # another corpus, another seed: the paper's setting
+    "seed": lambda c: Recipe("a", c.seed_a, c.seed_b),  # A's corpus (the same images), another seed: Git Re-Basin's
+    "release": lambda c: Recipe("b", c.seed_b, c.seed_b, start="a"),  # A, pre-trained on for as long again on corpus b
+}
+
+
+def recipe(config: PretrainConfig, which: str) -> Recipe:
+    if which not in RECIPES:
+        raise UsageError(f"unknown mini model {which!r}; choose {', '.join(RECIPES)}")
+    return RECIPES[which](config)
+
+
 def build_model(config: PretrainConfig, which: Which) -> open_clip.CLIP:
     """The untrained model ``which`` (its own seeded init) of the mini architecture."""
     return small_clip(
-        seed=config.seed(which),
+        seed=recipe(config, which).seed,
         width=config.width,
         layers=config.layers,
         image_size=IMAGE_SIZE,
@@ -132,15 +157,24 @@ def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tens
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True) -> tuple[open_clip.CLIP, dict]:
+def pretrain(
+    config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True, start: nn.Module | None = None
+) -> tuple[open_clip.CLIP, dict]:
     """Pre-train model ``which`` on its corpus for ``config.steps`` seeded steps; returns it (eval mode) and a log.
 
     AdamW with linear warm-up and cosine decay; weight decay only on matrices (not on
-    gains, biases, embeddings' positions or the logit scale), as in CLIP.
+    gains, biases, embeddings' positions or the logit scale), as in CLIP. A model whose
+    recipe starts from another (``release``) continues from ``start``'s weights (a
+    copy; pre-trained here when not given) with a fresh optimiser and schedule.
     """
-    seed = config.seed(which)
-    data = data if data is not None else corpus(which, config.corpus_size, seed)
-    model = build_model(config, which).train()
+    made = recipe(config, which)
+    seed = made.seed
+    data = data if data is not None else corpus(made.corpus, config.corpus_size, made.corpus_seed)
+    model = build_model(config, which)
+    if made.start is not None:
+        start = start if start is not None else pretrain(config, made.start, progress=progress)[0]
+        model.load_state_dict(start.state_dict())
+    model.train()
     first: dict[str, int] = {}
     caption_ids = torch.tensor([first.setdefault(c, len(first)) for c in data.captions])
     tokens = tokenize(data.captions, model)
@@ -187,6 +221,7 @@ def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, p
             bar.update(job, advance=1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     log = {
         "which": which,
+        "recipe": dataclasses.asdict(made),
         "seconds": round(time.perf_counter() - start, 2),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "first_loss": losses[0],
@@ -194,9 +229,10 @@ def pretrain(config: PretrainConfig, which: Which, data: Corpus | None = None, p
     return model.eval(), log
 
 
-def _paths(root: Path, config: PretrainConfig) -> tuple[Path, Path, Path]:
+def _paths(root: Path, config: PretrainConfig, which: Which) -> tuple[Path, Path]:
+    """Model ``which``'s file and the folder's config.json."""
     folder = root / "mini" / config.key()
-    return folder / "model_a.safetensors", folder / "model_b.safetensors", folder / "config.json"
+    return folder / f"model_{which}.safetensors", folder / "config.json"
 
 
 def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | None:
@@ -218,19 +254,21 @@ def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | 
 def pretrained_model(
     which: Which, config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True
 ) -> open_clip.CLIP:
-    """Model ``which`` (a or b), loaded from the cache when this exact config built it before, else pre-trained and cached."""
+    """Model ``which`` (a, b, seed or release), loaded from the cache when this exact config built it before, else
+    pre-trained and cached (``release`` first loads or makes model A, whose pre-training it continues)."""
     config = config or PretrainConfig()
+    start = recipe(config, which).start
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    paths = _paths(root, config)
-    path = paths[0] if which == "a" else paths[1]
+    path, record = _paths(root, config, which)
     model = _load(path, config, which)
     if model is not None:
         return model
-    model, log = pretrain(config, which, progress=progress)
+    begin = pretrained_model(start, config, root, progress) if start is not None else None
+    model, log = pretrain(config, which, progress=progress, start=begin)
     meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
     save_artifact(path, KIND, model.state_dict(), meta)
-    logs = json.loads(paths[2].read_text()).get("logs", {}) if paths[2].is_file() else {}
-    write_json(paths[2], {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
+    logs = json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
+    write_json(record, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
                           "train_version": TRAIN_VERSION, "logs": {**logs, which: log}})  # fmt: skip
     Console(stderr=True, quiet=not progress).print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
     return model

@@ -48,8 +48,7 @@ class SuiteInputs:
     tasks: list[SuiteTask]
     vectors: dict[str, dict[str, TaskVector]]  # kind -> task -> source task vector
     planted: dict[str, torch.Tensor] | None = None  # positive control: site -> the U* planted in the target
-
-
+    relate_images: torch.Tensor | None = None  # images both models take as they are: how related the pair is (mini)
 
 
 @dataclass
@@ -59,6 +58,7 @@ class SuiteRequest:
     seed: int = 0
     shots: int = 100
     size: str = "full"  # mini and planted: full | micro
+    pair: str | None = None  # mini: the rung of the ladder of relatedness (suites.mini.PAIRS); None = data
     tasks: tuple[str, ...] | None = None  # None: the suite's own list
     kinds: tuple[str, ...] = ("embed", "lora")
     source_ft: FinetuneSettings = field(default_factory=FinetuneSettings)

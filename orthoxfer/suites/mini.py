@@ -1,12 +1,19 @@
-"""The offline miniature: two small CLIPs pre-trained here (A the source, B the target), eight generated tasks.
+"""The offline miniature: small CLIPs pre-trained here (A the source, B the target), eight generated tasks.
 
 Data in :mod:`orthoxfer.data.mini`, models in :mod:`orthoxfer.models.pretrain`; every
 model classifies with its own prototype heads. The ``planted`` suite
 (:mod:`orthoxfer.suites.planted`) shares everything here but the target.
 
+The target is a rung of a ladder of relatedness to A (``SuiteRequest.pair``,
+:data:`PAIRS`): A itself, A's new release, A's corpus from another seed, or B (another
+corpus and seed: the paper's setting and the default). Each pair is measured as well as
+used: :func:`relate_images` are what its relatedness (CKA, Procrustes residual) is
+computed on.
+
 The single-run commands name its parts (:class:`MiniSuite`): ``mini:a`` and ``mini:b``
 are the two pre-trained CLIPs (A is the source of every mini task vector, B the target
-the README's quick start aligns into); ``mini:<task>`` (``mini:surfaces``, any of
+the README's quick start aligns into), ``mini:release`` and ``mini:seed`` the targets of
+those rungs; ``mini:<task>`` (``mini:surfaces``, any of
 :data:`~orthoxfer.data.mini.TASK_NAMES`) is model A's embed task vector for that task.
 Each is made on first use and cached under the cache folder by everything that made it,
 with the settings ``demo`` uses, so ``demo``, ``bench --suite mini`` and the single
@@ -15,6 +22,7 @@ commands share one cache: a name means the demo's seed-0 model or vector.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -30,19 +38,28 @@ from torch import nn
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
-from orthoxfer.data.mini_pools import model_suite, shift_augment
+from orthoxfer.data.mini_pools import fewshot_pool, model_suite, shift_augment
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
-from orthoxfer.models.pretrain import PretrainConfig, pretrained_model, pretrained_pair
-from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.models.pretrain import RECIPES, PretrainConfig, pretrained_model
+from orthoxfer.problem.tasks import FewShotTask, normalise
 from orthoxfer.runs import HOW_NOT_WHAT
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
 from orthoxfer.vectors.taskvector import TaskVector
 
 PREFIX = "mini:"
-MODELS = ("a", "b")
+MODELS = tuple(RECIPES)  # a, b, seed, release
 SIZES = ("full", "micro")
+# the ladder of relatedness: pair -> the target model (A is always the source)
+PAIRS: dict[str, str] = {
+    "same": "a",  # the source itself: direct addition must reach the source's fine-tuned accuracy
+    "release": "release",  # the source with its pre-training continued on corpus b: a new release
+    "seed": "seed",  # the source's corpus, another seed: the Git Re-Basin setting
+    "data": "b",  # another corpus and another seed: the paper's setting
+}
+DEFAULT_PAIR = "data"
+RELATE_PER_TASK = 32  # pool images per task that a pair's relatedness is measured on
 
 
 def defaults(size: str = "full") -> dict[str, dict[str, Any]]:
@@ -76,6 +93,29 @@ def pretrain_config(request: SuiteRequest) -> PretrainConfig:
     return dataclasses.replace(base, seed_a=2 * request.seed, seed_b=2 * request.seed + 1)
 
 
+def check_pair(pair: str | None) -> str:
+    """The rung ``pair`` names (None: the default), or a one-line UsageError listing the rungs."""
+    pair = DEFAULT_PAIR if pair is None else pair
+    if pair not in PAIRS:
+        raise UsageError(f"unknown pair {pair!r}; choose {', '.join(PAIRS)}")
+    return pair
+
+
+def target_name(pair: str | None) -> str:
+    """The target's model name on the ladder: ``mini:a`` (same), ``mini:release``, ``mini:seed``, ``mini:b`` (data)."""
+    return PREFIX + PAIRS[check_pair(pair)]
+
+
+def relate_images(tasks: Sequence[MiniTask], shots: int, seed: int) -> torch.Tensor:
+    """The first images of each task's few-shot pool, normalised as every mini model takes them.
+
+    Relatedness is measured on the images the aligners see (no labels, no test data),
+    the same for every pair of one seed.
+    """
+    images = torch.cat([fewshot_pool(t, shots, seed)[0][:RELATE_PER_TASK] for t in tasks])
+    return normalise(images, FewShotTask.mean, FewShotTask.std)
+
+
 def cache_dir(request: SuiteRequest) -> Path:
     return Path(request.cache_dir).expanduser() if request.cache_dir is not None else cache_root()
 
@@ -105,8 +145,9 @@ def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, bat
     return lambda: [(pool.normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
 
 
-def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module, pretrain: PretrainConfig) -> tuple[list[SuiteTask], dict]:
-    """The target's tasks (pools with its own heads, test sets) and the source's vectors, fine-tuned on the source's heads."""
+def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module, pretrain: PretrainConfig) -> tuple[list[SuiteTask], dict, torch.Tensor]:
+    """The target's tasks (pools with its own heads, test sets), the source's vectors (fine-tuned on the source's
+    heads) and the images the pair is related on."""
     tasks = mini_tasks(request.size) if request.tasks is None else mini_tasks(request.size, request.tasks)
     on_source = model_suite(source, tasks, shots=request.shots, seed=request.seed)
     on_target = model_suite(target, tasks, shots=request.shots, seed=request.seed)
@@ -122,15 +163,20 @@ def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module, pr
         SuiteTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for)
         for t, e in zip(tasks, on_target)
     ]
-    return suite_tasks, vectors
+    return suite_tasks, vectors, relate_images(tasks, request.shots, request.seed)
 
 
 def build(request: SuiteRequest) -> SuiteInputs:
-    """The mini suite: model A is the source, model B the target."""
+    """The mini suite: model A is the source, the pair's target (model B by default) the target.
+
+    ``same`` gets a copy of A, so that nothing done to the target can reach the source.
+    """
+    which = PAIRS[check_pair(request.pair)]
     pretrain = pretrain_config(request)
-    source, target = pretrained_pair(pretrain, cache_dir(request))
-    tasks, vectors = suite_inputs(request, source, target, pretrain)
-    return SuiteInputs("mini", "mini:a", "mini:b", source, target, tasks, vectors)
+    source = pretrained_model("a", pretrain, cache_dir(request))
+    target = copy.deepcopy(source) if which == "a" else pretrained_model(which, pretrain, cache_dir(request))
+    tasks, vectors, images = suite_inputs(request, source, target, pretrain)
+    return SuiteInputs("mini", "mini:a", PREFIX + which, source, target, tasks, vectors, relate_images=images)
 
 
 @dataclass(frozen=True)
@@ -188,11 +234,13 @@ class MiniSuite:
         """Which model ``spec`` names, before any minutes are spent on pre-training or fine-tuning."""
         which = spec.removeprefix(PREFIX) if spec.startswith(PREFIX) else None
         if which not in MODELS:
-            raise UsageError(f"the mini suite's models are mini:a (the source of its vectors) and mini:b, not {spec!r}")
+            raise UsageError(f"the mini suite's models are mini:a (the source of its vectors), mini:b, mini:seed and "
+                             f"mini:release, not {spec!r}")  # fmt: skip
         return which
 
     def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel:
-        """``mini:a`` or ``mini:b``: the pre-trained model, from the cache or pre-trained now (minutes at full size)."""
+        """``mini:a``, ``mini:b``, ``mini:seed`` or ``mini:release``: the pre-trained model, from the cache or pre-trained
+        now (minutes at full size)."""
         which = self.check(spec)
         model = pretrained_model(which, self.pretrain, cache_dir(self.request))
         return LoadedModel(model=model.to(device).eval(), preprocess=None, tokenizer=None, arch="mini", tag=which,

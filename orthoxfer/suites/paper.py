@@ -102,6 +102,8 @@ def build(request: SuiteRequest) -> SuiteInputs:
     missing = [flag for flag, value in given if value is None]
     if missing:
         raise UsageError(f"--suite paper needs {', '.join(missing)}")
+    if request.pair is not None:
+        raise UsageError("--pair is for --suite mini; --suite paper relates the --source and --target it is given")
     source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
     names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
     cache_dir, heads_dir, source_ft = request.cache_dir, heads_folder(request), request.source_ft
