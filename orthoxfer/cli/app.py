@@ -16,6 +16,7 @@ from orthoxfer.cli.diagnose import diagnose_command
 from orthoxfer.cli.evaluate import eval_command
 from orthoxfer.cli.finetune import finetune_command
 from orthoxfer.cli.inspect import inspect_command
+from orthoxfer.cli.mini import mini_app
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
 from orthoxfer.cli.vector import apply_command, vector_app
@@ -56,6 +57,7 @@ def build_app() -> typer.Typer:
     app.add_typer(data_app, name="data")
     app.add_typer(baseline_app, name="baseline")
     app.add_typer(vector_app, name="vector")
+    app.add_typer(mini_app, name="mini")
     app.command("eval")(eval_command)
     app.command("align")(with_strategy_options(align_command))
     app.command("finetune")(finetune_command)

@@ -46,6 +46,9 @@ from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini_corpora import Corpus, CorpusName, corpus
 from orthoxfer.data.mini_pools import random_shift
 from orthoxfer.errors import UsageError
+from orthoxfer.fit.checkpoint import KIND as CHECKPOINT
+from orthoxfer.fit.checkpoint import checkpoint_payload, load_checkpoint
+from orthoxfer.models.shipped import read_shipped
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.tasks import FewShotTask
 
@@ -95,15 +98,19 @@ class PretrainConfig:
             raise UsageError(f"width {self.width} and patch size {self.patch_size} do not fit a {IMAGE_SIZE} px ViT")
 
     def key(self) -> str:
-        """A hash of everything that produced the models: this config, data and code versions."""
-        record = {
-            "config": dataclasses.asdict(self),
-            "data_version": DATA_VERSION,
-            "train_version": TRAIN_VERSION,
-            "torch": torch.__version__.split("+")[0],
-            "open_clip": open_clip.__version__,
-        }
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
+        """A hash of everything that produced the models: this config, data and code versions (the cache's key)."""
+        return _digest({**self._recipe(), "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__})
+
+    def recipe_hash(self) -> str:
+        """A hash of what decides the weights but not of the library versions: the shipped models' key."""
+        return _digest(self._recipe())
+
+    def _recipe(self) -> dict:
+        return {"config": dataclasses.asdict(self), "data_version": DATA_VERSION, "train_version": TRAIN_VERSION}
+
+
+def _digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tens
 
 
 def pretrain(
-    config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True, start: nn.Module | None = None
+    config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True, start: nn.Module | None = None,
+    checkpoint: Path | None = None, checkpoint_every: int = 250,
 ) -> tuple[open_clip.CLIP, dict]:
     """Pre-train model ``which`` on its corpus for ``config.steps`` seeded steps; returns it (eval mode) and a log.
 
@@ -166,6 +174,11 @@ def pretrain(
     gains, biases, embeddings' positions or the logit scale), as in CLIP. A model whose
     recipe starts from another (``release``) continues from ``start``'s weights (a
     copy; pre-trained here when not given) with a fresh optimiser and schedule.
+
+    With ``checkpoint``, the whole training state (weights, optimiser, the generator that
+    draws batches and shifts, the epoch's order) is written there every
+    ``checkpoint_every`` steps and a run that finds it resumes where it stopped: the
+    result is the uninterrupted run's, bit for bit, on the same machine.
     """
     made = recipe(config, which)
     seed = made.seed
@@ -192,12 +205,15 @@ def pretrain(
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data.images), generator=g)
-    cursor, losses, start = 0, [], time.perf_counter()
+    cursor, losses, began, spent, first_step = 0, [], time.perf_counter(), 0.0, 0
+    state = _resume(checkpoint, config, which, model, opt, g) if checkpoint is not None else None
+    if state is not None:
+        first_step, order, cursor, losses, spent = state
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        job = bar.add_task(f"pre-training mini model {which.upper()}", total=config.steps, loss="-")
-        for step in range(config.steps):
+        job = bar.add_task(f"pre-training mini model {which.upper()}", total=config.steps, completed=first_step, loss="-")
+        for step in range(first_step, config.steps):
             if cursor + config.batch_size > len(order):
                 order, cursor = torch.randperm(len(data.images), generator=g), 0
             idx = order[cursor : cursor + config.batch_size]
@@ -219,14 +235,34 @@ def pretrain(
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
             bar.update(job, advance=1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+                tensors, meta = checkpoint_payload(model, opt, step + 1, {"key": config.key(), "which": which, "cursor": cursor,
+                                                   "losses": losses, "seconds": spent + time.perf_counter() - began})  # fmt: skip
+                save_artifact(checkpoint, CHECKPOINT, {**tensors, "rng/batches": g.get_state(), "data/order": order}, meta)
     log = {
         "which": which,
         "recipe": dataclasses.asdict(made),
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(spent + time.perf_counter() - began, 2),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "first_loss": losses[0],
     }
     return model.eval(), log
+
+
+def _resume(
+    path: Path, config: PretrainConfig, which: Which, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator
+) -> tuple[int, torch.Tensor, int, list[float], float] | None:
+    """Restore a checkpoint of this exact pre-training in place; None (start over) if there is none or it is another's."""
+    try:
+        tensors, meta = load_artifact(path, CHECKPOINT)
+    except ArtifactError:
+        return None
+    if meta.get("key") != config.key() or meta.get("which") != which:
+        return None
+    step, meta = load_checkpoint(path, model, opt)
+    g.set_state(tensors["rng/batches"])
+    Console(stderr=True).print(f"mini model {which.upper()}: resuming pre-training at step {step} from {path}")
+    return step, tensors["data/order"], int(meta["cursor"]), list(meta["losses"]), float(meta["seconds"])
 
 
 def _paths(root: Path, config: PretrainConfig, which: Which) -> tuple[Path, Path]:
@@ -252,25 +288,41 @@ def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | 
 
 
 def pretrained_model(
-    which: Which, config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True
+    which: Which, config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True,
+    shipped: bool = True,
 ) -> open_clip.CLIP:
-    """Model ``which`` (a, b, seed or release), loaded from the cache when this exact config built it before, else
-    pre-trained and cached (``release`` first loads or makes model A, whose pre-training it continues)."""
+    """Model ``which`` (a, b, seed or release): the shipped image tower where its recipe hash matches (``shipped``),
+    else from the cache when this exact config built it before, else pre-trained (resumably) and cached.
+
+    ``release`` continues model A's pre-training, text tower included, so where it is not
+    shipped it starts from a pre-trained A, never from a shipped image tower.
+    """
     config = config or PretrainConfig()
+    console = Console(stderr=True, quiet=not progress)
     start = recipe(config, which).start
+    tensors, why = read_shipped(which, config.recipe_hash()) if shipped else (None, None)
+    if tensors is not None:
+        model = build_model(config, which)
+        model.load_state_dict({**model.state_dict(), **tensors}, strict=True)
+        return model.eval()
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     path, record = _paths(root, config, which)
     model = _load(path, config, which)
     if model is not None:
         return model
-    begin = pretrained_model(start, config, root, progress) if start is not None else None
-    model, log = pretrain(config, which, progress=progress, start=begin)
+    begin = pretrained_model(start, config, root, progress, shipped=False) if start is not None else None
+    partial = path.with_suffix(".partial.safetensors")
+    if why is not None:
+        console.print(f"mini model {which.upper()}: no shipped weights ({why}); pre-training it here, so results can "
+                      "differ slightly between machines")  # fmt: skip
+    model, log = pretrain(config, which, progress=progress, start=begin, checkpoint=partial)
     meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
     save_artifact(path, KIND, model.state_dict(), meta)
+    partial.unlink(missing_ok=True)
     logs = json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
     write_json(record, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
                           "train_version": TRAIN_VERSION, "logs": {**logs, which: log}})  # fmt: skip
-    Console(stderr=True, quiet=not progress).print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
+    console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
     return model
 
 
