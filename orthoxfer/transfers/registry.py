@@ -14,8 +14,9 @@ from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.transfers.base import NEEDS, Transfer, TransferSettings
 from orthoxfer.transfers.gradfix import GradFix
 from orthoxfer.transfers.orthogonal_shift import OrthogonalShift
+from orthoxfer.transfers.theseus import Theseus
 
-TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift)}
+TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, Theseus)}
 
 
 def register(cls: type[Transfer]) -> type[Transfer]:
