@@ -14,7 +14,9 @@ run (minutes) cancels; its seconds per step are the median over rounds. The rows
 - ``procrustes``: the whole closed-form solve for all sites (inputs captured on one batch
   through target and source, one SVD per site), timed once per round;
 - ``activation``: the penalty strategy with the reference code's activation-side forward
-  (:mod:`orthoxfer.experiments.activation_side`, a comparison point).
+  (:mod:`orthoxfer.experiments.activation_side`, a comparison point);
+- ``theseus``, ``gradfix-majority``, ``gradfix-mean``: one whole transfer of the dense vector
+  by each transfer method (:mod:`orthoxfer.experiments.transfer_cost`), timed once per round.
 
 Memory, measured in one extra untimed round so that measuring never slows a timed step:
 ``state`` is what a method keeps between steps (parameters, optimiser state, stacked task
@@ -45,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
+from orthoxfer.experiments.transfer_cost import LABELS, ROWS, learnt_bytes, transfer_runs
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.fit.loop import progress_bar
@@ -60,7 +63,7 @@ from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import __version__
 
 TRAINED = {"penalty": {}, "riemannian-qr": {"retraction": "qr"}, "riemannian-cayley": {"retraction": "cayley"}, "cayley": {}}
-METHODS = ("floor", *TRAINED, "procrustes", "activation")
+METHODS = ("floor", *TRAINED, "procrustes", "activation", *ROWS)
 GOAL = 1.15  # the target: a trained strategy's step at most 1.15x the floor
 
 
@@ -204,6 +207,10 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
             result[:] = procrustes_fit(problem, groups, s)[0]
 
         rows.append(TimedRow("procrustes", "-", solve, lambda: sum(t.numel() * t.element_size() for t in result)))
+    done: dict = {}
+    for name, transfer in transfer_runs(methods, task_vector(sites, "dense", rank), source, target, task, device):
+        rows.append(TimedRow(name, "-", lambda name=name, transfer=transfer: done.update({name: transfer()}),
+                             lambda name=name: learnt_bytes(done.get(name))))  # fmt: skip
     d = sites[0].dim
     meta = {"sites": len(sites), "d": d, "dense_rotation_gflop": 10 * d**3 * len(sites) / 1e9}
     return rows, meta
@@ -335,7 +342,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         name = {"floor": "floor: fine-tune the sites (AdamW)", "procrustes": "procrustes (whole solve)",
-                "activation": "activation-side (reference code), penalty"}.get(r["method"], r["method"])
+                "activation": "activation-side (reference code), penalty", **LABELS}.get(r["method"], r["method"])
         lines.append(f"| {name} | {r['vector']} | {r['median_s']:.3g} | {r['ratio_to_floor']:.2f} | {number(r['gflop'])} | "
                      f"{number(r['state_mb'])} | {number(r['step_peak_mb'])} |")
     lines.append("")

@@ -14,10 +14,13 @@ pools (their training part) are read.
 
 A site's inputs are captured by forward hooks on both models
 (:func:`~orthoxfer.problem.capture.capture_inputs`), its outputs computed from them with
-the model's own weight and bias (q, k and v have no module of their own to hook).
+the model's own weight and bias (q, k and v have no module of their own to hook); an
+MLP's hidden units are measured after the activation (:func:`output_space`).
 ``--theseus-centre`` subtracts each model's mean activation first, so the maps align
-the activations' spread and not their offsets. The ``extra`` parameters of a ``full``
-vector (biases, LayerNorms, embeddings) are added unchanged, as every alignment adds them.
+the activations' spread and not their offsets; a LayerNorm-fed layer's centred outputs
+then lie in a hyperplane, and one direction of its output map is left to the completion.
+The ``extra`` parameters of a ``full`` vector (biases, LayerNorms, embeddings) are added
+unchanged, as every alignment adds them. ``learnt`` holds ``in/<site>`` and ``out/<site>``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ RTOL = Option("theseus_rtol", PROCRUSTES_RTOL.default, "theseus: singular values
               "times the largest leave its map free there; it is completed by the map closest to I.", minimum=0)  # fmt: skip
 BATCH = 32  # images per forward while collecting statistics: memory only, the sums are the same
 SOLVE = 16  # maps per batched SVD: at 4d = 3072 (ViT-B/32's MLP) 16 of them and their factors take about 4 GB
-SIDES = ("in", "out")  # learnt[f"{side}/{site}"]: the input-side and output-side map of a site
 
 
 @dataclass
@@ -151,7 +153,8 @@ class Theseus(Transfer):
         try:
             moments = site_moments(target, source, sites, batches)
         finally:
-            target.train(modes[0]), source.train(modes[1])
+            target.train(modes[0])
+            source.train(modes[1])
         maps = fit_maps(moments, settings.theseus_centre, settings.theseus_rtol)
         ins = {s.name: maps[f"in/{s.name}"] for s in sites}
         outs = {s.name: maps[output_space(s)] for s in sites}
