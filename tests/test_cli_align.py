@@ -59,7 +59,7 @@ def test_align_procrustes_with_source_and_per_task(align_setup, tiny_arch):
         (["--method", "sgd"], "choose one of penalty, riemannian, cayley, procrustes"),
         (["--method", "procrustes"], "procrustes needs --source"),
         (["--lr", "-1"], "--lr must be >= 0"),
-        (["--sites", "mlp"], "matches no site"),
+        (["--sites", "mlp"], "selects none of the task vector's sites"),
         (["--tasks", "imagenet"], "unknown dataset 'imagenet'"),
     ],
 )

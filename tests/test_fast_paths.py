@@ -20,6 +20,7 @@ from orthoxfer.alignment.artifact import rotate
 from orthoxfer.cli.bench_speed import bench_speed_command
 from orthoxfer.experiments.activation_side import ActivationSideStep
 from orthoxfer.experiments.step_cost import METHODS, TRAINED
+from orthoxfer.experiments.transfer_cost import ROWS as TRANSFER_ROWS
 from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
@@ -281,9 +282,12 @@ def test_bench_speed_writes_every_row(tmp_path):
                         rotation_rank=2)  # fmt: skip
     report = json.loads((tmp_path / "step_cost-cpu.json").read_text())
     rows = {(r["method"], r["vector"]) for r in report["rows"]}
-    whole = ("floor", "procrustes", "transfusion")  # timed once, with no vector
+    whole = ("floor", "procrustes", *TRANSFER_ROWS)  # timed once per round, whatever the vector kinds
     per_vector = [m for m in METHODS if m not in whole] + [f"{m} rank 2" for m in TRAINED]
     assert rows == {(m, "-") for m in whole} | {(m, v) for m in per_vector for v in ("dense", "lora r2")}
+    by_name = {r["method"]: r for r in report["rows"]}
+    assert by_name["theseus"]["state_mb"] == 8 * 2 * 32 * 32 * 4 / 2**20  # two 32 x 32 float32 maps per attention site
+    assert all(by_name[m]["gflop"] > 0 and by_name[m]["median_s"] > 0 for m in TRANSFER_ROWS)
     assert sum("meets_goal" in r for r in report["rows"]) == 2 * 2 * len(TRAINED)
     floor, *others = report["rows"]
     assert floor["ratio_to_floor"] == 1.0 and len(floor["times_s"]) == 1 + (len(others) + 1) // 2

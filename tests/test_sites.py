@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from orthoxfer.vectors.sites import SiteError, find_sites, param_overrides, read_site, write_site
+from orthoxfer.vectors.sites import SiteError, find_sites, param_overrides, read_site, require_square, write_site
 
 
 def test_vit_b32_attn_gives_48_square_sites():
@@ -30,7 +30,17 @@ def test_selectors(tiny):
 
 def test_unknown_selector_is_a_clear_error(tiny):
     with pytest.raises(SiteError, match="matches no site"):
-        find_sites(tiny, "mlp")
+        find_sites(tiny, "ffn")
+
+
+def test_mlp_selector_gives_the_rectangular_sites_that_no_other_selector_picks(tiny):
+    mlp = find_sites(tiny, "mlp")
+    assert [(s.name.rsplit(".", 2)[1], s.shape) for s in mlp] == [("c_fc", (128, 32)), ("c_proj", (32, 128))] * 2
+    assert not any(s.square for s in mlp) and all(s.square for s in find_sites(tiny, "all"))
+    assert tuple(read_site(tiny, mlp[1]).shape) == (32, 128)
+    assert len(find_sites(tiny, "attn,mlp")) == 12
+    with pytest.raises(SiteError, match="procrustes carries square sites only, and site .*c_fc.weight' is 128 x 32"):
+        require_square({s.name: s.shape for s in mlp}, "procrustes")
 
 
 def test_square_linear_layers_of_plain_modules():

@@ -137,5 +137,14 @@ def test_refusals_are_one_line_and_nothing_is_unpickled(tmp_path, tiny_arch, pai
         assert result.exit_code == code and message in result.output, (name, result.output)
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "unpickled").exists() and not (tmp_path / "tv.safetensors").exists()
-    mlp = _vector(tiny_arch, str(tmp_path / "wide.safetensors"), tmp_path / "tv.safetensors", "--sites", "mlp")
-    assert mlp.exit_code == 2 and "--full" in mlp.output
+
+
+def test_mlp_sites_are_rectangular_and_carried_by_name(tmp_path, tiny_arch, pair):
+    base, tuned = pair
+    _save(tmp_path / "tuned.safetensors", tuned.state_dict())
+    result = _vector(tiny_arch, str(tmp_path / "tuned.safetensors"), tmp_path / "tv.safetensors", "--sites", "attn,mlp")
+    assert result.exit_code == 0, result.output
+    vector = TaskVector.load(tmp_path / "tv.safetensors")
+    fc, proj = "visual.transformer.resblocks.0.mlp.c_fc.weight", "visual.transformer.resblocks.0.mlp.c_proj.weight"
+    assert vector.shape(fc) == (128, 32) and vector.shape(proj) == (32, 128) and len(vector.sites) == 4 + 2
+    torch.testing.assert_close(vector.delta(fc), (tuned.get_parameter(fc) - base.get_parameter(fc)).detach(), rtol=0, atol=1e-7)

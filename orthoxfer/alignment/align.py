@@ -12,6 +12,7 @@ from orthoxfer.strategies.base import Strategy
 from orthoxfer.strategies.procrustes import ProcrustesStrategy
 from orthoxfer.strategies.registry import declared_options, strategy_class
 from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.sites import require_square
 
 
 def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment:
@@ -25,6 +26,8 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
     (:mod:`orthoxfer.fit.distributed`); every process returns the whole alignment.
     """
     strategy = strategy_class(settings.method)()
+    for tv in problem.vectors.values():  # one d x d U per site: a rectangular site would be dropped or break a stack
+        require_square({s: tv.shape(s) for s in tv.sites}, strategy.name)
     sites = problem.aligned_sites(settings.sites)
     groups = group_sites(sites, settings.tie)
     names = [s.name for s in sites]

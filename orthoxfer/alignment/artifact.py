@@ -2,7 +2,8 @@
 
 Direction convention: if the target's inputs to a site relate to the source's by
 ``h_S = U h_T`` (column vectors), then ``W_T = U^T W_S U`` and the transferred update
-is ``dW_T = U^T dW_S U``. A LoRA update ``s B A`` becomes ``s (U^T B)(A U)``: still
+is ``dW_T = U^T dW_S U``. With two maps per site (inputs ``h_S = U_in h_T``, outputs
+``y_S = U_out y_T``) it is ``dW_T = U_out^T dW_S U_in`` (:func:`rotate` with ``outs``). A LoRA update ``s B A`` becomes ``s (U^T B)(A U)``: still
 factored, never a d x d x d product.
 
 U's are stored per *key*: with ``tie=site`` a key is a site, with ``tie=block`` all
@@ -48,22 +49,34 @@ def as_matrix(u: torch.Tensor | LowRankU) -> torch.Tensor:
     return u.dense() if isinstance(u, LowRankU) else u
 
 
-def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor]) -> TaskVector:
-    """``U^T dW U`` for every site of ``tv``; non-site parameters are carried unchanged."""
-    missing = [s for s in tv.sites if s not in us]
+def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor], outs: Mapping[str, torch.Tensor] | None = None) -> TaskVector:
+    """``U^T dW U`` for every site of ``tv``, or with output-side maps ``U_out^T dW U_in``; non-site parameters unchanged.
+
+    ``us`` are the input-side maps (``h_S = U_in h_T`` on the site's inputs), ``outs`` the
+    output-side ones (``y_S = U_out y_T`` on its outputs); without ``outs`` each site's
+    output map is its input map, the similarity transform of a square site. Two-sided
+    maps carry rectangular sites (an MLP's d x 4d weights) too. LoRA stays factored:
+    ``s (U_out^T B)(A U_in)``.
+    """
+    outs = us if outs is None else outs
+    missing = [s for s in tv.sites if s not in us or s not in outs]
     if missing:
         raise MismatchError(f"the alignment has no U for site {missing[0]!r} of the task vector")
     meta = dict(tv.meta, aligned=True)
+
+    def maps(site: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return outs[site].to(like.device, like.dtype), us[site].to(like.device, like.dtype)
+
     if tv.lora:
         lora = {}
         for s, (a, b) in tv.lora.items():
-            u = us[s].to(a.device, a.dtype)
-            lora[s] = (a @ u, u.T @ b)
+            u_out, u_in = maps(s, a)
+            lora[s] = (a @ u_in, u_out.T @ b)
         return TaskVector(lora=lora, scale=tv.scale, extra=dict(tv.extra), meta=meta)
     dense = {}
     for s, d in tv.dense.items():
-        u = us[s].to(d.device, d.dtype)
-        dense[s] = u.T @ d @ u
+        u_out, u_in = maps(s, d)
+        dense[s] = u_out.T @ d @ u_in
     return TaskVector(dense, extra=dict(tv.extra), meta=meta)
 
 

@@ -30,7 +30,7 @@ def bench_command(
                                     "seed) | data (model B: another corpus and seed; the default).")] = None,  # fmt: skip
     config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
     methods: Annotated[str | None, Opt("--methods", help="Comma-separated methods: alignment strategies (penalty, riemannian, "
-                                       "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data).")] = None,
+                                       "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus: images).")] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
     controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
     procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,

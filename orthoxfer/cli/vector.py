@@ -23,8 +23,9 @@ def from_checkpoints_command(
     finetuned: Annotated[str, Opt("--finetuned", help="The fine-tuned open_clip weights: .safetensors, .pt or .bin "
                                   "(whole CLIP or image tower, any common key layout), or hf-hub:owner/repo/path.")],  # fmt: skip
     out: Annotated[Path, Opt("--out", help="The task vector .safetensors to write.")],
-    sites: Annotated[str, Opt("--sites", help="attn | attn-qkv | attn-out | all | a glob over site names (square matrices "
-                              "only: MLP weights are not square; --full carries them).")] = "attn",  # fmt: skip
+    sites: Annotated[str, Opt("--sites", help="attn | attn-qkv | attn-out | mlp | all | a glob over site names, or "
+                              "several joined by commas (mlp: the rectangular MLP weights, which only two-sided "
+                              "methods such as theseus carry).")] = "attn",  # fmt: skip
     full: Annotated[bool, Opt("--full", help="Also carry every other changed image-tower parameter (added unaligned).")] = False,
     task: Annotated[str | None, Opt("--task", help="The task's name, recorded in the vector (align names the vector by it).")] = None,
     cache_dir: CacheDir = None,
@@ -34,9 +35,6 @@ def from_checkpoints_command(
     from orthoxfer.models.state_dicts import checkpoint_file, finetuned_model
     from orthoxfer.vectors.taskvector import TaskVector
 
-    if sites.strip() == "mlp":
-        raise UsageError("MLP weights are not square, so no orthogonal U carries them: use --sites attn (or all) with "
-                         "--full, which adds them and every other image-tower parameter unaligned")  # fmt: skip
     loaded = load_model(base, cache_dir=cache_dir)
     tuned = finetuned_model(checkpoint_file(finetuned, cache_dir), loaded.model)
     meta = {"tasks": [task] if task else [], "base": base, "finetuned": finetuned, "architecture": loaded.arch}

@@ -15,9 +15,9 @@ run (minutes) cancels; its seconds per step are the median over rounds. The rows
   through target and source, one SVD per site), timed once per round;
 - ``activation``: the penalty strategy with the reference code's activation-side forward
   (:mod:`orthoxfer.experiments.activation_side`, a comparison point);
-- ``transfusion``: one round of its data-free matching of the two towers' weights (head
-  spectra, then every permutation by Hungarian assignment), timed once per round; a
-  transfer takes up to ``--transfusion-rounds`` such rounds (its ``rounds`` diagnostic).
+- ``theseus``, ``gradfix-majority``, ``gradfix-mean``, ``transfusion``: one whole transfer of the
+  dense vector by each transfer method (:mod:`orthoxfer.experiments.transfer_cost`; transfusion
+  with one matching round, its cost per round of ``--transfusion-rounds``), timed once per round.
 
 Memory, measured in one extra untimed round so that measuring never slows a timed step:
 ``state`` is what a method keeps between steps (parameters, optimiser state, stacked task
@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
+from orthoxfer.experiments.transfer_cost import LABELS, ROWS, learnt_bytes, transfer_runs
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.fit.loop import progress_bar
@@ -58,13 +59,12 @@ from orthoxfer.strategies.procrustes import procrustes_fit
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import AlignSettings
 from orthoxfer.strategies.trained import identity_stacks
-from orthoxfer.transfers.weight_matching import match_towers
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import __version__
 
 TRAINED = {"penalty": {}, "riemannian-qr": {"retraction": "qr"}, "riemannian-cayley": {"retraction": "cayley"}, "cayley": {}}
-METHODS = ("floor", *TRAINED, "procrustes", "activation", "transfusion")
+METHODS = ("floor", *TRAINED, "procrustes", "activation", *ROWS)
 GOAL = 1.15  # the issue's target: a trained strategy's step at most 1.15x the floor
 
 
@@ -208,13 +208,10 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
             result[:] = procrustes_fit(problem, groups, s)[0]
 
         rows.append(TimedRow("procrustes", "-", solve, lambda: sum(t.numel() * t.element_size() for t in result)))
-    if "transfusion" in methods:  # needs no vector and no data: the permutations of the two towers
-        perms: list = []
-
-        def match() -> None:
-            perms[:] = match_towers(source.visual, target.visual, rounds=1, device=device).perms.values()
-
-        rows.append(TimedRow("transfusion", "-", match, lambda: sum(t.numel() * t.element_size() for t in perms)))
+    done: dict = {}
+    for name, transfer in transfer_runs(methods, task_vector(sites, "dense", rank), source, target, task, device):
+        rows.append(TimedRow(name, "-", lambda name=name, transfer=transfer: done.update({name: transfer()}),
+                             lambda name=name: learnt_bytes(done.get(name))))  # fmt: skip
     d = sites[0].dim
     meta = {"sites": len(sites), "d": d, "dense_rotation_gflop": 10 * d**3 * len(sites) / 1e9}
     return rows, meta
@@ -346,8 +343,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         name = {"floor": "floor: fine-tune the sites (AdamW)", "procrustes": "procrustes (whole solve)",
-                "activation": "activation-side (reference code), penalty",
-                "transfusion": "transfusion (one matching round)"}.get(r["method"], r["method"])
+                "activation": "activation-side (reference code), penalty", **LABELS}.get(r["method"], r["method"])
         lines.append(f"| {name} | {r['vector']} | {r['median_s']:.3g} | {r['ratio_to_floor']:.2f} | {number(r['gflop'])} | "
                      f"{number(r['state_mb'])} | {number(r['step_peak_mb'])} |")
     lines.append("")

@@ -74,15 +74,15 @@ class SiteUpdates(nn.Module):
         super().__init__()
         self.kind, self.sites = settings.kind, sites
         self.scale = settings.lora_alpha / settings.rank if settings.kind == "lora" else 1.0
-        n, d = len(sites), sites[0].dim
-        if len({s.dim for s in sites}) != 1:
-            raise UsageError("fine-tuning stacks the sites: choose sites of one width")
+        n, (rows, d) = len(sites), sites[0].shape
+        if len({s.shape for s in sites}) != 1:
+            raise UsageError("fine-tuning stacks the sites: choose sites of one shape (attn, or one kind of MLP weight)")
         if settings.kind == "lora":
             bound = 1.0 / math.sqrt(d)  # kaiming-uniform with a = sqrt(5), as nn.Linear and the reference LoRA
             self.a = nn.Parameter((torch.rand(n, settings.rank, d, generator=generator) * 2 - 1) * bound)
-            self.b = nn.Parameter(torch.zeros(n, d, settings.rank))
+            self.b = nn.Parameter(torch.zeros(n, rows, settings.rank))
         else:
-            self.delta = nn.Parameter(torch.zeros(n, d, d))
+            self.delta = nn.Parameter(torch.zeros(n, rows, d))
         self.others: list[str] = []
         if settings.kind == "full":
             root = default_root(model)

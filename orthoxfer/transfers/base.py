@@ -58,6 +58,7 @@ class Transfer(ABC):
     name: ClassVar[str]
     needs: ClassVar[str]  # one of NEEDS
     options: ClassVar[tuple[Option, ...]] = ()
+    rectangular: ClassVar[bool] = False  # it carries rectangular sites (MLP weights); else they are refused in one line
 
     @abstractmethod
     def transfer(
@@ -72,9 +73,9 @@ def require_source(source: nn.Module | None, what: str) -> nn.Module:
     return source
 
 
-def require_pools(pools: dict[str, FewShotTask] | None, what: str) -> dict[str, FewShotTask]:
+def require_pools(pools: dict[str, FewShotTask] | None, what: str, data: str = "labelled few-shot pools") -> dict[str, FewShotTask]:
     if not pools:
-        raise UsageError(f"{what} needs the target's labelled few-shot pools")
+        raise UsageError(f"{what} needs the target's {data}")
     return pools
 
 

@@ -101,6 +101,7 @@ def descent_signs(
 class GradFix(Transfer):
     name = "gradfix"
     needs = "labels"
+    rectangular = True  # entry by entry: any shape
     options = (SHOTS, VOTE)
 
     def transfer(

@@ -24,6 +24,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 class OrthogonalShift(Transfer):
     name = "orthogonal-shift"
     needs = "none"
+    rectangular = True  # entry by entry: any shape
 
     def transfer(
         self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings

@@ -14,9 +14,10 @@ from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.transfers.base import NEEDS, Transfer, TransferSettings
 from orthoxfer.transfers.gradfix import GradFix
 from orthoxfer.transfers.orthogonal_shift import OrthogonalShift
+from orthoxfer.transfers.theseus import Theseus
 from orthoxfer.transfers.transfusion import TransFusion
 
-TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion)}
+TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus)}
 
 
 def register(cls: type[Transfer]) -> type[Transfer]:

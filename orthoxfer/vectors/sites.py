@@ -1,11 +1,18 @@
-"""Sites: the square weight matrices where a task vector lives and gets its own U.
+"""Sites: the weight matrices where a task vector lives and gets its own maps.
 
 A site is named by its parameter path plus a part. ``nn.MultiheadAttention`` packs
 q, k and v into one ``in_proj_weight`` of shape (3d, d); orthoxfer addresses them
 as three sites (``<mha>.q``, ``<mha>.k``, ``<mha>.v``) that are row-views into that
-parameter, and ``out_proj.weight`` as ``<mha>.out``. A square ``nn.Linear`` outside
+parameter, and ``out_proj.weight`` as ``<mha>.out``. An ``nn.Linear`` outside
 attention is the site ``<linear>.weight``. Reading a site returns a view and writing
 one touches exactly its rows, so the rest of the parameter is never disturbed.
+
+Most sites are square, and one orthogonal U per site carries them (``U^T dW U``).
+The MLP weights of a ViT (``c_fc``: 4d x d, ``c_proj``: d x 4d) are rectangular: only
+a method with an input-side and an output-side map per site carries them
+(``U_out^T dW U_in``), so they are reached only by the ``mlp`` selector or by name, never
+by ``all`` or ``linear``, and a method with one U per site refuses them
+(:func:`require_square`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from torch import nn
 
 from orthoxfer.errors import UsageError
 
-SELECTORS = ("attn", "attn-qkv", "attn-out", "linear", "all")
+SELECTORS = ("attn", "attn-qkv", "attn-out", "mlp", "linear", "all")
 _QKV = ("q", "k", "v")
 
 
@@ -29,7 +36,7 @@ class SiteError(UsageError):
 
 @dataclass(frozen=True)
 class Site:
-    """One square matrix: rows ``[start, stop)`` of the parameter ``param``."""
+    """One matrix: rows ``[start, stop)`` of the parameter ``param``, ``dim`` columns (the input width)."""
 
     name: str
     param: str
@@ -41,6 +48,10 @@ class Site:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.stop - self.start, self.dim)
+
+    @property
+    def square(self) -> bool:
+        return self.stop - self.start == self.dim
 
     @property
     def block(self) -> str:
@@ -71,13 +82,16 @@ def _candidates(model: nn.Module, root: str) -> list[Site]:
     for path, module in base.named_modules():
         if isinstance(module, nn.Linear) and id(module) not in inside_mha:
             out_f, in_f = module.weight.shape
-            if out_f == in_f:
-                full = prefix + path
-                sites.append(Site(f"{full}.weight", f"{full}.weight", 0, out_f, in_f, "weight"))
+            full = prefix + path
+            sites.append(Site(f"{full}.weight", f"{full}.weight", 0, out_f, in_f, "weight"))
     return sites
 
 
 def _matches(site: Site, selector: str) -> bool:
+    if selector == "mlp":  # open_clip's c_fc and c_proj, inside each block's ``mlp``
+        return site.part == "weight" and "mlp" in site.name.split(".")
+    if not site.square and selector in SELECTORS:  # rectangular sites only by ``mlp`` or by name
+        return False
     if selector == "all":
         return True
     if selector == "attn":
@@ -94,7 +108,8 @@ def _matches(site: Site, selector: str) -> bool:
 def find_sites(model: nn.Module, selector: str = "attn", root: str | None = None) -> list[Site]:
     """Sites of ``model`` chosen by ``selector``, in model order.
 
-    ``selector`` is one of :data:`SELECTORS`, a glob over site names
+    ``selector`` is one of :data:`SELECTORS` (``mlp``: the rectangular MLP weights; every
+    other selector picks square sites only), a glob over site names
     (``visual.transformer.resblocks.1*.attn.q``), or several of those joined by commas.
     ``root`` limits the search to a submodule; by default the image tower of a
     CLIP-style model, the whole model otherwise. Globs match full names and search
@@ -114,6 +129,14 @@ def find_sites(model: nn.Module, selector: str = "attn", root: str | None = None
             f"or a glob over names such as {candidates[0].name if candidates else '<none found>'!r}"
         )
     return chosen
+
+
+def require_square(shapes: dict[str, tuple[int, int]], method: str) -> None:
+    """Refuse rectangular sites (``{site: shape}``) for a method whose map is one d x d U per site."""
+    for name, (rows, cols) in shapes.items():
+        if rows != cols:
+            raise SiteError(f"{method} carries square sites only, and site {name!r} is {rows} x {cols}: use a vector on "
+                            "square sites (--sites attn) or a method with two-sided maps (theseus)")  # fmt: skip
 
 
 def sites_by_name(model: nn.Module, names: list[str]) -> list[Site]:
