@@ -181,6 +181,9 @@ def test_demo_passes_the_pair_and_gives_it_its_own_folder(monkeypatch):
     assert runner.invoke(app, ["demo", "--pair", "release", "--size", "micro"]).exit_code == 0
     assert runner.invoke(app, ["demo", "--size", "micro"]).exit_code == 0
     assert [(c["pair"], str(c["out"])) for c in calls] == [("release", "runs/demo-release"), (None, "runs/demo")]
+    from orthoxfer.transfers.registry import TRANSFERS  # the demo's table has every method: strategies and transfers
+
+    assert set(calls[0]["methods"].split(",")) == {"penalty", "riemannian", "cayley", "procrustes", *TRANSFERS}
 
 
 @pytest.mark.parametrize(

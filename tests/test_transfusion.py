@@ -58,6 +58,19 @@ def test_transfusion_recovers_the_planted_permutation_and_relabels_the_vector(se
     assert out.diagnostics["moved/hidden/1"] > 0.9 and out.diagnostics["rounds"] == 2  # the first round was already exact
 
 
+def test_transfusion_carries_rectangular_mlp_sites():
+    source = small_clip(seed=0)
+    target, _ = planted_target(source, seed=0)
+    g = torch.Generator().manual_seed(4)
+    vector = TaskVector({s.name: 0.1 * torch.randn(s.shape, generator=g) for s in find_sites(source, "mlp")})
+    assert any(d.shape[0] != d.shape[1] for d in vector.dense.values())
+    out = transfusion(vector, source, target)
+    expected = TaskVector.from_models(target, planted_target(vector.added_to_copy(source), seed=0)[0], sites="mlp")
+    assert out.vector.dense.keys() == expected.dense.keys()
+    for site, delta in expected.dense.items():  # c_fc: hidden rows, residual columns; c_proj: the other way round
+        torch.testing.assert_close(out.vector.dense[site], delta)
+
+
 def test_transfusion_keeps_lora_factored_and_refuses_what_it_cannot_relabel():
     source = small_clip(seed=0)
     target, u_star = planted_target(source, seed=0)

@@ -161,19 +161,21 @@ def demo_command(
     """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` with its defaults.
 
     With one seed: the table's rows (embed and LoRA vectors, every strategy, each also
-    started at Procrustes). With --seeds N > 1, the study of what the vector transfers:
+    started at Procrustes, and every registered transfer method). With --seeds N > 1, the study of what the vector transfers:
     embed vectors, every strategy at every tie option, each beside its three controls,
     with transfer gains and 95% intervals over the N seeds. Reruns reuse the finished
     rows in --out; pass a new --out to compute them again. --pair picks the target's
     rung (the default, data, is model B: the paper's setting).
     """
+    from orthoxfer.experiments.bench import BenchConfig
     from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair
+    from orthoxfer.transfers.registry import TRANSFERS
 
     study = dict(STUDY) if seeds > 1 else {"controls": None, "ties": None, "kinds": None, "procrustes_init": None}
     study.update({k: v for k, v in {"controls": controls, "ties": ties}.items() if v is not None})
     rung = check_pair(pair)
     out = out or Path("runs") / ("demo" if rung == DEFAULT_PAIR else f"demo-{rung}")
     bench_command(suite="mini", pair=pair, seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir, **study,
-                  methods=None, steps=None, lr=None, lrs=None, mode=None, strategy_options={},
-                  tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu", config=None, shots=None,
-                  overwrite=False)  # fmt: skip
+                  methods=",".join((*BenchConfig.methods, *TRANSFERS)), steps=None, lr=None, lrs=None, mode=None,
+                  strategy_options={}, tasks=None, source=None, target=None, data_root=None, vectors_dir=None, device="cpu",
+                  config=None, shots=None, overwrite=False)  # fmt: skip

@@ -65,6 +65,7 @@ class TransFusion(Transfer):
 
     name = "transfusion"
     needs = "none"
+    rectangular = True  # a permutation relabels each axis by its own space, rectangular MLP weights included
     options = (ROUNDS,)
 
     def __init__(self) -> None:
