@@ -19,6 +19,7 @@ from orthoxfer.cli.inspect import inspect_command
 from orthoxfer.cli.mini import mini_app
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
+from orthoxfer.cli.transfer import transfer_command
 from orthoxfer.cli.vector import apply_command, vector_app
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
@@ -60,6 +61,7 @@ def build_app() -> typer.Typer:
     app.add_typer(mini_app, name="mini")
     app.command("eval")(eval_command)
     app.command("align")(with_strategy_options(align_command))
+    app.command("transfer")(with_strategy_options(transfer_command, transfers=True, strategies=False))
     app.command("finetune")(finetune_command)
     app.command("bench")(with_strategy_options(bench_command, transfers=True))
     app.command("demo")(demo_command)

@@ -41,9 +41,9 @@ from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import CHOICES, AlignSettings
 from orthoxfer.strategies.trained import TrainedStrategy
 from orthoxfer.suites.base import SuiteInputs
+from orthoxfer.transfers.carry import carry
 from orthoxfer.transfers.registry import TRANSFERS, check_method, method_needs, transfer_settings
 from orthoxfer.vectors.controls import CONTROLS, control_vectors
-from orthoxfer.vectors.sites import require_square
 from orthoxfer.vectors.taskvector import TaskVector
 
 
@@ -210,18 +210,16 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
     if row.method == "oracle":
         vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
     elif row.method in TRANSFERS:
-        method, settings = TRANSFERS[row.method](), transfer_settings(config.transfer, seed=seed, device=device)
-        for v in vectors.values() if not method.rectangular else ():
-            require_square({s: v.shape(s) for s in v.sites}, row.method)
-        pools = {k: {k: train[k]} if per_task else train for k in vectors}  # the training parts only: lambda is chosen on val
-        done = {k: method.transfer(v, inputs.source, inputs.target, pools[k], settings) for k, v in vectors.items()}
+        settings = transfer_settings(config.transfer, seed=seed, device=device)
+        # the training parts only: lambda is chosen on val; joint rows were summed above
+        done = carry(row.method, vectors, inputs.source, inputs.target, train, settings, per_task=per_task)
         if inputs.planted is not None:  # two-sided maps (learnt["in/<site>"], learnt["out/<site>"]) against the planted U*
             for d in done.values():
                 sides = [{k.split("/", 1)[1]: u for k, u in d.learnt.items() if k.startswith(f"{side}/")} for side in ("in", "out")]
                 if sides[0].keys() & inputs.planted.keys():
                     d.diagnostics["recovery_error"] = sum(recovery_error(maps, inputs.planted) for maps in sides) / 2
         fields["diagnostics"] = _mean_diagnostics([d.diagnostics for d in done.values()])
-        fields["transfer"] = {o.name: settings.options[o.name] for o in method.options}
+        fields["transfer"] = {o.name: settings.options[o.name] for o in TRANSFERS[row.method].options}
         vectors = {k: d.vector for k, d in done.items()}
     elif row.method != "direct":
         settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)

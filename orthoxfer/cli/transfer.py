@@ -1,0 +1,103 @@
+"""``orthoxfer transfer``: carry task vectors into a target with a transfer method (GradFix, TransFusion, theseus ...).
+
+The counterpart of ``align`` for the methods that fit no U: the same models, vectors,
+suites and pools, and a run folder with the transferred vector, what the method learnt
+(masks, permutations, maps) and its diagnostics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orthoxfer.cli.align import load_vectors
+from orthoxfer.cli.common import command_suite, comma_list, console, reports_errors, resolve_device
+from orthoxfer.errors import UsageError
+from orthoxfer.version import __version__
+
+Opt = typer.Option
+
+
+@reports_errors
+def transfer_command(
+    method: Annotated[str, Opt("--method", help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no "
+                               "data) | theseus (images).")],  # fmt: skip
+    target: Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")],
+    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable.")],
+    source: Annotated[str | None, Opt("--source", help="Source model (every method here but gradfix needs it).")] = None,
+    suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
+    size: Annotated[str, Opt("--size", help="mini: full | micro.")] = "full",
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
+    mode: Annotated[str, Opt("--mode", help="per-task (each vector sees its own task's pool) | joint (the summed vectors see all).")] = "per-task",
+    scale: Annotated[float, Opt("--scale", help="lambda recommended with the result (recorded; eval's --scale applies it).")] = 1.0,
+    control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: carry a control vector instead, "
+                                       "to measure the transfer gain.")] = None,  # fmt: skip
+    data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (paper).")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only; default: the suite's).")] = None,
+    shots_per_class: Annotated[int | None, Opt("--shots-per-class", help="Instead of --shots: images per class (paper).")] = None,
+    seed: Annotated[int, Opt("--seed", help="Seed of the few-shot draw and of the method.")] = 0,
+    device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/transfer"),
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper), or the mini suite's cache.")] = None,
+    heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
+    strategy_options: dict[str, Any] | None = None,
+) -> None:
+    """Carry source task vectors into --target with a transfer method; writes transferred.safetensors, learnt.safetensors,
+    diagnostics.json and config.json into --out. Method flags (--gradfix-shots, --theseus-centre, ...) are generated."""
+    from orthoxfer.artifacts import write_json
+    from orthoxfer.runs import Run
+    from orthoxfer.strategies.registry import STRATEGIES
+    from orthoxfer.transfers.carry import carry, save_learnt
+    from orthoxfer.transfers.registry import TRANSFERS, check_method, transfer_settings
+
+    check_method(method)
+    if method in STRATEGIES:
+        raise UsageError(f"{method} is an alignment strategy: use `orthoxfer align --method {method}`")
+    if mode not in ("per-task", "joint"):
+        raise UsageError(f"unknown mode {mode!r}; use per-task or joint")
+    dev = resolve_device(device)
+    chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
+    settings = transfer_settings(strategy_options or {}, seed=seed, device=str(dev))
+    for spec in filter(None, (target, source)):
+        chosen.check(spec)
+    vectors = load_vectors(task_vector, chosen.vector)
+    if control is not None:
+        from orthoxfer.vectors.controls import control_vectors
+
+        vectors = control_vectors(vectors, control, seed=seed)
+    names = list(comma_list(tasks) or vectors)
+    run = Run(out, overwrite=overwrite)
+    record = {"method": method, "target": target, "source": source, "mode": mode, "scale": scale, "seed": seed, "control": control,
+              "tasks": names, "task_vectors": task_vector, "transfer": settings.options, "orthoxfer_version": __version__}  # fmt: skip
+    run.write_config({**record, **chosen.record})
+
+    loaded = chosen.load(target, dev)
+    source_model = chosen.load(source, dev).model if source else None
+    needs_data = TRANSFERS[method].needs != "none"
+    pools = chosen.fewshot_tasks(loaded, names, None if shots_per_class else shots or chosen.default_shots, shots_per_class, seed) if needs_data else {}
+    canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
+    vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
+    done = carry(method, vectors, source_model, loaded.model, pools, settings, per_task=mode == "per-task")
+
+    transferred = sum(d.vector for d in done.values())
+    transferred.meta.update(recommended_scale=scale, method=method, target=target, learnt="learnt.safetensors")
+    transferred.save(run.file("transferred.safetensors"))
+    save_learnt(run.file("learnt.safetensors"), done, {"method": method, "target": target, "source": source})
+    write_json(run.file("diagnostics.json"), {scope: d.diagnostics for scope, d in done.items()})
+    table = Table(title=f"{method} into {target}")
+    keys = sorted({k for d in done.values() for k in d.diagnostics if "/" not in k})
+    for col in ("scope", *keys):
+        table.add_column(col, justify="left" if col == "scope" else "right")
+    for scope, d in done.items():
+        table.add_row(scope, *[f"{d.diagnostics[k]:.4g}" if k in d.diagnostics else "-" for k in keys])
+    console.print(table)
+    console.print(
+        f"wrote {run.path}/ (transferred task vector, what {method} learnt, diagnostics)\n"
+        f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
+        f"--scale {scale:g} --tasks {','.join(names)}",
+        highlight=False, soft_wrap=True,
+    )

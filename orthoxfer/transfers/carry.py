@@ -1,0 +1,47 @@
+"""Carrying task vectors with a transfer method: the one loop ``bench`` and ``orthoxfer transfer`` share.
+
+``per_task``: each vector sees only its own task's pool (GradFix's gradients, theseus's
+images); otherwise the vectors are summed first (the key ``joint``) and see every pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orthoxfer.artifacts import save_artifact
+from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.transfers.base import Transferred, TransferSettings
+from orthoxfer.transfers.registry import TRANSFERS, check_method
+from orthoxfer.vectors.sites import require_square
+from orthoxfer.vectors.taskvector import TaskVector
+
+LEARNT = "transfer_learnt"
+
+
+def carry(
+    name: str, vectors: dict[str, TaskVector], source: nn.Module | None, target: nn.Module,
+    pools: dict[str, FewShotTask], settings: TransferSettings, per_task: bool = True,
+) -> dict[str, Transferred]:  # fmt: skip
+    """Each vector (or, not ``per_task``, their sum under ``joint``) carried into ``target`` by method ``name``.
+
+    ``pools`` are the target's few-shot *training* parts: whatever a caller selects
+    lambda on (validation) must not be among them.
+    """
+    check_method(name)
+    method = TRANSFERS[name]()
+    if not per_task:
+        vectors = {"joint": sum(vectors.values())}
+    if not method.rectangular:  # before any minutes are spent
+        for v in vectors.values():
+            require_square({s: v.shape(s) for s in v.sites}, name)
+    seen = {k: ({k: pools[k]} if k in pools else {}) if per_task else pools for k in vectors}
+    return {k: method.transfer(v, source, target, seen[k] or None, settings) for k, v in vectors.items()}
+
+
+def save_learnt(path: Path, done: dict[str, Transferred], meta: dict) -> None:
+    """What each scope's transfer learnt (masks, permutations, maps) as one safetensors file, keys ``<scope>/<name>``."""
+    tensors: dict[str, torch.Tensor] = {f"{scope}/{k}": t for scope, d in done.items() for k, t in d.learnt.items()}
+    save_artifact(path, LEARNT, {k: t.clone() for k, t in tensors.items()}, meta)
