@@ -226,7 +226,7 @@ def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypa
         seen["align"] = bench.align
         raise Stop
 
-    monkeypatch.setattr(orthoxfer.suites, "build_suite", lambda *args: SimpleNamespace(tasks=[]))
+    monkeypatch.setattr(orthoxfer.suites, "build_suite", lambda *args: SimpleNamespace(tasks=[], relate_images=None))
     monkeypatch.setattr(orthoxfer.experiments.bench, "run_bench", fake_run_bench)
     result = runner.invoke(app, ["bench", "--suite", "mini", "--rotation-rank", "4", "--device", "cpu", "--out", str(tmp_path / "b")])
     assert isinstance(result.exception, Stop), result.output
