@@ -28,6 +28,16 @@ def test_spectrum_control_keeps_singular_values():
     assert c.ranks() == tv.ranks()
 
 
+def test_spectrum_control_keeps_the_singular_values_of_a_rectangular_site():
+    g = torch.Generator().manual_seed(5)
+    tv = TaskVector({"mlp.c_fc": torch.randn(24, 6, generator=g), "mlp.c_proj": torch.randn(6, 24, generator=g)})
+    c = control_vector(tv, "spectrum", seed=3)
+    for s in tv.sites:
+        assert c.delta(s).shape == tv.delta(s).shape
+        assert torch.allclose(c.singular_values(s), tv.singular_values(s), atol=1e-4)
+        assert not torch.allclose(c.delta(s), tv.delta(s), atol=1e-2)
+
+
 def test_other_task_control_is_rescaled_other_vector():
     tv, other = vector(0), vector(5)
     c = control_vector(tv, "other-task", other=other)

@@ -146,3 +146,20 @@ def test_cache_dir_defaults_and_can_be_overridden(monkeypatch, tmp_path):
 def test_bad_config_is_a_usage_error():
     with pytest.raises(UsageError, match="batch_size"):
         pre.PretrainConfig(batch_size=1)
+
+
+def test_a_cached_source_vector_belongs_to_the_weights_it_was_fine_tuned_on(tmp_path, tasks):
+    """Same config, other weights (a shipped A against a locally pre-trained one): not the same cached vector."""
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.suites.mini import defaults, mini_source_vector
+
+    settings = FinetuneSettings(**defaults("micro")["finetune"])
+    model = pre.pretrained_model("a", MICRO, tmp_path / "models", progress=False)
+    head = mini_pools.model_suite(model, tasks[:1], shots=24)[0].fewshot.head
+    mini_source_vector(model, tasks[0], head, settings, tmp_path)
+    mini_source_vector(model, tasks[0], head, settings, tmp_path)  # the same weights: loaded, not fine-tuned again
+    assert len(list((tmp_path / "mini-vectors").iterdir())) == 1
+    with torch.no_grad():
+        model.visual.proj.add_(1e-6)  # the same config, weights one rounding apart
+    mini_source_vector(model, tasks[0], head, settings, tmp_path)
+    assert len(list((tmp_path / "mini-vectors").iterdir())) == 2

@@ -31,12 +31,14 @@ def transfer_command(
     suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
     size: Annotated[str, Opt("--size", help="mini: full | micro.")] = "full",
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
-    mode: Annotated[str, Opt("--mode", help="per-task (each vector sees its own task's pool) | joint (the summed vectors see all).")] = "per-task",
+    mode: Annotated[str, Opt("--mode", help="per-task (each vector sees its own task's pool) | joint (the summed vectors "
+                             "see all); either way transferred.safetensors holds the sum, as align writes it.")] = "per-task",
     scale: Annotated[float, Opt("--scale", help="lambda recommended with the result (recorded; eval's --scale applies it).")] = 1.0,
     control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: carry a control vector instead, "
                                        "to measure the transfer gain.")] = None,  # fmt: skip
     data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (paper).")] = None,
-    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only; default: the suite's).")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only; default: the suite's); "
+                                     "the whole pool, as align uses it (bench holds a validation part out for lambda).")] = None,
     shots_per_class: Annotated[int | None, Opt("--shots-per-class", help="Instead of --shots: images per class (paper).")] = None,
     seed: Annotated[int, Opt("--seed", help="Seed of the few-shot draw and of the method.")] = 0,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",

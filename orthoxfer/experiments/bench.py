@@ -42,7 +42,12 @@ from orthoxfer.strategies.settings import CHOICES, AlignSettings
 from orthoxfer.strategies.trained import TrainedStrategy
 from orthoxfer.suites.base import SuiteInputs
 from orthoxfer.transfers.carry import carry
-from orthoxfer.transfers.registry import TRANSFERS, check_method, method_needs, transfer_settings
+from orthoxfer.transfers.registry import (
+    TRANSFERS,
+    check_method,
+    method_needs,
+    transfer_settings,
+)
 from orthoxfer.vectors.controls import CONTROLS, control_vectors
 from orthoxfer.vectors.taskvector import TaskVector
 

@@ -46,9 +46,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from orthoxfer.artifacts import write_text
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
-from orthoxfer.experiments.transfer_cost import LABELS, ROWS, learnt_bytes, transfer_runs
+from orthoxfer.experiments.transfer_cost import (
+    LABELS,
+    ROWS,
+    learnt_bytes,
+    transfer_runs,
+)
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.fit.loop import progress_bar
@@ -284,8 +290,8 @@ def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch
                        dict(machine(device), load_before=load_before, load_after=os.getloadavg()))
     out.mkdir(parents=True, exist_ok=True)
     stem = result_stem(device, compile)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
+    write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / f"{stem}.md", markdown(report))
     return report
 
 

@@ -40,7 +40,8 @@ def transfer_runs(
     for name in (n for n in names if n in ROWS):
         method, options = ROWS[name]
         settings = transfer_settings(options, device=str(device))
-        runs.append((name, lambda m=TRANSFERS[method](), s=settings: m.transfer(vector, source, target, {task.name: task}, s)))
+        # a fresh instance per run: transfusion keeps its matching per model pair, and each timed run must redo it
+        runs.append((name, lambda cls=TRANSFERS[method], s=settings: cls().transfer(vector, source, target, {task.name: task}, s)))
     return runs
 
 

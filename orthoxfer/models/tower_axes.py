@@ -3,8 +3,9 @@
 An image tower's function is unchanged when its coordinates are relabelled consistently:
 the residual stream by one permutation shared by every block (the residual sums tie
 them), each block's query/key head space by one permutation and its value/output head
-space by another (both mapping head blocks onto head blocks, so every head stays a
-head), and each block's MLP hidden units by their own. LayerNorm commutes with any
+space by another (both mapping head blocks onto head blocks by the *same* permutation
+of the heads, so each head's values stay with its queries and keys; within a head the two
+may differ), and each block's MLP hidden units by their own. LayerNorm commutes with any
 coordinate permutation. Every parameter's axes are named here by the space that
 permutes them, so the planted positive control and TransFusion relabel a tower, a task
 vector or one site with the same code.

@@ -3,7 +3,7 @@
 q, k and v read the attention module's query, key and value inputs. ``out`` reads
 the concatenated heads *before* ``out_proj``, which ``nn.MultiheadAttention`` never
 exposes (it calls ``out_proj`` functionally); it is recomputed here from the
-captured inputs with the module's own weights. Plain square linear sites read their
+captured inputs with the module's own weights. Plain linear sites (square, or the rectangular MLP weights) read their
 input through a forward pre-hook.
 """
 

@@ -121,10 +121,10 @@ def cache_dir(request: SuiteRequest) -> Path:
 
 
 def mini_source_vector(
-    model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path, model_key: str
+    model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path
 ) -> TaskVector:
     """The source's task vector for one mini task (fine-tuned on its whole train split), cached by everything that made it."""
-    record = {"model": model_key, "task": task.name, "data": DATA_VERSION, "train": train_key(settings)}
+    record = {"model": tower_digest(model), "task": task.name, "data": DATA_VERSION, "train": train_key(settings)}
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
     if path.is_file():
@@ -133,6 +133,19 @@ def mini_source_vector(
     vector = finetune(model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name)
     vector.save(path)
     return vector
+
+
+def tower_digest(model: nn.Module) -> str:
+    """A hash of the image tower's weights: a cached vector belongs to the very model A it was fine-tuned on.
+
+    A config key would not do: the same config gives the shipped A on one run and a
+    locally pre-trained A (other kernels, other weights) on another.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.visual.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 def train_key(settings: FinetuneSettings) -> dict:
@@ -145,7 +158,7 @@ def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, bat
     return lambda: [(pool.normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
 
 
-def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module, pretrain: PretrainConfig) -> tuple[list[SuiteTask], dict, torch.Tensor]:
+def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module) -> tuple[list[SuiteTask], dict, torch.Tensor]:
     """The target's tasks (pools with its own heads, test sets), the source's vectors (fine-tuned on the source's
     heads) and the images the pair is related on."""
     tasks = mini_tasks(request.size) if request.tasks is None else mini_tasks(request.size, request.tasks)
@@ -154,7 +167,7 @@ def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module, pr
     cache = cache_dir(request)
     vectors = {
         kind: {
-            t.name: mini_source_vector(source, t, s.fewshot.head, request.source_ft.replace(kind=kind), cache, pretrain.key())
+            t.name: mini_source_vector(source, t, s.fewshot.head, request.source_ft.replace(kind=kind), cache)
             for t, s in zip(tasks, on_source)
         }
         for kind in request.kinds
@@ -175,7 +188,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
     pretrain = pretrain_config(request)
     source = pretrained_model("a", pretrain, cache_dir(request))
     target = copy.deepcopy(source) if which == "a" else pretrained_model(which, pretrain, cache_dir(request))
-    tasks, vectors, images = suite_inputs(request, source, target, pretrain)
+    tasks, vectors, images = suite_inputs(request, source, target)
     return SuiteInputs("mini", "mini:a", PREFIX + which, source, target, tasks, vectors, relate_images=images)
 
 
@@ -257,7 +270,7 @@ class MiniSuite:
         source = pretrained_model("a", self.pretrain, cache_dir(self.request))
         head = model_suite(source, [task], shots=self.default_shots, seed=0)[0].fewshot.head  # as the demo's seed 0
         settings = FinetuneSettings(**self.settings("finetune"), device=str(self.request.device))
-        return mini_source_vector(source, task, head, settings, cache_dir(self.request), self.pretrain.key())
+        return mini_source_vector(source, task, head, settings, cache_dir(self.request))
 
     def fewshot_tasks(
         self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int

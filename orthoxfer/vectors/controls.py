@@ -40,8 +40,9 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
             noise = torch.randn(d.shape, generator=g, dtype=torch.float64)
             dense[site] = (noise * (norms[site] / noise.norm())).to(d.dtype)
         elif kind == "spectrum":
-            q = random_orthogonal(d.shape[0], g, torch.float64)
-            dense[site] = (q.T @ d.double() @ q).to(d.dtype)
+            rows = random_orthogonal(d.shape[0], g, torch.float64)  # two Haar rotations: a rectangular site keeps its spectrum too
+            cols = rows if d.shape[0] == d.shape[1] else random_orthogonal(d.shape[1], g, torch.float64)
+            dense[site] = (rows.T @ d.double() @ cols).to(d.dtype)
         else:
             if other is None:
                 raise UsageError("the other-task control needs another task's vector")
