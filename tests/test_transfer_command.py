@@ -76,3 +76,14 @@ def test_bad_input_is_one_line(mini, extra, message):
     args = ["transfer", *flags, "--target", "mini:b", "--task-vector", "mini:surfaces", "--out", str(root / "bad"), *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_joint_mode_carries_the_summed_vectors_once_with_every_pool(mini):
+    root, flags = mini
+    args = ["transfer", *flags, "--method", "gradfix", "--mode", "joint", "--target", "mini:b", "--task-vector", "mini:surfaces",
+            "--task-vector", "mini:relief", "--gradfix-shots", "1", "--out", str(root / "joint")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    learnt, _ = load_artifact(root / "joint" / "learnt.safetensors", LEARNT)
+    assert learnt and all(k.startswith("joint/") for k in learnt)
+    assert set(json.loads((root / "joint" / "diagnostics.json").read_text())) == {"joint"}

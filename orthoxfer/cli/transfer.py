@@ -83,7 +83,9 @@ def transfer_command(
     pools = chosen.fewshot_tasks(loaded, names, None if shots_per_class else shots or chosen.default_shots, shots_per_class, seed) if needs_data else {}
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
-    done = carry(method, vectors, source_model, loaded.model, pools, settings, per_task=mode == "per-task")
+    if mode == "joint":
+        vectors = {"joint": sum(vectors.values())}
+    done = carry(method, vectors, source_model, loaded.model, pools, settings)
 
     transferred = sum(d.vector for d in done.values())
     transferred.meta.update(recommended_scale=scale, method=method, target=target, learnt="learnt.safetensors")

@@ -217,7 +217,7 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
     elif row.method in TRANSFERS:
         settings = transfer_settings(config.transfer, seed=seed, device=device)
         # the training parts only: lambda is chosen on val; joint rows were summed above
-        done = carry(row.method, vectors, inputs.source, inputs.target, train, settings, per_task=per_task)
+        done = carry(row.method, vectors, inputs.source, inputs.target, train, settings)
         if inputs.planted is not None:  # two-sided maps (learnt["in/<site>"], learnt["out/<site>"]) against the planted U*
             for d in done.values():
                 sides = [{k.split("/", 1)[1]: u for k, u in d.learnt.items() if k.startswith(f"{side}/")} for side in ("in", "out")]

@@ -1,7 +1,8 @@
 """Carrying task vectors with a transfer method: the one loop ``bench`` and ``orthoxfer transfer`` share.
 
-``per_task``: each vector sees only its own task's pool (GradFix's gradients, theseus's
-images); otherwise the vectors are summed first (the key ``joint``) and see every pool.
+In ``per-task`` mode each vector sees only its own task's pool (GradFix's gradients,
+theseus's images); in ``joint`` mode the caller sums the vectors first (the key ``joint``)
+and the sum sees every pool.
 """
 
 from __future__ import annotations
@@ -23,21 +24,20 @@ LEARNT = "transfer_learnt"
 
 def carry(
     name: str, vectors: dict[str, TaskVector], source: nn.Module | None, target: nn.Module,
-    pools: dict[str, FewShotTask], settings: TransferSettings, per_task: bool = True,
+    pools: dict[str, FewShotTask], settings: TransferSettings,
 ) -> dict[str, Transferred]:  # fmt: skip
-    """Each vector (or, not ``per_task``, their sum under ``joint``) carried into ``target`` by method ``name``.
+    """Each scope's vector carried into ``target`` by method ``name``: a task's vector sees its own task's pool
+    only, ``joint`` (the caller's sum of every task's vector) sees every pool.
 
     ``pools`` are the target's few-shot *training* parts: whatever a caller selects
     lambda on (validation) must not be among them.
     """
     check_method(name)
     method = TRANSFERS[name]()
-    if not per_task:
-        vectors = {"joint": sum(vectors.values())}
     if not method.rectangular:  # before any minutes are spent
         for v in vectors.values():
             require_square({s: v.shape(s) for s in v.sites}, name)
-    seen = {k: ({k: pools[k]} if k in pools else {}) if per_task else pools for k in vectors}
+    seen = {k: pools if k == "joint" else {k: pools[k]} if k in pools else {} for k in vectors}
     return {k: method.transfer(v, source, target, seen[k] or None, settings) for k, v in vectors.items()}
 
 
