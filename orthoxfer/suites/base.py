@@ -55,7 +55,9 @@ class SuiteInputs:
 class SuiteRequest:
     """Everything a suite builder or opener may use; each suite reads what it needs and refuses what it lacks."""
 
-    seed: int = 0
+    seed: int = 0  # the few-shot draw, the alignment and (unless model_seed says otherwise) the mini pre-training
+    model_seed: int | None = None  # mini and planted: the pre-training's seed when it differs from ``seed`` (a study
+    # repeats draws and alignments on the one shipped pair)
     shots: int = 100
     size: str = "full"  # mini and planted: full | micro
     pair: str | None = None  # mini: the rung of the ladder of relatedness (suites.mini.PAIRS); None = data

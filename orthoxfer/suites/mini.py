@@ -88,9 +88,10 @@ def default_shots(size: str) -> int:
 
 
 def pretrain_config(request: SuiteRequest) -> PretrainConfig:
-    """The pre-training of this request's size, seeded by its seed (A with 2 seed, B with 2 seed + 1)."""
+    """The pre-training of this request's size, seeded by its model seed (A with 2 seed, B with 2 seed + 1)."""
     base = PretrainConfig.micro() if request.size == "micro" else PretrainConfig()
-    return dataclasses.replace(base, seed_a=2 * request.seed, seed_b=2 * request.seed + 1)
+    seed = request.seed if request.model_seed is None else request.model_seed
+    return dataclasses.replace(base, seed_a=2 * seed, seed_b=2 * seed + 1)
 
 
 def check_pair(pair: str | None) -> str:
@@ -222,7 +223,7 @@ class MiniSuite:
 
     @functools.cached_property
     def pretrain(self) -> PretrainConfig:
-        return pretrain_config(dataclasses.replace(self.request, seed=0))  # names mean the demo's seed-0 pair
+        return pretrain_config(dataclasses.replace(self.request, seed=0, model_seed=None))  # names mean the demo's seed-0 pair
 
     @property
     def default_shots(self) -> int:
