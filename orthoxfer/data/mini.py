@@ -60,7 +60,7 @@ TASK_NAMES = ("mnist", "housenumbers", "pictograms", "textures", "surfaces", "re
 
 # per-split image counts: (train, test). "full" keeps evaluation of all 8 tasks at 4,000 test images
 # (a few seconds at ~1,000 images/s on 2 cores); "micro" is for tests that must run in seconds.
-_SIZES: dict[str, tuple[int, int]] = {"full": (1200, 500), "micro": (48, 24)}
+_SIZES: dict[str, tuple[int, int]] = {"full": (1200, 500), "micro": (96, 24)}
 
 
 

@@ -1,4 +1,17 @@
-"""A mini task seen by one model: its stratified few-shot pool, the model's prototype head, the augmentation."""
+"""A mini task seen by one model: its stratified few-shot pool, the model's prototype head, validation, the augmentation.
+
+Each task's training split is cut in three, the same for every seed and model:
+
+- the **head set** (:data:`HEAD_PER_CLASS` labelled images per class) builds each
+  model's frozen prototype head. It stands for the paper's zero-shot text heads: what
+  a model knows of a task before any method runs. It never meets the few-shot pool,
+  so "target only" does not already use the pool's labels;
+- the **validation set** (:data:`VAL_PER_CLASS` per class) is where every method's
+  lambda and learning rate are chosen: far more images than a fifth of a small pool
+  (about 5, which chose lambda = 0 for a perfect transfer on half the tasks);
+- the **rest**, from which each seed draws its few-shot pool.
+"""
+
 
 from __future__ import annotations
 
@@ -23,6 +36,7 @@ class MiniEval:
     """What a method needs for one task on one model: the few-shot pool (with head) and the test split."""
 
     fewshot: FewShotTask
+    val: FewShotTask  # the task's validation set, with the same head
     test_images: torch.Tensor  # uint8; normalise with ``fewshot.normalise``
     test_labels: torch.Tensor
 
@@ -58,15 +72,45 @@ def shift_augment(flip: bool, pad: int = 2) -> Callable[[torch.Tensor], torch.Te
     return augment
 
 
+HEAD_PER_CLASS = 2
+VAL_PER_CLASS = 8
+
+
+def reserved(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices into the training split: head set, validation set, the rest (the pools' source).
+
+    A class with few training images (the micro tasks) keeps at least half of them for
+    the pools: each reserved part takes at most a quarter of the class, and at least one.
+    """
+    labels = task.train_labels.numpy()
+    counts = np.bincount(labels, minlength=len(task.class_names))
+    rng = np.random.default_rng([DATA_VERSION, 0x4EAD])  # fixed: every seed and model sees the same parts
+    parts, left = [], np.arange(len(labels))
+    for want in (HEAD_PER_CLASS, VAL_PER_CLASS):
+        per_class = min(want, max(1, int(counts.min()) // 4))
+        chosen = left[stratified(labels[left], per_class * len(counts), rng)]
+        parts.append(np.sort(chosen))
+        left = np.setdiff1d(left, chosen)
+    return torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), torch.from_numpy(left)
+
+
 def fewshot_pool(task: MiniTask, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``shots`` training images of ``task`` stratified over classes (``None``: the whole training split)."""
-    if shots is None:
-        return task.train_images, task.train_labels
-    if shots < len(task.class_names):
-        raise UsageError(f"task {task.name}: {shots} shots cannot cover its {len(task.class_names)} classes")
-    idx = stratified(task.train_labels.numpy(), shots, np.random.default_rng([seed, DATA_VERSION]))
-    idx_t = torch.from_numpy(idx)
-    return task.train_images[idx_t], task.train_labels[idx_t]
+    """``shots`` images of the training split's rest (past head and validation sets), stratified over classes
+    (``None``: all of the rest)."""
+    rest = reserved(task)[2]
+    if shots is not None:
+        if shots < len(task.class_names):
+            raise UsageError(f"task {task.name}: {shots} shots cannot cover its {len(task.class_names)} classes")
+        if shots > len(rest):
+            raise UsageError(f"task {task.name}: {shots} shots exceed the {len(rest)} training images left for pools")
+        rest = rest[torch.from_numpy(stratified(task.train_labels[rest].numpy(), shots, np.random.default_rng([seed, DATA_VERSION])))]
+    return task.train_images[rest], task.train_labels[rest]
+
+
+def task_head(model: nn.Module, task: MiniTask) -> PrototypeHead:
+    """The model's frozen prototype head for ``task``, from the task's head set (the same whatever the pool)."""
+    idx = reserved(task)[0]
+    return PrototypeHead.from_features(features(model, task.train_images[idx]), task.train_labels[idx], len(task.class_names))
 
 
 @torch.no_grad()
@@ -83,15 +127,18 @@ def features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> t
 def model_suite(
     model: nn.Module, tasks: Sequence[MiniTask], shots: int | None = 100, seed: int = 0
 ) -> list[MiniEval]:
-    """For ``model``: each task's few-shot pool with the model's own frozen prototype head, and its test split.
+    """For ``model``: each task's few-shot pool and validation set with the model's own frozen prototype head, and its
+    test split.
 
-    The head is built from this model's features of the pool it comes with (no test
-    data, no other model), so every method on this model uses the same head.
+    The head is built from this model's features of the task's head set (no pool, no
+    test data, no other model), so every method on this model uses the same head.
     """
     out = []
     for task in tasks:
+        head, augment = task_head(model, task), shift_augment(task.flip)
         images, labels = fewshot_pool(task, shots, seed)
-        head = PrototypeHead.from_features(features(model, images), labels, len(task.class_names))
-        fewshot = FewShotTask(task.name, images, labels, head, augment=shift_augment(task.flip))
-        out.append(MiniEval(fewshot, task.test_images, task.test_labels))
+        val = reserved(task)[1]
+        fewshot = FewShotTask(task.name, images, labels, head, augment=augment)
+        validation = FewShotTask(task.name, task.train_images[val], task.train_labels[val], head, augment=augment)
+        out.append(MiniEval(fewshot, validation, task.test_images, task.test_labels))
     return out

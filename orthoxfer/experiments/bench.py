@@ -2,8 +2,8 @@
 
 Every row is computed the same way: a task vector (or none), a way to carry it into
 the target (nothing, an alignment strategy, a transfer method such as ``gradfix``, or
-few-shot fine-tuning), a lambda chosen on the validation part of the few-shot pools
-(never on test), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
+few-shot fine-tuning), a lambda chosen on validation data (the suite's validation set, or a held-out part of
+the few-shot pools; never test), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
 so an interrupted benchmark resumes where it stopped.
 
 Controls (``norm``, ``spectrum``, ``other-task``) are the same methods applied to
@@ -141,10 +141,11 @@ class BenchConfig:
 
 
 def split_pools(inputs: SuiteInputs, fraction: float, seed: int) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
-    """Train and validation parts of every few-shot pool: settings are chosen on validation only."""
+    """What every method trains on and where its settings are chosen: the whole pool and the suite's validation set
+    where the suite has one (mini, planted), else a held-out ``fraction`` of the pool (paper)."""
     train, val = {}, {}
     for t in inputs.tasks:
-        train[t.name], val[t.name] = t.pool.split(fraction, seed)
+        train[t.name], val[t.name] = (t.pool, t.val) if t.val is not None else t.pool.split(fraction, seed)
     return train, val
 
 

@@ -36,6 +36,7 @@ class SuiteTask:
     pool: FewShotTask
     test: TestSet
     stands_for: str = ""
+    val: FewShotTask | None = None  # where lambda and lr are chosen; None: a held-out part of the pool (paper)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from torch import nn
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
-from orthoxfer.data.mini_pools import fewshot_pool, model_suite, shift_augment
+from orthoxfer.data.mini_pools import fewshot_pool, model_suite, shift_augment, task_head
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
@@ -125,7 +125,8 @@ def mini_source_vector(
     model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path
 ) -> TaskVector:
     """The source's task vector for one mini task (fine-tuned on its whole train split), cached by everything that made it."""
-    record = {"model": tower_digest(model), "task": task.name, "data": DATA_VERSION, "train": train_key(settings)}
+    record = {"model": tower_digest(model), "head": tensors_digest(head.state_dict()), "task": task.name, "data": DATA_VERSION,
+              "train": train_key(settings)}  # fmt: skip
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
     if path.is_file():
@@ -142,8 +143,13 @@ def tower_digest(model: nn.Module) -> str:
     A config key would not do: the same config gives the shipped A on one run and a
     locally pre-trained A (other kernels, other weights) on another.
     """
+    return tensors_digest(model.visual.state_dict())
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors' names and bytes."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.visual.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
@@ -174,7 +180,7 @@ def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module) ->
         for kind in request.kinds
     }
     suite_tasks = [
-        SuiteTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for)
+        SuiteTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for, e.val)
         for t, e in zip(tasks, on_target)
     ]
     return suite_tasks, vectors, relate_images(tasks, request.shots, request.seed)
@@ -198,10 +204,8 @@ class MiniSuite:
     """The mini suite for ``align``, ``eval``, ``baseline`` and ``diagnose``: models and vectors by name, pools, tests.
 
     Of its request it reads the size, the cache folder and the device (where a missing
-    source vector is fine-tuned). A model's heads are its prototype heads from the
-    few-shot pool of the same ``shots`` and ``seed`` (the suite's default shots and
-    seed 0 where a command draws no pool, as ``eval`` does), as ``bench`` pairs pools
-    and test sets.
+    source vector is fine-tuned). A model's heads are its prototype heads from each
+    task's head set, whatever pool a command draws, as in ``bench``.
     """
 
     request: SuiteRequest
@@ -269,7 +273,7 @@ class MiniSuite:
             raise UsageError(f"unknown mini task vector {value!r}; choose mini:<task> with a task of {', '.join(TASK_NAMES)}")
         task = mini_task(name, self.size)
         source = pretrained_model("a", self.pretrain, cache_dir(self.request))
-        head = model_suite(source, [task], shots=self.default_shots, seed=0)[0].fewshot.head  # as the demo's seed 0
+        head = task_head(source, task)
         settings = FinetuneSettings(**self.settings("finetune"), device=str(self.request.device))
         return mini_source_vector(source, task, head, settings, cache_dir(self.request))
 
@@ -288,7 +292,6 @@ class MiniSuite:
         self, model: LoadedModel, data: list[MiniTask], batch_size: int = 500, device: str | torch.device = "cpu",
         workers: int | None = None, shots: int | None = None, seed: int = 0,
     ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:  # fmt: skip
-        """Each task's test split with the model's head from the pool of ``shots`` (default: the suite's) and ``seed``."""
-        suite = model_suite(model.model, data, self.default_shots if shots is None else shots, seed)
-        return {e.fewshot.name: (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels, batch_size)())
-                for e in suite}  # fmt: skip
+        """Each task's test split with the model's head (from the task's head set; ``shots`` and ``seed`` draw no pool here)."""
+        return {t.name: (head := task_head(model.model, t), mini_test(FewShotTask(t.name, t.test_images[:1], t.test_labels[:1], head),
+                                                                   t.test_images, t.test_labels, batch_size)()) for t in data}  # fmt: skip
