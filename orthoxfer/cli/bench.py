@@ -106,7 +106,7 @@ def bench_command(
             console.print(f"{inputs.source_name} vs {inputs.target_name} (seed {seed}), per depth: CKA "
                           + " ".join(f"{r['cka']:.2f}" for r in layers) + "; Procrustes residual "
                           + " ".join(f"{r['procrustes_residual']:.2f}" for r in layers), highlight=False)  # fmt: skip
-        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False, markup=False))
     if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
         return
     summary = summarise_rows(records, names)
