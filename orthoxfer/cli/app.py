@@ -19,6 +19,7 @@ from orthoxfer.cli.inspect import inspect_command
 from orthoxfer.cli.mini import mini_app
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
+from orthoxfer.cli.study import study_command
 from orthoxfer.cli.transfer import transfer_command
 from orthoxfer.cli.vector import apply_command, vector_app
 from orthoxfer.errors import UsageError
@@ -65,6 +66,7 @@ def build_app() -> typer.Typer:
     app.command("finetune")(finetune_command)
     app.command("bench")(with_strategy_options(bench_command, transfers=True))
     app.command("demo")(demo_command)
+    app.command("study")(with_strategy_options(study_command, transfers=True))
     app.command("bench-speed")(bench_speed_command)
     app.command("relate")(relate_command)
     app.command("apply")(apply_command)

@@ -1,13 +1,11 @@
 """``orthoxfer bench`` and ``orthoxfer demo``: the paper's Table 1, on the real suite or the offline miniature.
 
-Settings resolve as the suite's defaults <- ``--config FILE.toml`` (tables
-``[finetune]`` for source vectors, ``[align]`` with the pools' ``shots`` and the
-``mode``, ``[fewshot_ft]``; other tables are left to other commands) <- flags.
+Settings resolve as the suite's defaults <- ``--config FILE.toml`` <- flags
+(:func:`orthoxfer.experiments.bench_settings.resolve_bench`, shared with ``study``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,15 +65,13 @@ def bench_command(
     --gradfix-vote, --transfusion-rounds) set that option for every row that reads it.
     """
     from orthoxfer.artifacts import write_json
-    from orthoxfer.experiments.bench import BenchConfig, relatedness, run_bench
-    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.experiments.bench import relatedness, run_bench
+    from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
     from orthoxfer.runs import Run
-    from orthoxfer.strategies.settings import AlignSettings, read_config
-    from orthoxfer.suites import SUITES, build_suite, default_tables
+    from orthoxfer.suites import SUITES, build_suite
     from orthoxfer.suites.base import SuiteRequest
-    from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair, default_shots
-    from orthoxfer.transfers.registry import declared_options as transfer_options
+    from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
@@ -83,40 +79,21 @@ def bench_command(
         raise UsageError(f"--pair is for --suite mini; the {suite} suite names its own target (leave out --pair)")
     rung = check_pair(pair) if suite == "mini" else None
     dev = launch(device)
-    tables = default_tables(suite, size)
-    schemas = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
-    if config is not None:
-        for section, schema in schemas.items():
-            tables[section].update(read_config(config, section, schema))
-    if shots is None:  # the flag, else the config's [align] shots, else the suite's
-        shots = tables["align"].get("shots", default_shots(size))
-    options = dict(strategy_options or {})
-    transfer = {name: options.pop(name) for name in transfer_options() if name in options}
-    flags = {"steps": steps, "lr": lr, **options}
-    tables["align"].update({k: v for k, v in flags.items() if v is not None})
-    if steps is not None:
-        tables["fewshot_ft"]["steps"] = steps
-    align_settings = AlignSettings(**{**tables["align"], "shots": shots, "device": str(dev)})
-    fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(dev)})
-    source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(dev)})
-    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft, transfer=transfer)
-    chosen = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls), "procrustes_init": procrustes_init,
-              "ties": comma_list(ties) or (align_settings.tie,), "lrs": comma_floats(lrs, "--lrs"),
-              "mode": mode or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")}  # fmt: skip
-    bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
+    choices = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls),
+               "procrustes_init": procrustes_init, "ties": comma_list(ties), "lrs": comma_floats(lrs, "--lrs"), "mode": mode}  # fmt: skip
+    settings = resolve_bench(suite, size, dev, config, shots, steps, lr, strategy_options, choices)
+    bench, shots = settings.bench, settings.shots
 
     other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
     run = Run(out or Path("runs") / (f"{suite}-{rung}" if other_rung else suite), overwrite=overwrite, resume=resume)
     resolved = {"suite": suite, **({"pair": rung} if other_rung else {}), "seeds": seeds, "shots": shots, "size": size,
-                **{k: v for k, v in tables.items()},
-                **({"transfer": transfer} if transfer else {}),
-                "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items() if v is not None}}
+                **settings.record()}
     run.write_config(resolved)
     started = time.perf_counter()
     records, names, related = [], [], {}
     for seed in range(seeds):
         request = SuiteRequest(seed=seed, shots=shots, size=size, pair=pair, tasks=comma_list(tasks), kinds=bench.kinds,
-                               source_ft=source_ft, device=dev, cache_dir=cache_dir, source=source, target=target,
+                               source_ft=settings.source_ft, device=dev, cache_dir=cache_dir, source=source, target=target,
                                data_root=data_root, vectors_dir=vectors_dir)  # fmt: skip
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
@@ -129,7 +106,7 @@ def bench_command(
             console.print(f"{inputs.source_name} vs {inputs.target_name} (seed {seed}), per depth: CKA "
                           + " ".join(f"{r['cka']:.2f}" for r in layers) + "; Procrustes residual "
                           + " ".join(f"{r['procrustes_residual']:.2f}" for r in layers), highlight=False)  # fmt: skip
-        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False))
+        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False, markup=False))
     if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
         return
     summary = summarise_rows(records, names)

@@ -1,0 +1,88 @@
+"""``orthoxfer study``: every method on every rung of the ladder of relatedness, with controls and seeds.
+
+Settings resolve as ``bench``'s do (suite defaults <- ``--config`` <- flags, through
+:func:`orthoxfer.experiments.bench_settings.resolve_bench`); the rows are bench rows,
+stored per rung under ``--out`` and reused by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.errors import UsageError
+from orthoxfer.version import __version__
+
+Opt = typer.Option
+
+
+@reports_errors
+def study_command(
+    rungs: Annotated[str, Opt("--rungs", help="Comma-separated rungs: same, release, seed, data (the mini ladder) and "
+                              "planted (the positive control).")] = "same,release,seed,data",  # fmt: skip
+    methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies and transfer methods "
+                                       "(default: every registered one).")] = None,  # fmt: skip
+    controls: Annotated[str, Opt("--controls", help="Control rows beside every method: norm,spectrum,other-task; gains "
+                                 "are paired against each, the plot uses the first.")] = "spectrum",  # fmt: skip
+    seeds: Annotated[int, Opt("--seeds", min=1, help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained "
+                              "pair stays the shipped one).")] = 3,  # fmt: skip
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the study's four, STUDY_TASKS).")] = None,
+    config: Annotated[Path | None, Opt("--config", help="TOML settings, as bench reads them; flags override.")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
+    lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row tries; "
+                                   "the best on validation is kept.")] = None,  # fmt: skip
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (default: as bench).")] = None,
+    size: Annotated[str, Opt("--size", help="full | micro (seconds; for smoke tests).")] = "full",
+    device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Path, Opt("--out", help="Study folder: one bench run folder per rung, and the study's files.")] = Path(
+        "benchmarks/results/study"
+    ),
+    resume: Annotated[bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods "
+                                "add rows only).")] = False,  # fmt: skip
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")] = None,
+    strategy_options: dict[str, Any] | None = None,
+) -> None:
+    """Transfer gains over controls on every rung: embed vectors, every method beside its controls, the baselines.
+
+    Each rung's rows are a bench run in --out/<rung>/ (rows stored as they finish); the
+    study writes study.json, study.md and gain_vs_cka.png (gain against the rung's
+    last-block CKA, per method). Strategy and transfer flags (--alpha, --gradfix-shots ...)
+    set that option for every row that reads it, as on bench.
+    """
+    from orthoxfer.experiments.bench_settings import resolve_bench
+    from orthoxfer.experiments.step_cost import machine
+    from orthoxfer.experiments.study import MODEL_SEED, STUDY_TASKS, StudyPlan, check_rungs, run_rung, rung_suite
+    from orthoxfer.report.study import summarise_study, write_study
+    from orthoxfer.runs import Run
+    from orthoxfer.strategies.registry import STRATEGIES
+    from orthoxfer.transfers.registry import TRANSFERS
+
+    names = check_rungs(comma_list(rungs) or ())
+    chosen_methods = comma_list(methods) or (*STRATEGIES, *TRANSFERS)
+    chosen_controls = comma_list(controls)
+    if not chosen_controls:
+        raise UsageError("--controls needs at least one control (norm, spectrum, other-task): gains are measured against it")
+    dev = launch(device)
+    choices = {"methods": chosen_methods, "kinds": ("embed",), "controls": chosen_controls, "procrustes_init": False,
+               "ties": ("site",), "lrs": comma_floats(lrs, "--lrs"), "mode": None}  # fmt: skip
+    suites = dict.fromkeys(rung_suite(r)[0] for r in names)
+    settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices) for s in suites}
+    plan = StudyPlan(names, seeds, comma_list(tasks) or STUDY_TASKS, size, settings, dev, cache_dir)
+    run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
+    per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)
+    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
+                  f"tasks {', '.join(plan.tasks)}; in {run.path}", highlight=False, soft_wrap=True)  # fmt: skip
+    started = time.perf_counter()
+    results = [run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names]
+    meta = {"title": "orthoxfer study: transfer gains over controls on the ladder of relatedness", "rungs": list(names),
+            "seeds": seeds, "model_seed": MODEL_SEED, "tasks": list(plan.tasks), "size": size, "methods": list(chosen_methods),
+            "controls": list(chosen_controls),
+            "settings": {r: plan.rung_config(r) for r in names}, "machine": machine(dev),
+            "seconds": time.perf_counter() - started, "orthoxfer_version": __version__}  # fmt: skip
+    files = write_study(run.path, summarise_study(results, list(chosen_methods), list(chosen_controls), meta))
+    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)

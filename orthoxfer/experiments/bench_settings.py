@@ -1,0 +1,72 @@
+"""A benchmark's settings, resolved once for every command that runs bench rows (``bench``, ``study``).
+
+They resolve as the suite's defaults <- a TOML config (tables ``[finetune]`` for source
+vectors, ``[align]`` with the pools' ``shots`` and the ``mode``, ``[fewshot_ft]``;
+other tables are left to other commands) <- flags. Keeping this in one place keeps the
+study's rows the rows ``bench`` would compute with the same flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orthoxfer.experiments.bench import BenchConfig
+from orthoxfer.fit.finetune import FinetuneSettings
+from orthoxfer.strategies.settings import AlignSettings, read_config
+from orthoxfer.suites import default_tables
+from orthoxfer.suites.mini import default_shots
+from orthoxfer.transfers.registry import declared_options as transfer_options
+
+SCHEMAS = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
+
+
+@dataclass
+class BenchSettings:
+    tables: dict[str, dict[str, Any]]  # the resolved [finetune], [align], [fewshot_ft] tables, as recorded
+    shots: int
+    transfer: dict[str, Any]  # the transfer methods' options given as flags
+    chosen: dict[str, Any]  # the BenchConfig fields the flags, config or suite set (methods, controls, mode ...)
+    source_ft: FinetuneSettings  # how the source vectors are fine-tuned
+    bench: BenchConfig
+
+    def record(self) -> dict[str, Any]:
+        """What a run's config.json holds of these settings: the tables, transfer options and chosen fields."""
+        return {**self.tables, **({"transfer": self.transfer} if self.transfer else {}),
+                "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in self.chosen.items() if v is not None}}  # fmt: skip
+
+
+def resolve_bench(
+    suite: str, size: str, device: torch.device, config: Path | None = None, shots: int | None = None,
+    steps: int | None = None, lr: float | None = None, strategy_options: dict[str, Any] | None = None,
+    choices: dict[str, Any] | None = None,
+) -> BenchSettings:  # fmt: skip
+    """Defaults <- config <- flags. ``strategy_options`` holds strategy and transfer flags alike (the transfer ones
+    are split off); ``choices`` the parsed BenchConfig flags (methods, kinds, controls, procrustes_init, ties, lrs,
+    mode), None where not given: ties default to the align table's tie, mode to its mode, else joint for the paper
+    suite and per-task otherwise."""
+    tables = default_tables(suite, size)
+    if config is not None:
+        for section, schema in SCHEMAS.items():
+            tables[section].update(read_config(config, section, schema))
+    if shots is None:  # the flag, else the config's [align] shots, else the suite's
+        shots = tables["align"].get("shots", default_shots(size))
+    options = dict(strategy_options or {})
+    transfer = {name: options.pop(name) for name in transfer_options() if name in options}
+    flags = {"steps": steps, "lr": lr, **options}
+    tables["align"].update({k: v for k, v in flags.items() if v is not None})
+    if steps is not None:
+        tables["fewshot_ft"]["steps"] = steps
+    align_settings = AlignSettings(**{**tables["align"], "shots": shots, "device": str(device)})
+    fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(device)})
+    source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(device)})
+    chosen = dict(choices or {})
+    chosen["ties"] = chosen.get("ties") or (align_settings.tie,)
+    chosen["mode"] = chosen.get("mode") or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")
+    bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft, transfer=transfer)
+    bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
+    return BenchSettings(tables, shots, transfer, chosen, source_ft, bench)

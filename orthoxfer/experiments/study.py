@@ -1,0 +1,108 @@
+"""The study: bench rows on every rung of the ladder of relatedness, with controls and seeds, resumable.
+
+Each rung is a bench run folder of its own (``<out>/<rung>/``, rows stored one by one),
+so a study cut off anywhere resumes at the row it stopped at. Every seed redraws the
+few-shot pools and reseeds the alignment and the controls, but keeps the one shipped
+pre-trained pair (``SuiteRequest.model_seed = 0``): the intervals are over what a user
+of that pair would see, not over pre-training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orthoxfer.errors import UsageError
+from orthoxfer.experiments.bench import relatedness, run_bench
+from orthoxfer.experiments.bench_settings import BenchSettings
+from orthoxfer.runs import Run
+from orthoxfer.suites import build_suite
+from orthoxfer.suites.base import SuiteRequest
+from orthoxfer.suites.mini import PAIRS
+
+RUNGS = (*PAIRS, "planted")  # the mini ladder, and the planted suite as a positive-control rung
+DEFAULT_RUNGS = tuple(PAIRS)
+# Four tasks, not eight, so that the study fits its budget (provisional: the four with most headroom are to be measured)
+STUDY_TASKS = ("mnist", "housenumbers", "relief", "scenes")
+MODEL_SEED = 0  # every seed uses the shipped pair
+
+
+def check_rungs(rungs: tuple[str, ...]) -> tuple[str, ...]:
+    """The rungs named, or a one-line UsageError listing the choices."""
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown or not rungs:
+        raise UsageError(f"unknown rung {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(RUNGS)}")
+    return rungs
+
+
+def rung_suite(rung: str) -> tuple[str, str | None]:
+    """The suite and ``--pair`` a rung is built from."""
+    return ("planted", None) if rung == "planted" else ("mini", rung)
+
+
+@dataclass
+class StudyPlan:
+    """What the study runs: rungs x seeds, each rung's rows from the settings resolved for its suite."""
+
+    rungs: tuple[str, ...]
+    seeds: int
+    tasks: tuple[str, ...]
+    size: str
+    settings: dict[str, BenchSettings]  # by suite (mini, planted)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: Path | None = None
+
+    def rows(self, rung: str) -> int:
+        """Rows one seed of ``rung`` computes (planted adds its ceiling row)."""
+        return len(self.settings[rung_suite(rung)[0]].bench.rows(planted=rung == "planted"))
+
+    def total_rows(self) -> int:
+        return self.seeds * sum(self.rows(r) for r in self.rungs)
+
+    def rung_config(self, rung: str) -> dict[str, Any]:
+        """What a rung's config.json holds: the settings that change what its rows compute.
+
+        Seeds, methods and controls are left out: each row is stored on its own, so a
+        resumed study may add seeds or methods and reuse every row it already has.
+        """
+        suite, pair = rung_suite(rung)
+        record = self.settings[suite].record()
+        record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
+        return {"suite": suite, **({"pair": pair} if pair else {}), "model_seed": MODEL_SEED, "tasks": list(self.tasks),
+                "shots": self.settings[suite].shots, "size": self.size, **record}  # fmt: skip
+
+
+@dataclass
+class RungResult:
+    rung: str
+    source: str
+    target: str
+    tasks: list[str]
+    records: list[dict[str, Any]]  # every row of every seed, as bench stores them
+    relatedness: dict[str, list[dict[str, Any]]]  # seed -> per depth CKA and Procrustes residual
+    seconds: float
+
+
+def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], None]) -> RungResult:
+    """One rung's rows for every seed, in ``out/<rung>``, reusing the rows stored there."""
+    suite, pair = rung_suite(rung)
+    settings = plan.settings[suite]
+    run = Run(out / rung, resume=True)
+    run.write_config(plan.rung_config(rung))
+    started = time.perf_counter()
+    records, related = [], {}
+    for seed in range(plan.seeds):
+        request = SuiteRequest(seed=seed, model_seed=MODEL_SEED, shots=settings.shots, size=plan.size, pair=pair,
+                               tasks=plan.tasks, kinds=settings.bench.kinds, source_ft=settings.source_ft,
+                               device=plan.device, cache_dir=plan.cache_dir)  # fmt: skip
+        inputs = build_suite(suite, request)
+        related[str(seed)] = relatedness(inputs, seed) or []
+        records += run_bench(inputs, settings.bench, run, [seed], progress=lambda msg: progress(f"{rung}: {msg}"))
+    names = [t.name for t in inputs.tasks]
+    return RungResult(rung, inputs.source_name, inputs.target_name, names, records, related, time.perf_counter() - started)
+

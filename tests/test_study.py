@@ -1,0 +1,103 @@
+"""``orthoxfer study`` on the micro mini suite: its files, gains paired from the stored rows, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from orthoxfer.cli import app
+from orthoxfer.experiments.bench_settings import resolve_bench
+from orthoxfer.experiments.study import RungResult, StudyPlan
+from orthoxfer.report.study import summarise_study
+from orthoxfer.report.tables import interval
+
+runner = CliRunner()
+METHODS = ("orthogonal-shift",)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    (root / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
+    args = ["study", "--config", str(root / "fast.toml"), "--size", "micro", "--steps", "1", "--tasks", "mnist",
+            "--rungs", "same,data", "--methods", ",".join(METHODS), "--seeds", "2", "--out", str(root / "out"),
+            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return root, args, result
+
+
+def stored_mean(out, rung, row, seed):
+    return json.loads((out / rung / "rows" / f"{row}-seed{seed}.json").read_text())["accuracy"]["mean"]
+
+
+def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
+    root, _, result = study
+    out = root / "out"
+    for name in ("study.json", "study.md", "gain_vs_cka.png", "same/config.json", "data/config.json"):
+        assert (out / name).is_file(), name
+    assert "orthoxfer study: 20 rows = rows per seed (same 5, data 5) x 2 seeds" in result.output
+    assert "data: [5/5] embed, orthogonal-shift [control: spectrum] (seed 1)" in result.output
+    data = json.loads((out / "study.json").read_text())
+    assert [r["rung"] for r in data["rungs"]] == ["same", "data"] and data["meta"]["seeds"] == [0, 1]
+    assert data["meta"]["model_seed"] == 0 and data["meta"]["machine"]["device"] == "cpu"
+    for rung in data["rungs"]:
+        gain = rung["methods"]["orthogonal-shift"]["controls"]["spectrum"]["gain"]
+        diffs = [stored_mean(out, rung["rung"], "embed_orthogonal-shift", s)
+                 - stored_mean(out, rung["rung"], "embed_orthogonal-shift_control-spectrum", s) for s in (0, 1)]  # fmt: skip
+        assert gain["per_seed"] == pytest.approx(diffs, abs=1e-12)
+        assert gain["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
+        assert rung["baselines"]["target"]["per_seed"] == [stored_mean(out, rung["rung"], "none_target", s) for s in (0, 1)]
+        assert len(rung["relatedness"]["0"]) > 1  # per depth
+    same, other = data["rungs"]
+    assert same["last_block_cka"]["mean"] == pytest.approx(1.0, abs=1e-4)  # the target is the source
+    assert other["last_block_cka"]["mean"] < 0.999
+    assert data["ceiling"]["per_seed"] == same["baselines"]["direct"]["per_seed"]
+    md = (out / "study.md").read_text()
+    assert "| same | mini:a | 1.00 |" in md and "| data |" in md and "orthogonal-shift | " in md
+    assert json.loads((out / "same" / "config.json").read_text())["model_seed"] == 0
+
+
+def test_resume_reuses_every_row_and_a_full_folder_is_refused_without_it(study):
+    root, args, _ = study
+    rows = sorted((root / "out").glob("*/rows/*.json"))
+    before = {p: p.stat().st_mtime_ns for p in rows}
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reused") == len(rows) == 20
+    assert {p: p.stat().st_mtime_ns for p in rows} == before
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--resume" in refused.output
+
+
+def test_bad_rungs_are_refused_in_one_line(tmp_path):
+    result = runner.invoke(app, ["study", "--rungs", "same,cousin", "--size", "micro", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown rung 'cousin'" in lines[0] and "planted" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_planted_rung_has_its_ceiling_row_and_gains_are_paired_means_with_t_intervals():
+    choices = {"methods": ("cayley", "gradfix"), "kinds": ("embed",), "controls": ("spectrum",), "procrustes_init": False,
+               "ties": ("site",), "lrs": None, "mode": None}  # fmt: skip
+    settings = {s: resolve_bench(s, "micro", torch.device("cpu"), choices=choices) for s in ("mini", "planted")}
+    plan = StudyPlan(("data", "planted"), 3, ("mnist",), "micro", settings)
+    assert plan.rows("data") == 3 + 2 * 2 and plan.rows("planted") == plan.rows("data") + 1
+    assert plan.total_rows() == 3 * (7 + 8)
+    real, ctrl = [0.50, 0.60, 0.55], [0.40, 0.45, 0.50]
+    records = [{"row": row, "seed": s, "accuracy": {"mean": acc[s]}, "seconds": 1.0}
+               for row, acc in (("embed_cayley", real), ("embed_cayley_control-spectrum", ctrl), ("none_target", ctrl),
+                                ("embed_direct", real)) for s in range(3)]  # fmt: skip
+    layers = [{"cka": 0.3}, {"cka": 0.7}]
+    result = RungResult("same", "mini:a", "mini:a", ["mnist"], records, {"0": layers, "1": layers, "2": [{"cka": 0.9}]}, 3.0)
+    data = summarise_study([result], ["cayley", "gradfix"], ["spectrum"], {"seeds": 3})
+    rung = data["rungs"][0]
+    gain = rung["methods"]["cayley"]["controls"]["spectrum"]["gain"]
+    mean, half = interval([0.10, 0.15, 0.05])
+    assert gain["mean"] == pytest.approx(0.10) and gain["mean"] == pytest.approx(mean) and gain["ci95"] == pytest.approx(half)
+    assert half == pytest.approx(4.302653 * 0.05 / 3**0.5, rel=1e-5)  # t_{0.975, 2} * sd / sqrt(n)
+    assert "gradfix" not in rung["methods"]  # no rows, no entry
+    assert rung["last_block_cka"]["mean"] == pytest.approx((0.7 + 0.7 + 0.9) / 3)
+    assert data["ceiling"]["mean"] == pytest.approx(sum(real) / 3) and rung["row_seconds"] == 12.0
