@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import orthoxfer.cli.bench as bench_cli
 from orthoxfer.cli import app
-from orthoxfer.data.mini import mini_task
+from orthoxfer.data.mini import TASK_NAMES, mini_task
 from orthoxfer.data.mini_pools import model_suite
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import accuracy
@@ -184,6 +184,10 @@ def test_demo_passes_the_pair_and_gives_it_its_own_folder(monkeypatch):
     from orthoxfer.transfers.registry import TRANSFERS  # the demo's table has every method: strategies and transfers
 
     assert set(calls[0]["methods"].split(",")) == {"penalty", "riemannian", "cayley", "procrustes", *TRANSFERS}
+    # full size: the four headroom tasks at 100 steps per task, embed vectors; --tasks all: the eight at 100 each
+    assert runner.invoke(app, ["demo"]).exit_code == 0 and runner.invoke(app, ["demo", "--tasks", "all"]).exit_code == 0
+    assert [(c["tasks"], c["steps"], c["kinds"]) for c in calls[2:]] == [
+        ("pictograms,scenes,coins,surfaces", 400, "embed"), (",".join(TASK_NAMES), 800, "embed")]
 
 
 @pytest.mark.parametrize(

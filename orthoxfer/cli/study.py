@@ -32,7 +32,7 @@ def study_command(
                               "pair stays the shipped one).")] = 3,  # fmt: skip
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the study's four, STUDY_TASKS).")] = None,
     config: Annotated[Path | None, Opt("--config", help="TOML settings, as bench reads them; flags override.")] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps (default: 100 per task).")] = None,
     lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row tries; "
                                    "the best on validation is kept.")] = None,  # fmt: skip
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (default: as bench).")] = None,
@@ -60,6 +60,7 @@ def study_command(
     from orthoxfer.report.study import summarise_study, write_study
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
+    from orthoxfer.suites.mini import STEPS_PER_TASK
     from orthoxfer.transfers.registry import TRANSFERS
 
     names = check_rungs(comma_list(rungs) or ())
@@ -71,8 +72,10 @@ def study_command(
     choices = {"methods": chosen_methods, "kinds": ("embed",), "controls": chosen_controls, "procrustes_init": False,
                "ties": ("site",), "lrs": comma_floats(lrs, "--lrs"), "mode": None}  # fmt: skip
     suites = dict.fromkeys(rung_suite(r)[0] for r in names)
+    study_tasks = comma_list(tasks) or STUDY_TASKS
+    steps = STEPS_PER_TASK * len(study_tasks) if steps is None and size == "full" else steps
     settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices) for s in suites}
-    plan = StudyPlan(names, seeds, comma_list(tasks) or STUDY_TASKS, size, settings, dev, cache_dir)
+    plan = StudyPlan(names, seeds, study_tasks, size, settings, dev, cache_dir)
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)
     console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
