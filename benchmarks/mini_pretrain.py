@@ -1,12 +1,12 @@
 """How good are the mini suite's pre-trained models? Pre-training time and per-task accuracy.
 
 For model A, model B and an untrained model of the same architecture, on each mini
-task's test split: the prototype head built from a 100-shot pool (what every method
+task's test split: the suite's prototype head, from the task's head set (what every method
 starts from), a ridge linear probe on the standardised features of the whole training
 split (what the features can carry), and the zero-shot text head of the model's own
 text tower (class names in one template), to show why the suite uses prototype heads.
 With ``--finetune-steps``, model A's attention weights are fine-tuned on some tasks'
-training splits through its prototype head (built from the whole training split) to
+training splits (past the head and validation sets) through its prototype head to
 check that a source task vector carries something: test accuracy before and after.
 
     nice -n 10 python benchmarks/mini_pretrain.py --cache-dir /tmp/orthoxfer-cache --finetune-steps 150
