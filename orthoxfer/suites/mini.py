@@ -243,8 +243,15 @@ class MiniSuite:
         return default_shots(self.size)
 
     def settings(self, section: str) -> dict[str, Any]:
-        """The suite's defaults for a settings table (``align``, ``fewshot_ft``, ``finetune``)."""
-        return {**defaults(self.size)[section], **({"shots": self.default_shots} if section == "align" else {})}
+        """The suite's defaults for a settings table (``align``, ``fewshot_ft``, ``finetune``).
+
+        A single command carries one task's vector, so its alignment and few-shot FT get
+        one task's budget (:data:`STEPS_PER_TASK`), not the eight tasks' of ``bench``.
+        """
+        table = defaults(self.size)[section]
+        if section in ("align", "fewshot_ft") and self.size == "full":
+            table.update(steps=STEPS_PER_TASK, warmup=STEPS_PER_TASK // 10)
+        return {**table, **({"shots": self.default_shots} if section == "align" else {})}
 
     @property
     def record(self) -> dict[str, Any]:
