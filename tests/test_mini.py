@@ -98,6 +98,37 @@ def test_model_suite_gives_stratified_train_only_pools_with_frozen_heads(tasks):
         mini_pools.model_suite(model, tasks[-1:], shots=5)
 
 
+def test_head_and_validation_sets_are_fixed_and_apart_from_every_pool(tasks):
+    """Heads never see a pool's labels, and lambda is chosen on images no pool holds, whatever the seed or shots."""
+    model = pre.build_model(MICRO, "a")
+    for task in tasks:
+        head_idx, val_idx, rest = mini_pools.reserved(task)
+        parts = [set(head_idx.tolist()), set(val_idx.tolist()), set(rest.tolist())]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == set(range(len(task.train_labels)))
+        classes = len(task.class_names)
+        for idx in (head_idx, val_idx):  # every class in each reserved part, equally often
+            assert torch.bincount(task.train_labels[idx], minlength=classes).unique().numel() == 1
+        ev = [mini_pools.model_suite(model, [task], shots=24, seed=s)[0] for s in (0, 1)]
+        assert torch.equal(ev[0].fewshot.head.prototypes, ev[1].fewshot.head.prototypes)  # the head is the pool's own no more
+        assert torch.equal(ev[0].val.images, task.train_images[val_idx]) and ev[0].val.head is ev[0].fewshot.head
+        assert torch.equal(mini_pools.fewshot_pool(task, None, 0)[0], task.train_images[rest])  # shots=None: the rest only
+
+
+def test_bench_chooses_on_the_suite_s_validation_set_not_on_the_pool():
+    from orthoxfer.experiments.bench import split_pools
+    from orthoxfer.suites.base import SuiteInputs, SuiteTask
+
+    task = mini.mini_tasks("micro", ["surfaces"])[0]
+    ev = mini_pools.model_suite(pre.build_model(MICRO, "a"), [task], shots=24, seed=0)[0]
+    with_val = SuiteInputs("mini", "a", "b", None, None, [SuiteTask("surfaces", ev.fewshot, (None, list), val=ev.val)], {})
+    train, val = split_pools(with_val, 0.2, seed=0)
+    assert train["surfaces"] is ev.fewshot and val["surfaces"] is ev.val  # the whole pool trains
+    without = SuiteInputs("paper", "a", "b", None, None, [SuiteTask("surfaces", ev.fewshot, (None, list))], {})
+    train, val = split_pools(without, 0.25, seed=0)
+    assert len(train["surfaces"].labels) + len(val["surfaces"].labels) == 24 and len(val["surfaces"].labels) == 6
+
+
 def test_pretraining_is_seeded_and_the_two_models_differ():
     first, log = pre.pretrain(MICRO, "a", progress=False)
     second, _ = pre.pretrain(MICRO, "a", progress=False)
