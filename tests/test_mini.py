@@ -194,3 +194,6 @@ def test_a_cached_source_vector_belongs_to_the_weights_it_was_fine_tuned_on(tmp_
         model.visual.proj.add_(1e-6)  # the same config, weights one rounding apart
     mini_source_vector(model, tasks[0], head, settings, tmp_path)
     assert len(list((tmp_path / "mini-vectors").iterdir())) == 2
+    other_head = mini_pools.PrototypeHead(head.center, head.prototypes.flip(0), head.scale)  # same model, another head
+    mini_source_vector(model, tasks[0], other_head, settings, tmp_path)
+    assert len(list((tmp_path / "mini-vectors").iterdir())) == 3
