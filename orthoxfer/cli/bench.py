@@ -42,8 +42,9 @@ def bench_command(
     lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
                                    "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
     ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
-    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task, a fifth held out for choosing lambda "
-                                      "(default: [align] shots of --config, else 100; 24 for --size micro).")] = None,
+    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (paper: a fifth held out for "
+                                      "choosing lambda; mini and planted choose on their validation sets). Default: [align] shots "
+                                      "of --config, else the suite's: paper 100, mini and planted 32, 24 for --size micro.")] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
