@@ -126,7 +126,7 @@ def test_same_pair_direct_addition_is_the_source_fine_tuned_accuracy(built, tmp_
         vector = inputs.vectors["embed"][name]
         assert any(vector.delta(s).abs().max() > 0 for s in vector.sites)
         tuned = vector.added_to_copy(inputs.source)
-        expected = accuracy(tuned, pool.head, mini_test(pool, task.test_images, task.test_labels)())
+        expected = accuracy(tuned, pool.head, mini_test(task.test_images, task.test_labels)())
         assert record["accuracy"][name] == pytest.approx(expected, abs=1e-9), name
 
 

@@ -4,6 +4,7 @@ import json
 import shlex
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from orthoxfer.cli import app
@@ -88,6 +89,29 @@ def test_baselines_on_the_mini_suite(aligned, tmp_path):
                                 "--out", str(tmp_path / "eval")])  # fmt: skip
     assert plain.exit_code == 0, plain.output
     assert accuracy["target"] == json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"]
+
+
+def test_direct_on_the_mini_suite_chooses_lambda_on_its_validation_sets(aligned, tmp_path, monkeypatch):
+    from orthoxfer.data import mini_pools
+    from orthoxfer.data.mini import mini_task
+    from orthoxfer.evaluation import baselines
+
+    _, mini, _ = aligned
+    real, seen = baselines.direct_addition, []
+    monkeypatch.setattr(baselines, "direct_addition", lambda target, vector, validation, *a: seen.append(validation) or
+                        real(target, vector, validation, *a))  # fmt: skip
+    common = ["baseline", "direct", *mini, "--target", "mini:b", "--tasks", "surfaces", "--task-vector", "mini:surfaces",
+              "--scales", "0,1", "--device", "cpu"]  # fmt: skip
+    own = runner.invoke(app, [*common, "--out", str(tmp_path / "own")])
+    held = runner.invoke(app, [*common, "--val-fraction", "0.25", "--out", str(tmp_path / "held")])
+    assert own.exit_code == 0 and held.exit_code == 0, own.output + held.output
+    assert "chosen on the suite's validation sets" in own.output and "held-out 0.25 of each few-shot pool" in held.output
+    task = mini_task("surfaces", "micro")
+    val_idx, rest = mini_pools.reserved(task)[1:]
+    assert torch.equal(seen[0]["surfaces"].images, task.train_images[val_idx])  # the fixed set, apart from every pool
+    pool_part = seen[1]["surfaces"].images  # a part of the pool: images from the rest only
+    assert len(pool_part) == 6 and all(any(torch.equal(img, r) for r in task.train_images[rest]) for img in pool_part)
+    assert json.loads((tmp_path / "own" / "results.json").read_text())["chosen_on"] == "the suite's validation sets"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 Each writes ``results.json`` (test accuracy per task and mean, plus what was chosen)
 and ``config.json`` into ``--out``. The few-shot pools are drawn exactly as
 ``orthoxfer align`` draws them (same ``--shots`` and ``--seed``: same images), and
-lambda is chosen on a held-out part of those pools, never on test data.
+lambda is chosen on a held-out part of those pools (the mini suite: on its fixed
+validation sets, apart from every pool), never on test data.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ Overwrite = Annotated[bool, Opt("--overwrite", help="Replace a run already in --
 CacheDir = Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache.")]
 HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="paper: zero-shot head cache.")]
 BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
+VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
 
 
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
@@ -80,7 +82,7 @@ def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: 
     table.add_row("mean", f"{100 * accuracy['mean']:.2f}")
     console.print(table)
     if extra.get("scale") is not None:
-        console.print(f"lambda {extra['scale']:g}, chosen on held-out few-shot data", highlight=False)
+        console.print(f"lambda {extra['scale']:g}, chosen on {extra['chosen_on']}", highlight=False)
     console.print(f"wrote {run.file('results.json')}", highlight=False)
 
 
@@ -123,7 +125,8 @@ def direct_command(
     tasks: Tasks = None,
     shots: Shots = None,
     seed: Seed = 0,
-    val_fraction: Annotated[float, Opt("--val-fraction", help="Part of each few-shot pool lambda is chosen on.")] = 0.2,
+    val_fraction: Annotated[float | None, Opt("--val-fraction", help="Part of each few-shot pool lambda is chosen on (default "
+                                              f"{VAL_FRACTION:g}); the mini suite chooses on its validation set unless given.")] = None,  # fmt: skip
     scales: Annotated[str | None, Opt("--scales", help="Comma-separated lambdas to try (default 0..2).")] = None,
     device: Device = "auto",
     out: Out = None,
@@ -150,13 +153,18 @@ def direct_command(
     loaded, tests = _prepare(chosen_suite, target, names, dev, eval_batch_size, shots, seed)
     vector = sum(vectors.values())
     vector.check_fits(loaded.model)
-    _, validation = _pools(chosen_suite, loaded, names, shots, seed, val_fraction)
+    validation = chosen_suite.validation_sets(loaded, names) if val_fraction is None else None
+    chosen_on = "the suite's validation sets"
     if validation is None:
-        raise UsageError("--val-fraction must be > 0: lambda is chosen on held-out few-shot data")
+        fraction = VAL_FRACTION if val_fraction is None else val_fraction
+        _, validation = _pools(chosen_suite, loaded, names, shots, seed, fraction)
+        if validation is None:
+            raise UsageError("--val-fraction must be > 0: lambda is chosen on held-out few-shot data")
+        chosen_on = f"a held-out {fraction:g} of each few-shot pool"
     chosen = direct_addition(loaded.model, vector, validation, grid, dev)
     accuracy = evaluate(chosen.model, tests, dev)
     _finish(run, "direct addition", target, accuracy,
-            {"scale": chosen.scale, "validation": {str(k): v for k, v in chosen.validation.items()}})  # fmt: skip
+            {"scale": chosen.scale, "chosen_on": chosen_on, "validation": {str(k): v for k, v in chosen.validation.items()}})  # fmt: skip
 
 
 @baseline_app.command("fewshot-ft")

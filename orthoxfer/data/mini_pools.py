@@ -28,7 +28,7 @@ from orthoxfer.data.image_ops import stratified
 from orthoxfer.data.mini import MiniTask
 from orthoxfer.errors import UsageError
 from orthoxfer.models.prototype_head import PrototypeHead
-from orthoxfer.problem.tasks import FewShotTask, image_features
+from orthoxfer.problem.tasks import FewShotTask, image_features, normalise
 
 
 @dataclass
@@ -37,7 +37,7 @@ class MiniEval:
 
     fewshot: FewShotTask
     val: FewShotTask  # the task's validation set, with the same head
-    test_images: torch.Tensor  # uint8; normalise with ``fewshot.normalise``
+    test_images: torch.Tensor  # uint8; normalise with :func:`mini_normalise`
     test_labels: torch.Tensor
 
 
@@ -97,7 +97,10 @@ def reserved(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def fewshot_pool(task: MiniTask, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``shots`` images of the training split's rest (past head and validation sets), stratified over classes
     (``None``: all of the rest)."""
-    rest = reserved(task)[2]
+    return _draw(task, reserved(task)[2], shots, seed)
+
+
+def _draw(task: MiniTask, rest: torch.Tensor, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if shots is not None:
         if shots < len(task.class_names):
             raise UsageError(f"task {task.name}: {shots} shots cannot cover its {len(task.class_names)} classes")
@@ -109,7 +112,10 @@ def fewshot_pool(task: MiniTask, shots: int | None, seed: int) -> tuple[torch.Te
 
 def task_head(model: nn.Module, task: MiniTask) -> PrototypeHead:
     """The model's frozen prototype head for ``task``, from the task's head set (the same whatever the pool)."""
-    idx = reserved(task)[0]
+    return _head(model, task, reserved(task)[0])
+
+
+def _head(model: nn.Module, task: MiniTask, idx: torch.Tensor) -> PrototypeHead:
     return PrototypeHead.from_features(features(model, task.train_images[idx]), task.train_labels[idx], len(task.class_names))
 
 
@@ -118,10 +124,14 @@ def features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> t
     """Image features of uint8 images, normalised as every mini :class:`FewShotTask` does, in eval mode."""
     was_training = model.training
     model.eval()
-    norm = FewShotTask("features", images[:1], torch.zeros(1, dtype=torch.int64), nn.Identity()).normalise
-    out = torch.cat([image_features(model, norm(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+    out = torch.cat([image_features(model, mini_normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
     model.train(was_training)
     return out
+
+
+def mini_normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as every mini model takes them (the pools' normalisation)."""
+    return normalise(images, FewShotTask.mean, FewShotTask.std)
 
 
 def model_suite(
@@ -135,10 +145,9 @@ def model_suite(
     """
     out = []
     for task in tasks:
-        head, augment = task_head(model, task), shift_augment(task.flip)
-        images, labels = fewshot_pool(task, shots, seed)
-        val = reserved(task)[1]
-        fewshot = FewShotTask(task.name, images, labels, head, augment=augment)
+        head_idx, val, rest = reserved(task)
+        head, augment = _head(model, task, head_idx), shift_augment(task.flip)
+        fewshot = FewShotTask(task.name, *_draw(task, rest, shots, seed), head, augment=augment)
         validation = FewShotTask(task.name, task.train_images[val], task.train_labels[val], head, augment=augment)
         out.append(MiniEval(fewshot, validation, task.test_images, task.test_labels))
     return out

@@ -104,6 +104,9 @@ class Suite(Protocol):
         self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
     ) -> dict[str, FewShotTask]: ...
 
+    def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> dict[str, FewShotTask] | None:
+        """The suite's own validation sets, apart from every pool; None where a part of each pool is held out instead."""
+
     def test_data(self, names: Sequence[str]) -> Any:
         """The test data of ``names``, read before any model so that missing data fails first."""
 

@@ -38,12 +38,12 @@ from torch import nn
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
-from orthoxfer.data.mini_pools import fewshot_pool, model_suite, shift_augment, task_head
+from orthoxfer.data.mini_pools import fewshot_pool, mini_normalise, model_suite, shift_augment, task_head
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
 from orthoxfer.models.pretrain import RECIPES, PretrainConfig, pretrained_model
-from orthoxfer.problem.tasks import FewShotTask, normalise
+from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import HOW_NOT_WHAT
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
 from orthoxfer.vectors.taskvector import TaskVector
@@ -122,8 +122,7 @@ def relate_images(tasks: Sequence[MiniTask], shots: int, seed: int) -> torch.Ten
     Relatedness is measured on the images the aligners see (no labels, no test data),
     the same for every pair of one seed.
     """
-    images = torch.cat([fewshot_pool(t, shots, seed)[0][:RELATE_PER_TASK] for t in tasks])
-    return normalise(images, FewShotTask.mean, FewShotTask.std)
+    return mini_normalise(torch.cat([fewshot_pool(t, shots, seed)[0][:RELATE_PER_TASK] for t in tasks]))
 
 
 def cache_dir(request: SuiteRequest) -> Path:
@@ -169,9 +168,9 @@ def train_key(settings: FinetuneSettings) -> dict:
     return {k: v for k, v in dataclasses.asdict(settings).items() if k not in HOW_NOT_WHAT | {"extra", "device"}}
 
 
-def mini_test(pool: FewShotTask, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
-    """Test batches of a mini task, normalised as its pool is."""
-    return lambda: [(pool.normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
+def mini_test(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
+    """Test batches of a mini task, normalised as its pools are."""
+    return lambda: [(mini_normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
 
 
 def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module) -> tuple[list[SuiteTask], dict, torch.Tensor]:
@@ -189,7 +188,7 @@ def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module) ->
         for kind in request.kinds
     }
     suite_tasks = [
-        SuiteTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.fewshot, e.test_images, e.test_labels)), t.stands_for, e.val)
+        SuiteTask(t.name, e.fewshot, (e.fewshot.head, mini_test(e.test_images, e.test_labels)), t.stands_for, e.val)
         for t, e in zip(tasks, on_target)
     ]
     return suite_tasks, vectors, relate_images(tasks, request.shots, request.seed)
@@ -301,6 +300,10 @@ class MiniSuite:
             raise UsageError("--shots-per-class is for --suite paper; the mini suite draws --shots stratified over classes")
         return {e.fewshot.name: e.fewshot for e in model_suite(model.model, mini_tasks(self.size, list(names)), shots, seed)}
 
+    def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> dict[str, FewShotTask]:
+        """Each task's fixed validation set (apart from every pool) with the model's head: where ``bench`` chooses lambda."""
+        return {e.val.name: e.val for e in model_suite(model.model, mini_tasks(self.size, list(names)), None)}
+
     def test_data(self, names: Sequence[str]) -> list[MiniTask]:
         return mini_tasks(self.size, list(names))
 
@@ -309,5 +312,4 @@ class MiniSuite:
         workers: int | None = None, shots: int | None = None, seed: int = 0,
     ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:  # fmt: skip
         """Each task's test split with the model's head (from the task's head set; ``shots`` and ``seed`` draw no pool here)."""
-        return {t.name: (head := task_head(model.model, t), mini_test(FewShotTask(t.name, t.test_images[:1], t.test_labels[:1], head),
-                                                                   t.test_images, t.test_labels, batch_size)()) for t in data}  # fmt: skip
+        return {t.name: (task_head(model.model, t), mini_test(t.test_images, t.test_labels, batch_size)()) for t in data}

@@ -175,6 +175,10 @@ class PaperSuite:
         data_root = self.request.data_root
         return paper_fewshot_tasks(model, list(names), data_root, shots, shots_per_class, seed, heads_folder(self.request))
 
+    def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> None:
+        """None: the paper's datasets give a few-shot pool only, so a part of it is held out (the paper's protocol)."""
+        return None
+
     def test_data(self, names: Sequence[str]) -> dict[str, ImageSplit]:
         return paper_test_splits(list(names), self.request.data_root)
 
