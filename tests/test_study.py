@@ -71,6 +71,17 @@ def test_resume_reuses_every_row_and_a_full_folder_is_refused_without_it(study):
     assert refused.exit_code == 2 and "--resume" in refused.output
 
 
+def test_resume_after_the_models_changed_is_refused(study, monkeypatch):
+    from orthoxfer.models import pretrain
+
+    root, args, _ = study
+    recorded = json.loads((root / "out" / "data" / "config.json").read_text())["pretrain_recipe"]
+    monkeypatch.setattr(pretrain, "TRAIN_VERSION", pretrain.TRAIN_VERSION + 1)  # what a new pre-training recipe does
+    refused = runner.invoke(app, [*args, "--resume"])
+    assert refused.exit_code == 2 and "pretrain_recipe" in refused.output, refused.output
+    assert json.loads((root / "out" / "same" / "config.json").read_text())["pretrain_recipe"] == recorded  # kept
+
+
 def test_bad_rungs_are_refused_in_one_line(tmp_path):
     result = runner.invoke(app, ["study", "--rungs", "same,cousin", "--size", "micro", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2

@@ -70,7 +70,7 @@ def bench_command(
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
     from orthoxfer.runs import Run
-    from orthoxfer.suites import SUITES, build_suite
+    from orthoxfer.suites import SUITES, build_suite, models_record
     from orthoxfer.suites.base import SuiteRequest
     from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair
 
@@ -88,7 +88,7 @@ def bench_command(
     other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
     run = Run(out or Path("runs") / (f"{suite}-{rung}" if other_rung else suite), overwrite=overwrite, resume=resume)
     resolved = {"suite": suite, **({"pair": rung} if other_rung else {}), "seeds": seeds, "shots": shots, "size": size,
-                **settings.record()}
+                **models_record(suite, size), **settings.record()}
     run.write_config(resolved)
     started = time.perf_counter()
     records, names, related = [], [], {}

@@ -21,7 +21,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.experiments.bench import relatedness, run_bench
 from orthoxfer.experiments.bench_settings import BenchSettings
 from orthoxfer.runs import Run
-from orthoxfer.suites import build_suite
+from orthoxfer.suites import build_suite, models_record
 from orthoxfer.suites.base import SuiteRequest
 from orthoxfer.suites.mini import HEADROOM_TASKS, PAIRS
 
@@ -74,7 +74,7 @@ class StudyPlan:
         record = self.settings[suite].record()
         record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
         return {"suite": suite, **({"pair": pair} if pair else {}), "model_seed": MODEL_SEED, "tasks": list(self.tasks),
-                "shots": self.settings[suite].shots, "size": self.size, **record}  # fmt: skip
+                "shots": self.settings[suite].shots, "size": self.size, **models_record(suite, self.size), **record}  # fmt: skip
 
 
 @dataclass

@@ -17,8 +17,8 @@ from orthoxfer.suites import mini, paper, planted
 from orthoxfer.suites.base import Suite, SuiteEntry, SuiteInputs, SuiteRequest
 
 SUITES: dict[str, SuiteEntry] = {
-    "mini": SuiteEntry(mini.build, mini.defaults, mini.MiniSuite.open),
-    "planted": SuiteEntry(planted.build, mini.defaults),
+    "mini": SuiteEntry(mini.build, mini.defaults, mini.MiniSuite.open, mini.models_record),
+    "planted": SuiteEntry(planted.build, mini.defaults, models=mini.models_record),
     "paper": SuiteEntry(paper.build, paper.defaults, paper.PaperSuite.open),
 }
 
@@ -32,6 +32,11 @@ def _entry(name: str) -> SuiteEntry:
 def default_tables(name: str, size: str = "full") -> dict[str, dict[str, Any]]:
     """The ``[finetune]``, ``[align]`` and ``[fewshot_ft]`` settings a suite runs with unless a config or flag says otherwise."""
     return _entry(name).defaults(size)
+
+
+def models_record(name: str, size: str = "full") -> dict[str, Any]:
+    """What a run's config.json records of the models suite ``name`` builds itself (nothing for the paper's)."""
+    return _entry(name).models(size)
 
 
 def build_suite(name: str, request: SuiteRequest) -> SuiteInputs:

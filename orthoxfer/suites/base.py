@@ -118,8 +118,11 @@ class Suite(Protocol):
 
 @dataclass(frozen=True)
 class SuiteEntry:
-    """A registered suite: its builder, its settings tables by size, and (if single commands can name it) its opener."""
+    """A registered suite: its builder, its settings tables by size, (if single commands can name it) its opener, and
+    what identifies the models it builds itself (for a run's config.json: a run resumed after they changed would mix
+    rows of two pairs)."""
 
     build: Callable[[SuiteRequest], SuiteInputs]
     defaults: Callable[[str], dict[str, dict[str, Any]]]
     open: Callable[[SuiteRequest], Suite] | None = None
+    models: Callable[[str], dict[str, Any]] = lambda size: {}

@@ -103,6 +103,12 @@ def pretrain_config(request: SuiteRequest) -> PretrainConfig:
     return dataclasses.replace(base, seed_a=2 * seed, seed_b=2 * seed + 1)
 
 
+def models_record(size: str) -> dict[str, str]:
+    """The recipe of the demo's pre-trained models (their seeds follow from it): a bench or study resumed after the
+    shipped models changed must refuse, not mix rows of two pairs."""
+    return {"pretrain_recipe": pretrain_config(SuiteRequest(size=size)).recipe_hash()}
+
+
 def check_pair(pair: str | None) -> str:
     """The rung ``pair`` names (None: the default), or a one-line UsageError listing the rungs."""
     pair = DEFAULT_PAIR if pair is None else pair
