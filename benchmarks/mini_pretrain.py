@@ -1,4 +1,4 @@
-"""How good are the mini suite's pre-trained models? Pre-training time and per-task accuracy.
+"""How good are the mini suite's pre-trained models? Pre-training time, final loss and per-task accuracy.
 
 For model A, model B and an untrained model of the same architecture, on each mini
 task's test split: the suite's prototype head, from the task's head set (what every method
@@ -8,16 +8,24 @@ text tower (class names in one template), to show why the suite uses prototype h
 With ``--finetune-steps``, model A's attention weights are fine-tuned on some tasks'
 training splits (past the head and validation sets) through its prototype head to
 check that a source task vector carries something: test accuracy before and after.
+With ``--smaller-steps`` and ``--smaller-corpus``, a smaller pre-training is measured in
+the same run beside the default (the full models come from the cache, or are pre-trained
+now: the shipped files hold image towers only, and the zero-shot column needs the text
+tower too).
 
-    nice -n 10 python benchmarks/mini_pretrain.py --cache-dir /tmp/orthoxfer-cache --finetune-steps 150
+    python benchmarks/mini_pretrain.py --smaller-steps 500 --smaller-corpus 16384 --smaller-warmup 50 \
+        --out benchmarks/results/mini-pretrain.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import platform
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +35,9 @@ from sklearn.preprocessing import StandardScaler
 
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_tasks
 from orthoxfer.data.mini_pools import features, model_suite
-from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrained_pair, tokenize
+from orthoxfer.artifacts import write_json
+from orthoxfer.cache import cache_root
+from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrained_model, tokenize
 
 
 @torch.no_grad()
@@ -64,26 +74,20 @@ def finetune(model, task: MiniTask, steps: int, lr: float = 5e-4, batch: int = 6
     return before, accuracy(pool.head, features(tuned, task.test_images), task.test_labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--micro", action="store_true")
-    parser.add_argument("--finetune-steps", type=int, default=0)
-    parser.add_argument("--finetune-tasks", default="mnist,housenumbers,pictograms,coins")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    config = PretrainConfig.micro() if args.micro else PretrainConfig()
+def measure(config: PretrainConfig, tasks: list[MiniTask], cache_dir: str | None, finetune_steps: int,
+            finetune_tasks: list[str]) -> dict:
+    """Per-task accuracy of A, B and an untrained tower for one pre-training config, and its pre-training log."""
     start = time.perf_counter()
-    model_a, model_b = pretrained_pair(config, args.cache_dir)
-    pretrain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    tasks = mini_tasks("micro" if args.micro else "full")
-    data_s = time.perf_counter() - start
-    shots = 48 if args.micro else 100
-    results: dict = {"pretrain_s": round(pretrain_s, 1), "tasks_s": round(data_s, 1), "models": {}}
-    for name, model in (("A", model_a), ("B", model_b), ("untrained", build_model(config, "a"))):
+    models = {name: pretrained_model(which, config, cache_dir, shipped=False) for name, which in (("A", "a"), ("B", "b"))}
+    record = Path(cache_dir or cache_root()) / "mini" / config.key() / "config.json"
+    logs = json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
+    results: dict = {"config": dataclasses.asdict(config), "images_per_model": config.steps * config.batch_size,
+                     "load_or_pretrain_s": round(time.perf_counter() - start, 1),
+                     "pretrain": {w: {k: logs[w][k] for k in ("seconds", "first_loss", "final_loss")} for w in logs},
+                     "models": {}}  # fmt: skip
+    for name, model in (*models.items(), ("untrained", build_model(config, "a"))):
         rows = {}
-        for task, ev in zip(tasks, model_suite(model, tasks, shots=shots, seed=0), strict=True):
+        for task, ev in zip(tasks, model_suite(model, tasks, shots=None, seed=0), strict=True):
             test = features(model, task.test_images)
             train = features(model, task.train_images)
             probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0)).fit(train.numpy(), task.train_labels.numpy())
@@ -95,12 +99,41 @@ def main() -> None:
             }
         rows["mean"] = {k: round(sum(r[k] for r in rows.values()) / len(TASK_NAMES), 1) for k in ("prototype", "probe", "zero_shot", "chance")}
         results["models"][name] = rows
-        print(name, json.dumps(rows), flush=True)
-    if args.finetune_steps:
+        print(config.steps, name, json.dumps(rows["mean"]), flush=True)
+    if finetune_steps:
         start = time.perf_counter()
-        chosen = [t for t in tasks if t.name in args.finetune_tasks.split(",")]
-        results["finetune_A"] = {t.name: [round(100 * a, 1) for a in finetune(model_a, t, args.finetune_steps)] for t in chosen}
+        chosen = [t for t in tasks if t.name in finetune_tasks]
+        results["finetune_A"] = {t.name: [round(100 * a, 1) for a in finetune(models["A"], t, finetune_steps)] for t in chosen}
         results["finetune_s"] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--micro", action="store_true")
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--finetune-tasks", default="mnist,housenumbers,pictograms,coins")
+    parser.add_argument("--smaller-steps", type=int, default=None, help="also measure this many pre-training steps")
+    parser.add_argument("--smaller-corpus", type=int, default=None)
+    parser.add_argument("--smaller-warmup", type=int, default=None)
+    parser.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    config = PretrainConfig.micro() if args.micro else PretrainConfig()
+    configs = {"default": config}
+    if args.smaller_steps is not None:
+        smaller = {"steps": args.smaller_steps, "corpus_size": args.smaller_corpus, "warmup": args.smaller_warmup}
+        configs["smaller"] = dataclasses.replace(config, **{k: v for k, v in smaller.items() if v is not None})
+    start = time.perf_counter()
+    tasks = mini_tasks("micro" if args.micro else "full")
+    results: dict = {"machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                                 "torch": torch.__version__},
+                     "tasks_s": round(time.perf_counter() - start, 1), "heads": "prototypes of each task's head set"}  # fmt: skip
+    for name, chosen in configs.items():
+        results[name] = measure(chosen, tasks, args.cache_dir, args.finetune_steps, args.finetune_tasks.split(","))
+    if args.out:
+        write_json(Path(args.out), results)
     print(json.dumps(results, indent=1))
 
 

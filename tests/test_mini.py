@@ -148,21 +148,25 @@ def test_pair_is_cached_by_a_key_of_its_settings(tmp_path, monkeypatch):
         return real(config, which, **kwargs)
 
     monkeypatch.setattr(pre, "pretrain", counting)
-    a, b = pre.pretrained_pair(MICRO, tmp_path, progress=False)
+
+    def pair(config):
+        return tuple(pre.pretrained_model(w, config, tmp_path, progress=False, shipped=False) for w in ("a", "b"))
+
+    a, b = pair(MICRO)
     assert calls == ["a", "b"]
     folder = tmp_path / "mini" / MICRO.key()
     assert {p.name for p in folder.iterdir()} == {"model_a.safetensors", "model_b.safetensors", "config.json"}
 
-    a2, b2 = pre.pretrained_pair(MICRO, tmp_path, progress=False)  # same settings: loaded
+    a2, b2 = pair(MICRO)  # same settings: loaded
     assert calls == ["a", "b"] and _states_equal(a, a2) and _states_equal(b, b2)
 
     changed = dataclasses.replace(MICRO, steps=MICRO.steps + 1)  # changed setting: rebuilt under a new key
     assert changed.key() != MICRO.key()
-    pre.pretrained_pair(changed, tmp_path, progress=False)
+    pair(changed)
     assert calls == ["a", "b", "a", "b"]
 
     (folder / "model_b.safetensors").write_bytes(b"truncated")  # unreadable cache entry: rebuilt, A still loaded
-    pre.pretrained_pair(MICRO, tmp_path, progress=False)
+    pair(MICRO)
     assert calls == ["a", "b", "a", "b", "b"]
 
 
