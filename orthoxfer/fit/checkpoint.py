@@ -39,6 +39,14 @@ def checkpoint_payload(
 def load_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
     """Restore ``module`` and ``optimiser`` in place; returns the step the checkpoint was taken after."""
     tensors, meta = load_artifact(path, KIND)
+    return restore_checkpoint(tensors, meta, module, optimiser)
+
+
+def restore_checkpoint(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.Module, optimiser: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any]]:
+    """:func:`load_checkpoint` from a checkpoint already read (a caller that also reads its own entries)."""
+    meta = dict(meta)
     module.load_state_dict({k.removeprefix("module/"): v for k, v in tensors.items() if k.startswith("module/")})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

@@ -47,7 +47,7 @@ from orthoxfer.data.mini_corpora import Corpus, CorpusName, corpus
 from orthoxfer.data.mini_pools import random_shift
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.checkpoint import KIND as CHECKPOINT
-from orthoxfer.fit.checkpoint import checkpoint_payload, load_checkpoint
+from orthoxfer.fit.checkpoint import checkpoint_payload, restore_checkpoint
 from orthoxfer.models.shipped import read_shipped
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.tasks import FewShotTask
@@ -260,7 +260,7 @@ def _resume(
         return None
     if meta.get("key") != config.key() or meta.get("which") != which:
         return None
-    step, meta = load_checkpoint(path, model, opt)
+    step, meta = restore_checkpoint(tensors, meta, model, opt)
     g.set_state(tensors["rng/batches"])
     Console(stderr=True).print(f"mini model {which.upper()}: resuming pre-training at step {step} from {path}")
     return step, tensors["data/order"], int(meta["cursor"]), list(meta["losses"]), float(meta["seconds"])
