@@ -25,6 +25,8 @@ unchanged, as every alignment adds them. ``learnt`` holds ``in/<site>`` and ``ou
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +135,16 @@ def pool_batches(pools: dict[str, FewShotTask], device: torch.device) -> list[to
             for chunk in torch.arange(len(pool.labels)).split(BATCH)]  # fmt: skip
 
 
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``device`` for the block, then back on its own device and in its own mode."""
+    home, mode = next(model.parameters()).device, model.training
+    try:
+        yield model.to(device).eval()
+    finally:
+        model.to(home).train(mode)
+
+
 class Theseus(Transfer):
     name = "theseus"
     needs = "images"
@@ -146,15 +158,9 @@ class Theseus(Transfer):
         sites = vector.check_fits(target)
         vector.check_fits(source)
         device = torch.device(settings.device)
-        modes = target.training, source.training
         batches = pool_batches(require_pools(pools, self.name, "images (the pools' images; their labels are not read)"), device)
-        target.to(device).eval()
-        source.to(device).eval()
-        try:
+        with on_device(target, device), on_device(source, device):  # the caller's models, left as they were found
             moments = site_moments(target, source, sites, batches)
-        finally:
-            target.train(modes[0])
-            source.train(modes[1])
         maps = fit_maps(moments, settings.theseus_centre, settings.theseus_rtol)
         ins = {s.name: maps[f"in/{s.name}"] for s in sites}
         outs = {s.name: maps[output_space(s)] for s in sites}
