@@ -69,6 +69,8 @@ def test_transfusion_needs_no_pool_and_records_its_permutations(mini):
         (["--method", "rebasin"], "unknown method 'rebasin'"),
         (["--method", "transfusion"], "transfusion needs the source model: pass --source"),
         (["--method", "gradfix", "--mode", "both"], "unknown mode 'both'"),
+        (["--method", "orthogonal-shift", "--shots", "8"], "orthogonal-shift reads no data: drop --shots"),
+        (["--method", "gradfix", "--tasks", "relief"], "--tasks names relief, which no --task-vector carries"),
     ],
 )
 def test_bad_input_is_one_line(mini, extra, message):
@@ -76,6 +78,17 @@ def test_bad_input_is_one_line(mini, extra, message):
     args = ["transfer", *flags, "--target", "mini:b", "--task-vector", "mini:surfaces", "--out", str(root / "bad"), *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_tasks_choose_the_vectors_carried_per_task(mini):
+    root, flags = mini
+    args = ["transfer", *flags, "--method", "transfusion", "--source", "mini:a", "--target", "mini:b", "--task-vector",
+            "mini:surfaces", "--task-vector", "mini:relief", "--tasks", "relief", "--out", str(root / "one")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((root / "one" / "diagnostics.json").read_text())) == {"relief"}
+    learnt, _ = load_artifact(root / "one" / "learnt.safetensors", LEARNT)
+    assert learnt and all(k.startswith("relief/") for k in learnt)
 
 
 def test_joint_mode_carries_the_summed_vectors_once_with_every_pool(mini):

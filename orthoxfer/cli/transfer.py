@@ -30,7 +30,8 @@ def transfer_command(
     source: Annotated[str | None, Opt("--source", help="Source model (every method here but gradfix needs it).")] = None,
     suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
     size: Annotated[str, Opt("--size", help="mini: full | micro.")] = "full",
-    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks): per-task, the "
+                                     "vectors carried; joint, the pools the summed vectors see.")] = None,  # fmt: skip
     mode: Annotated[str, Opt("--mode", help="per-task (each vector sees its own task's pool) | joint (the summed vectors "
                              "see all); either way transferred.safetensors holds the sum, as align writes it.")] = "per-task",
     scale: Annotated[float, Opt("--scale", help="lambda recommended with the result (recorded; eval's --scale applies it).")] = 1.0,
@@ -61,6 +62,8 @@ def transfer_command(
         raise UsageError(f"{method} is an alignment strategy: use `orthoxfer align --method {method}`")
     if mode not in ("per-task", "joint"):
         raise UsageError(f"unknown mode {mode!r}; use per-task or joint")
+    if TRANSFERS[method].needs == "none" and (shots is not None or shots_per_class is not None):
+        raise UsageError(f"{method} reads no data: drop --shots / --shots-per-class")
     dev = resolve_device(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
     settings = transfer_settings(strategy_options or {}, seed=seed, device=str(dev))
@@ -72,6 +75,12 @@ def transfer_command(
 
         vectors = control_vectors(vectors, control, seed=seed)
     names = list(comma_list(tasks) or vectors)
+    if mode == "per-task" and tasks:
+        missing = {n.lower() for n in names} - {k.lower() for k in vectors}
+        if missing:
+            raise UsageError(f"--tasks names {', '.join(sorted(missing))}, which no --task-vector carries; per-task, "
+                             "--tasks chooses among the vectors")  # fmt: skip
+        vectors = {k: v for k, v in vectors.items() if k.lower() in {n.lower() for n in names}}
     run = Run(out, overwrite=overwrite)
     record = {"method": method, "target": target, "source": source, "mode": mode, "scale": scale, "seed": seed, "control": control,
               "tasks": names, "task_vectors": task_vector, "transfer": settings.options, "orthoxfer_version": __version__}  # fmt: skip
