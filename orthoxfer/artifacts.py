@@ -29,17 +29,28 @@ class ArtifactError(OrthoxferError, ValueError):
 
 
 def atomic_write(path: Path | str, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` only if it succeeded."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` only if it succeeded.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask),
+    not the temp file's private 0600: results are often shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path | str, text: str) -> None:

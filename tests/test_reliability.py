@@ -1,12 +1,13 @@
 """Guarantees under faults: atomic artifacts, bit-identical reruns, nothing executed from files."""
 
+import os
 import pickle
 
 import pytest
 import torch
 from test_cli_align import runner
 
-from orthoxfer.artifacts import ArtifactError, atomic_write, save_artifact
+from orthoxfer.artifacts import ArtifactError, atomic_write, save_artifact, write_json
 from orthoxfer.cli import app
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -86,3 +87,14 @@ def test_sigterm_stops_a_command_like_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_an_atomic_write_gets_the_permissions_of_a_plain_write(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "results.json", {"a": 1})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "results.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o640  # not the temp file's private 0600
