@@ -129,7 +129,7 @@ def demo_command(
     pair: Annotated[str | None, Opt("--pair", help="The target's rung on the ladder of relatedness to model A: same | "
                                     "release | seed | data (model B, the default); see `orthoxfer bench --help`.")] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated mini tasks, or all (default: the four with most "
-                                     "headroom, pictograms,scenes,coins,surfaces).")] = None,  # fmt: skip
+                                     "headroom, housenumbers,scenes,pictograms,coins).")] = None,  # fmt: skip
     size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
     out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/demo, runs/demo-<pair> for another pair).")] = None,
     cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,

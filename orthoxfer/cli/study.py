@@ -30,7 +30,7 @@ def study_command(
                                  "are paired against each, the plot uses the first.")] = "spectrum",  # fmt: skip
     seeds: Annotated[int, Opt("--seeds", min=1, help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained "
                               "pair stays the shipped one).")] = 3,  # fmt: skip
-    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the four with most headroom: pictograms, scenes, coins, surfaces).")] = None,
+    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the four with most headroom: housenumbers, scenes, pictograms, coins).")] = None,
     config: Annotated[Path | None, Opt("--config", help="TOML settings, as bench reads them; flags override.")] = None,
     steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps (default: 100 per task).")] = None,
     lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row tries; "
