@@ -36,8 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_tasks
 from orthoxfer.data.mini_pools import features, model_suite
 from orthoxfer.artifacts import write_json
-from orthoxfer.cache import cache_root
-from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrained_model, tokenize
+from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrain_logs, pretrained_model, tokenize
 
 
 @torch.no_grad()
@@ -79,8 +78,7 @@ def measure(config: PretrainConfig, tasks: list[MiniTask], cache_dir: str | None
     """Per-task accuracy of A, B and an untrained tower for one pre-training config, and its pre-training log."""
     start = time.perf_counter()
     models = {name: pretrained_model(which, config, cache_dir, shipped=False) for name, which in (("A", "a"), ("B", "b"))}
-    record = Path(cache_dir or cache_root()) / "mini" / config.key() / "config.json"
-    logs = json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
+    logs = pretrain_logs(config, cache_dir)
     results: dict = {"config": dataclasses.asdict(config), "images_per_model": config.steps * config.batch_size,
                      "load_or_pretrain_s": round(time.perf_counter() - start, 1),
                      "pretrain": {w: {k: logs[w][k] for k in ("seconds", "first_loss", "final_loss")} for w in logs},

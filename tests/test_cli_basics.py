@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -34,3 +36,10 @@ def test_inspect_corrupt_file_is_one_line_exit_1(tmp_path):
     assert result.exit_code == 1
     assert "not a valid orthoxfer task vector file" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_cli_starts_without_the_dataset_and_model_libraries():
+    # `orthoxfer --help` and every usage error should not wait seconds for torchvision and open_clip to import
+    code = "import sys, orthoxfer.cli.app; print(sorted(m for m in ('torchvision', 'open_clip', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

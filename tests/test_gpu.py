@@ -159,7 +159,7 @@ def test_interrupted_run_on_cuda_resumes_to_the_same_transforms(method, tmp_path
         assert torch.allclose(resumed.matrices()[site], whole.matrices()[site], atol=1e-5)
 
 
-def test_theseus_on_cuda_leaves_the_callers_models_where_they_were():
+def test_theseus_on_cuda_moves_the_models_there_and_restores_their_modes():
     from test_theseus import identifiable_source, image_pool, perturbed
 
     from orthoxfer.models.planted import planted_target
@@ -170,8 +170,8 @@ def test_theseus_on_cuda_leaves_the_callers_models_where_they_were():
     target.train()
     vector = TaskVector.from_models(source, perturbed(identifiable_source(), seed=2, size=0.01), "attn")
     out = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}, device="cuda"))
+    assert {p.device.type for m in (source, target) for p in m.parameters()} == {"cuda"}  # the run's device, as evaluate leaves them
     on_cpu = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}))
-    assert {p.device.type for m in (source, target) for p in m.parameters()} == {"cpu"}
     assert target.training and not source.training  # each in the mode it came in
     for name in vector.sites:
         torch.testing.assert_close(out.vector.delta(name).cpu(), on_cpu.vector.delta(name), rtol=1e-3, atol=1e-5)

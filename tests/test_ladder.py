@@ -167,6 +167,11 @@ def test_relate_pair_measures_what_bench_recorded(seed_bench, root):
         assert mine["cka"] == pytest.approx(theirs["cka"], abs=1e-9)
         assert mine["procrustes_residual"] == pytest.approx(theirs["procrustes_residual"], abs=1e-9)
     assert (root / "relate" / "relate.png").is_file()
+    split = runner.invoke(app, ["relate", "--pair", "seed", "--size", "micro", "--limit", "24", "--batch-size", "5", "--cache-dir",
+                                str(root / "cache"), "--device", "cpu", "--out", str(root / "relate5"), "--json"])  # fmt: skip
+    assert split.exit_code == 0, split.output
+    for whole, parts in zip(report["layers"], json.loads(split.output)["layers"], strict=True):  # batches of 5: the same pairing
+        assert parts["rows"] == whole["rows"] and parts["cka"] == pytest.approx(whole["cka"], abs=1e-6)
 
 
 def test_mini_names_reach_every_rung_s_target(root):
@@ -210,6 +215,7 @@ def test_the_demos_tasks_are_the_four_with_most_headroom_as_measured():
         (["relate", "--source", "mini:a", "--target", "mini:c"], "models are mini:a"),
         (["relate", "--source", "mini:a"], "give --source and --target, or --pair"),
         (["relate", "--pair", "seed", "--images", "."], "leave out --images"),
+        (["relate", "--pair", "seed", "--workers", "2"], "--workers is for image folders"),
     ],
 )
 def test_wrong_pairs_are_one_line_usage_errors(args, message, tmp_path):

@@ -156,6 +156,8 @@ def test_pair_is_cached_by_a_key_of_its_settings(tmp_path, monkeypatch):
     assert calls == ["a", "b"]
     folder = tmp_path / "mini" / MICRO.key()
     assert {p.name for p in folder.iterdir()} == {"model_a.safetensors", "model_b.safetensors", "config.json"}
+    logs = pre.pretrain_logs(MICRO, tmp_path)
+    assert set(logs) == {"a", "b"} and all(log["which"] == w and log["seconds"] > 0 for w, log in logs.items())
 
     a2, b2 = pair(MICRO)  # same settings: loaded
     assert calls == ["a", "b"] and _states_equal(a, a2) and _states_equal(b, b2)
@@ -168,6 +170,8 @@ def test_pair_is_cached_by_a_key_of_its_settings(tmp_path, monkeypatch):
     (folder / "model_b.safetensors").write_bytes(b"truncated")  # unreadable cache entry: rebuilt, A still loaded
     pair(MICRO)
     assert calls == ["a", "b", "a", "b", "b"]
+    assert set(pre.pretrain_logs(MICRO, tmp_path)) == {"a", "b"}  # B's new log joined A's, not replaced it
+    assert pre.pretrain_logs(dataclasses.replace(MICRO, steps=MICRO.steps + 2), tmp_path) == {}  # never built
 
 
 def test_cache_dir_defaults_and_can_be_overridden(monkeypatch, tmp_path):

@@ -10,12 +10,13 @@ from rich.table import Table
 
 from orthoxfer.cli.common import comma_list, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
-from orthoxfer.experiments.step_cost import METHODS, number, result_stem, step_cost
 
 Opt = typer.Option
 
 
 def print_table(report: dict[str, Any]) -> None:
+    from orthoxfer.experiments.step_cost import number
+
     table = Table(title=f"step cost, {report['settings']['arch']}, batch {report['settings']['batch_size']}, {report['machine']['device']}")
     for col in ("method", "vector", "s/step", "x floor", "GFLOP", "state MB", "step peak MB"):
         table.add_column(col, justify="left" if col in ("method", "vector") else "right")
@@ -33,14 +34,17 @@ def bench_speed_command(
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     arch: Annotated[str, Opt("--arch", help="open_clip architecture (random weights), or 'tiny' for the test model.")] = "ViT-B-32",
     out: Annotated[Path, Opt("--out", help="Folder for step_cost-<device>[-compiled].json and .md.")] = Path("benchmarks/results"),
-    methods: Annotated[str, Opt("--methods", help=f"Comma-separated rows; the floor is always timed. Default: all of {','.join(METHODS)}.")] = ",".join(METHODS),
+    methods: Annotated[str | None, Opt("--methods", help="Comma-separated rows (an unknown name lists them); the floor is "
+                                       "always timed. Default: every strategy, transfer and activation-side row.")] = None,
     vector: Annotated[str, Opt("--vector", help="Task-vector kinds to time the strategies with: dense, lora or dense,lora.")] = "dense",
     rank: Annotated[int, Opt("--rank", help="LoRA rank for --vector lora.")] = 16,
     rotation_rank: Annotated[int, Opt("--rotation-rank", min=0, help="Also time each trained strategy with this --rotation-rank (0: not).")] = 0,
     compile: Annotated[bool, Opt("--compile", help="Every row (the floor too) with the target's forward through torch.compile.")] = False,
 ) -> None:
     """Time one optimiser step of every strategy against plain fine-tuning of the same sites."""
-    chosen, kinds = list(comma_list(methods)), list(comma_list(vector))
+    from orthoxfer.experiments.step_cost import METHODS, result_stem, step_cost  # torch, open_clip, geoopt: not for --help
+
+    chosen, kinds = list(comma_list(methods)) if methods is not None else list(METHODS), list(comma_list(vector))
     unknown = [m for m in chosen if m not in METHODS] + [v for v in kinds if v not in ("dense", "lora")]
     if unknown:
         raise UsageError(f"unknown method or vector kind {unknown[0]!r}; methods: {', '.join(METHODS)}; kinds: dense, lora")

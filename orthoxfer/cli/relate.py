@@ -85,21 +85,25 @@ def open_clip_inputs(source: str, target: str, images: str | None, limit: int, b
     return loaded_source, loaded_target, batches(), {"images": images}, counted
 
 
-def mini_inputs(source: str, target: str, images: str | None, limit: int, seed: int, where: torch.device, size: str,
-                cache_dir: Path | None) -> tuple:  # fmt: skip
-    """Two of the mini suite's models and the images ``bench`` relates them on (one batch, as ``bench`` does)."""
+def mini_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int | None, seed: int,
+                where: torch.device, size: str, cache_dir: Path | None, workers: int | None) -> tuple:  # fmt: skip
+    """Two of the mini suite's models and the images ``bench`` relates them on: in one batch, as ``bench`` does, unless
+    ``batch_size`` splits them (the real pairing does not change; the shuffled control is drawn per batch)."""
     from orthoxfer.data.mini import mini_tasks
     from orthoxfer.suites.mini import RELATE_PER_TASK, relate_images
 
     if images is not None:
         raise UsageError("the mini models are related on the mini tasks' few-shot pool images; leave out --images")
+    if workers is not None:
+        raise UsageError("--workers is for image folders and datasets; the mini images are already in memory")
     suite = command_suite("mini", where, size=size, cache_dir=cache_dir)
     for spec in (source, target):  # both names before minutes of pre-training
         suite.check(spec)
     pixels = relate_images(mini_tasks(size), suite.default_shots, seed)[:limit]
     described = f"mini ({size}): up to {RELATE_PER_TASK} images of each task's {suite.default_shots}-shot pool (seed {seed})"
     loaded = suite.load(source, where), suite.load(target, where)
-    return *loaded, [pixels], {"images": described, "size": size}, {"images": len(pixels), "skipped": 0}
+    batches = list(pixels.split(batch_size)) if batch_size is not None else [pixels]
+    return *loaded, batches, {"images": described, "size": size}, {"images": len(pixels), "skipped": 0}
 
 
 @reports_errors
@@ -113,7 +117,8 @@ def relate_command(
                                              "--source and --target: same | release | seed | data (mini:b).")] = None,
     size: Annotated[str, typer.Option("--size", help="mini models: full | micro.")] = "full",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass [default: 64; "
+                                                   "mini: all in one batch, as bench relates them].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the shuffled control and the image draw (a dataset's, a mini pool's).")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path, typer.Option("--out", help="Folder for relate.json and relate.png.")] = Path("runs/relate"),
@@ -136,13 +141,13 @@ def relate_command(
     where = resolve_device(device)
     mini = source.startswith(PREFIX) or target.startswith(PREFIX)
     if mini:
-        loaded_source, loaded_target, batches, described, counted = mini_inputs(source, target, images, limit, seed, where,
-                                                                                size, cache_dir)  # fmt: skip
+        loaded_source, loaded_target, batches, described, counted = mini_inputs(source, target, images, limit, batch_size,
+                                                                                seed, where, size, cache_dir, workers)  # fmt: skip
     elif size != "full":
         raise UsageError("--size is for the mini models (mini:a, mini:b, ...)")
     else:
         loaded_source, loaded_target, batches, described, counted = open_clip_inputs(
-            source, target, images, limit, batch_size, seed, where, cache_dir, workers
+            source, target, images, limit, batch_size or 64, seed, where, cache_dir, workers
         )
     check_pair(loaded_source.model, loaded_target.model)
     if loaded_source.image_size != loaded_target.image_size:

@@ -27,6 +27,7 @@ from orthoxfer.data.bundled import DATA_VERSION
 from orthoxfer.data.image_ops import stratified
 from orthoxfer.data.mini import MiniTask
 from orthoxfer.errors import UsageError
+from orthoxfer.models.modes import evaluating
 from orthoxfer.models.prototype_head import PrototypeHead
 from orthoxfer.problem.tasks import FewShotTask, image_features, normalise
 
@@ -115,6 +116,17 @@ def task_head(model: nn.Module, task: MiniTask) -> PrototypeHead:
     return _head(model, task, reserved(task)[0])
 
 
+def validation_set(model: nn.Module, task: MiniTask) -> FewShotTask:
+    """The task's fixed validation set with the model's head: apart from the head set and every pool, so choices
+    made on it (lambda, the learning rate) never see the pool's or the test split's labels."""
+    head_idx, val, _ = reserved(task)
+    return _validation(task, val, _head(model, task, head_idx))
+
+
+def _validation(task: MiniTask, idx: torch.Tensor, head: PrototypeHead) -> FewShotTask:
+    return FewShotTask(task.name, task.train_images[idx], task.train_labels[idx], head, augment=shift_augment(task.flip))
+
+
 def _head(model: nn.Module, task: MiniTask, idx: torch.Tensor) -> PrototypeHead:
     return PrototypeHead.from_features(features(model, task.train_images[idx]), task.train_labels[idx], len(task.class_names))
 
@@ -122,11 +134,8 @@ def _head(model: nn.Module, task: MiniTask, idx: torch.Tensor) -> PrototypeHead:
 @torch.no_grad()
 def features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Image features of uint8 images, normalised as every mini :class:`FewShotTask` does, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([image_features(model, mini_normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
-    model.train(was_training)
-    return out
+    with evaluating(model):
+        return torch.cat([image_features(model, mini_normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
 def mini_normalise(images: torch.Tensor) -> torch.Tensor:
@@ -146,8 +155,7 @@ def model_suite(
     out = []
     for task in tasks:
         head_idx, val, rest = reserved(task)
-        head, augment = _head(model, task, head_idx), shift_augment(task.flip)
-        fewshot = FewShotTask(task.name, *_draw(task, rest, shots, seed), head, augment=augment)
-        validation = FewShotTask(task.name, task.train_images[val], task.train_labels[val], head, augment=augment)
-        out.append(MiniEval(fewshot, validation, task.test_images, task.test_labels))
+        head = _head(model, task, head_idx)
+        fewshot = FewShotTask(task.name, *_draw(task, rest, shots, seed), head, augment=shift_augment(task.flip))
+        out.append(MiniEval(fewshot, _validation(task, val, head), task.test_images, task.test_labels))
     return out

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from orthoxfer.data.paper import CORRUPT
+from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import FewShotTask, image_features
 
 
@@ -77,17 +78,8 @@ def evaluate_scores(
     models built or cached on the CPU are scored where the images go.
     """
     device = torch.device(device)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with _progress(progress) as bars:
-            return {
-                name: _score(model, head.to(device).eval(), loader, device, bars, name)
-                for name, (head, loader) in tasks.items()
-            }
-    finally:
-        model.train(was_training)
+    with evaluating(model, device=device), _progress(progress) as bars:
+        return {name: _score(model, head.to(device).eval(), loader, device, bars, name) for name, (head, loader) in tasks.items()}
 
 
 def mean_accuracies(scores: Mapping[str, Score]) -> dict[str, float]:

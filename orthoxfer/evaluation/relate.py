@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from orthoxfer.errors import UsageError
+from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import image_features
 from orthoxfer.report.plots import pyplot, save_figure
 
@@ -229,22 +230,15 @@ def relate(
     _, depth = check_pair(source, target)
     stats = [RelationStats() for _ in range(depth + 1)]
     generator = torch.Generator().manual_seed(seed)
-    modes = source.training, target.training
-    source.eval()
-    target.eval()
-    try:
-        with capture_stream(source) as xs, capture_stream(target) as xt:
-            for batch in _batches(images):
-                image_features(source, (source_transform(batch) if source_transform else batch).to(_device(source)))
-                image_features(target, (target_transform(batch) if target_transform else batch).to(_device(target)))
-                where = _device(target) if _device(target).type != "mps" else torch.device("cpu")  # no float64 on MPS
-                perm = torch.randperm(xt[0].shape[0], generator=generator).to(where)  # one shuffle per batch
-                for k, (x, y) in enumerate(zip(xs, xt)):
-                    x, y = x.to(where), y.to(where)
-                    stats[k].update(x, y, y[perm])
-    finally:
-        source.train(modes[0])
-        target.train(modes[1])
+    with evaluating(source, target), capture_stream(source) as xs, capture_stream(target) as xt:
+        for batch in _batches(images):
+            image_features(source, (source_transform(batch) if source_transform else batch).to(_device(source)))
+            image_features(target, (target_transform(batch) if target_transform else batch).to(_device(target)))
+            where = _device(target) if _device(target).type != "mps" else torch.device("cpu")  # no float64 on MPS
+            perm = torch.randperm(xt[0].shape[0], generator=generator).to(where)  # one shuffle per batch
+            for k, (x, y) in enumerate(zip(xs, xt)):
+                x, y = x.to(where), y.to(where)
+                stats[k].update(x, y, y[perm])
     relations = []
     for k, s in enumerate(stats):
         residual, cka = s.metrics()

@@ -272,6 +272,13 @@ def _paths(root: Path, config: PretrainConfig, which: Which) -> tuple[Path, Path
     return folder / f"model_{which}.safetensors", folder / "config.json"
 
 
+def pretrain_logs(config: PretrainConfig, cache_dir: Path | str | None = None) -> dict[str, dict]:
+    """The pre-training logs (seconds, first and final loss, recipe) of every model this config has cached, by model."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    record = _paths(root, config, "a")[1]
+    return json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
+
+
 def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | None:
     """The cached model, or None when it is missing, unreadable or from another config."""
     try:
@@ -320,9 +327,8 @@ def pretrained_model(
     meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
     save_artifact(path, KIND, model.state_dict(), meta)
     partial.unlink(missing_ok=True)
-    logs = json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
     write_json(record, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
-                          "train_version": TRAIN_VERSION, "logs": {**logs, which: log}})  # fmt: skip
+                        "train_version": TRAIN_VERSION, "logs": {**pretrain_logs(config, root), which: log}})  # fmt: skip
     console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
     return model
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from orthoxfer.data.paper import ImageSplit
 from orthoxfer.errors import UsageError
+
+if TYPE_CHECKING:  # the paper's datasets pull in torchvision: not for every command's start
+    from orthoxfer.data.paper import ImageSplit
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 

@@ -38,7 +38,7 @@ from torch import nn
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
-from orthoxfer.data.mini_pools import fewshot_pool, mini_normalise, model_suite, shift_augment, task_head
+from orthoxfer.data.mini_pools import fewshot_pool, mini_normalise, model_suite, shift_augment, task_head, validation_set
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
@@ -309,7 +309,7 @@ class MiniSuite:
 
     def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> dict[str, FewShotTask]:
         """Each task's fixed validation set (apart from every pool) with the model's head: where ``bench`` chooses lambda."""
-        return {e.val.name: e.val for e in model_suite(model.model, mini_tasks(self.size, list(names)), None)}
+        return {t.name: validation_set(model.model, t) for t in mini_tasks(self.size, list(names))}
 
     def test_data(self, names: Sequence[str]) -> list[MiniTask]:
         return mini_tasks(self.size, list(names))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import FewShotTask, ImageEncoder
 from orthoxfer.strategies.options import Option
 from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, norm_ratio, per_tensor, require_pools
@@ -80,10 +81,7 @@ def descent_signs(
 ) -> tuple[TaskVector, int]:
     """sign(-g) estimated on every tensor ``vector`` carries (0 where the vote ties), and the backward passes it took."""
     device = torch.device(settings.device)
-    target.to(device)
-    was_training = target.training
-    target.eval()
-    try:
+    with evaluating(target, device=device):
         gradients = _Gradients(target, vector, device)
         samples = _samples(pools, settings.gradfix_shots, settings.seed, device)
         one_by_one = settings.gradfix_vote == "majority"
@@ -93,8 +91,6 @@ def descent_signs(
             for x, y in zip(images.split(1), labels.split(1)) if one_by_one else [(images, labels)]:
                 g = gradients(x, y, head, 1 if one_by_one else total)  # mean vote: -g of the mean loss, summed over tasks
                 tally, passes = tally + (per_tensor(lambda t: torch.sign(-t), g) if one_by_one else -g), passes + 1
-    finally:
-        target.train(was_training)
     return per_tensor(lambda t: torch.sign(t).cpu(), tally), passes
 
 

@@ -25,8 +25,6 @@ unchanged, as every alignment adds them. ``learnt`` holds ``in/<site>`` and ``ou
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoxfer.alignment.artifact import rotate
+from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.capture import capture_inputs
 from orthoxfer.problem.tasks import FewShotTask, image_features
 from orthoxfer.strategies.options import Option
@@ -135,16 +134,6 @@ def pool_batches(pools: dict[str, FewShotTask], device: torch.device) -> list[to
             for chunk in torch.arange(len(pool.labels)).split(BATCH)]  # fmt: skip
 
 
-@contextlib.contextmanager
-def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """``model`` in eval mode on ``device`` for the block, then back on its own device and in its own mode."""
-    home, mode = next(model.parameters()).device, model.training
-    try:
-        yield model.to(device).eval()
-    finally:
-        model.to(home).train(mode)
-
-
 class Theseus(Transfer):
     name = "theseus"
     needs = "images"
@@ -159,7 +148,7 @@ class Theseus(Transfer):
         vector.check_fits(source)
         device = torch.device(settings.device)
         batches = pool_batches(require_pools(pools, self.name, "images (the pools' images; their labels are not read)"), device)
-        with on_device(target, device), on_device(source, device):  # the caller's models, left as they were found
+        with evaluating(target, source, device=device):
             moments = site_moments(target, source, sites, batches)
         maps = fit_maps(moments, settings.theseus_centre, settings.theseus_rtol)
         ins = {s.name: maps[f"in/{s.name}"] for s in sites}
