@@ -171,6 +171,7 @@ def test_theseus_on_cuda_moves_the_models_there_and_restores_their_modes():
     vector = TaskVector.from_models(source, perturbed(identifiable_source(), seed=2, size=0.01), "attn")
     out = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}, device="cuda"))
     assert {p.device.type for m in (source, target) for p in m.parameters()} == {"cuda"}  # the run's device, as evaluate leaves them
+    assert target.training and not source.training  # each in the mode it came in
     on_cpu = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}))
     assert target.training and not source.training  # each in the mode it came in
     for name in vector.sites:

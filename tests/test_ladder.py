@@ -172,6 +172,8 @@ def test_relate_pair_measures_what_bench_recorded(seed_bench, root):
     assert split.exit_code == 0, split.output
     for whole, parts in zip(report["layers"], json.loads(split.output)["layers"], strict=True):  # batches of 5: the same pairing
         assert parts["rows"] == whole["rows"] and parts["cka"] == pytest.approx(whole["cka"], abs=1e-6)
+        assert parts["procrustes_residual"] == pytest.approx(whole["procrustes_residual"], abs=1e-6)
+    assert (report["batch_size"], json.loads(split.output)["batch_size"]) == (None, 5)  # recorded: the control depends on it
 
 
 def test_mini_names_reach_every_rung_s_target(root):

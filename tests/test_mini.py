@@ -113,6 +113,9 @@ def test_head_and_validation_sets_are_fixed_and_apart_from_every_pool(tasks):
         assert torch.equal(ev[0].fewshot.head.prototypes, ev[1].fewshot.head.prototypes)  # the head is the pool's own no more
         assert torch.equal(ev[0].val.images, task.train_images[val_idx]) and ev[0].val.head is ev[0].fewshot.head
         assert torch.equal(mini_pools.fewshot_pool(task, None, 0)[0], task.train_images[rest])  # shots=None: the rest only
+        alone = mini_pools.validation_set(model, task)  # what baseline direct chooses on: the suite's own validation set
+        assert torch.equal(alone.images, ev[0].val.images) and torch.equal(alone.labels, ev[0].val.labels)
+        assert torch.equal(alone.head.prototypes, ev[0].val.head.prototypes)
 
 
 def test_bench_chooses_on_the_suite_s_validation_set_not_on_the_pool():

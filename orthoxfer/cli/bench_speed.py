@@ -42,7 +42,7 @@ def bench_speed_command(
     compile: Annotated[bool, Opt("--compile", help="Every row (the floor too) with the target's forward through torch.compile.")] = False,
 ) -> None:
     """Time one optimiser step of every strategy against plain fine-tuning of the same sites."""
-    from orthoxfer.experiments.step_cost import METHODS, result_stem, step_cost  # torch, open_clip, geoopt: not for --help
+    from orthoxfer.experiments.step_cost import METHODS, result_stem, step_cost  # open_clip and the cost models: not for --help
 
     chosen, kinds = list(comma_list(methods)) if methods is not None else list(METHODS), list(comma_list(vector))
     unknown = [m for m in chosen if m not in METHODS] + [v for v in kinds if v not in ("dense", "lora")]

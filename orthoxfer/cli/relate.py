@@ -172,6 +172,7 @@ def relate_command(
         "image_count": counted["images"],
         "skipped_unreadable": counted["skipped"],
         "seed": seed,
+        "batch_size": batch_size if mini else batch_size or 64,  # the shuffled control is drawn per batch (mini, None: one batch)
         "preprocessing": "the mini suite's 32 px images, one normalisation" if mini else "target's resize and crop; "
         + ("one normalisation" if same_norm else "each model normalises the same pixels with its own mean and std"),
         "normalisation": {

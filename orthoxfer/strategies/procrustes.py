@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
 from orthoxfer.problem.capture import cross_covariance
 from orthoxfer.strategies.base import Solution, Strategy, require_source
@@ -103,12 +104,13 @@ def procrustes_fit(problem: ScopedProblem, groups: list[SiteGroup], settings: Al
     """The U stack of every group and ``{key: identification}`` (see :class:`PolarFit`)."""
     source = require_source(problem, "procrustes")
     device = torch.device(settings.device)
-    target, source = problem.target.to(device), source.to(device)
+    target = problem.target
     batches = []
     for task in problem.tasks.values():
         for chunk in torch.arange(len(task.labels)).split(settings.batch_size):
             batches.append(task.batch(chunk, augment=False)[0].to(device))
-    cov = cross_covariance(target, source, problem.sites, batches)
+    with evaluating(target, source, device=device):  # activations as the aligned model will produce them
+        cov = cross_covariance(target, source, problem.sites, batches)
     stacks, record = [], {}
     for group in groups:
         per_key = torch.zeros(len(group.keys), group.dim, group.dim, dtype=torch.float64, device=device)

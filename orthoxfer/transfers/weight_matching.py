@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from orthoxfer.models.tower_axes import RESIDUAL, Perms, permute_axes, pieces, tower_blocks
@@ -43,8 +44,6 @@ class Matched:
 
 def assignment(cost: torch.Tensor, maximize: bool = True) -> torch.Tensor:
     """The Hungarian assignment of rows to columns as an index tensor (row i gets column ``out[i]``)."""
-    from scipy.optimize import linear_sum_assignment  # here, not at the CLI's start (the registry imports this module)
-
     _, cols = linear_sum_assignment(cost.detach().double().cpu().numpy(), maximize=maximize)
     return torch.from_numpy(cols).long()
 
