@@ -183,6 +183,9 @@ def test_cache_dir_defaults_and_can_be_overridden(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "xdg" / "orthoxfer"
     monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
+    assert cache_root(tmp_path / "run") == tmp_path / "run"  # a run's --cache-dir wins over the environment
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root("~/run") == tmp_path / "run"
 
 
 def test_bad_config_is_a_usage_error():

@@ -140,6 +140,8 @@ def relate_command(
         raise UsageError("give --source and --target, or --pair for the mini suite's models")
     where = resolve_device(device)
     mini = source.startswith(PREFIX) or target.startswith(PREFIX)
+    if not mini and batch_size is None:
+        batch_size = 64
     if mini:
         loaded_source, loaded_target, batches, described, counted = mini_inputs(source, target, images, limit, batch_size,
                                                                                 seed, where, size, cache_dir, workers)  # fmt: skip
@@ -147,7 +149,7 @@ def relate_command(
         raise UsageError("--size is for the mini models (mini:a, mini:b, ...)")
     else:
         loaded_source, loaded_target, batches, described, counted = open_clip_inputs(
-            source, target, images, limit, batch_size or 64, seed, where, cache_dir, workers
+            source, target, images, limit, batch_size, seed, where, cache_dir, workers
         )
     check_pair(loaded_source.model, loaded_target.model)
     if loaded_source.image_size != loaded_target.image_size:
@@ -172,7 +174,7 @@ def relate_command(
         "image_count": counted["images"],
         "skipped_unreadable": counted["skipped"],
         "seed": seed,
-        "batch_size": batch_size if mini else batch_size or 64,  # the shuffled control is drawn per batch (mini, None: one batch)
+        "batch_size": batch_size,  # the shuffled control is drawn per batch (mini, None: one batch)
         "preprocessing": "the mini suite's 32 px images, one normalisation" if mini else "target's resize and crop; "
         + ("one normalisation" if same_norm else "each model normalises the same pixels with its own mean and std"),
         "normalisation": {

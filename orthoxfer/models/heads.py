@@ -31,7 +31,7 @@ def heads_cache_dir(cache_dir: Path | str | None = None) -> Path:
     """Where heads go when no heads folder is given: ``<cache_dir>/heads`` when a run names its cache
     (``--cache-dir``), so that everything it makes stays in that folder; else ``heads`` under
     :func:`~orthoxfer.cache.cache_root`."""
-    return (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / "heads"
+    return cache_root(cache_dir) / "heads"
 
 
 class ZeroShotHead(nn.Module):

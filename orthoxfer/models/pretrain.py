@@ -268,14 +268,18 @@ def _resume(
 
 def _paths(root: Path, config: PretrainConfig, which: Which) -> tuple[Path, Path]:
     """Model ``which``'s file and the folder's config.json."""
-    folder = root / "mini" / config.key()
-    return folder / f"model_{which}.safetensors", folder / "config.json"
+    record = _record(root, config)
+    return record.with_name(f"model_{which}.safetensors"), record
+
+
+def _record(root: Path, config: PretrainConfig) -> Path:
+    """The config.json of the config's cache folder: its settings and every model's pre-training log."""
+    return root / "mini" / config.key() / "config.json"
 
 
 def pretrain_logs(config: PretrainConfig, cache_dir: Path | str | None = None) -> dict[str, dict]:
     """The pre-training logs (seconds, first and final loss, recipe) of every model this config has cached, by model."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    record = _paths(root, config, "a")[1]
+    record = _record(cache_root(cache_dir), config)
     return json.loads(record.read_text()).get("logs", {}) if record.is_file() else {}
 
 
@@ -313,7 +317,7 @@ def pretrained_model(
         model = build_model(config, which)
         model.load_state_dict({**model.state_dict(), **tensors}, strict=True)
         return model.eval()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = cache_root(cache_dir)
     path, record = _paths(root, config, which)
     model = _load(path, config, which)
     if model is not None:

@@ -133,7 +133,7 @@ def relate_images(tasks: Sequence[MiniTask], shots: int, seed: int) -> torch.Ten
 
 
 def cache_dir(request: SuiteRequest) -> Path:
-    return Path(request.cache_dir).expanduser() if request.cache_dir is not None else cache_root()
+    return cache_root(request.cache_dir)
 
 
 def mini_source_vector(
