@@ -131,3 +131,13 @@ def test_lr_grid_is_chosen_on_validation_for_aligners_and_fewshot_ft_alike(micro
         assert (root / "grid" / "rows" / f"{row.id}-seed0-lr0.01").is_dir()
     assert len(opened) == 2  # test data read once per row, after the choice
     assert "lr" not in run_row(Row("embed", "procrustes"), inputs, config, run, seed=0)
+
+
+def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_run, tmp_path):
+    root, args, _ = micro_run
+    one = [a.replace("mnist,coins", "mnist").replace("norm", "other-task") for a in args]
+    one[one.index("--out") + 1] = str(tmp_path / "run")
+    result = runner.invoke(app, one)
+    assert result.exit_code == 2, result.output
+    assert "other-task control needs two or more tasks" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("run/rows/*.json"))

@@ -119,7 +119,7 @@ def test_align_control_aligns_a_norm_matched_control(align_setup):
         assert moved.norms()[site] == pytest.approx(norm, rel=1e-4)
         assert not torch.allclose(moved.delta(site), tv.delta(site), atol=1e-3)
     alone = runner.invoke(app, [*common, "--control", "other-task", "--out", str(tmp_path / "o")])
-    assert alone.exit_code == 2 and "two or more task vectors" in alone.output
+    assert alone.exit_code == 2 and "two or more tasks" in alone.output
 
 
 def test_align_compile_flag_compiles_the_target_forward(align_setup, compiled):

@@ -26,8 +26,10 @@ def study_command(
                               "planted (the positive control).")] = "same,release,seed,data",  # fmt: skip
     methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies and transfer methods "
                                        "(default: every registered one).")] = None,  # fmt: skip
-    controls: Annotated[str, Opt("--controls", help="Control rows beside every method: norm,spectrum,other-task; gains "
-                                 "are paired against each, the plot uses the first.")] = "spectrum",  # fmt: skip
+    controls: Annotated[str, Opt("--controls", help="Control rows beside every method on every rung: norm,spectrum,"
+                                 "other-task; gains are paired against each, the plot uses the first.")] = "spectrum",  # fmt: skip
+    paper_controls: Annotated[str, Opt("--paper-controls", help="More controls on the data rung (the paper's setting), "
+                                       "beside --controls; '' for none.")] = "norm,spectrum,other-task",  # fmt: skip
     seeds: Annotated[int, Opt("--seeds", min=1, help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained "
                               "pair stays the shipped one).")] = 3,  # fmt: skip
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the four with most headroom: housenumbers, scenes, pictograms, coins).")] = None,
@@ -56,7 +58,7 @@ def study_command(
     """
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.experiments.step_cost import machine
-    from orthoxfer.experiments.study import MODEL_SEED, STUDY_TASKS, StudyPlan, check_rungs, run_rung, rung_suite
+    from orthoxfer.experiments.study import MODEL_SEED, PAPER_RUNG, STUDY_TASKS, StudyPlan, check_rungs, run_rung, rung_suite
     from orthoxfer.report.study import summarise_study, write_study
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
@@ -75,17 +77,17 @@ def study_command(
     study_tasks = comma_list(tasks) or STUDY_TASKS
     steps = STEPS_PER_TASK * len(study_tasks) if steps is None and size == "full" else steps
     settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices) for s in suites}
-    plan = StudyPlan(names, seeds, study_tasks, size, settings, dev, cache_dir)
+    plan = StudyPlan(names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()})
+    per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)
     console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
                   f"tasks {', '.join(plan.tasks)}; in {run.path}", highlight=False, soft_wrap=True)  # fmt: skip
     started = time.perf_counter()
     results = [run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names]
     meta = {"title": "orthoxfer study: transfer gains over controls on the ladder of relatedness", "rungs": list(names),
             "seeds": seeds, "model_seed": MODEL_SEED, "tasks": list(plan.tasks), "size": size, "methods": list(chosen_methods),
-            "controls": list(chosen_controls),
+            "controls": list(chosen_controls), "rung_controls": {r: list(plan.controls(r)) for r in names},
             "settings": {r: plan.rung_config(r) for r in names}, "machine": machine(dev),
             "seconds": time.perf_counter() - started, "orthoxfer_version": __version__}  # fmt: skip
-    files = write_study(run.path, summarise_study(results, list(chosen_methods), list(chosen_controls), meta))
+    files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
     console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)

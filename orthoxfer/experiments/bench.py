@@ -48,7 +48,7 @@ from orthoxfer.transfers.registry import (
     method_needs,
     transfer_settings,
 )
-from orthoxfer.vectors.controls import CONTROLS, control_vectors
+from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors
 from orthoxfer.vectors.taskvector import TaskVector
 
 
@@ -273,6 +273,7 @@ def run_bench(inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[in
     must compute the same rows (they meet in each row's alignment), whenever rank 0
     writes its records.
     """
+    check_task_count(config.controls, len(inputs.tasks))
     records = []
     rows = config.rows(planted=inputs.planted is not None)
     for seed in seeds:

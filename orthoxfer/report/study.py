@@ -31,7 +31,7 @@ def stat(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": half, "per_seed": values}
 
 
-def summarise_rung(result: RungResult, methods: list[str], controls: list[str], seeds: list[int]) -> dict[str, Any]:
+def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> dict[str, Any]:
     """One rung: its relatedness (last-block CKA as its x-value), baselines and each method's gain per control."""
     acc = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in result.records}
 
@@ -41,7 +41,7 @@ def summarise_rung(result: RungResult, methods: list[str], controls: list[str], 
 
     last = [layers[-1]["cka"] for layers in result.relatedness.values() if layers]
     entry: dict[str, Any] = {"rung": result.rung, "source": result.source, "target": result.target, "tasks": result.tasks,
-                             "last_block_cka": stat(last) if last else None, "relatedness": result.relatedness,
+                             "controls": list(result.controls), "last_block_cka": stat(last) if last else None, "relatedness": result.relatedness,
                              "seconds": result.seconds, "row_seconds": sum(r["seconds"] for r in result.records), "baselines": {}, "methods": {}}  # fmt: skip
     for name, row in BASELINES.items():
         if (values := per_seed(row)) is not None:
@@ -51,7 +51,7 @@ def summarise_rung(result: RungResult, methods: list[str], controls: list[str], 
         if real is None:
             continue
         against = {}
-        for control in controls:
+        for control in result.controls:
             if (ctrl := per_seed(Row("embed", method, control=control))) is not None:
                 against[control] = {"accuracy": stat(ctrl), "gain": stat([r - c for r, c in zip(real, ctrl)])}
         entry["methods"][method] = {"accuracy": stat(real), "controls": against}
@@ -66,9 +66,9 @@ def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**same["baselines"]["direct"], "from": "the same rung's direct addition (the target is the source)"}
 
 
-def summarise_study(results: list[RungResult], methods: list[str], controls: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+def summarise_study(results: list[RungResult], methods: list[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Everything study.json holds: the meta (settings, machine, time), every rung's summary, the ceiling."""
-    rungs = [summarise_rung(r, methods, controls, list(range(meta["seeds"]))) for r in results]
+    rungs = [summarise_rung(r, methods, list(range(meta["seeds"]))) for r in results]
     return {"meta": {**meta, "seeds": list(range(meta["seeds"]))}, "rungs": rungs, "ceiling": ceiling(rungs)}
 
 

@@ -51,11 +51,17 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
     return TaskVector(dense, extra=dict(tv.extra), meta=meta)
 
 
+def check_task_count(controls: tuple[str, ...], tasks: int) -> None:
+    """Refuse ``other-task`` before any row runs where there is no other task to borrow from."""
+    if "other-task" in controls and tasks < 2:
+        raise UsageError("the other-task control needs two or more tasks (each borrows another's vector); "
+                         "add a task or leave the control out")  # fmt: skip
+
+
 def control_vectors(vectors: dict[str, TaskVector], kind: str, seed: int = 0) -> dict[str, TaskVector]:
     """A control for each named vector, seeded per position; ``other-task`` borrows the next task's vector."""
     names = list(vectors)
-    if kind == "other-task" and len(names) < 2:
-        raise UsageError("the other-task control needs two or more task vectors (each borrows another's)")
+    check_task_count((kind,), len(names))
     others = names[1:] + names[:1]
     return {
         n: control_vector(vectors[n], kind, seed=seed + i, other=vectors[o])
