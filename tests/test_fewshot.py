@@ -108,3 +108,18 @@ def test_unreadable_train_image_is_replaced_deterministically(tmp_path, loaded):
         task = fewshot_task("EuroSAT", tmp_path, loaded, torch.nn.Identity(), shots=4, seed=2, workers=0)
     expected = sample_indices(train.targets, shots=4, seed=2, exclude={chosen[1]})
     assert task.labels.tolist() == [train.targets[i] for i in expected] and len(task.labels) == 4
+
+
+def test_pool_images_are_every_pools_images_in_order_unaugmented():
+    from orthoxfer.problem.tasks import FewShotTask, pool_images
+
+    def flip(img):  # an augmentation that would show if it were applied
+        return img.flip(-1)
+
+    pools = [FewShotTask(name, torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.arange(n), torch.nn.Identity(),
+                         augment=flip) for name, n in (("a", 5), ("b", 2))]  # fmt: skip
+    batches = pool_images(pools, 2, torch.device("cpu"))
+    assert [len(b) for b in batches] == [2, 2, 1, 2]  # split per pool, never across two
+    expected = torch.cat([p.normalise(p.images) for p in pools])
+    assert torch.equal(torch.cat(batches), expected)
+    assert [len(images) for images, _ in pools[0].plain_batches(3)] == [3, 2]

@@ -104,11 +104,6 @@ def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | 
     return evaluate_scores(model, {"task": (head, loader)}, device, progress=False)["task"].accuracy
 
 
-def pool_batches(task: FewShotTask, batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A pool as plain (unaugmented) evaluation batches."""
-    return [task.batch(idx, augment=False) for idx in torch.arange(len(task.labels)).split(batch_size)]
-
-
 def pool_accuracy(model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu") -> dict[str, float]:
     """Accuracy on held-out parts of few-shot pools or train splits: the only data settings are chosen on."""
-    return evaluate(model, {n: (t.head, pool_batches(t)) for n, t in tasks.items()}, device, progress=False)
+    return evaluate(model, {n: (t.head, t.plain_batches(256)) for n, t in tasks.items()}, device, progress=False)

@@ -34,6 +34,7 @@ import torch
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
 from orthoxfer.problem.capture import cross_covariance
+from orthoxfer.problem.tasks import pool_images
 from orthoxfer.strategies.base import Solution, Strategy, require_source
 from orthoxfer.strategies.linalg import factorisation_threads
 from orthoxfer.strategies.options import Option
@@ -105,10 +106,7 @@ def procrustes_fit(problem: ScopedProblem, groups: list[SiteGroup], settings: Al
     source = require_source(problem, "procrustes")
     device = torch.device(settings.device)
     target = problem.target
-    batches = []
-    for task in problem.tasks.values():
-        for chunk in torch.arange(len(task.labels)).split(settings.batch_size):
-            batches.append(task.batch(chunk, augment=False)[0].to(device))
+    batches = pool_images(problem.tasks.values(), settings.batch_size, device)
     with evaluating(target, source, device=device):  # activations as the aligned model will produce them
         cov = cross_covariance(target, source, problem.sites, batches)
     stacks, record = [], {}

@@ -34,7 +34,7 @@ from torch import nn
 from orthoxfer.alignment.artifact import rotate
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.capture import capture_inputs
-from orthoxfer.problem.tasks import FewShotTask, image_features
+from orthoxfer.problem.tasks import image_features, pool_images
 from orthoxfer.strategies.options import Option
 from orthoxfer.strategies.procrustes import PROCRUSTES_RTOL, polar_transform
 from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, norm_ratio, require_pools, require_source
@@ -128,12 +128,6 @@ def fit_maps(moments: dict[str, Moments], centre: bool, rtol: float) -> dict[str
     return maps
 
 
-def pool_batches(pools: dict[str, FewShotTask], device: torch.device) -> list[torch.Tensor]:
-    """Every image of every pool, un-augmented, in batches; the labels are never read."""
-    return [pool.batch(chunk, augment=False)[0].to(device) for pool in pools.values()
-            for chunk in torch.arange(len(pool.labels)).split(BATCH)]  # fmt: skip
-
-
 class Theseus(Transfer):
     name = "theseus"
     needs = "images"
@@ -147,7 +141,8 @@ class Theseus(Transfer):
         sites = vector.check_fits(target)
         vector.check_fits(source)
         device = torch.device(settings.device)
-        batches = pool_batches(require_pools(pools, self.name, "images (the pools' images; their labels are not read)"), device)
+        pools = require_pools(pools, self.name, "images (the pools' images; their labels are not read)")
+        batches = pool_images(pools.values(), BATCH, device)
         with evaluating(target, source, device=device):
             moments = site_moments(target, source, sites, batches)
         maps = fit_maps(moments, settings.theseus_centre, settings.theseus_rtol)
