@@ -47,7 +47,7 @@ def test_accuracy_counts_correct_predictions_and_skips_unreadable():
 
 def test_evaluate_gives_each_task_and_the_unweighted_mean():
     model = MeanColour().train()
-    head = ZeroShotHead(torch.eye(3), 100.0)
+    head = ZeroShotHead(torch.eye(3), 100.0).train()
     results = evaluate(
         model,
         {
@@ -57,7 +57,7 @@ def test_evaluate_gives_each_task_and_the_unweighted_mean():
         progress=False,
     )
     assert results == {"half": 0.5, "all": 1.0, "mean": 0.75}  # unweighted: not 7/8
-    assert model.training  # left in the mode it came in
+    assert model.training and head.training  # left in the mode they came in
 
 
 def _cli() -> typer.Typer:

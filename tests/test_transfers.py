@@ -55,10 +55,12 @@ def direct_signs(model: nn.Module, vector: TaskVector, pool: FewShotTask, vote: 
 
 @pytest.mark.parametrize("vote", ["majority", "mean"])
 def test_gradfix_mask_equals_a_direct_per_parameter_computation(vote):
-    model, pool = small_clip(seed=0), two_per_class_pool()
+    model, pool = small_clip(seed=0).train(), two_per_class_pool()
+    pool.head.train()
     vector = random_vector(model, seed=1)
     settings = transfer_settings({"gradfix_vote": vote, "gradfix_shots": 2})
     out = TRANSFERS["gradfix"]().transfer(vector, None, model, {"toy": pool}, settings)
+    assert model.training and pool.head.training  # scored in eval mode, handed back in their own
     signs = direct_signs(small_clip(seed=0), vector, pool, vote)
     for name, sign in signs.items():
         tau = vector.dense.get(name, vector.extra.get(name))

@@ -72,14 +72,14 @@ def evaluate_scores(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Score]:
-    """Counts per task for ``tasks = {name: (head, loader)}``; the model is left in the mode it came in.
+    """Counts per task for ``tasks = {name: (head, loader)}``; the model and heads are left in the mode they came in.
 
     The model and heads move to ``device`` in place, as the training steps move them:
     models built or cached on the CPU are scored where the images go.
     """
     device = torch.device(device)
-    with evaluating(model, device=device), _progress(progress) as bars:
-        return {name: _score(model, head.to(device).eval(), loader, device, bars, name) for name, (head, loader) in tasks.items()}
+    with evaluating(model, *(head for head, _ in tasks.values()), device=device), _progress(progress) as bars:
+        return {name: _score(model, head, loader, device, bars, name) for name, (head, loader) in tasks.items()}
 
 
 def mean_accuracies(scores: Mapping[str, Score]) -> dict[str, float]:

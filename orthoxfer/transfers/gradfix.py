@@ -72,7 +72,7 @@ def _samples(pools: dict[str, FewShotTask], shots: int, seed: int, device: torch
     out = []
     for i, pool in enumerate(pools.values()):
         images, labels = pool.batch(per_class_sample(pool.labels, shots, seed + i), augment=False)
-        out.append((images.to(device), labels.to(device), pool.head.to(device).eval()))
+        out.append((images.to(device), labels.to(device), pool.head))
     return out
 
 
@@ -81,7 +81,7 @@ def descent_signs(
 ) -> tuple[TaskVector, int]:
     """sign(-g) estimated on every tensor ``vector`` carries (0 where the vote ties), and the backward passes it took."""
     device = torch.device(settings.device)
-    with evaluating(target, device=device):
+    with evaluating(target, *(pool.head for pool in pools.values()), device=device):
         gradients = _Gradients(target, vector, device)
         samples = _samples(pools, settings.gradfix_shots, settings.seed, device)
         one_by_one = settings.gradfix_vote == "majority"
