@@ -141,3 +141,30 @@ def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_ru
     assert result.exit_code == 2, result.output
     assert "other-task control needs two or more tasks" in result.output and "Traceback" not in result.output
     assert not list(tmp_path.glob("run/rows/*.json"))
+
+
+def test_a_run_on_fewer_mini_tasks_gives_each_the_same_budget_and_bench_passes_its_tasks(monkeypatch):
+    import torch
+
+    from orthoxfer.errors import UsageError
+    from orthoxfer.experiments import bench_settings
+
+    cpu = torch.device("cpu")
+    for suite in ("mini", "planted"):
+        for tasks, steps in ((None, 800), (4, 400), (1, 100)):
+            tables = bench_settings.resolve_bench(suite, "full", cpu, tasks=tasks).tables
+            assert tables["align"]["steps"] == tables["fewshot_ft"]["steps"] == steps
+            assert tables["align"]["warmup"] == steps // 10
+    paper = bench_settings.resolve_bench("paper", "full", cpu).tables
+    assert bench_settings.resolve_bench("paper", "full", cpu, tasks=2).tables == paper  # the reference code's budget
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(bench_settings, "resolve_bench", spy)
+    result = runner.invoke(app, ["bench", "--suite", "mini", "--tasks", "mnist,coins,scenes", "--device", "cpu"])
+    assert result.exit_code == 2 and seen["tasks"] == 3
+    demo = runner.invoke(app, ["demo"])
+    assert demo.exit_code == 2 and seen["tasks"] == 4  # the demo's four headroom tasks

@@ -33,7 +33,7 @@ def bench_command(
     controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
     procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,
     seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")] = 1,
-    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps.")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps (mini, planted: 100 per task run).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
     mode: Annotated[str | None, Opt("--mode", help="joint (the summed vectors, one lambda: the reference code; default for "
                                     "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
@@ -82,7 +82,9 @@ def bench_command(
     dev = launch(device)
     choices = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls),
                "procrustes_init": procrustes_init, "ties": comma_list(ties), "lrs": comma_floats(lrs, "--lrs"), "mode": mode}  # fmt: skip
-    settings = resolve_bench(suite, size, dev, config, shots, steps, lr, strategy_options, choices)
+    task_names = comma_list(tasks)
+    settings = resolve_bench(suite, size, dev, config, shots, steps, lr, strategy_options, choices,
+                             tasks=len(task_names) if task_names else None)  # fmt: skip
     bench, shots = settings.bench, settings.shots
 
     other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
@@ -93,7 +95,7 @@ def bench_command(
     started = time.perf_counter()
     records, names, related = [], [], {}
     for seed in range(seeds):
-        request = SuiteRequest(seed=seed, shots=shots, size=size, pair=pair, tasks=comma_list(tasks), kinds=bench.kinds,
+        request = SuiteRequest(seed=seed, shots=shots, size=size, pair=pair, tasks=task_names, kinds=bench.kinds,
                                source_ft=settings.source_ft, device=dev, cache_dir=cache_dir, source=source, target=target,
                                data_root=data_root, vectors_dir=vectors_dir)  # fmt: skip
         inputs = build_suite(suite, request)
@@ -145,7 +147,7 @@ def demo_command(
     """
     from orthoxfer.data.mini import TASK_NAMES
     from orthoxfer.experiments.bench import BenchConfig
-    from orthoxfer.suites.mini import DEFAULT_PAIR, HEADROOM_TASKS, STEPS_PER_TASK, check_pair
+    from orthoxfer.suites.mini import DEFAULT_PAIR, HEADROOM_TASKS, check_pair
     from orthoxfer.transfers.registry import TRANSFERS
 
     rung = check_pair(pair)
@@ -153,6 +155,6 @@ def demo_command(
     out = out or Path("runs") / ("demo" if rung == DEFAULT_PAIR else f"demo-{rung}")
     bench_command(suite="mini", pair=pair, seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir,
                   controls=controls, ties=None, kinds="embed", procrustes_init=False,
-                  methods=",".join((*BenchConfig.methods, *TRANSFERS)), steps=STEPS_PER_TASK * len(names) if size == "full" else None,
+                  methods=",".join((*BenchConfig.methods, *TRANSFERS)), steps=None,
                   lr=None, lrs=None, mode=None, strategy_options={}, tasks=",".join(names), source=None, target=None,
                   data_root=None, vectors_dir=None, device="cpu", config=None, shots=None, overwrite=False)  # fmt: skip

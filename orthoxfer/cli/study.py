@@ -62,7 +62,6 @@ def study_command(
     from orthoxfer.report.study import summarise_study, write_study
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
-    from orthoxfer.suites.mini import STEPS_PER_TASK
     from orthoxfer.transfers.registry import TRANSFERS
 
     names = check_rungs(comma_list(rungs) or ())
@@ -75,8 +74,8 @@ def study_command(
                "ties": ("site",), "lrs": comma_floats(lrs, "--lrs"), "mode": None}  # fmt: skip
     suites = dict.fromkeys(rung_suite(r)[0] for r in names)
     study_tasks = comma_list(tasks) or STUDY_TASKS
-    steps = STEPS_PER_TASK * len(study_tasks) if steps is None and size == "full" else steps
-    settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices) for s in suites}
+    settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices, len(study_tasks))
+                for s in suites}  # fmt: skip
     plan = StudyPlan(names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()})
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does

@@ -43,13 +43,14 @@ class BenchSettings:
 def resolve_bench(
     suite: str, size: str, device: torch.device, config: Path | None = None, shots: int | None = None,
     steps: int | None = None, lr: float | None = None, strategy_options: dict[str, Any] | None = None,
-    choices: dict[str, Any] | None = None,
+    choices: dict[str, Any] | None = None, tasks: int | None = None,
 ) -> BenchSettings:  # fmt: skip
     """Defaults <- config <- flags. ``strategy_options`` holds strategy and transfer flags alike (the transfer ones
     are split off); ``choices`` the parsed BenchConfig flags (methods, kinds, controls, procrustes_init, ties, lrs,
     mode), None where not given: ties default to the align table's tie, mode to its mode, else joint for the paper
-    suite and per-task otherwise."""
-    tables = default_tables(suite, size)
+    suite and per-task otherwise. ``tasks``: how many tasks the run has (None: all the suite's), which sets the
+    suite's default budget."""
+    tables = default_tables(suite, size, tasks)
     if config is not None:
         for section, schema in SCHEMAS.items():
             tables[section].update(read_config(config, section, schema))

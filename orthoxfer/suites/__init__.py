@@ -29,9 +29,10 @@ def _entry(name: str) -> SuiteEntry:
     return SUITES[name]
 
 
-def default_tables(name: str, size: str = "full") -> dict[str, dict[str, Any]]:
-    """The ``[finetune]``, ``[align]`` and ``[fewshot_ft]`` settings a suite runs with unless a config or flag says otherwise."""
-    return _entry(name).defaults(size)
+def default_tables(name: str, size: str = "full", tasks: int | None = None) -> dict[str, dict[str, Any]]:
+    """The ``[finetune]``, ``[align]`` and ``[fewshot_ft]`` settings a suite runs with on ``tasks`` tasks (None: all of
+    them) unless a config or flag says otherwise."""
+    return _entry(name).defaults(size, tasks)
 
 
 def models_record(name: str, size: str = "full") -> dict[str, Any]:

@@ -120,9 +120,9 @@ class Suite(Protocol):
 class SuiteEntry:
     """A registered suite: its builder, its settings tables by size, (if single commands can name it) its opener, and
     what identifies the models it builds itself (for a run's config.json: a run resumed after they changed would mix
-    rows of two pairs)."""
+    rows of two pairs). ``defaults`` takes the size and the number of tasks run (None: all the suite's)."""
 
     build: Callable[[SuiteRequest], SuiteInputs]
-    defaults: Callable[[str], dict[str, dict[str, Any]]]
+    defaults: Callable[[str, int | None], dict[str, dict[str, Any]]]
     open: Callable[[SuiteRequest], Suite] | None = None
     models: Callable[[str], dict[str, Any]] = lambda size: {}

@@ -66,17 +66,17 @@ STEPS_PER_TASK = 100  # optimiser steps per task for few-shot FT and every align
 HEADROOM_TASKS = ("housenumbers", "scenes", "pictograms", "coins")
 
 
-def defaults(size: str = "full") -> dict[str, dict[str, Any]]:
+def defaults(size: str = "full", tasks: int | None = None) -> dict[str, dict[str, Any]]:
     """Settings of the offline suite: the paper's regime at 32 px (README, "The regime"), sized for a 2-core CPU.
 
     Source vectors: 200 steps of 64 images on a task's whole training split (about 11
     epochs; each raises its task on the source by 9 to 66 points). Few-shot FT and the
-    aligners: :data:`STEPS_PER_TASK` steps per task, the joint budget of all eight tasks
-    (``per-task`` mode shares it out); ``demo`` and ``study`` set it for their tasks.
-    ``micro`` trains a few small steps at every stage, so that a smoke test of any
-    command on the micro suite takes seconds.
+    aligners: :data:`STEPS_PER_TASK` steps per task, the joint budget of the ``tasks``
+    run (all eight when None; ``per-task`` mode shares it out), so that a run on fewer
+    tasks gives each the same budget, not more. ``micro`` trains a few small steps at
+    every stage, so that a smoke test of any command on the micro suite takes seconds.
     """
-    steps = STEPS_PER_TASK * len(TASK_NAMES)
+    steps = STEPS_PER_TASK * (tasks or len(TASK_NAMES))
     tables = {
         "finetune": {"lr": 1e-3, "weight_decay": 0.0, "steps": 200, "warmup": 20, "batch_size": 64, "rank": 4,
                      "lora_alpha": 8.0, "augment": 2, "log_every": 10},

@@ -26,8 +26,9 @@ TASKS = ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN
 SETTINGS = Path(__file__).with_name("paper.toml")  # the paper's settings; configs/paper.toml links here
 
 
-def defaults(size: str = "full") -> dict[str, dict[str, Any]]:
-    """The settings tables of the paper and its released code (``paper.toml`` beside this module); one size."""
+def defaults(size: str = "full", tasks: int | None = None) -> dict[str, dict[str, Any]]:
+    """The settings tables of the paper and its released code (``paper.toml`` beside this module): one size, and one
+    budget whatever the number of ``tasks`` (the reference code aligns the summed vectors)."""
     tables = tomllib.loads(SETTINGS.read_text())
     return {section: dict(tables.get(section, {})) for section in ("finetune", "align", "fewshot_ft")}
 
