@@ -1,7 +1,6 @@
 """The one convention for running a caller's model: its mode comes back, its device does not."""
 
 import pytest
-import torch
 from torch import nn
 
 from orthoxfer.models.modes import evaluating
