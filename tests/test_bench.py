@@ -140,7 +140,7 @@ def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_ru
     result = runner.invoke(app, one)
     assert result.exit_code == 2, result.output
     assert "other-task control needs two or more tasks" in result.output and "Traceback" not in result.output
-    assert not list(tmp_path.glob("run/rows/*.json"))
+    assert not (tmp_path / "run").exists()  # refused before the folder: the same command with another control runs
 
 
 def test_a_run_on_fewer_mini_tasks_gives_each_the_same_budget_and_bench_passes_its_tasks(monkeypatch):
@@ -151,10 +151,10 @@ def test_a_run_on_fewer_mini_tasks_gives_each_the_same_budget_and_bench_passes_i
 
     cpu = torch.device("cpu")
     for suite in ("mini", "planted"):
-        for tasks, steps in ((None, 800), (4, 400), (1, 100)):
+        for tasks, steps, warmup in ((None, 800, 80), (4, 400, 80), (1, 100, 20)):
             tables = bench_settings.resolve_bench(suite, "full", cpu, tasks=tasks).tables
             assert tables["align"]["steps"] == tables["fewshot_ft"]["steps"] == steps
-            assert tables["align"]["warmup"] == steps // 10
+            assert tables["align"]["warmup"] == tables["fewshot_ft"]["warmup"] == warmup
     paper = bench_settings.resolve_bench("paper", "full", cpu).tables
     assert bench_settings.resolve_bench("paper", "full", cpu, tasks=2).tables == paper  # the reference code's budget
     seen = {}
@@ -168,3 +168,22 @@ def test_a_run_on_fewer_mini_tasks_gives_each_the_same_budget_and_bench_passes_i
     assert result.exit_code == 2 and seen["tasks"] == 3
     demo = runner.invoke(app, ["demo"])
     assert demo.exit_code == 2 and seen["tasks"] == 4  # the demo's four headroom tasks
+
+
+def test_the_demo_resolves_the_settings_its_committed_table_ran_with(monkeypatch, tmp_path):
+    """``orthoxfer demo`` resumes its folder: a default that drifted from benchmarks/results/demo-mini is refused there."""
+    import shutil
+    from pathlib import Path
+
+    import orthoxfer.suites as suites
+    from orthoxfer.errors import UsageError
+
+    def stop(*args, **kwargs):
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(suites, "build_suite", stop)  # after the run folder accepted the settings
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "demo-mini" / "config.json"
+    (tmp_path / "demo").mkdir()
+    shutil.copy(committed, tmp_path / "demo" / "config.json")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2 and "stop here" in result.output, result.output

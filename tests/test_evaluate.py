@@ -6,6 +6,7 @@ import pytest
 import torch
 import typer
 from test_data_paper import make_eurosat
+from test_modes import ModeSpy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
@@ -47,7 +48,7 @@ def test_accuracy_counts_correct_predictions_and_skips_unreadable():
 
 def test_evaluate_gives_each_task_and_the_unweighted_mean():
     model = MeanColour().train()
-    head = ZeroShotHead(torch.eye(3), 100.0).train()
+    head = ModeSpy(ZeroShotHead(torch.eye(3), 100.0)).train()
     results = evaluate(
         model,
         {
@@ -57,6 +58,7 @@ def test_evaluate_gives_each_task_and_the_unweighted_mean():
         progress=False,
     )
     assert results == {"half": 0.5, "all": 1.0, "mean": 0.75}  # unweighted: not 7/8
+    assert head.modes and not any(head.modes)  # scored in eval mode
     assert model.training and head.training  # left in the mode they came in
 
 

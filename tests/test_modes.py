@@ -1,9 +1,22 @@
 """The one convention for running a caller's model: its mode comes back, its device does not."""
 
 import pytest
+import torch
 from torch import nn
 
 from orthoxfer.models.modes import evaluating
+
+
+class ModeSpy(nn.Module):
+    """A module (a head, in the evaluate and gradfix tests) that records the mode it is called in."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head, self.modes = head, []
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.head(features)
 
 
 def _model(training: bool) -> nn.Module:

@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from orthoxfer.cli import app
+from orthoxfer.errors import UsageError
 from orthoxfer.experiments.bench_settings import resolve_bench
 from orthoxfer.experiments.study import RungResult, StudyPlan
 from orthoxfer.report.study import summarise_study
@@ -93,6 +94,27 @@ def test_the_other_task_control_with_one_task_is_refused_before_any_row(tmp_path
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "other-task control needs two or more tasks" in lines[0]
     assert not (tmp_path / "out").exists()  # the default --paper-controls has it; the same rung did not run first
+
+
+def test_the_default_study_resolves_the_settings_the_committed_study_ran_with(monkeypatch, tmp_path):
+    """A resume of benchmarks/results/study must not be refused: its rungs' settings are today's defaults."""
+    from pathlib import Path
+
+    import orthoxfer.experiments.study as study_module
+
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "study"
+    seen = {}
+
+    def stop(plan, rung, out, progress):
+        seen[rung] = plan.rung_config(rung)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(study_module, "run_rung", stop)
+    for rung in ("same", "release", "seed", "data"):
+        result = runner.invoke(app, ["study", "--rungs", rung, "--device", "cpu", "--out", str(tmp_path / rung)])
+        assert result.exit_code == 2 and "stop here" in result.output, result.output
+        recorded = json.loads((committed / rung / "config.json").read_text())
+        assert json.loads(json.dumps(seen[rung])) == recorded, rung  # 400 steps, 80 warm-up, the lrs chosen
 
 
 def test_bad_rungs_are_refused_in_one_line(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
+from test_modes import ModeSpy
 from torch import nn
 
 from orthoxfer.errors import UsageError
@@ -56,11 +57,12 @@ def direct_signs(model: nn.Module, vector: TaskVector, pool: FewShotTask, vote: 
 @pytest.mark.parametrize("vote", ["majority", "mean"])
 def test_gradfix_mask_equals_a_direct_per_parameter_computation(vote):
     model, pool = small_clip(seed=0).train(), two_per_class_pool()
-    pool.head.train()
+    pool.head = ModeSpy(pool.head).train()
     vector = random_vector(model, seed=1)
     settings = transfer_settings({"gradfix_vote": vote, "gradfix_shots": 2})
     out = TRANSFERS["gradfix"]().transfer(vector, None, model, {"toy": pool}, settings)
-    assert model.training and pool.head.training  # scored in eval mode, handed back in their own
+    assert pool.head.modes and not any(pool.head.modes)  # the gradients in eval mode
+    assert model.training and pool.head.training  # handed back in their own
     signs = direct_signs(small_clip(seed=0), vector, pool, vote)
     for name, sign in signs.items():
         tau = vector.dense.get(name, vector.extra.get(name))

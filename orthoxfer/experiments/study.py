@@ -53,8 +53,9 @@ class StudyPlan:
     """What the study runs: rungs x seeds, each rung's rows from the settings resolved for its suite.
 
     The settings' controls run on every rung; ``rung_controls`` adds more on a named rung
-    (the paper's, by default), since three controls on every rung would cost a third more
-    time than the one that answers "does the vector carry anything".
+    (the paper's, by default): three controls on every rung would nearly double the
+    study's time, where the one control that answers "does the vector carry anything"
+    is enough off the paper's setting.
     """
 
     rungs: tuple[str, ...]
@@ -68,7 +69,8 @@ class StudyPlan:
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         for rung in self.rungs:
-            check_task_count(self.controls(rung), len(self.tasks))
+            check_task_count(self.controls(rung), len(self.tasks), "--controls" if rung not in self.rung_controls else
+                             f"--controls and --paper-controls (by default it is on {rung})")  # fmt: skip
 
     def controls(self, rung: str) -> tuple[str, ...]:
         """The rung's controls: those of every rung first (the plot's is the first), then the rung's own."""

@@ -51,11 +51,11 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
     return TaskVector(dense, extra=dict(tv.extra), meta=meta)
 
 
-def check_task_count(controls: tuple[str, ...], tasks: int) -> None:
+def check_task_count(controls: tuple[str, ...], tasks: int, option: str = "--controls") -> None:
     """Refuse ``other-task`` before any row runs where there is no other task to borrow from."""
     if "other-task" in controls and tasks < 2:
         raise UsageError("the other-task control needs two or more tasks (each borrows another's vector); "
-                         "add a task or leave the control out")  # fmt: skip
+                         f"add a task or leave it out of {option}")  # fmt: skip
 
 
 def control_vectors(vectors: dict[str, TaskVector], kind: str, seed: int = 0) -> dict[str, TaskVector]:
