@@ -111,7 +111,7 @@ def test_unreadable_train_image_is_replaced_deterministically(tmp_path, loaded):
 
 
 def test_pool_images_are_every_pools_images_in_order_unaugmented():
-    from orthoxfer.problem.tasks import FewShotTask, pool_images
+    from orthoxfer.problem.tasks import FewShotTask, TaskPart, plain_batches, pool_images
 
     def flip(img):  # an augmentation that would show if it were applied
         return img.flip(-1)
@@ -122,4 +122,6 @@ def test_pool_images_are_every_pools_images_in_order_unaugmented():
     assert [len(b) for b in batches] == [2, 2, 1, 2]  # split per pool, never across two
     expected = torch.cat([p.normalise(p.images) for p in pools])
     assert torch.equal(torch.cat(batches), expected)
-    assert [len(images) for images, _ in pools[0].plain_batches(3)] == [3, 2]
+    assert [len(images) for images, _ in plain_batches(pools[0], 3)] == [3, 2]
+    part = TaskPart(pools[0], torch.tensor([4, 0, 2]))  # a validation part, as finetune --val-fraction scores
+    assert torch.equal(torch.cat([labels for _, labels in plain_batches(part, 2)]), torch.tensor([4, 0, 2]))

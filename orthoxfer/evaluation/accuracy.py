@@ -19,7 +19,7 @@ from torch import nn
 
 from orthoxfer.data.paper import CORRUPT
 from orthoxfer.models.modes import evaluating
-from orthoxfer.problem.tasks import FewShotTask, image_features
+from orthoxfer.problem.tasks import FewShotTask, image_features, plain_batches
 
 
 @dataclass
@@ -106,4 +106,4 @@ def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | 
 
 def pool_accuracy(model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu") -> dict[str, float]:
     """Accuracy on held-out parts of few-shot pools or train splits: the only data settings are chosen on."""
-    return evaluate(model, {n: (t.head, t.plain_batches(256)) for n, t in tasks.items()}, device, progress=False)
+    return evaluate(model, {n: (t.head, plain_batches(t, 256)) for n, t in tasks.items()}, device, progress=False)

@@ -88,10 +88,6 @@ class FewShotTask:
             images = self.augment(images) if batched else torch.stack([self.augment(img) for img in images])
         return self.normalise(images), self.labels[index]
 
-    def plain_batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole pool in order, un-augmented: what evaluation and activation statistics see."""
-        return [self.batch(index, augment=False) for index in torch.arange(len(self.labels)).split(batch_size)]
-
     def split(self, val_fraction: float, seed: int) -> tuple[FewShotTask, FewShotTask]:
         """A train/validation split of the pool, for choosing settings without touching test data."""
         return tuple(  # type: ignore[return-value]
@@ -100,10 +96,16 @@ class FewShotTask:
         )
 
 
+def plain_batches(task: FewShotTask | SplitTask | TaskPart, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A pool (or any task with the ``labels`` and ``batch`` contract) whole and in order, un-augmented: what
+    evaluation and activation statistics see."""
+    return [task.batch(index, augment=False) for index in torch.arange(len(task.labels)).split(batch_size)]
+
+
 def pool_images(pools: Iterable[FewShotTask], batch_size: int, device: torch.device) -> list[torch.Tensor]:
     """Every image of every pool, un-augmented, in batches on ``device``: the input of methods that match the two
     models' activations (procrustes, theseus), which never read the labels."""
-    return [images.to(device) for pool in pools for images, _ in pool.plain_batches(batch_size)]
+    return [images.to(device) for pool in pools for images, _ in plain_batches(pool, batch_size)]
 
 
 def split_order(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
