@@ -73,7 +73,6 @@ def bench_command(
     from orthoxfer.suites import SUITES, build_suite, models_record
     from orthoxfer.suites.base import SuiteRequest
     from orthoxfer.suites.mini import DEFAULT_PAIR, check_pair
-    from orthoxfer.vectors.controls import check_task_count
 
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
@@ -87,8 +86,6 @@ def bench_command(
     settings = resolve_bench(suite, size, dev, config, shots, steps, lr, strategy_options, choices,
                              tasks=len(task_names) if task_names else None)  # fmt: skip
     bench, shots = settings.bench, settings.shots
-    if task_names:  # before the run folder and the suite are made; run_bench checks the suite's own tasks
-        check_task_count(bench.controls, len(task_names))
 
     other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
     run = Run(out or Path("runs") / (f"{suite}-{rung}" if other_rung else suite), overwrite=overwrite, resume=resume)

@@ -21,6 +21,7 @@ from orthoxfer.strategies.settings import AlignSettings, read_config
 from orthoxfer.suites import default_tables
 from orthoxfer.suites.mini import default_shots
 from orthoxfer.transfers.registry import declared_options as transfer_options
+from orthoxfer.vectors.controls import check_task_count
 
 SCHEMAS = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
 
@@ -49,7 +50,7 @@ def resolve_bench(
     are split off); ``choices`` the parsed BenchConfig flags (methods, kinds, controls, procrustes_init, ties, lrs,
     mode), None where not given: ties default to the align table's tie, mode to its mode, else joint for the paper
     suite and per-task otherwise. ``tasks``: how many tasks the run has (None: all the suite's), which sets the
-    suite's default budget."""
+    suite's default budget and is checked against the controls here, before a command makes its run folder."""
     tables = default_tables(suite, size, tasks)
     if config is not None:
         for section, schema in SCHEMAS.items():
@@ -70,4 +71,6 @@ def resolve_bench(
     chosen["mode"] = chosen.get("mode") or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft, transfer=transfer)
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
+    if tasks is not None:  # None: the suite's own tasks, which run_bench checks once they are built
+        check_task_count(bench.controls, tasks)
     return BenchSettings(tables, shots, transfer, chosen, source_ft, bench)
