@@ -38,14 +38,19 @@ def main() -> None:
         for task in mini_tasks("full"):
             test = features(model, task.test_images)
             images, labels = fewshot_pool(task, args.shots, 0)
-            heads = {"pool": PrototypeHead.from_features(features(model, images), labels, len(task.class_names)),
-                     "head_set": task_head(model, task)}  # fmt: skip
+            heads = {
+                "pool": PrototypeHead.from_features(features(model, images), labels, len(task.class_names)),
+                "head_set": task_head(model, task),
+            }
             rows[f"{which}/{task.name}"] = {
-                name: 100 * (head(test).argmax(1) == task.test_labels).float().mean().item() for name, head in heads.items()
+                name: 100 * (head(test).argmax(1) == task.test_labels).float().mean().item()
+                for name, head in heads.items()
             }
             print(which, task.name, {k: round(v, 1) for k, v in rows[f"{which}/{task.name}"].items()}, flush=True)
-    means = {which: {name: sum(v[name] for k, v in rows.items() if k.startswith(which)) / 8 for name in ("pool", "head_set")}
-             for which in ("a", "b")}  # fmt: skip
+    means = {
+        which: {name: sum(v[name] for k, v in rows.items() if k.startswith(which)) / 8 for name in ("pool", "head_set")}
+        for which in ("a", "b")
+    }
     print("mean", {w: {k: round(v, 1) for k, v in m.items()} for w, m in means.items()})
     write_json(args.out, {"shots": args.shots, "rows": rows, "mean": means, "machine": machine(torch.device("cpu"))})
 

@@ -33,9 +33,9 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from orthoxfer.artifacts import write_json
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_tasks
 from orthoxfer.data.mini_pools import features, model_suite
-from orthoxfer.artifacts import write_json
 from orthoxfer.models.pretrain import PretrainConfig, build_model, pretrain_logs, pretrained_model, tokenize
 
 
@@ -50,7 +50,9 @@ def zero_shot(model, class_names, feats, labels) -> float:
     return ((F.normalize(feats, dim=-1) @ text.T).argmax(1) == labels).float().mean().item()
 
 
-def finetune(model, task: MiniTask, steps: int, lr: float = 5e-4, batch: int = 64, seed: int = 0) -> tuple[float, float]:
+def finetune(
+    model, task: MiniTask, steps: int, lr: float = 5e-4, batch: int = 64, seed: int = 0
+) -> tuple[float, float]:
     """Test accuracy of a copy of ``model`` before and after fine-tuning its attention weights on ``task``."""
     tuned = copy.deepcopy(model)
     pool = model_suite(tuned, [task], shots=None)[0].fewshot
@@ -73,35 +75,48 @@ def finetune(model, task: MiniTask, steps: int, lr: float = 5e-4, batch: int = 6
     return before, accuracy(pool.head, features(tuned, task.test_images), task.test_labels)
 
 
-def measure(config: PretrainConfig, tasks: list[MiniTask], cache_dir: str | None, finetune_steps: int,
-            finetune_tasks: list[str]) -> dict:
+def measure(
+    config: PretrainConfig, tasks: list[MiniTask], cache_dir: str | None, finetune_steps: int, finetune_tasks: list[str]
+) -> dict:
     """Per-task accuracy of A, B and an untrained tower for one pre-training config, and its pre-training log."""
     start = time.perf_counter()
-    models = {name: pretrained_model(which, config, cache_dir, shipped=False) for name, which in (("A", "a"), ("B", "b"))}
+    models = {
+        name: pretrained_model(which, config, cache_dir, shipped=False) for name, which in (("A", "a"), ("B", "b"))
+    }
     logs = pretrain_logs(config, cache_dir)
-    results: dict = {"config": dataclasses.asdict(config), "images_per_model": config.steps * config.batch_size,
-                     "load_or_pretrain_s": round(time.perf_counter() - start, 1),
-                     "pretrain": {w: {k: logs[w][k] for k in ("seconds", "first_loss", "final_loss")} for w in logs},
-                     "models": {}}  # fmt: skip
+    results: dict = {
+        "config": dataclasses.asdict(config),
+        "images_per_model": config.steps * config.batch_size,
+        "load_or_pretrain_s": round(time.perf_counter() - start, 1),
+        "pretrain": {w: {k: logs[w][k] for k in ("seconds", "first_loss", "final_loss")} for w in logs},
+        "models": {},
+    }
     for name, model in (*models.items(), ("untrained", build_model(config, "a"))):
         rows = {}
         for task, ev in zip(tasks, model_suite(model, tasks, shots=None, seed=0), strict=True):
             test = features(model, task.test_images)
             train = features(model, task.train_images)
-            probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0)).fit(train.numpy(), task.train_labels.numpy())
+            probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0)).fit(
+                train.numpy(), task.train_labels.numpy()
+            )
             rows[task.name] = {
                 "prototype": round(100 * accuracy(ev.fewshot.head, test, task.test_labels), 1),
                 "probe": round(100 * probe.score(test.numpy(), task.test_labels.numpy()), 1),
                 "zero_shot": round(100 * zero_shot(model, task.class_names, test, task.test_labels), 1),
                 "chance": round(100 / len(task.class_names), 1),
             }
-        rows["mean"] = {k: round(sum(r[k] for r in rows.values()) / len(TASK_NAMES), 1) for k in ("prototype", "probe", "zero_shot", "chance")}
+        rows["mean"] = {
+            k: round(sum(r[k] for r in rows.values()) / len(TASK_NAMES), 1)
+            for k in ("prototype", "probe", "zero_shot", "chance")
+        }
         results["models"][name] = rows
         print(config.steps, name, json.dumps(rows["mean"]), flush=True)
     if finetune_steps:
         start = time.perf_counter()
         chosen = [t for t in tasks if t.name in finetune_tasks]
-        results["finetune_A"] = {t.name: [round(100 * a, 1) for a in finetune(models["A"], t, finetune_steps)] for t in chosen}
+        results["finetune_A"] = {
+            t.name: [round(100 * a, 1) for a in finetune(models["A"], t, finetune_steps)] for t in chosen
+        }
         results["finetune_s"] = round(time.perf_counter() - start, 1)
     return results
 
@@ -125,9 +140,15 @@ def main() -> None:
         configs["smaller"] = dataclasses.replace(config, **{k: v for k, v in smaller.items() if v is not None})
     start = time.perf_counter()
     tasks = mini_tasks("micro" if args.micro else "full")
-    results: dict = {"machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                                 "torch": torch.__version__},
-                     "tasks_s": round(time.perf_counter() - start, 1), "heads": "prototypes of each task's head set"}  # fmt: skip
+    results: dict = {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "tasks_s": round(time.perf_counter() - start, 1),
+        "heads": "prototypes of each task's head set",
+    }
     for name, chosen in configs.items():
         results[name] = measure(chosen, tasks, args.cache_dir, args.finetune_steps, args.finetune_tasks.split(","))
     if args.out:

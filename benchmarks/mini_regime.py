@@ -32,7 +32,10 @@ from orthoxfer.runs import Run
 from orthoxfer.suites import build_suite
 from orthoxfer.suites.base import SuiteRequest
 
-ROWS = {"data": (Row("", "target"), Row("", "finetune"), Row("embed", "direct")), "same": (Row("", "target"), Row("embed", "direct"))}
+ROWS = {
+    "data": (Row("", "target"), Row("", "finetune"), Row("embed", "direct")),
+    "same": (Row("", "target"), Row("embed", "direct")),
+}
 
 
 def main() -> None:
@@ -65,11 +68,20 @@ def main() -> None:
     }
     for name, (value, wanted) in checks.items():
         print(f"{name}: {value:.1f} (wanted {wanted})")
-    write_json(args.out, {"accuracy": acc, "source_gain": gains, "headroom": headroom,
-                          "headroom_order": sorted(tasks, key=headroom.get, reverse=True),
-                          "checks": {k: {"value": v, "wanted": w} for k, (v, w) in checks.items()},
-                          "settings": settings.record(), "shots": settings.shots,
-                          "seconds": time.perf_counter() - started, "machine": machine(device)})  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "accuracy": acc,
+            "source_gain": gains,
+            "headroom": headroom,
+            "headroom_order": sorted(tasks, key=headroom.get, reverse=True),
+            "checks": {k: {"value": v, "wanted": w} for k, (v, w) in checks.items()},
+            "settings": settings.record(),
+            "shots": settings.shots,
+            "seconds": time.perf_counter() - started,
+            "machine": machine(device),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from orthoxfer.experiments.step_cost import build_rows
 
 def profile_rows(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    methods: Annotated[str, typer.Option(help="Comma-separated bench-speed rows (the floor is always included).")] = "floor,penalty",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated bench-speed rows (the floor is always included).")
+    ] = "floor,penalty",
     arch: Annotated[str, typer.Option(help="open_clip architecture (random weights) or 'tiny'.")] = "ViT-B-32",
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
     rotation_rank: Annotated[int, typer.Option(help="Also profile each trained strategy at this rank (0: not).")] = 0,
@@ -48,9 +50,16 @@ def profile_rows(
         kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]  # device-side events only
         device_ms = sum(e.time_range.elapsed_us() for e in kernels) / steps / 1e3
         launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
-        print(f"== {row.name} ({row.vector}): host {host:.1f} ms/step, device kernels {device_ms:.1f} ms/step, {launches:.0f} launches/step")
-        print(events.table(sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total", row_limit=top,
-                           max_name_column_width=50))
+        print(
+            f"== {row.name} ({row.vector}): host {host:.1f} ms/step, device kernels {device_ms:.1f} ms/step, {launches:.0f} launches/step"
+        )
+        print(
+            events.table(
+                sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total",
+                row_limit=top,
+                max_name_column_width=50,
+            )
+        )
 
 
 if __name__ == "__main__":

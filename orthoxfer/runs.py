@@ -61,7 +61,9 @@ class Run:
         if overwrite and self.resume:
             raise UsageError("choose one of --overwrite and --resume")
         if not (overwrite or self.resume):
-            raise UsageError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            raise UsageError(
+                f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
         return overwrite
 
     @contextmanager
@@ -97,7 +99,9 @@ class Run:
         path = self.file(CONFIG)
         if self.resume and path.exists():
             before = json.loads(path.read_text())
-            changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in HOW_NOT_WHAT)
+            changed = sorted(
+                k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in HOW_NOT_WHAT
+            )
             if changed:
                 raise UsageError(
                     f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "
@@ -122,8 +126,9 @@ class Run:
         keep = [json.dumps(r, sort_keys=True) for r in records if not (r["scope"] == scope and r["step"] > step)]
         write_text(path, "".join(line + "\n" for line in keep))
 
-    def save_checkpoint(self, name: str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int,
-                        meta: dict[str, Any]) -> None:  # fmt: skip
+    def save_checkpoint(
+        self, name: str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]
+    ) -> None:
         """The training state after ``step`` (see :mod:`orthoxfer.fit.checkpoint`); held as a copy, the latest per file."""
         if self._held is not None:
             tensors, header = checkpoint_payload(module, optimiser, step, meta)

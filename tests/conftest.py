@@ -1,7 +1,9 @@
 import pytest
 import torch
 from tiny import TINY_ARCH, TINY_CONFIG
+from typer.testing import CliRunner
 
+from orthoxfer.cli import app
 from orthoxfer.models.loading import register_arch
 from orthoxfer.models.small import small_clip
 
@@ -47,10 +49,21 @@ def eurosat_run(tmp_path, tiny_arch):
     save_file(small_clip(seed=7, layers=1).state_dict(), str(tmp_path / "source.safetensors"))
     target = load_model(f"{tiny_arch}:none").model
     g = torch.Generator().manual_seed(0)
-    tv = TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")}, meta={"tasks": ["eurosat"]})
+    tv = TaskVector(
+        {s.name: 0.05 * torch.randn(32, 32, generator=g) for s in find_sites(target, "attn")},
+        meta={"tasks": ["eurosat"]},
+    )
     tv.save(tmp_path / "tv.safetensors")
-    flags = ["--target", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--heads-dir", str(tmp_path / "heads"),
-             "--device", "cpu"]  # fmt: skip
+    flags = [
+        "--target",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--heads-dir",
+        str(tmp_path / "heads"),
+        "--device",
+        "cpu",
+    ]
     return tmp_path, flags, tv
 
 
@@ -58,8 +71,19 @@ def eurosat_run(tmp_path, tiny_arch):
 def align_setup(eurosat_run):
     """``orthoxfer align`` arguments for a 3-step run on :func:`eurosat_run` (method and --out still to add)."""
     tmp_path, flags, tv = eurosat_run
-    common = ["align", *flags[:2], "--task-vector", str(tmp_path / "tv.safetensors"), *flags[2:],
-              "--shots", "6", "--batch-size", "4", "--steps", "3"]  # fmt: skip
+    common = [
+        "align",
+        *flags[:2],
+        "--task-vector",
+        str(tmp_path / "tv.safetensors"),
+        *flags[2:],
+        "--shots",
+        "6",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+    ]
     return tmp_path, common, tv
 
 
@@ -86,3 +110,36 @@ def compiled(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", eager_compile)
     return calls
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """A micro bench run (module-scoped: each test module that uses it builds its own, sharing nothing)."""
+    root = tmp_path_factory.mktemp("bench")
+    (root / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "mini",
+        "--size",
+        "micro",
+        "--steps",
+        "2",
+        "--tasks",
+        "mnist,coins",
+        "--methods",
+        "penalty,procrustes",
+        "--controls",
+        "norm",
+        "--out",
+        str(root / "run"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return root, args, result

@@ -37,7 +37,16 @@ def random_orthogonal(d: int, g: torch.Generator, det: int = 1, near_identity: f
     return q
 
 
-def planted(seed: int = 0, d: int = 8, classes: int = 16, n: int = 256, det: int = 1, near_identity: float | None = None, dw: float = 0.5, logit: float = 5.0):
+def planted(
+    seed: int = 0,
+    d: int = 8,
+    classes: int = 16,
+    n: int = 256,
+    det: int = 1,
+    near_identity: float | None = None,
+    dw: float = 0.5,
+    logit: float = 5.0,
+):
     """(source, target, u_star, task vector, few-shot task for the target)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -48,7 +57,9 @@ def planted(seed: int = 0, d: int = 8, classes: int = 16, n: int = 256, det: int
         target.embed.weight.copy_(u.T @ source.embed.weight)
         for bt, bs in zip(target.blocks, source.blocks):
             bt.weight.copy_(u.T @ bs.weight @ u)
-    tv = TaskVector({f"blocks.{i}.weight": dw * torch.randn(d, d, generator=g) for i in range(2)}, meta={"tasks": ["toy"]})
+    tv = TaskVector(
+        {f"blocks.{i}.weight": dw * torch.randn(d, d, generator=g) for i in range(2)}, meta={"tasks": ["toy"]}
+    )
     head_s = nn.Linear(d, classes, bias=False)
     head_t = nn.Linear(d, classes, bias=False)
     with torch.no_grad():

@@ -22,15 +22,21 @@ def rounding_bound(terms: int, scale: float | torch.Tensor, dtype: torch.dtype =
     return float(terms * EPS[dtype] * (scale.detach() if isinstance(scale, torch.Tensor) else scale))
 
 
-def assert_rounding_close(actual: torch.Tensor, expected: torch.Tensor, terms: int, scale: float | torch.Tensor | None = None) -> None:
+def assert_rounding_close(
+    actual: torch.Tensor, expected: torch.Tensor, terms: int, scale: float | torch.Tensor | None = None
+) -> None:
     """``max |actual - expected| <= rounding_bound(terms, scale)``; ``scale`` defaults to ``max |expected|``."""
     scale = expected.abs().max() if scale is None else scale
     bound = rounding_bound(terms, scale, expected.dtype)
     diff = (actual - expected).abs().max().item()
-    assert diff <= bound, f"differ by {diff:.3g}, more than rounding allows ({terms} terms at scale {float(scale):.3g}: {bound:.3g})"
+    assert diff <= bound, (
+        f"differ by {diff:.3g}, more than rounding allows ({terms} terms at scale {float(scale):.3g}: {bound:.3g})"
+    )
 
 
-def assert_norm_close(actual: torch.Tensor, expected: torch.Tensor, terms: int, scale: float | torch.Tensor | None = None) -> None:
+def assert_norm_close(
+    actual: torch.Tensor, expected: torch.Tensor, terms: int, scale: float | torch.Tensor | None = None
+) -> None:
     """``||actual - expected||_F <= rounding_bound(terms, scale)``, ``scale`` defaulting to ``||expected||_F``.
 
     For results whose entries mix many terms of unknown size (gradients through a model or a

@@ -57,7 +57,9 @@ def test_procrustes_recovers_a_planted_rotation_or_reflection_exactly(det):
 @pytest.mark.parametrize("method,lr", [("penalty", 1e-2), ("riemannian", 3e-2), ("cayley", 1e-2)])
 def test_trained_strategies_approach_a_planted_rotation(method, lr):
     source, target, u, tv, task = planted(near_identity=0.3)
-    identity_error = relative_error(tv, Alignment({"joint": {s: torch.eye(8) for s in tv.sites}}, {s: s for s in tv.sites}), u)
+    identity_error = relative_error(
+        tv, Alignment({"joint": {s: torch.eye(8) for s in tv.sites}}, {s: s for s in tv.sites}), u
+    )
     al = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method, lr=lr))
     assert relative_error(tv, al, u) < 0.85 * identity_error
 
@@ -71,7 +73,10 @@ def test_trained_strategies_started_at_procrustes_stay_at_the_planted_rotation(m
     ideal (a transposed convention would start at a relative error of about 1.4).
     """
     source, target, u, tv, task = planted()
-    al = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method, init="procrustes", steps=100, lr=1e-3))
+    al = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source),
+        settings(method, init="procrustes", steps=100, lr=1e-3),
+    )
     assert relative_error(tv, al, u) < 0.1
 
 
@@ -79,7 +84,9 @@ def test_trained_strategies_started_at_procrustes_stay_at_the_planted_rotation(m
 def test_exact_strategies_stay_orthogonal_every_step_and_keep_norm_and_rank(method, tmp_path):
     source, target, u, tv, task = planted()
     run = Run(tmp_path / method)
-    al = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method, steps=60, lr=5e-2, log_every=1), run)
+    al = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method, steps=60, lr=5e-2, log_every=1), run
+    )
     errors = [json.loads(line)["orth_error"] for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     assert len(errors) == 60 and max(errors) < 1e-4
     agg = diagnose(tv, al)["aggregate"]
@@ -90,7 +97,11 @@ def test_exact_strategies_stay_orthogonal_every_step_and_keep_norm_and_rank(meth
 def test_penalty_drift_is_reported(tmp_path):
     source, target, u, tv, task = planted()
     run = Run(tmp_path / "p")
-    al = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings("penalty", steps=60, lr=5e-2, alpha=0.01, log_every=1), run)
+    al = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source),
+        settings("penalty", steps=60, lr=5e-2, alpha=0.01, log_every=1),
+        run,
+    )
     last = json.loads((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["orth_error"] > 1e-3 and last["penalty"] > 0
     agg = al.meta["diagnostics"]["joint"]
@@ -114,7 +125,9 @@ def test_joint_and_per_task_modes():
     assert joint.scopes == ["joint"] and per.scopes == ["toy", "other"]
     assert set(per.matrices("toy")) == set(tv.sites)
     assert not torch.equal(per.matrices("toy")["blocks.0.weight"], per.matrices("other")["blocks.0.weight"])
-    assert torch.allclose(per.apply(other).delta("blocks.1.weight"), rotate(other, per.matrices("other")).delta("blocks.1.weight"))
+    assert torch.allclose(
+        per.apply(other).delta("blocks.1.weight"), rotate(other, per.matrices("other")).delta("blocks.1.weight")
+    )
     with pytest.raises(ValueError, match="name the task"):
         per.apply(tv + other)
 
@@ -145,7 +158,9 @@ def test_batched_rotation_equals_per_site_rotation():
     groups = group_sites(sites, "site")
     u = torch.stack([torch.linalg.qr(torch.randn(6, 6, generator=g))[0] for _ in range(3)])
     dense = TaskVector({s.name: torch.randn(6, 6, generator=g) for s in sites})
-    lora = TaskVector(lora={s.name: (torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g)) for s in sites}, scale=1.5)
+    lora = TaskVector(
+        lora={s.name: (torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g)) for s in sites}, scale=1.5
+    )
     for tv in (dense, lora):
         from orthoxfer.problem.align_problem import ScopedProblem
 

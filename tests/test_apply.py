@@ -19,9 +19,11 @@ def _vectors(tmp_path, model):
     g = torch.Generator().manual_seed(0)
     sites = find_sites(model, "attn")
     for name in ("a", "b"):
-        TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in sites},
-                   extra={"visual.conv1.weight": 0.01 * torch.randn(model.visual.conv1.weight.shape, generator=g)},
-                   meta={"tasks": [name]}).save(tmp_path / f"{name}.safetensors")  # fmt: skip
+        TaskVector(
+            {s.name: 0.05 * torch.randn(32, 32, generator=g) for s in sites},
+            extra={"visual.conv1.weight": 0.01 * torch.randn(model.visual.conv1.weight.shape, generator=g)},
+            meta={"tasks": [name]},
+        ).save(tmp_path / f"{name}.safetensors")
     return [TaskVector.load(tmp_path / f"{name}.safetensors") for name in ("a", "b")]
 
 
@@ -30,8 +32,21 @@ def test_apply_round_trips_through_open_clip_create_model(tmp_path, tiny_arch):
     a, b = _vectors(tmp_path, expected)
     a.apply_to(expected, 0.5)
     b.apply_to(expected, 2.0)
-    args = ["apply", "--model", f"{tiny_arch}:none", "--task-vector", str(tmp_path / "a.safetensors"), "--scale", "0.5",
-            "--task-vector", str(tmp_path / "b.safetensors"), "--scale", "2", "--out", str(tmp_path / "edited.safetensors")]  # fmt: skip
+    args = [
+        "apply",
+        "--model",
+        f"{tiny_arch}:none",
+        "--task-vector",
+        str(tmp_path / "a.safetensors"),
+        "--scale",
+        "0.5",
+        "--task-vector",
+        str(tmp_path / "b.safetensors"),
+        "--scale",
+        "2",
+        "--out",
+        str(tmp_path / "edited.safetensors"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"open_clip.create_model('{tiny_arch}', pretrained=" in result.output

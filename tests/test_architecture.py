@@ -75,13 +75,19 @@ def test_the_graph_walker_sees_a_cycle_hidden_in_a_function(tmp_path):
     a = tmp_path / "a.py"
     a.write_text("from orthoxfer.vectors import sites\n")
     b = tmp_path / "b.py"
-    b.write_text("def f():\n    from orthoxfer.errors import UsageError\n\nif TYPE_CHECKING:\n    import orthoxfer.runs\n")
+    b.write_text(
+        "def f():\n    from orthoxfer.errors import UsageError\n\nif TYPE_CHECKING:\n    import orthoxfer.runs\n"
+    )
     assert imported_modules(a) == {"orthoxfer.vectors", "orthoxfer.vectors.sites"}
     assert imported_modules(b) == {"orthoxfer.errors"}  # the function-level import counts, TYPE_CHECKING does not
 
 
 def test_no_module_is_too_long_to_read():
-    long = {name: n for name, path in MODULES.items() if name not in DATA_TABLES and (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if name not in DATA_TABLES and (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 

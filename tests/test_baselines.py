@@ -22,7 +22,9 @@ runner = CliRunner()
 def test_finetune_scores_held_out_data_every_epoch(tiny, tmp_path):
     train, held_out = colour_task(n=128).split(0.25, seed=0)
     run = Run(tmp_path / "ft")
-    tv = finetune(copy.deepcopy(tiny), {"colour": train}, settings("embed", steps=30), run, validation={"colour": held_out})
+    tv = finetune(
+        copy.deepcopy(tiny), {"colour": train}, settings("embed", steps=30), run, validation={"colour": held_out}
+    )
     lines = [json.loads(x) for x in (tmp_path / "ft" / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(3, 31, 3))  # 96 images / batch 32 = 3 steps per epoch
     assert lines[0]["epoch"] == 1 and set(lines[-1]["accuracy"]) == {"colour", "mean"}
@@ -39,7 +41,9 @@ def test_python_baselines(tiny):
     assert acc(model, pool) > acc(tiny, pool) and acc(vector.added_to_copy(tiny), pool) == acc(model, pool)
     before = copy.deepcopy(tiny.state_dict())
     chosen = baselines.direct_addition(tiny, vector, {"colour": val}, scales=(0.0, 1.0))
-    assert set(chosen.validation) == {0.0, 1.0} and chosen.scale == 1.0 and chosen.validation[1.0] > chosen.validation[0.0]
+    assert (
+        set(chosen.validation) == {0.0, 1.0} and chosen.scale == 1.0 and chosen.validation[1.0] > chosen.validation[0.0]
+    )
     assert acc(chosen.model, pool) == acc(model, pool)
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # the target itself is left alone
 
@@ -81,13 +85,39 @@ def test_direct_baseline_chooses_lambda_without_reading_test_images(eurosat_run,
         return real_direct(*args, **kwargs)
 
     monkeypatch.setattr(baselines, "direct_addition", spy)
-    result = runner.invoke(app, ["baseline", "direct", *common, "--task-vector", str(tmp_path / "tv.safetensors"),
-                                 "--shots", "10", "--scales", "0,1", "--out", str(tmp_path / "d")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "baseline",
+            "direct",
+            *common,
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            "--shots",
+            "10",
+            "--scales",
+            "0,1",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "d" / "results.json").read_text())
     assert results["scale"] in (0.0, 1.0) and set(results["validation"]) == {"0.0", "1.0"} and "test" in read
-    bad = runner.invoke(app, ["baseline", "direct", *common, "--task-vector", str(tmp_path / "tv.safetensors"),
-                              "--scales", "a,b", "--out", str(tmp_path / "d2")])  # fmt: skip
+    bad = runner.invoke(
+        app,
+        [
+            "baseline",
+            "direct",
+            *common,
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            "--scales",
+            "a,b",
+            "--out",
+            str(tmp_path / "d2"),
+        ],
+    )
     assert bad.exit_code == 2 and "--scales" in bad.output
 
 
@@ -104,12 +134,26 @@ def test_fewshot_ft_baseline_sees_the_aligners_images(eurosat_run, monkeypatch):
     monkeypatch.setattr(training, "task_batch", record)
     loop = ["--shots", "10", "--seed", "3", "--batch-size", "4", "--augment", "2", "--steps", "4"]
     seen["current"] = seen["finetune"]
-    ft = runner.invoke(app, ["baseline", "fewshot-ft", *common, "--tasks", "eurosat", *loop, "--lr", "1e-3",
-                             "--out", str(tmp_path / "f")])  # fmt: skip
+    ft = runner.invoke(
+        app,
+        ["baseline", "fewshot-ft", *common, "--tasks", "eurosat", *loop, "--lr", "1e-3", "--out", str(tmp_path / "f")],
+    )
     assert ft.exit_code == 0, ft.output
     seen["current"] = seen["penalty"]
-    al = runner.invoke(app, ["align", *common, "--task-vector", str(tmp_path / "tv.safetensors"), *loop,
-                             "--method", "penalty", "--out", str(tmp_path / "a")])  # fmt: skip
+    al = runner.invoke(
+        app,
+        [
+            "align",
+            *common,
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            *loop,
+            "--method",
+            "penalty",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert al.exit_code == 0, al.output
     assert len(seen["finetune"]) == len(seen["penalty"]) == 4
     for (n1, x1, y1), (n2, x2, y2) in zip(seen["finetune"], seen["penalty"]):

@@ -12,18 +12,6 @@ from orthoxfer.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    (root / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "mini", "--size", "micro", "--steps", "2", "--tasks", "mnist,coins",
-            "--methods", "penalty,procrustes", "--controls", "norm", "--out", str(root / "run"),
-            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return root, args, result
-
-
 def test_micro_bench_writes_every_output_with_its_columns(micro_run):
     root, _, result = micro_run
     run = root / "run"
@@ -67,7 +55,15 @@ def spied_inputs(root):
     from orthoxfer.suites.base import SuiteRequest
 
     source_ft = FinetuneSettings(**default_tables("mini", "micro")["finetune"])
-    request = SuiteRequest(seed=0, shots=24, size="micro", tasks=("mnist",), kinds=("embed",), source_ft=source_ft, cache_dir=root / "cache")
+    request = SuiteRequest(
+        seed=0,
+        shots=24,
+        size="micro",
+        tasks=("mnist",),
+        kinds=("embed",),
+        source_ft=source_ft,
+        cache_dir=root / "cache",
+    )
     inputs = build_suite("mini", request)
     opened = []
     for task in inputs.tasks:
@@ -98,16 +94,25 @@ def test_tie_options_are_rows_with_their_own_controls_and_gains():
     from orthoxfer.experiments.bench import BenchConfig, Row
     from orthoxfer.report.tables import summarise_rows
 
-    config = BenchConfig(methods=("penalty",), kinds=("embed",), controls=("norm",), ties=("site", "block"), procrustes_init=False)
+    config = BenchConfig(
+        methods=("penalty",), kinds=("embed",), controls=("norm",), ties=("site", "block"), procrustes_init=False
+    )
     rows = config.rows()
     assert Row("embed", "penalty", tie="block") in rows and Row("embed", "penalty", control="norm", tie="block") in rows
     assert Row("embed", "penalty", tie="block").label == "embed, penalty (tie block)"
     records = [
-        {"row": r.id, "label": r.label, **{k: getattr(r, k) for k in ("kind", "method", "init", "control", "tie")},
-         "seed": seed, "accuracy": {"t": acc, "mean": acc}, "scale": 1.0, "seconds": 1.0}
+        {
+            "row": r.id,
+            "label": r.label,
+            **{k: getattr(r, k) for k in ("kind", "method", "init", "control", "tie")},
+            "seed": seed,
+            "accuracy": {"t": acc, "mean": acc},
+            "scale": 1.0,
+            "seconds": 1.0,
+        }
         for seed in (0, 1)
         for r, acc in zip(rows, (0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.4))
-    ]  # fmt: skip
+    ]
     summary = {e["label"]: e for e in summarise_rows(records, ["t"])}
     assert summary["embed, penalty"]["transfer_gain"]["norm"][0] == pytest.approx(0.2)
     assert summary["embed, penalty (tie block)"]["transfer_gain"]["norm"][0] == pytest.approx(0.3)

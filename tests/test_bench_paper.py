@@ -64,10 +64,31 @@ def paper_run(tmp_path_factory, tiny_arch):
         make(root / "data")
     save_file(small_clip(seed=7, layers=1).state_dict(), str(root / "source.safetensors"))
     (root / "tiny.toml").write_text(CONFIG)
-    args = ["bench", "--suite", "paper", "--config", str(root / "tiny.toml"), "--source", f"{tiny_arch}:{root / 'source.safetensors'}",
-            "--target", f"{tiny_arch}:none", "--data-root", str(root / "data"), "--vectors", str(root / "vectors"),
-            "--steps", "2", "--controls", ",".join(CONTROLS), "--out", str(root / "run"), "--device", "cpu",
-            "--cache-dir", str(root / "weights")]  # fmt: skip
+    args = [
+        "bench",
+        "--suite",
+        "paper",
+        "--config",
+        str(root / "tiny.toml"),
+        "--source",
+        f"{tiny_arch}:{root / 'source.safetensors'}",
+        "--target",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(root / "data"),
+        "--vectors",
+        str(root / "vectors"),
+        "--steps",
+        "2",
+        "--controls",
+        ",".join(CONTROLS),
+        "--out",
+        str(root / "run"),
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(root / "weights"),
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -87,7 +108,9 @@ def test_every_output_file_is_written(paper_run):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert "top-1 %" in result.output and "diagnostics" in result.output
     config = json.loads((run / "config.json").read_text())
-    assert config["bench"]["mode"] == "joint" and config["align"]["shots"] == 5  # the paper's default mode; [align] shots
+    assert (
+        config["bench"]["mode"] == "joint" and config["align"]["shots"] == 5
+    )  # the paper's default mode; [align] shots
     for task in TASKS:  # the source vectors the bench fine-tuned, where --vectors documents them
         for kind, stored in (("embed", "dense"), ("lora", "lora")):
             vector = TaskVector.load(root / "vectors" / f"{task}-{kind}.safetensors")
@@ -109,7 +132,19 @@ def test_every_row_is_in_the_results_with_its_columns(paper_run):
     with (run / "results.csv").open() as f:
         rows = list(csv.reader(f))
     controls = [f"gain vs {c}" for c in sorted(CONTROLS)]
-    assert rows[0] == ["method", *TASKS, "mean", "needs", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖", *controls, "s"]
+    assert rows[0] == [
+        "method",
+        *TASKS,
+        "mean",
+        "needs",
+        "λ",
+        "‖UᵀU−I‖",
+        "norm ratio",
+        "rank kept",
+        "‖U−I‖",
+        *controls,
+        "s",
+    ]
     assert [r[0] for r in rows[1:]] == expected_labels()
     for row in rows[1:]:
         assert all(0 <= float(cell) <= 100 for cell in row[1:10]), row  # top-1 %, finite: float("nan") fails the bounds
@@ -126,12 +161,18 @@ def test_each_row_records_its_choice_and_its_alignment(paper_run):
         if entry["method"] == "target":
             assert record["scale"] is None
             continue
-        assert record["scale"] in SCALES and set(record.get("validation", {str(record["scale"]): 0})) >= {str(record["scale"])}
+        assert record["scale"] in SCALES and set(record.get("validation", {str(record["scale"]): 0})) >= {
+            str(record["scale"])
+        }
         if entry["method"] in ("finetune", "direct"):
             assert "diagnostics" not in record
             continue
         alignment = Alignment.load(rows / f"{entry['row']}-seed0" / "alignment.safetensors")
-        assert alignment.scopes == ["joint"] and alignment.meta["tasks"] == TASKS and alignment.meta["strategy"] == entry["method"]
+        assert (
+            alignment.scopes == ["joint"]
+            and alignment.meta["tasks"] == TASKS
+            and alignment.meta["strategy"] == entry["method"]
+        )
         assert entry["rank_kept"] == "4/4" and entry["dist_identity"] > 0 and math.isfinite(entry["norm_ratio"])
         if entry["method"] != "penalty":  # the exact strategies stay orthogonal
             assert entry["orth_error"] < 1e-4
@@ -142,7 +183,9 @@ def test_each_row_records_its_choice_and_its_alignment(paper_run):
 
 def test_config_mode_is_the_default_and_missing_models_are_one_line(tmp_path):
     (tmp_path / "c.toml").write_text('[align]\nmode = "per-task"\nshots = 7\n')
-    result = runner.invoke(app, ["bench", "--suite", "paper", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        app, ["bench", "--suite", "paper", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip() == "error: --suite paper needs --source, --target, --data-root, --vectors"
     config = json.loads((tmp_path / "run" / "config.json").read_text())

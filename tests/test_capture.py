@@ -42,4 +42,6 @@ def test_cross_covariance_of_a_model_with_itself_gives_identity(tiny):
     sites = find_sites(tiny, "attn")
     cov = cross_covariance(tiny, tiny, sites, [torch.randn(8, 3, 16, 16)])
     for s in sites:
-        assert torch.allclose(polar_transform(cov[s.name][None]).transforms[0], torch.eye(32, dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(
+            polar_transform(cov[s.name][None]).transforms[0], torch.eye(32, dtype=torch.float64), atol=1e-6
+        )

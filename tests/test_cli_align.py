@@ -18,13 +18,24 @@ def test_align_writes_a_complete_run_folder(align_setup):
     out = tmp_path / "run"
     result = runner.invoke(app, [*common, "--method", "penalty", "--alpha", "1.0", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("alignment.safetensors", "transferred.safetensors", "metrics.jsonl", "diagnostics.json", "config.json",
-                 "singular_values.png", "orthogonality.png"):
+    for name in (
+        "alignment.safetensors",
+        "transferred.safetensors",
+        "metrics.jsonl",
+        "diagnostics.json",
+        "config.json",
+        "singular_values.png",
+        "orthogonality.png",
+    ):
         assert (out / name).is_file(), name
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [3] and "orth_error" in logged[0]  # every 10th step and the last
     al = Alignment.load(out / "alignment.safetensors")
-    assert al.meta["strategy"] == "penalty" and al.meta["settings"]["alpha"] == 1.0 and "retraction" not in al.meta["settings"]
+    assert (
+        al.meta["strategy"] == "penalty"
+        and al.meta["settings"]["alpha"] == 1.0
+        and "retraction" not in al.meta["settings"]
+    )
     moved = TaskVector.load(out / "transferred.safetensors")
     assert moved.sites == tv.sites and moved.meta["recommended_scale"] == 1.0
     config = json.loads((out / "config.json").read_text())
@@ -35,8 +46,19 @@ def test_align_writes_a_complete_run_folder(align_setup):
     resumed = runner.invoke(app, [*common, "--method", "penalty", "--alpha", "1.0", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
 
-    diag = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment",
-                               str(out / "alignment.safetensors"), "--oracle", str(tmp_path / "tv.safetensors"), "--json"])
+    diag = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            "--alignment",
+            str(out / "alignment.safetensors"),
+            "--oracle",
+            str(tmp_path / "tv.safetensors"),
+            "--json",
+        ],
+    )
     assert diag.exit_code == 0, diag.output
     report = json.loads(diag.output)
     assert len(report["sites"]) == 4 and report["aggregate"]["cosine_oracle_before"] == pytest.approx(1.0)
@@ -89,19 +111,64 @@ def test_config_file_is_data_and_flags_override_it(align_setup):
 def test_finetune_command_makes_a_task_vector_that_align_accepts(align_setup, tiny_arch, compiled):
     tmp_path, common, tv = align_setup
     out = tmp_path / "ft"
-    result = runner.invoke(app, ["finetune", "--model", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--task", "eurosat",
-                                 "--data-root", str(tmp_path / "data"), "--kind", "lora", "--rank", "2", "--steps", "3",
-                                 "--warmup", "1", "--batch-size", "4", "--lr", "1e-3", "--heads-dir", str(tmp_path / "heads"),
-                                 "--device", "cpu", "--out", str(out), "--val-fraction", "0.25", "--compile"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            f"{tiny_arch}:{tmp_path / 'source.safetensors'}",
+            "--task",
+            "eurosat",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--kind",
+            "lora",
+            "--rank",
+            "2",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--heads-dir",
+            str(tmp_path / "heads"),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--val-fraction",
+            "0.25",
+            "--compile",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["compile"] is True and len(compiled) == 1 and compiled[0] > 0
     made = TaskVector.load(out / "task_vector.safetensors")
-    assert made.kind == "lora" and made.rank == 2 and made.meta["tasks"] == ["EuroSAT"] and (out / "metrics.jsonl").exists()
+    assert (
+        made.kind == "lora"
+        and made.rank == 2
+        and made.meta["tasks"] == ["EuroSAT"]
+        and (out / "metrics.jsonl").exists()
+    )
     validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert validation[-1]["step"] == 3 and set(validation[-1]["accuracy"]) == {"EuroSAT", "mean"}
     assert "validation accuracy" in result.output
-    aligned = runner.invoke(app, [*common[:3], "--task-vector", str(out / "task_vector.safetensors"), *common[5:],
-                                  "--method", "cayley", "--out", str(tmp_path / "al")])
+    aligned = runner.invoke(
+        app,
+        [
+            *common[:3],
+            "--task-vector",
+            str(out / "task_vector.safetensors"),
+            *common[5:],
+            "--method",
+            "cayley",
+            "--out",
+            str(tmp_path / "al"),
+        ],
+    )
     assert aligned.exit_code == 0, aligned.output
     assert TaskVector.load(tmp_path / "al" / "transferred.safetensors").kind == "lora"
 

@@ -173,11 +173,25 @@ def _canonical(name: str, key: str) -> int:
 def test_class_lists_and_templates_cover_the_eight_datasets():
     sizes = {name: len(names) for name, names in CLASSNAMES.items()}
     assert sizes == {
-        "Cars": 196, "DTD": 47, "EuroSAT": 10, "GTSRB": 43, "MNIST": 10, "RESISC45": 45, "SUN397": 397, "SVHN": 10
+        "Cars": 196,
+        "DTD": 47,
+        "EuroSAT": 10,
+        "GTSRB": 43,
+        "MNIST": 10,
+        "RESISC45": 45,
+        "SUN397": 397,
+        "SVHN": 10,
     }
     assert list(DATASETS) == list(CLASSNAMES) == list(TEMPLATES)
     assert {name: len(t) for name, t in TEMPLATES.items()} == {
-        "Cars": 8, "DTD": 8, "EuroSAT": 3, "GTSRB": 3, "MNIST": 1, "RESISC45": 18, "SUN397": 2, "SVHN": 1
+        "Cars": 8,
+        "DTD": 8,
+        "EuroSAT": 3,
+        "GTSRB": 3,
+        "MNIST": 1,
+        "RESISC45": 18,
+        "SUN397": 2,
+        "SVHN": 1,
     }
     for templates in TEMPLATES.values():
         assert all(t.count("{}") == 1 for t in templates)

@@ -24,7 +24,9 @@ from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.distributed import Ranks
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
+)
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +35,22 @@ TASKS = ("EuroSAT", "MNIST", "DTD")  # three tasks over two processes: the secon
 
 def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
     """``orthoxfer ARGS`` in two processes, with the tiny arch registered in each (tests/tiny_cli.py)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "ORTHOXFER_CACHE": str(cache)}  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(ROOT / "tests" / "tiny_cli.py"), *args]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "ORTHOXFER_CACHE": str(cache),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(ROOT / "tests" / "tiny_cli.py"),
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -71,12 +85,33 @@ def three_tasks(tmp_path, tiny_arch):
     vectors = []
     for i, task in enumerate(TASKS):
         g = torch.Generator().manual_seed(i)
-        TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in sites}, meta={"tasks": [task]}).save(tmp_path / f"{task}.safetensors")
+        TaskVector({s.name: 0.05 * torch.randn(32, 32, generator=g) for s in sites}, meta={"tasks": [task]}).save(
+            tmp_path / f"{task}.safetensors"
+        )
         vectors += ["--task-vector", str(tmp_path / f"{task}.safetensors")]
     (tmp_path / "align.toml").write_text("[align]\ncheckpoint_every = 2\nlog_every = 1\n")
-    args = ["align", "--target", f"{tiny_arch}:none", *vectors, "--data-root", str(tmp_path / "data"), "--heads-dir",
-            str(tmp_path / "heads"), "--device", "cpu", "--shots", "6", "--batch-size", "4", "--steps", "4", "--lr", "1e-2",
-            "--config", str(tmp_path / "align.toml")]  # fmt: skip
+    args = [
+        "align",
+        "--target",
+        f"{tiny_arch}:none",
+        *vectors,
+        "--data-root",
+        str(tmp_path / "data"),
+        "--heads-dir",
+        str(tmp_path / "heads"),
+        "--device",
+        "cpu",
+        "--shots",
+        "6",
+        "--batch-size",
+        "4",
+        "--steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--config",
+        str(tmp_path / "align.toml"),
+    ]
     return tmp_path, args
 
 
@@ -126,19 +161,44 @@ def test_joint_averages_gradients_over_the_shared_batch(three_tasks, one_thread)
         assert moved > 1e-3  # four steps at lr 1e-2 moved U: agreement below is not agreement at the start
         # float32: eps 1.2e-7 per rounding; four steps of sums in another order stay well inside 1e-6 on entries <= 1
         torch.testing.assert_close(b.matrices()[site], u, rtol=1e-5, atol=1e-6)
-    first, second = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("one", "two"))
+    first, second = (
+        json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("one", "two")
+    )
     assert second["step"] == 4 and second["ce"] == pytest.approx(first["ce"], rel=1e-5)  # the whole batch's loss
     assert sorted(files(tmp_path / "two")) == sorted(files(tmp_path / "one"))
 
 
 def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_thread, tiny_arch):
     tmp_path, _ = three_tasks
-    (tmp_path / "bench.toml").write_text("[finetune]\nlr = 1e-3\nsteps = 2\nwarmup = 1\nbatch_size = 4\n"
-                                         "[align]\nlr = 1e-2\nshots = 5\nbatch_size = 4\naugment = 2\nwarmup = 1\n"
-                                         "[fewshot_ft]\nbatch_size = 4\naugment = 2\nwarmup = 1\n")  # fmt: skip
-    args = ["bench", "--suite", "paper", "--config", str(tmp_path / "bench.toml"), "--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}",
-            "--target", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--tasks", ",".join(TASKS),
-            "--kinds", "embed", "--methods", "penalty,procrustes", "--no-procrustes-init", "--steps", "2", "--device", "cpu"]  # fmt: skip
+    (tmp_path / "bench.toml").write_text(
+        "[finetune]\nlr = 1e-3\nsteps = 2\nwarmup = 1\nbatch_size = 4\n"
+        "[align]\nlr = 1e-2\nshots = 5\nbatch_size = 4\naugment = 2\nwarmup = 1\n"
+        "[fewshot_ft]\nbatch_size = 4\naugment = 2\nwarmup = 1\n"
+    )
+    args = [
+        "bench",
+        "--suite",
+        "paper",
+        "--config",
+        str(tmp_path / "bench.toml"),
+        "--source",
+        f"{tiny_arch}:{tmp_path / 'source.safetensors'}",
+        "--target",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--tasks",
+        ",".join(TASKS),
+        "--kinds",
+        "embed",
+        "--methods",
+        "penalty,procrustes",
+        "--no-procrustes-init",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
     one = runner.invoke(app, [*args, "--vectors", str(tmp_path / "v1"), "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     torchrun(*args, "--vectors", str(tmp_path / "v2"), "--out", str(tmp_path / "two"), cache=one_thread)
@@ -146,8 +206,11 @@ def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_th
     assert files(tmp_path / "v2") == files(tmp_path / "v1")  # the source vectors, fine-tuned one per process
     assert sorted(files(tmp_path / "two")) == sorted(files(tmp_path / "one"))
     first, second = (json.loads((tmp_path / run / "results.json").read_text())["records"] for run in ("one", "two"))
-    assert [r["row"] for r in second] == [r["row"] for r in first] == [
-        "none_target", "none_finetune", "embed_direct", "embed_penalty", "embed_procrustes"]  # fmt: skip
+    assert (
+        [r["row"] for r in second]
+        == [r["row"] for r in first]
+        == ["none_target", "none_finetune", "embed_direct", "embed_penalty", "embed_procrustes"]
+    )
     for a, b in zip(first, second):
         assert (b["accuracy"], b["scale"]) == (a["accuracy"], a["scale"]), a["row"]
 

@@ -71,8 +71,21 @@ def _cli() -> typer.Typer:
 
 def test_eval_command_writes_results_and_caches_heads(tmp_path, tiny_arch):
     make_eurosat(tmp_path / "data", per_class=10)
-    common = ["eval", "--model", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--tasks", "eurosat",
-              "--heads-dir", str(tmp_path / "heads"), "--workers", "0", "--device", "cpu"]
+    common = [
+        "eval",
+        "--model",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--tasks",
+        "eurosat",
+        "--heads-dir",
+        str(tmp_path / "heads"),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(_cli(), [*common, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -99,8 +112,20 @@ def test_eval_command_errors_are_one_line(tmp_path, tiny_arch):
     make_eurosat(tmp_path / "data", per_class=10)
     wide = small_clip(width=64, layers=1)
     TaskVector.from_models(wide, small_clip(seed=1, width=64, layers=1), "attn").save(tmp_path / "wide.safetensors")
-    args = ["eval", "--model", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--workers", "0",
-            "--heads-dir", str(tmp_path / "heads"), "--out", str(tmp_path / "run"), "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--workers",
+        "0",
+        "--heads-dir",
+        str(tmp_path / "heads"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     cases = [
         (["--tasks", "EuroSAT,ImageNet"], 2, "unknown dataset 'ImageNet'"),
         (["--tasks", "EuroSAT,MNIST"], 1, f"MNIST: {tmp_path / 'data' / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte'}"),
@@ -121,8 +146,23 @@ def test_heads_follow_cache_dir_in_eval_and_the_paper_bench(tmp_path, tiny_arch,
 
     monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "default"))
     make_eurosat(tmp_path / "data", per_class=10)
-    args = ["eval", "--model", f"{tiny_arch}:none", "--data-root", str(tmp_path / "data"), "--tasks", "eurosat",
-            "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        f"{tiny_arch}:none",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--tasks",
+        "eurosat",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     result = runner.invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "cache" / "heads").iterdir())) == 1
@@ -132,9 +172,17 @@ def test_heads_follow_cache_dir_in_eval_and_the_paper_bench(tmp_path, tiny_arch,
     TaskVector.from_models(target, small_clip(seed=1, width=32, layers=1, embed_dim=16), "attn").save(
         tmp_path / "vectors" / "EuroSAT-embed.safetensors"
     )
-    request = SuiteRequest(shots=6, tasks=("EuroSAT",), kinds=("embed",), source_ft=FinetuneSettings(), cache_dir=tmp_path / "bench-cache",
-                           source=f"{tiny_arch}:none", target=f"{tiny_arch}:none", data_root=tmp_path / "data",
-                           vectors_dir=tmp_path / "vectors")  # fmt: skip
+    request = SuiteRequest(
+        shots=6,
+        tasks=("EuroSAT",),
+        kinds=("embed",),
+        source_ft=FinetuneSettings(),
+        cache_dir=tmp_path / "bench-cache",
+        source=f"{tiny_arch}:none",
+        target=f"{tiny_arch}:none",
+        data_root=tmp_path / "data",
+        vectors_dir=tmp_path / "vectors",
+    )
     build_suite("paper", request)
     assert len(list((tmp_path / "bench-cache" / "heads").iterdir())) == 1
     assert not (tmp_path / "default").exists()  # nothing went to the default cache

@@ -25,7 +25,14 @@ from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
 from orthoxfer.problem.tasks import ImageEncoder
-from orthoxfer.strategies.linalg import cayley, cholesky_qr, gram_residual, inverse_by_cholesky, orthogonality_error, rotate_dense
+from orthoxfer.strategies.linalg import (
+    cayley,
+    cholesky_qr,
+    gram_residual,
+    inverse_by_cholesky,
+    orthogonality_error,
+    rotate_dense,
+)
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.riemannian import CayleyStiefel, QRStiefel
 from orthoxfer.strategies.settings import AlignSettings
@@ -43,7 +50,10 @@ def near_identity(n, d, g, scale=0.2):
 
 def vectors(sites, g):
     dense = TaskVector({s.name: 0.1 * torch.randn(s.dim, s.dim, generator=g) for s in sites})
-    lora = TaskVector(lora={s.name: (torch.randn(3, s.dim, generator=g), torch.randn(s.dim, 3, generator=g)) for s in sites}, scale=0.5)
+    lora = TaskVector(
+        lora={s.name: (torch.randn(3, s.dim, generator=g), torch.randn(s.dim, 3, generator=g)) for s in sites},
+        scale=0.5,
+    )
     return dense, lora
 
 
@@ -95,7 +105,11 @@ def test_batched_site_deltas_and_their_gradients_equal_per_site_rotation(tiny, t
 
 def test_stacked_param_overrides_equal_row_by_row_join_values_and_gradients(tiny):
     g = torch.Generator().manual_seed(1)
-    for selector in ("attn", "attn-qkv", "visual.transformer.resblocks.0.attn.k,visual.transformer.resblocks.1.attn.out"):
+    for selector in (
+        "attn",
+        "attn-qkv",
+        "visual.transformer.resblocks.0.attn.k,visual.transformer.resblocks.1.attn.out",
+    ):
         sites = find_sites(tiny, selector)
         stack = torch.randn(len(sites), 32, 32, generator=g, requires_grad=True)
         per_site = stack.detach().clone().requires_grad_()
@@ -137,7 +151,9 @@ def test_cuda_route_of_the_cayley_inverse_equals_lu():
     m = torch.eye(24) + a - a.mT  # ||S||_2 ~ 14: far rougher than any step or learned skew part
     # the Cholesky route squares the condition number of M: its error grows with cond(M)^2
     cond = torch.linalg.cond(m).max()
-    assert_rounding_close(inverse_by_cholesky(m), torch.linalg.inv(m), terms=4 * 24, scale=cond**2 * torch.linalg.inv(m).abs().max())
+    assert_rounding_close(
+        inverse_by_cholesky(m), torch.linalg.inv(m), terms=4 * 24, scale=cond**2 * torch.linalg.inv(m).abs().max()
+    )
 
 
 @pytest.mark.parametrize("factored", [False, True])
@@ -221,7 +237,9 @@ def test_align_step_gives_the_same_u_and_transferred_vector_as_the_per_site_comp
     method, retraction = name.split("-")[0], TRAINED[name].get("retraction", "qr")
     settings = AlignSettings(method=method, retraction=retraction, lr=1e-3, warmup=0, log_every=0, checkpoint_every=0)
     groups = group_sites(sites, "site")
-    step = AlignStep(STRATEGIES[method](), ScopedProblem("joint", tiny, tv, {}, sites), groups, identity_stacks(groups), settings)
+    step = AlignStep(
+        STRATEGIES[method](), ScopedProblem("joint", tiny, tv, {}, sites), groups, identity_stacks(groups), settings
+    )
     for _ in range(3):
         step(x, y, head)
     with torch.no_grad():
@@ -278,8 +296,17 @@ def test_activation_side_comparison_computes_the_same_logits(tiny, kind):
 
 
 def test_bench_speed_writes_every_row(tmp_path):
-    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, vector="dense,lora", rank=2,
-                        rotation_rank=2)  # fmt: skip
+    bench_speed_command(
+        arch="tiny",
+        batch_size=4,
+        steps=1,
+        warmup=1,
+        device="cpu",
+        out=tmp_path,
+        vector="dense,lora",
+        rank=2,
+        rotation_rank=2,
+    )
     report = json.loads((tmp_path / "step_cost-cpu.json").read_text())
     rows = {(r["method"], r["vector"]) for r in report["rows"]}
     whole = ("floor", "procrustes", *TRANSFER_ROWS)  # timed once per round, whatever the vector kinds
@@ -309,7 +336,9 @@ def test_low_rank_factored_rotation_equals_rotation_by_the_full_u(tiny, method, 
     sites = find_sites(tiny, "attn")
     (group,) = group_sites(sites, tie)
     settings = AlignSettings(method=method, rotation_rank=3)
-    init = identity_stacks([group])[0] if start == "identity" else near_identity(len(group.keys), group.dim, g, scale=1.0)
+    init = (
+        identity_stacks([group])[0] if start == "identity" else near_identity(len(group.keys), group.dim, g, scale=1.0)
+    )
     torch.manual_seed(0)
     part = STRATEGIES[method]().parameterise(init, settings)
     with torch.no_grad():
@@ -382,9 +411,17 @@ def test_compiled_target_forward_gives_the_same_steps(tiny, compiled):
 
 
 def test_bench_speed_compile_times_every_row_compiled(tmp_path, compiled):
-    bench_speed_command(arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, methods="floor,penalty",
-                        compile=True)  # fmt: skip
+    bench_speed_command(
+        arch="tiny", batch_size=4, steps=1, warmup=1, device="cpu", out=tmp_path, methods="floor,penalty", compile=True
+    )
     report = json.loads((tmp_path / "step_cost-cpu-compiled.json").read_text())
-    assert report["settings"]["compile"] and len(compiled) == 2 and all(compiled) and not (tmp_path / "step_cost-cpu.json").exists()
-    assert [r["method"] for r in report["rows"]] == ["floor", "penalty"] and all(r["gflop"] is None for r in report["rows"])
+    assert (
+        report["settings"]["compile"]
+        and len(compiled) == 2
+        and all(compiled)
+        and not (tmp_path / "step_cost-cpu.json").exists()
+    )
+    assert [r["method"] for r in report["rows"]] == ["floor", "penalty"] and all(
+        r["gflop"] is None for r in report["rows"]
+    )
     assert "through torch.compile" in (tmp_path / "step_cost-cpu-compiled.md").read_text()

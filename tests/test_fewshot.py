@@ -116,8 +116,16 @@ def test_pool_images_are_every_pools_images_in_order_unaugmented():
     def flip(img):  # an augmentation that would show if it were applied
         return img.flip(-1)
 
-    pools = [FewShotTask(name, torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.arange(n), torch.nn.Identity(),
-                         augment=flip) for name, n in (("a", 5), ("b", 2))]  # fmt: skip
+    pools = [
+        FewShotTask(
+            name,
+            torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8),
+            torch.arange(n),
+            torch.nn.Identity(),
+            augment=flip,
+        )
+        for name, n in (("a", 5), ("b", 2))
+    ]
     batches = pool_images(pools, 2, torch.device("cpu"))
     assert [len(b) for b in batches] == [2, 2, 1, 2]  # split per pool, never across two
     expected = torch.cat([p.normalise(p.images) for p in pools])

@@ -67,10 +67,18 @@ def test_bf16_rotation_on_cuda_matches_float32_on_cpu(tiny):
     assert all(p.dtype == torch.float32 and p.is_cuda for p in step.module.parameters())
 
 
-@pytest.mark.parametrize(("method", "extra"), [
-    ("penalty", []), ("riemannian", ["--retraction", "qr"]), ("riemannian", ["--retraction", "cayley"]), ("cayley", []),
-    ("procrustes", []), ("penalty", ["--rotation-rank", "2"]), ("cayley", ["--rotation-rank", "2"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("penalty", []),
+        ("riemannian", ["--retraction", "qr"]),
+        ("riemannian", ["--retraction", "cayley"]),
+        ("cayley", []),
+        ("procrustes", []),
+        ("penalty", ["--rotation-rank", "2"]),
+        ("cayley", ["--rotation-rank", "2"]),
+    ],
+)
 def test_align_on_cuda_resumes_and_evaluates(align_setup, method, extra):
     tmp_path, common, _ = align_setup
     common = on_cuda(common)
@@ -89,18 +97,46 @@ def test_align_on_cuda_resumes_and_evaluates(align_setup, method, extra):
         assert resumed.exit_code == 0, resumed.output
         again = Alignment.load(out / "alignment.safetensors").matrices()
         assert all(torch.equal(again[k], u) for k, u in al.matrices().items())
-    evaluated = runner.invoke(app, ["eval", "--model", common[common.index("--target") + 1], "--data-root",
-                                    common[common.index("--data-root") + 1], "--tasks", "EuroSAT", "--heads-dir",
-                                    str(tmp_path / "heads"), "--task-vector", str(out / "transferred.safetensors"),
-                                    "--device", "cuda", "--out", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    evaluated = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            common[common.index("--target") + 1],
+            "--data-root",
+            common[common.index("--data-root") + 1],
+            "--tasks",
+            "EuroSAT",
+            "--heads-dir",
+            str(tmp_path / "heads"),
+            "--task-vector",
+            str(out / "transferred.safetensors"),
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "eval"),
+            "--no-progress",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert 0 <= json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"]["mean"] <= 1
 
 
-@pytest.mark.parametrize(("compile", "methods"), [(False, ",".join(METHODS)), (True, "floor,penalty,cayley,activation")])
+@pytest.mark.parametrize(
+    ("compile", "methods"), [(False, ",".join(METHODS)), (True, "floor,penalty,cayley,activation")]
+)
 def test_bench_speed_on_cuda_writes_every_row(tmp_path, compile, methods):
-    bench_speed_command(arch="tiny", batch_size=8, steps=2, warmup=1, device="cuda", out=tmp_path, methods=methods,
-                        rotation_rank=0 if compile else 2, compile=compile)  # fmt: skip
+    bench_speed_command(
+        arch="tiny",
+        batch_size=8,
+        steps=2,
+        warmup=1,
+        device="cuda",
+        out=tmp_path,
+        methods=methods,
+        rotation_rank=0 if compile else 2,
+        compile=compile,
+    )
     report = json.loads((tmp_path / f"step_cost-cuda{'-compiled' if compile else ''}.json").read_text())
     assert {r["method"] for r in report["rows"]} >= set(methods.split(","))
     assert all(r["median_s"] > 0 and r["step_peak_mb"] is not None for r in report["rows"])
@@ -111,8 +147,11 @@ def test_baselines_on_cuda(eurosat_run):
     common = on_cuda(common)
     vector = ["--task-vector", str(tmp_path / "tv.safetensors")]
     loop = ["--shots", "10", "--batch-size", "4", "--steps", "3"]
-    for name, extra in [("target", ["--tasks", "eurosat"]), ("direct", [*vector, "--shots", "10", "--scales", "0,1"]),
-                        ("fewshot-ft", ["--tasks", "eurosat", *loop])]:  # fmt: skip
+    for name, extra in [
+        ("target", ["--tasks", "eurosat"]),
+        ("direct", [*vector, "--shots", "10", "--scales", "0,1"]),
+        ("fewshot-ft", ["--tasks", "eurosat", *loop]),
+    ]:
         result = runner.invoke(app, ["baseline", name, *common, *extra, "--out", str(tmp_path / name)])
         assert result.exit_code == 0, (name, result.output)
         assert 0 <= json.loads((tmp_path / name / "results.json").read_text())["accuracy"]["mean"] <= 1
@@ -120,10 +159,29 @@ def test_baselines_on_cuda(eurosat_run):
 
 def test_relate_on_cuda(eurosat_run, tiny_arch):
     tmp_path, _, _ = eurosat_run
-    result = runner.invoke(app, ["relate", "--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--target",
-                                 f"{tiny_arch}:none", "--images", f"eurosat:{tmp_path / 'data'}", "--limit", "4",
-                                 "--batch-size", "2", "--device", "cuda", "--workers", "0", "--out", str(tmp_path / "r"),
-                                 "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "relate",
+            "--source",
+            f"{tiny_arch}:{tmp_path / 'source.safetensors'}",
+            "--target",
+            f"{tiny_arch}:none",
+            "--images",
+            f"eurosat:{tmp_path / 'data'}",
+            "--limit",
+            "4",
+            "--batch-size",
+            "2",
+            "--device",
+            "cuda",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "r"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert all(0 <= layer["cka"] <= 1 + 1e-6 for layer in json.loads(result.output)["layers"])
 
@@ -131,10 +189,32 @@ def test_relate_on_cuda(eurosat_run, tiny_arch):
 def test_micro_bench_on_cuda(tmp_path):
     """The mini suite on the GPU: pre-training, source vectors, every strategy, controls, evaluation."""
     (tmp_path / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")
-    result = runner.invoke(app, ["bench", "--config", str(tmp_path / "fast.toml"), "--suite", "mini", "--size", "micro",
-                                 "--steps", "2", "--tasks", "mnist,coins", "--methods", "penalty,riemannian,cayley,procrustes",
-                                 "--controls", "norm", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
-                                 "--device", "cuda"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--config",
+            str(tmp_path / "fast.toml"),
+            "--suite",
+            "mini",
+            "--size",
+            "micro",
+            "--steps",
+            "2",
+            "--tasks",
+            "mnist,coins",
+            "--methods",
+            "penalty,riemannian,cayley,procrustes",
+            "--controls",
+            "norm",
+            "--out",
+            str(tmp_path / "run"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--device",
+            "cuda",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
     assert all(0 <= r["accuracy"]["mean"][0] <= 1 for r in rows)
@@ -147,14 +227,28 @@ def test_interrupted_run_on_cuda_resumes_to_the_same_transforms(method, tmp_path
     from test_resume import Interrupting
 
     source, target, _, tv, task = planted()
-    settings = AlignSettings(method=method, sites="linear", steps=30, lr=2e-2, batch_size=16, augment=4, warmup=5,
-                             checkpoint_every=10, device="cuda")  # fmt: skip
+    settings = AlignSettings(
+        method=method,
+        sites="linear",
+        steps=30,
+        lr=2e-2,
+        batch_size=16,
+        augment=4,
+        warmup=5,
+        checkpoint_every=10,
+        device="cuda",
+    )
     whole = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings, Run(tmp_path / "whole"))
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(FewShotTask)}
     with pytest.raises(KeyboardInterrupt):
-        align(AlignProblem(target, {"toy": tv}, {"toy": Interrupting(**fields, fail_at=25)}, source), settings,
-              Run(tmp_path / "cut"))  # fmt: skip
-    resumed = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings, Run(tmp_path / "cut", resume=True))
+        align(
+            AlignProblem(target, {"toy": tv}, {"toy": Interrupting(**fields, fail_at=25)}, source),
+            settings,
+            Run(tmp_path / "cut"),
+        )
+    resumed = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings, Run(tmp_path / "cut", resume=True)
+    )
     for site in tv.sites:
         assert torch.allclose(resumed.matrices()[site], whole.matrices()[site], atol=1e-5)
 
@@ -169,8 +263,12 @@ def test_theseus_on_cuda_moves_the_models_there_and_restores_their_modes():
     target, _ = planted_target(source, seed=3)
     target.train()
     vector = TaskVector.from_models(source, perturbed(identifiable_source(), seed=2, size=0.01), "attn")
-    out = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}, device="cuda"))
-    assert {p.device.type for m in (source, target) for p in m.parameters()} == {"cuda"}  # the run's device, as evaluate leaves them
+    out = TRANSFERS["theseus"]().transfer(
+        vector, source, target, {"toy": image_pool()}, transfer_settings({}, device="cuda")
+    )
+    assert {p.device.type for m in (source, target) for p in m.parameters()} == {
+        "cuda"
+    }  # the run's device, as evaluate leaves them
     assert target.training and not source.training  # each in the mode it came in
     on_cpu = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}))
     assert target.training and not source.training  # each in the mode it came in

@@ -33,12 +33,20 @@ def second_kernel_path() -> dict[str, str]:
 @pytest.mark.skipif(bool(os.environ.get(NESTED)), reason="already on the second kernel path")
 def test_numerically_sensitive_tests_pass_under_a_second_cpu_kernel_path():
     env = dict(os.environ, **second_kernel_path(), **{NESTED: "1"})
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                           env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() != torch.backends.cpu.get_cpu_capability()  # the variables took effect
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "numerics", "-p", "no:cacheprovider", str(ROOT / "tests")],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"under {second_kernel_path()}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
     assert " passed" in result.stdout.splitlines()[-1]

@@ -41,8 +41,16 @@ def root(tmp_path_factory):
 
 def suite(root, pair):
     source_ft = FinetuneSettings(**{**default_tables("mini", "micro")["finetune"], "steps": 3, "warmup": 1})
-    request = SuiteRequest(seed=0, shots=24, size="micro", pair=pair, tasks=TASKS, kinds=("embed",), source_ft=source_ft,
-                           cache_dir=root / "cache")  # fmt: skip
+    request = SuiteRequest(
+        seed=0,
+        shots=24,
+        size="micro",
+        pair=pair,
+        tasks=TASKS,
+        kinds=("embed",),
+        source_ft=source_ft,
+        cache_dir=root / "cache",
+    )
     return build_suite("mini", request)
 
 
@@ -55,7 +63,9 @@ def built(root):
 def _spy_corpus(monkeypatch) -> list[tuple]:
     seen = []
     real = pre.corpus
-    monkeypatch.setattr(pre, "corpus", lambda name, size, seed: seen.append((name, size, seed)) or real(name, size, seed))
+    monkeypatch.setattr(
+        pre, "corpus", lambda name, size, seed: seen.append((name, size, seed)) or real(name, size, seed)
+    )
     return seen
 
 
@@ -86,8 +96,12 @@ def test_release_rung_continues_a_s_weights_on_corpus_b_and_is_cached_beside_a(t
 
 
 def test_every_pair_builds_with_its_target_and_the_same_source_vectors(built, root):
-    assert {p: i.target_name for p, i in built.items()} == {"same": "mini:a", "release": "mini:release", "seed": "mini:seed",
-                                                           "data": "mini:b"}  # fmt: skip
+    assert {p: i.target_name for p, i in built.items()} == {
+        "same": "mini:a",
+        "release": "mini:release",
+        "seed": "mini:seed",
+        "data": "mini:b",
+    }
     assert all(i.source_name == "mini:a" and i.suite == "mini" for i in built.values())
     assert (check_pair(None), target_name(None)) == ("data", "mini:b")  # no pair: data, model B
     same = built["same"]
@@ -96,8 +110,11 @@ def test_every_pair_builds_with_its_target_and_the_same_source_vectors(built, ro
         assert _same_weights(built[pair].target, pre.pretrained_model(which, MICRO, root / "cache", progress=False))
         assert not _same_weights(built[pair].target, same.source)
     for pair, inputs in built.items():  # one source, one set of vectors, whatever the target
-        assert all(torch.equal(inputs.vectors["embed"][t].delta(s), same.vectors["embed"][t].delta(s))
-                   for t in TASKS for s in same.vectors["embed"][t].sites), pair  # fmt: skip
+        assert all(
+            torch.equal(inputs.vectors["embed"][t].delta(s), same.vectors["embed"][t].delta(s))
+            for t in TASKS
+            for s in same.vectors["embed"][t].sites
+        ), pair
     assert torch.equal(built["seed"].relate_images, same.relate_images) and len(same.relate_images) == 2 * 24
 
 
@@ -105,8 +122,10 @@ def test_relatedness_climbs_the_ladder(built):
     """same is the source (residual 0, CKA 1), release starts from it (close), seed and data start from another init."""
     related = {pair: relatedness(inputs, seed=0) for pair, inputs in built.items()}
     assert [r["depth"] for r in related["same"]] == [0, 1, 2]  # the micro tower: embeddings and two blocks
-    assert all(r["cka"] == pytest.approx(1, abs=1e-6) and r["procrustes_residual"] == pytest.approx(0, abs=1e-4)
-               for r in related["same"])  # fmt: skip
+    assert all(
+        r["cka"] == pytest.approx(1, abs=1e-6) and r["procrustes_residual"] == pytest.approx(0, abs=1e-4)
+        for r in related["same"]
+    )
     for depth, release in enumerate(related["release"]):
         others = [related[p][depth] for p in ("seed", "data")]
         assert 0.001 < release["procrustes_residual"] < min(o["procrustes_residual"] for o in others)
@@ -122,7 +141,9 @@ def test_same_pair_direct_addition_is_the_source_fine_tuned_accuracy(built, tmp_
     assert record["scale"] == dict.fromkeys(TASKS, 1.0)
     for name in TASKS:
         task = mini_task(name, "micro")
-        pool = model_suite(inputs.source, [task], shots=24, seed=0)[0].fewshot  # the head the source vector was trained with
+        pool = model_suite(inputs.source, [task], shots=24, seed=0)[
+            0
+        ].fewshot  # the head the source vector was trained with
         vector = inputs.vectors["embed"][name]
         assert any(vector.delta(s).abs().max() > 0 for s in vector.sites)
         tuned = vector.added_to_copy(inputs.source)
@@ -132,9 +153,32 @@ def test_same_pair_direct_addition_is_the_source_fine_tuned_accuracy(built, tmp_
 
 @pytest.fixture(scope="module")
 def seed_bench(root):
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "mini", "--pair", "seed", "--size", "micro", "--steps", "2",
-            "--tasks", "mnist", "--kinds", "embed", "--methods", "procrustes", "--no-procrustes-init", "--out",
-            str(root / "seed-run"), "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "mini",
+        "--pair",
+        "seed",
+        "--size",
+        "micro",
+        "--steps",
+        "2",
+        "--tasks",
+        "mnist",
+        "--kinds",
+        "embed",
+        "--methods",
+        "procrustes",
+        "--no-procrustes-init",
+        "--out",
+        str(root / "seed-run"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return root / "seed-run", result.output
@@ -148,32 +192,84 @@ def test_bench_pair_records_the_pair_and_its_relatedness(seed_bench):
     assert json.loads((run / "config.json").read_text())["pair"] == "seed"
     layers = meta["relatedness"]["0"]
     assert [r["layer"] for r in layers] == ["embed (ln_pre)", "block 1", "block 2"]
-    assert all(0 < r["cka"] < 1 and r["rows"] == 24 * 65 for r in layers)  # 24 pool images of 8 x 8 patches + class token
+    assert all(
+        0 < r["cka"] < 1 and r["rows"] == 24 * 65 for r in layers
+    )  # 24 pool images of 8 x 8 patches + class token
     assert json.loads((run / "relate-seed0.json").read_text())["layers"] == layers
     assert "mini:a vs mini:seed (seed 0), per depth: CKA" in output
-    assert [e["label"] for e in results["summary"]] == ["target only", "target few-shot FT", "embed, direct addition",
-                                                          "embed, procrustes"]  # fmt: skip
+    assert [e["label"] for e in results["summary"]] == [
+        "target only",
+        "target few-shot FT",
+        "embed, direct addition",
+        "embed, procrustes",
+    ]
 
 
 def test_relate_pair_measures_what_bench_recorded(seed_bench, root):
     run, _ = seed_bench
-    result = runner.invoke(app, ["relate", "--pair", "seed", "--size", "micro", "--limit", "24", "--cache-dir", str(root / "cache"),
-                                 "--device", "cpu", "--out", str(root / "relate"), "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "relate",
+            "--pair",
+            "seed",
+            "--size",
+            "micro",
+            "--limit",
+            "24",
+            "--cache-dir",
+            str(root / "cache"),
+            "--device",
+            "cpu",
+            "--out",
+            str(root / "relate"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert (report["source"], report["target"], report["pair"], report["image_count"]) == ("mini:a", "mini:seed", "seed", 24)
+    assert (report["source"], report["target"], report["pair"], report["image_count"]) == (
+        "mini:a",
+        "mini:seed",
+        "seed",
+        24,
+    )
     recorded = json.loads((run / "results.json").read_text())["meta"]["relatedness"]["0"]
     for mine, theirs in zip(report["layers"], recorded, strict=True):  # mnist comes first: the same 24 images
         assert mine["cka"] == pytest.approx(theirs["cka"], abs=1e-9)
         assert mine["procrustes_residual"] == pytest.approx(theirs["procrustes_residual"], abs=1e-9)
     assert (root / "relate" / "relate.png").is_file()
-    split = runner.invoke(app, ["relate", "--pair", "seed", "--size", "micro", "--limit", "24", "--batch-size", "5", "--cache-dir",
-                                str(root / "cache"), "--device", "cpu", "--out", str(root / "relate5"), "--json"])  # fmt: skip
+    split = runner.invoke(
+        app,
+        [
+            "relate",
+            "--pair",
+            "seed",
+            "--size",
+            "micro",
+            "--limit",
+            "24",
+            "--batch-size",
+            "5",
+            "--cache-dir",
+            str(root / "cache"),
+            "--device",
+            "cpu",
+            "--out",
+            str(root / "relate5"),
+            "--json",
+        ],
+    )
     assert split.exit_code == 0, split.output
-    for whole, parts in zip(report["layers"], json.loads(split.output)["layers"], strict=True):  # batches of 5: the same pairing
+    for whole, parts in zip(
+        report["layers"], json.loads(split.output)["layers"], strict=True
+    ):  # batches of 5: the same pairing
         assert parts["rows"] == whole["rows"] and parts["cka"] == pytest.approx(whole["cka"], abs=1e-6)
         assert parts["procrustes_residual"] == pytest.approx(whole["procrustes_residual"], abs=1e-6)
-    assert (report["batch_size"], json.loads(split.output)["batch_size"]) == (None, 5)  # recorded: the control depends on it
+    assert (report["batch_size"], json.loads(split.output)["batch_size"]) == (
+        None,
+        5,
+    )  # recorded: the control depends on it
 
 
 def test_mini_names_reach_every_rung_s_target(root):
@@ -195,7 +291,9 @@ def test_demo_passes_the_pair_and_gives_it_its_own_folder(monkeypatch):
     # test_bench checks bench sets it from --tasks); --tasks all: the eight
     assert runner.invoke(app, ["demo"]).exit_code == 0 and runner.invoke(app, ["demo", "--tasks", "all"]).exit_code == 0
     assert [(c["tasks"], c["steps"], c["kinds"]) for c in calls[2:]] == [
-        ("housenumbers,scenes,pictograms,coins", None, "embed"), (",".join(TASK_NAMES), None, "embed")]
+        ("housenumbers,scenes,pictograms,coins", None, "embed"),
+        (",".join(TASK_NAMES), None, "embed"),
+    ]
 
 
 def test_the_demos_tasks_are_the_four_with_most_headroom_as_measured():
@@ -222,7 +320,9 @@ def test_the_demos_tasks_are_the_four_with_most_headroom_as_measured():
     ],
 )
 def test_wrong_pairs_are_one_line_usage_errors(args, message, tmp_path):
-    result = runner.invoke(app, [*args, "--size", "micro", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        app, [*args, "--size", "micro", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "mini").exists() and not (tmp_path / "run").exists()  # refused before any work

@@ -45,8 +45,12 @@ def test_micro_tasks_have_the_documented_shapes(tasks):
 def test_tasks_are_deterministic():
     for name in mini.TASK_NAMES:
         first, second = mini.mini_task.__wrapped__(name, "micro"), mini.mini_task.__wrapped__(name, "micro")
-        assert torch.equal(first.train_images, second.train_images) and torch.equal(first.test_images, second.test_images)
-        assert torch.equal(first.train_labels, second.train_labels) and torch.equal(first.test_labels, second.test_labels)
+        assert torch.equal(first.train_images, second.train_images) and torch.equal(
+            first.test_images, second.test_images
+        )
+        assert torch.equal(first.train_labels, second.train_labels) and torch.equal(
+            first.test_labels, second.test_labels
+        )
 
 
 def test_corpora_are_deterministic_and_disjoint_from_each_other_and_from_tasks(tasks):
@@ -110,10 +114,16 @@ def test_head_and_validation_sets_are_fixed_and_apart_from_every_pool(tasks):
         for idx in (head_idx, val_idx):  # every class in each reserved part, equally often
             assert torch.bincount(task.train_labels[idx], minlength=classes).unique().numel() == 1
         ev = [mini_pools.model_suite(model, [task], shots=24, seed=s)[0] for s in (0, 1)]
-        assert torch.equal(ev[0].fewshot.head.prototypes, ev[1].fewshot.head.prototypes)  # the head is the pool's own no more
+        assert torch.equal(
+            ev[0].fewshot.head.prototypes, ev[1].fewshot.head.prototypes
+        )  # the head is the pool's own no more
         assert torch.equal(ev[0].val.images, task.train_images[val_idx]) and ev[0].val.head is ev[0].fewshot.head
-        assert torch.equal(mini_pools.fewshot_pool(task, None, 0)[0], task.train_images[rest])  # shots=None: the rest only
-        alone = mini_pools.validation_set(model, task)  # what baseline direct chooses on: the suite's own validation set
+        assert torch.equal(
+            mini_pools.fewshot_pool(task, None, 0)[0], task.train_images[rest]
+        )  # shots=None: the rest only
+        alone = mini_pools.validation_set(
+            model, task
+        )  # what baseline direct chooses on: the suite's own validation set
         assert torch.equal(alone.images, ev[0].val.images) and torch.equal(alone.labels, ev[0].val.labels)
         assert torch.equal(alone.head.prototypes, ev[0].val.head.prototypes)
 
@@ -124,7 +134,9 @@ def test_bench_chooses_on_the_suite_s_validation_set_not_on_the_pool():
 
     task = mini.mini_tasks("micro", ["surfaces"])[0]
     ev = mini_pools.model_suite(pre.build_model(MICRO, "a"), [task], shots=24, seed=0)[0]
-    with_val = SuiteInputs("mini", "a", "b", None, None, [SuiteTask("surfaces", ev.fewshot, (None, list), val=ev.val)], {})
+    with_val = SuiteInputs(
+        "mini", "a", "b", None, None, [SuiteTask("surfaces", ev.fewshot, (None, list), val=ev.val)], {}
+    )
     train, val = split_pools(with_val, 0.2, seed=0)
     assert train["surfaces"] is ev.fewshot and val["surfaces"] is ev.val  # the whole pool trains
     without = SuiteInputs("paper", "a", "b", None, None, [SuiteTask("surfaces", ev.fewshot, (None, list))], {})

@@ -21,8 +21,24 @@ def aligned(tmp_path_factory):
     """`align --suite mini` as README's quick start runs it, at micro size and 2 steps."""
     root = tmp_path_factory.mktemp("mini")
     mini = ["--suite", "mini", "--size", "micro", "--cache-dir", str(root / "cache")]
-    args = ["align", *mini, "--target", "mini:b", "--task-vector", "mini:surfaces", "--method", "penalty", "--alpha", "1.0",
-            "--steps", "2", "--device", "cpu", "--out", str(root / "run")]  # fmt: skip
+    args = [
+        "align",
+        *mini,
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--method",
+        "penalty",
+        "--alpha",
+        "1.0",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(root / "run"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return root, mini, result.output
@@ -30,7 +46,13 @@ def aligned(tmp_path_factory):
 
 def test_align_makes_the_models_and_the_vector_and_writes_a_run(aligned):
     root, _, output = aligned
-    for name in ("alignment.safetensors", "transferred.safetensors", "metrics.jsonl", "diagnostics.json", "config.json"):
+    for name in (
+        "alignment.safetensors",
+        "transferred.safetensors",
+        "metrics.jsonl",
+        "diagnostics.json",
+        "config.json",
+    ):
         assert (root / "run" / name).is_file(), name
     config = json.loads((root / "run" / "config.json").read_text())
     assert config["suite"] == "mini" and config["size"] == "micro" and config["tasks"] == ["surfaces"]
@@ -61,8 +83,18 @@ def test_the_printed_eval_command_scores_the_transferred_vector(aligned, tmp_pat
 def test_diagnose_reads_a_mini_vector_by_name(aligned):
     root, _, _ = aligned
     alignment = str(root / "run" / "alignment.safetensors")
-    args = ["diagnose", "--task-vector", "mini:surfaces", "--alignment", alignment, "--size", "micro",
-            "--cache-dir", str(root / "cache"), "--json"]  # fmt: skip
+    args = [
+        "diagnose",
+        "--task-vector",
+        "mini:surfaces",
+        "--alignment",
+        alignment,
+        "--size",
+        "micro",
+        "--cache-dir",
+        str(root / "cache"),
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -85,8 +117,10 @@ def test_baselines_on_the_mini_suite(aligned, tmp_path):
         assert result.exit_code == 0, result.output
         accuracy[name] = json.loads((tmp_path / name / "results.json").read_text())["accuracy"]
         assert set(accuracy[name]) == {"surfaces", "mean"}
-    plain = runner.invoke(app, ["eval", *mini, "--model", "mini:b", "--tasks", "surfaces", "--no-progress",
-                                "--out", str(tmp_path / "eval")])  # fmt: skip
+    plain = runner.invoke(
+        app,
+        ["eval", *mini, "--model", "mini:b", "--tasks", "surfaces", "--no-progress", "--out", str(tmp_path / "eval")],
+    )
     assert plain.exit_code == 0, plain.output
     assert accuracy["target"] == json.loads((tmp_path / "eval" / "results.json").read_text())["accuracy"]
 
@@ -98,14 +132,32 @@ def test_direct_on_the_mini_suite_chooses_lambda_on_its_validation_sets(aligned,
 
     _, mini, _ = aligned
     real, seen = baselines.direct_addition, []
-    monkeypatch.setattr(baselines, "direct_addition", lambda target, vector, validation, *a: seen.append(validation) or
-                        real(target, vector, validation, *a))  # fmt: skip
-    common = ["baseline", "direct", *mini, "--target", "mini:b", "--tasks", "surfaces", "--task-vector", "mini:surfaces",
-              "--scales", "0,1", "--device", "cpu"]  # fmt: skip
+    monkeypatch.setattr(
+        baselines,
+        "direct_addition",
+        lambda target, vector, validation, *a: seen.append(validation) or real(target, vector, validation, *a),
+    )
+    common = [
+        "baseline",
+        "direct",
+        *mini,
+        "--target",
+        "mini:b",
+        "--tasks",
+        "surfaces",
+        "--task-vector",
+        "mini:surfaces",
+        "--scales",
+        "0,1",
+        "--device",
+        "cpu",
+    ]
     own = runner.invoke(app, [*common, "--out", str(tmp_path / "own")])
     held = runner.invoke(app, [*common, "--val-fraction", "0.25", "--out", str(tmp_path / "held")])
     assert own.exit_code == 0 and held.exit_code == 0, own.output + held.output
-    assert "chosen on the suite's validation sets" in own.output and "held-out 0.25 of each few-shot pool" in held.output
+    assert (
+        "chosen on the suite's validation sets" in own.output and "held-out 0.25 of each few-shot pool" in held.output
+    )
     task = mini_task("surfaces", "micro")
     val_idx, rest = mini_pools.reserved(task)[1:]
     assert torch.equal(seen[0]["surfaces"].images, task.train_images[val_idx])  # the fixed set, apart from every pool
@@ -118,15 +170,26 @@ def test_direct_on_the_mini_suite_chooses_lambda_on_its_validation_sets(aligned,
     ("extra", "message"),
     [
         (["--suite", "mini", "--target", "mini:c", "--task-vector", "mini:surfaces"], "models are mini:a"),
-        (["--suite", "mini", "--target", "mini:b", "--task-vector", "mini:cifar"], "unknown mini task vector 'mini:cifar'"),
-        (["--suite", "mini", "--target", "mini:b", "--task-vector", "mini:surfaces", "--data-root", "."], "--data-root is for --suite paper"),
+        (
+            ["--suite", "mini", "--target", "mini:b", "--task-vector", "mini:cifar"],
+            "unknown mini task vector 'mini:cifar'",
+        ),
+        (
+            ["--suite", "mini", "--target", "mini:b", "--task-vector", "mini:surfaces", "--data-root", "."],
+            "--data-root is for --suite paper",
+        ),
         (["--target", "mini:b", "--task-vector", "mini:surfaces"], "--data-root is needed for --suite paper"),
         (["--suite", "tiny", "--target", "mini:b", "--task-vector", "mini:surfaces"], "unknown suite 'tiny'"),
-        (["--suite", "planted", "--target", "mini:b", "--task-vector", "mini:surfaces"], "runs only in `orthoxfer bench`"),
+        (
+            ["--suite", "planted", "--target", "mini:b", "--task-vector", "mini:surfaces"],
+            "runs only in `orthoxfer bench`",
+        ),
     ],
 )
 def test_wrong_suite_names_are_one_line_usage_errors(extra, message, tmp_path):
-    result = runner.invoke(app, ["align", "--size", "micro", "--cache-dir", str(tmp_path), *extra, "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        app, ["align", "--size", "micro", "--cache-dir", str(tmp_path), *extra, "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "mini").exists()  # refused before anything was pre-trained

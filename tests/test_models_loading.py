@@ -161,7 +161,9 @@ def test_hf_hub_models_load_from_the_cache_with_their_own_config(tmp_path, monke
     snapshot = hub_snapshot(tmp_path, "owner/tiny")
     config = {"model_cfg": {**TINY, "quick_gelu": True}, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
     (snapshot / "open_clip_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "open_clip_model.safetensors")
+    )
 
     loaded = load_model("hf-hub:owner/tiny", cache_dir=tmp_path)
     assert _same_weights(loaded.model, source) and loaded.spec == "hf-hub:owner/tiny"
@@ -176,7 +178,10 @@ def test_hf_hub_models_missing_offline_name_the_repo_and_file_to_fetch(tmp_path,
         load_model("hf-hub:owner/missing", cache_dir=tmp_path)
     message = str(err.value)
     assert message.startswith(f"owner/missing/open_clip_config.json is not in the Hugging Face cache {tmp_path}")
-    assert "HF_HUB_OFFLINE is set" in message and f"hf download owner/missing open_clip_config.json --cache-dir {tmp_path}" in message
+    assert (
+        "HF_HUB_OFFLINE is set" in message
+        and f"hf download owner/missing open_clip_config.json --cache-dir {tmp_path}" in message
+    )
     assert "\n" not in message
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hub, "reachable", lambda host, timeout=3.0: False)

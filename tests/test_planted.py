@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
 from test_train import colour_task
 from typer.testing import CliRunner
 
@@ -30,7 +29,9 @@ def test_planted_target_computes_the_same_function(tiny):
         u, source, moved = u_star[site.name], read_site(tiny, site), read_site(target, site)
         assert torch.equal(u.T @ u, torch.eye(site.dim))
         assert torch.allclose(u.T @ source @ u, moved) and not torch.allclose(source, moved)
-    assert not torch.equal(tiny.visual.transformer.resblocks[0].mlp.c_fc.weight, target.visual.transformer.resblocks[0].mlp.c_fc.weight)
+    assert not torch.equal(
+        tiny.visual.transformer.resblocks[0].mlp.c_fc.weight, target.visual.transformer.resblocks[0].mlp.c_fc.weight
+    )
 
 
 @pytest.mark.numerics
@@ -51,9 +52,30 @@ def test_procrustes_recovers_the_planted_permutation(tiny):
 
 def test_planted_suite_reports_the_ceiling_and_recovery(micro_run):  # noqa: F811
     root, _, _ = micro_run
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "planted", "--size", "micro", "--steps", "2",
-            "--tasks", "mnist", "--kinds", "embed", "--methods", "penalty,procrustes", "--no-procrustes-init",
-            "--out", str(root / "planted"), "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "planted",
+        "--size",
+        "micro",
+        "--steps",
+        "2",
+        "--tasks",
+        "mnist",
+        "--kinds",
+        "embed",
+        "--methods",
+        "penalty,procrustes",
+        "--no-procrustes-init",
+        "--out",
+        str(root / "planted"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((root / "planted" / "results.json").read_text())

@@ -100,7 +100,9 @@ def test_rtol_decides_what_counts_as_identified():
     assert polar_transform(m, rtol=0.0).rank == [8]  # 0 trusts every direction, rounding included: the bare SVD
     assert polar_transform(m).condition[0] > 1e15  # the zero singular value comes back as rounding
     assert polar_transform(torch.zeros(1, d, d, dtype=torch.float64)).rank == [0]  # no data: U is the start
-    assert torch.allclose(polar_transform(torch.zeros(1, d, d, dtype=torch.float64)).transforms[0], torch.eye(d, dtype=torch.float64))
+    assert torch.allclose(
+        polar_transform(torch.zeros(1, d, d, dtype=torch.float64)).transforms[0], torch.eye(d, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("tie", ["site", "block"])
@@ -123,11 +125,24 @@ def test_planted_odd_permutation_through_align_records_identification(tiny, tie,
     assert report["aggregate"]["identified_rank_min"] == (d - 1 if tie == "site" else d)  # a block sums q, k, v and out
     alignment.save(tmp_path / "a.safetensors")
     tv.save(tmp_path / "tv.safetensors")
-    result = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment",
-                                 str(tmp_path / "a.safetensors"), "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            "--alignment",
+            str(tmp_path / "a.safetensors"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["aggregate"]["identified_rank_min"] == report["aggregate"]["identified_rank_min"]
-    shown = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment", str(tmp_path / "a.safetensors")], env={"COLUMNS": "250"})
+    shown = runner.invoke(
+        app,
+        ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment", str(tmp_path / "a.safetensors")],
+        env={"COLUMNS": "250"},
+    )
     assert "identified rank" in shown.output
 
 
@@ -135,7 +150,9 @@ def test_init_procrustes_records_identification(tiny):
     target, u_star = planted_target(tiny.eval(), seed=0)
     tv = TaskVector({s.name: 0.01 * torch.eye(s.dim) for s in find_sites(tiny, "attn")}, meta={"tasks": ["colour"]})
     problem = AlignProblem(target, {"colour": tv}, {"colour": colour_task(n=16)}, source=tiny)
-    settings = AlignSettings(method="cayley", init="procrustes", shots=16, augment=1, batch_size=16, steps=1, lr=0.0, mode="per-task")
+    settings = AlignSettings(
+        method="cayley", init="procrustes", shots=16, augment=1, batch_size=16, steps=1, lr=0.0, mode="per-task"
+    )
     alignment = align(problem, settings)
     assert set(alignment.meta["identification"]) == {"colour"}
     assert alignment.meta["settings"]["procrustes_rtol"] == 1e-6

@@ -67,7 +67,10 @@ def test_batches_add_up_to_one_batch(tiny_pair):
 
 def test_running_sums_match_explicit_centring():
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(50, 6, generator=g, dtype=torch.float64) + 1, torch.randn(50, 5, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(50, 6, generator=g, dtype=torch.float64) + 1,
+        torch.randn(50, 5, generator=g, dtype=torch.float64),
+    )
     stats = RelationStats()
     for i in range(0, 50, 7):
         stats.update(x[i : i + 7], y[i : i + 7])
@@ -86,7 +89,7 @@ def test_towers_of_different_width_are_refused(tiny):
 @pytest.fixture
 def folder(tmp_path):
     rng = np.random.default_rng(0)
-    for i, name in enumerate(["a/1.png", "a/2.png", "b/3.png", "4.png", "5.jpg"]):
+    for name in ["a/1.png", "a/2.png", "b/3.png", "4.png", "5.jpg"]:
         path = tmp_path / "imgs" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
@@ -97,9 +100,25 @@ def folder(tmp_path):
 def test_cli_writes_json_plot_and_table(tmp_path, tiny_arch, folder):
     save_file(small_clip(seed=7, layers=1).state_dict(), str(tmp_path / "source.safetensors"))
     out = tmp_path / "run"
-    args = ["relate", "--source", f"{tiny_arch}:{tmp_path / 'source.safetensors'}", "--target", f"{tiny_arch}:none",
-            "--images", str(folder), "--batch-size", "2", "--limit", "4", "--device", "cpu", "--workers", "0",
-            "--out", str(out)]
+    args = [
+        "relate",
+        "--source",
+        f"{tiny_arch}:{tmp_path / 'source.safetensors'}",
+        "--target",
+        f"{tiny_arch}:none",
+        "--images",
+        str(folder),
+        "--batch-size",
+        "2",
+        "--limit",
+        "4",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "block 1" in result.output and "CKA" in result.output and "relate.json" in result.output
@@ -115,9 +134,27 @@ def test_cli_writes_json_plot_and_table(tmp_path, tiny_arch, folder):
 
 def test_cli_reads_a_dataset_test_split(tmp_path, tiny_arch):
     make_eurosat(tmp_path / "data", per_class=10)  # 30 images, a tenth of them for test
-    result = runner.invoke(app, ["relate", "--source", f"{tiny_arch}:none", "--target", f"{tiny_arch}:none",
-                                 "--images", f"eurosat:{tmp_path / 'data'}", "--limit", "2", "--device", "cpu",
-                                 "--workers", "0", "--out", str(tmp_path / "run"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "relate",
+            "--source",
+            f"{tiny_arch}:none",
+            "--target",
+            f"{tiny_arch}:none",
+            "--images",
+            f"eurosat:{tmp_path / 'data'}",
+            "--limit",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["image_count"] == 2 and all(r["cka"] == pytest.approx(1) for r in report["layers"])
@@ -132,8 +169,13 @@ def test_cli_usage_errors_exit_2_in_one_line(tmp_path, tiny_arch, folder):
         (["--images", str(folder), "--source", "orthoxfer-test-relate-wide:none"], "width 48 and 1 block(s)"),
     ]
     for extra, message in cases:
-        base = {"--source": f"{tiny_arch}:none", "--target": f"{tiny_arch}:none", "--device": "cpu", "--workers": "0",
-                "--out": str(tmp_path / "bad")}
+        base = {
+            "--source": f"{tiny_arch}:none",
+            "--target": f"{tiny_arch}:none",
+            "--device": "cpu",
+            "--workers": "0",
+            "--out": str(tmp_path / "bad"),
+        }
         base.update(dict(zip(extra[::2], extra[1::2])))
         result = runner.invoke(app, ["relate", *[v for kv in base.items() for v in kv]])
         assert result.exit_code == 2, result.output

@@ -33,7 +33,9 @@ def test_a_failed_overwrite_keeps_the_previous_artifact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(artifacts, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "I/O error")))
     with pytest.raises(OSError):
-        save_artifact(path, "task_vector", {"dense/x": torch.zeros(2, 2)}, {"sites": ["x"], "scale": 1.0, "kind": "dense"})
+        save_artifact(
+            path, "task_vector", {"dense/x": torch.zeros(2, 2)}, {"sites": ["x"], "scale": 1.0, "kind": "dense"}
+        )
     assert path.read_bytes() == before
 
 

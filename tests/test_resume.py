@@ -32,8 +32,17 @@ class Interrupting(FewShotTask):
 
 
 def settings(method):
-    return AlignSettings(method=method, sites="linear", steps=30, lr=2e-2, batch_size=16, augment=4, warmup=5, checkpoint_every=10,
-                         log_every=1)
+    return AlignSettings(
+        method=method,
+        sites="linear",
+        steps=30,
+        lr=2e-2,
+        batch_size=16,
+        augment=4,
+        warmup=5,
+        checkpoint_every=10,
+        log_every=1,
+    )
 
 
 @pytest.mark.parametrize("method", ["penalty", "riemannian", "cayley"])
@@ -46,7 +55,9 @@ def test_resume_after_interrupt_gives_identical_transforms(method, tmp_path):
         align(AlignProblem(target, {"toy": tv}, {"toy": broken}, source), settings(method), Run(tmp_path / "cut"))
     _, meta = load_artifact(tmp_path / "cut" / "checkpoint-joint.safetensors", "checkpoint")
     assert meta["step"] == 20
-    resumed = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method), Run(tmp_path / "cut", resume=True))
+    resumed = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings(method), Run(tmp_path / "cut", resume=True)
+    )
     for site in tv.sites:
         assert torch.equal(resumed.matrices()[site], whole.matrices()[site])
     steps = [line for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]

@@ -34,8 +34,18 @@ MAX_RANK = {"cayley": 2 * K, "riemannian": K, "penalty": K}  # rank of U - U0 (S
 
 
 def settings(method, **kw):
-    base = dict(method=method, sites="linear", steps=20, lr=5e-2, batch_size=64, augment=1, warmup=0, log_every=1,
-                rotation_rank=K, alpha=0.1)  # fmt: skip
+    base = dict(
+        method=method,
+        sites="linear",
+        steps=20,
+        lr=5e-2,
+        batch_size=64,
+        augment=1,
+        warmup=0,
+        log_every=1,
+        rotation_rank=K,
+        alpha=0.1,
+    )
     return AlignSettings(**{**base, **kw})
 
 
@@ -116,7 +126,9 @@ def test_a_low_rank_alignment_from_the_identity_is_stored_as_its_factors(method,
     source, target, _, tv, task = planted()
     problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source)
     al = align(problem, settings(method, log_every=0))
-    assert all(isinstance(u, LowRankU) and u.left.shape == (8, MAX_RANK[method]) for u in al.transforms["joint"].values())
+    assert all(
+        isinstance(u, LowRankU) and u.left.shape == (8, MAX_RANK[method]) for u in al.transforms["joint"].values()
+    )
     al.save(tmp_path / "a.safetensors")
     from safetensors import safe_open
 
@@ -130,7 +142,9 @@ def test_a_low_rank_alignment_from_the_identity_is_stored_as_its_factors(method,
     for site, u in al.matrices().items():
         # I + L R^T rebuilt from loaded tensors: a BLAS may round differently with another memory alignment
         factors = stored[al.keys[site]]
-        assert_rounding_close(loaded.matrices()[site], u, terms=MAX_RANK[method], scale=1 + factors.left.norm() * factors.right.norm())
+        assert_rounding_close(
+            loaded.matrices()[site], u, terms=MAX_RANK[method], scale=1 + factors.left.norm() * factors.right.norm()
+        )
         if method != "penalty":
             assert_rounding_close(u.T @ u, torch.eye(8), terms=8 * 8, scale=4.0)
     for s in tv.sites:
@@ -158,8 +172,12 @@ def test_tie_block_shares_one_low_rank_family_per_block(tiny):
     head = torch.nn.Linear(16, 4).requires_grad_(False)
     for method in TRAINED:
         torch.manual_seed(0)
-        s = AlignSettings(method=method, lr=1e-2, warmup=0, log_every=0, checkpoint_every=0, rotation_rank=K, tie="block")
-        step = AlignStep(STRATEGIES[method](), ScopedProblem("joint", tiny, tv, {}, sites), groups, identity_stacks(groups), s)
+        s = AlignSettings(
+            method=method, lr=1e-2, warmup=0, log_every=0, checkpoint_every=0, rotation_rank=K, tie="block"
+        )
+        step = AlignStep(
+            STRATEGIES[method](), ScopedProblem("joint", tiny, tv, {}, sites), groups, identity_stacks(groups), s
+        )
         assert all(p.shape[0] == 2 for p in step.module.parameters())  # one family per block
         for _ in range(2):
             step(x, y, head)
@@ -185,15 +203,29 @@ def test_settings_and_config_accept_rotation_rank(tmp_path):
 def test_align_cli_records_rotation_rank_and_ties_by_block(align_setup):
     tmp_path, common, _ = align_setup
     out = tmp_path / "run"
-    result = runner.invoke(app, [*common, "--method", "cayley", "--rotation-rank", "2", "--tie", "block", "--out", str(out)])
+    result = runner.invoke(
+        app, [*common, "--method", "cayley", "--rotation-rank", "2", "--tie", "block", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     al = Alignment.load(out / "alignment.safetensors")
-    assert al.meta["settings"]["rotation_rank"] == 2 and json.loads((out / "config.json").read_text())["rotation_rank"] == 2
+    assert (
+        al.meta["settings"]["rotation_rank"] == 2
+        and json.loads((out / "config.json").read_text())["rotation_rank"] == 2
+    )
     us = al.matrices()
     assert len(al.transforms["joint"]) == 1 and len({id(m) for m in us.values()}) == 1  # one U for the block's 4 sites
     assert al.meta["diagnostics"]["joint"]["orth_error_max"] < 1e-4
-    diag = runner.invoke(app, ["diagnose", "--task-vector", str(tmp_path / "tv.safetensors"), "--alignment",
-                               str(out / "alignment.safetensors"), "--json"])  # fmt: skip
+    diag = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--task-vector",
+            str(tmp_path / "tv.safetensors"),
+            "--alignment",
+            str(out / "alignment.safetensors"),
+            "--json",
+        ],
+    )
     assert diag.exit_code == 0, diag.output  # from the stored factors
     assert json.loads(diag.output)["aggregate"]["orth_error_max"] < 1e-4
 
@@ -228,7 +260,9 @@ def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypa
 
     monkeypatch.setattr(orthoxfer.suites, "build_suite", lambda *args: SimpleNamespace(tasks=[], relate_images=None))
     monkeypatch.setattr(orthoxfer.experiments.bench, "run_bench", fake_run_bench)
-    result = runner.invoke(app, ["bench", "--suite", "mini", "--rotation-rank", "4", "--device", "cpu", "--out", str(tmp_path / "b")])
+    result = runner.invoke(
+        app, ["bench", "--suite", "mini", "--rotation-rank", "4", "--device", "cpu", "--out", str(tmp_path / "b")]
+    )
     assert isinstance(result.exception, Stop), result.output
     assert seen["align"].rotation_rank == 4
     assert json.loads((tmp_path / "b" / "config.json").read_text())["align"]["rotation_rank"] == 4

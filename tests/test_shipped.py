@@ -20,7 +20,9 @@ MICRO = PretrainConfig.micro()
 def shipped_micro(tmp_path_factory):
     """The four micro models written by the CLI, and the cache that made them."""
     root = tmp_path_factory.mktemp("ship")
-    result = runner.invoke(app, ["mini", "pretrain", "--size", "micro", "--out", str(root / "weights"), "--cache-dir", str(root / "cache")])
+    result = runner.invoke(
+        app, ["mini", "pretrain", "--size", "micro", "--out", str(root / "weights"), "--cache-dir", str(root / "cache")]
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -54,7 +56,9 @@ def test_the_suite_loads_shipped_weights_without_pre_training(shipped_micro, tmp
 
 def test_a_mismatched_recipe_falls_back_to_pre_training_and_says_so(tmp_path, monkeypatch, capsys):
     other = dataclasses.replace(MICRO, lr=2e-3)
-    write_shipped("a", pretrained_model("a", other, tmp_path / "c0", progress=False), other.recipe_hash(), {}, tmp_path / "w")
+    write_shipped(
+        "a", pretrained_model("a", other, tmp_path / "c0", progress=False), other.recipe_hash(), {}, tmp_path / "w"
+    )
     monkeypatch.setattr(shipped, "SHIPPED", tmp_path / "w")
     capsys.readouterr()
     model = pretrained_model("a", MICRO, tmp_path / "c1")

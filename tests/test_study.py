@@ -21,9 +21,31 @@ METHODS = ("orthogonal-shift",)
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     (root / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
-    args = ["study", "--config", str(root / "fast.toml"), "--size", "micro", "--steps", "1", "--tasks", "mnist",
-            "--rungs", "same,data", "--methods", ",".join(METHODS), "--paper-controls", "norm", "--seeds", "2", "--out", str(root / "out"),
-            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "study",
+        "--config",
+        str(root / "fast.toml"),
+        "--size",
+        "micro",
+        "--steps",
+        "1",
+        "--tasks",
+        "mnist",
+        "--rungs",
+        "same,data",
+        "--methods",
+        ",".join(METHODS),
+        "--paper-controls",
+        "norm",
+        "--seeds",
+        "2",
+        "--out",
+        str(root / "out"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return root, args, result
@@ -42,18 +64,29 @@ def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
     assert "data: [6/6] embed, orthogonal-shift [control: norm] (seed 1)" in result.output
     data = json.loads((out / "study.json").read_text())
     assert [r["rung"] for r in data["rungs"]] == ["same", "data"] and data["meta"]["seeds"] == [0, 1]
-    assert data["meta"]["rung_controls"] == {"same": ["spectrum"], "data": ["spectrum", "norm"]}  # more on the paper's rung
+    assert data["meta"]["rung_controls"] == {
+        "same": ["spectrum"],
+        "data": ["spectrum", "norm"],
+    }  # more on the paper's rung
     assert [r["controls"] for r in data["rungs"]] == [["spectrum"], ["spectrum", "norm"]]
-    assert [set(r["methods"]["orthogonal-shift"]["controls"]) for r in data["rungs"]] == [{"spectrum"}, {"spectrum", "norm"}]
+    assert [set(r["methods"]["orthogonal-shift"]["controls"]) for r in data["rungs"]] == [
+        {"spectrum"},
+        {"spectrum", "norm"},
+    ]
     assert data["meta"]["model_seed"] == 0 and data["meta"]["machine"]["device"] == "cpu"
     for rung in data["rungs"]:
         for control in rung["controls"]:
             gain = rung["methods"]["orthogonal-shift"]["controls"][control]["gain"]
-            diffs = [stored_mean(out, rung["rung"], "embed_orthogonal-shift", s)
-                     - stored_mean(out, rung["rung"], f"embed_orthogonal-shift_control-{control}", s) for s in (0, 1)]  # fmt: skip
+            diffs = [
+                stored_mean(out, rung["rung"], "embed_orthogonal-shift", s)
+                - stored_mean(out, rung["rung"], f"embed_orthogonal-shift_control-{control}", s)
+                for s in (0, 1)
+            ]
             assert gain["per_seed"] == pytest.approx(diffs, abs=1e-12)
             assert gain["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
-        assert rung["baselines"]["target"]["per_seed"] == [stored_mean(out, rung["rung"], "none_target", s) for s in (0, 1)]
+        assert rung["baselines"]["target"]["per_seed"] == [
+            stored_mean(out, rung["rung"], "none_target", s) for s in (0, 1)
+        ]
         assert len(rung["relatedness"]["0"]) > 1  # per depth
     same, other = data["rungs"]
     assert same["last_block_cka"]["mean"] == pytest.approx(1.0, abs=1e-4)  # the target is the source
@@ -88,8 +121,9 @@ def test_resume_after_the_models_changed_is_refused(study, monkeypatch):
 
 
 def test_the_other_task_control_with_one_task_is_refused_before_any_row(tmp_path):
-    result = runner.invoke(app, ["study", "--rungs", "same,data", "--tasks", "mnist", "--size", "micro",
-                                 "--out", str(tmp_path / "out")])  # fmt: skip
+    result = runner.invoke(
+        app, ["study", "--rungs", "same,data", "--tasks", "mnist", "--size", "micro", "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "other-task control needs two or more tasks" in lines[0]
@@ -126,26 +160,55 @@ def test_bad_rungs_are_refused_in_one_line(tmp_path):
 
 
 def test_planted_rung_has_its_ceiling_row_and_gains_are_paired_means_with_t_intervals():
-    choices = {"methods": ("cayley", "gradfix"), "kinds": ("embed",), "controls": ("spectrum",), "procrustes_init": False,
-               "ties": ("site",), "lrs": None, "mode": None}  # fmt: skip
+    choices = {
+        "methods": ("cayley", "gradfix"),
+        "kinds": ("embed",),
+        "controls": ("spectrum",),
+        "procrustes_init": False,
+        "ties": ("site",),
+        "lrs": None,
+        "mode": None,
+    }
     settings = {s: resolve_bench(s, "micro", torch.device("cpu"), choices=choices) for s in ("mini", "planted")}
     plan = StudyPlan(("data", "planted"), 3, ("mnist",), "micro", settings)
     assert plan.rows("data") == 3 + 2 * 2 and plan.rows("planted") == plan.rows("data") + 1
     assert plan.total_rows() == 3 * (7 + 8)
-    more = StudyPlan(("data", "planted"), 1, ("mnist",), "micro", settings, rung_controls={"data": ("norm", "spectrum")})
+    more = StudyPlan(
+        ("data", "planted"), 1, ("mnist",), "micro", settings, rung_controls={"data": ("norm", "spectrum")}
+    )
     assert more.controls("data") == ("spectrum", "norm") and more.controls("planted") == ("spectrum",)
     assert more.rows("data") == 3 + 2 * 3 and more.rows("planted") == plan.rows("planted")
     real, ctrl = [0.50, 0.60, 0.55], [0.40, 0.45, 0.50]
-    records = [{"row": row, "seed": s, "accuracy": {"mean": acc[s]}, "seconds": 1.0}
-               for row, acc in (("embed_cayley", real), ("embed_cayley_control-spectrum", ctrl), ("none_target", ctrl),
-                                ("embed_direct", real)) for s in range(3)]  # fmt: skip
+    records = [
+        {"row": row, "seed": s, "accuracy": {"mean": acc[s]}, "seconds": 1.0}
+        for row, acc in (
+            ("embed_cayley", real),
+            ("embed_cayley_control-spectrum", ctrl),
+            ("none_target", ctrl),
+            ("embed_direct", real),
+        )
+        for s in range(3)
+    ]
     layers = [{"cka": 0.3}, {"cka": 0.7}]
-    result = RungResult("same", "mini:a", "mini:a", ["mnist"], ("spectrum",), records, {"0": layers, "1": layers, "2": [{"cka": 0.9}]}, 3.0)
+    result = RungResult(
+        "same",
+        "mini:a",
+        "mini:a",
+        ["mnist"],
+        ("spectrum",),
+        records,
+        {"0": layers, "1": layers, "2": [{"cka": 0.9}]},
+        3.0,
+    )
     data = summarise_study([result], ["cayley", "gradfix"], {"seeds": 3})
     rung = data["rungs"][0]
     gain = rung["methods"]["cayley"]["controls"]["spectrum"]["gain"]
     mean, half = interval([0.10, 0.15, 0.05])
-    assert gain["mean"] == pytest.approx(0.10) and gain["mean"] == pytest.approx(mean) and gain["ci95"] == pytest.approx(half)
+    assert (
+        gain["mean"] == pytest.approx(0.10)
+        and gain["mean"] == pytest.approx(mean)
+        and gain["ci95"] == pytest.approx(half)
+    )
     assert half == pytest.approx(4.302653 * 0.05 / 3**0.5, rel=1e-5)  # t_{0.975, 2} * sd / sqrt(n)
     assert "gradfix" not in rung["methods"]  # no rows, no entry
     assert rung["last_block_cka"]["mean"] == pytest.approx((0.7 + 0.7 + 0.9) / 3)

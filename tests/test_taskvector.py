@@ -85,7 +85,10 @@ def test_save_load_bit_for_bit(tmp_path, tiny_pair):
     lora.save(tmp_path / "lora.safetensors")
     back = TaskVector.load(tmp_path / "lora.safetensors")
     assert back.kind == "lora" and back.scale == lora.scale and back.rank == 2
-    assert all(torch.equal(back.lora[s][0], lora.lora[s][0]) and torch.equal(back.lora[s][1], lora.lora[s][1]) for s in lora.sites)
+    assert all(
+        torch.equal(back.lora[s][0], lora.lora[s][0]) and torch.equal(back.lora[s][1], lora.lora[s][1])
+        for s in lora.sites
+    )
 
 
 def test_apply_to_mismatching_model_names_first_site_and_shapes(tiny_pair):

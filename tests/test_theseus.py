@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
 from torch import nn
 
 from orthoxfer.alignment.align import align
@@ -76,7 +75,9 @@ def planted():
 @pytest.mark.numerics
 def test_theseus_recovers_a_planted_permutation_on_attention_and_mlp_sites(planted):
     source, target, u_star, perm, hidden, vector = planted
-    assert len(vector.sites) == 12 and vector.extra  # 8 attention and 4 MLP sites, and the other parameters of a full vector
+    assert (
+        len(vector.sites) == 12 and vector.extra
+    )  # 8 attention and 4 MLP sites, and the other parameters of a full vector
     out = TRANSFERS["theseus"]().transfer(vector, source, target, {"toy": image_pool()}, transfer_settings({}))
     p_t, eye = next(iter(u_star.values())), torch.eye(128)
     expected = dict.fromkeys(u_star, (p_t, p_t))  # attention: U_in = U_out = U* = P^T
@@ -92,7 +93,9 @@ def test_theseus_recovers_a_planted_permutation_on_attention_and_mlp_sites(plant
         rows = hidden[block] if "c_fc" in site else perm
         cols = hidden[block] if "c_proj" in site else perm
         torch.testing.assert_close(out.vector.delta(site), dw[rows][:, cols], rtol=0, atol=1e-5 * float(dw.abs().max()))
-    assert all(torch.equal(out.vector.extra[n], t) for n, t in vector.extra.items())  # added unchanged, as alignments do
+    assert all(
+        torch.equal(out.vector.extra[n], t) for n, t in vector.extra.items()
+    )  # added unchanged, as alignments do
     assert abs(out.diagnostics["norm_ratio"] - 1) < 1e-5 and out.diagnostics["dist_identity_mean"] > 1
 
 
@@ -117,7 +120,9 @@ def test_theseus_result_computes_the_fine_tuned_source_on_the_planted_target(pla
     want = sites_only.added_to_copy(source).encode_image(images)
     got = out.vector.added_to_copy(target).encode_image(images)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
-    assert not torch.allclose(sites_only.added_to_copy(target).encode_image(images), want, atol=1e-3)  # direct addition does not
+    assert not torch.allclose(
+        sites_only.added_to_copy(target).encode_image(images), want, atol=1e-3
+    )  # direct addition does not
 
 
 def test_a_two_sided_transform_on_an_mlp_site_equals_a_direct_computation():
@@ -142,7 +147,9 @@ def test_a_two_sided_transform_on_an_mlp_site_equals_a_direct_computation():
 def test_rectangular_sites_are_refused_in_one_line_by_methods_with_one_u_per_site(planted):
     source, target, _, _, _, vector = planted
     problem = AlignProblem(target, {"toy": vector}, {"toy": image_pool(4)}, source)
-    with pytest.raises(UsageError, match=r"^procrustes carries square sites only, and site '.*c_fc.weight' is 128 x 32: "):
+    with pytest.raises(
+        UsageError, match=r"^procrustes carries square sites only, and site '.*c_fc.weight' is 128 x 32: "
+    ):
         align(problem, AlignSettings(method="procrustes"))
     assert TRANSFERS["theseus"].rectangular and not TRANSFERS["theseus"]().options[0].default  # centring off by default
     assert method_needs("theseus") == "images"
@@ -161,9 +168,31 @@ def test_bench_runs_theseus_on_the_planted_suite_with_its_controls(micro_run):
 
     root, _, _ = micro_run
     out = root / "theseus"
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "planted", "--size", "micro", "--tasks", "mnist,coins",
-            "--kinds", "embed", "--methods", "theseus", "--controls", "norm,spectrum", "--theseus-rtol", "1e-12", "--out", str(out),
-            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "planted",
+        "--size",
+        "micro",
+        "--tasks",
+        "mnist,coins",
+        "--kinds",
+        "embed",
+        "--methods",
+        "theseus",
+        "--controls",
+        "norm,spectrum",
+        "--theseus-rtol",
+        "1e-12",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = {e["label"]: e for e in json.loads((out / "results.json").read_text())["summary"]}

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache)
 from typer.testing import CliRunner
 
 from orthoxfer import Option, Strategy, register
@@ -73,9 +72,32 @@ def test_align_runs_the_toy_strategy_with_its_setting(toy, align_setup):
 
 def test_bench_runs_the_toy_strategy_as_a_row(toy, micro_run):  # noqa: F811
     root, _, _ = micro_run
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "mini", "--size", "micro", "--steps", "2",
-            "--tasks", "mnist", "--kinds", "embed", "--methods", "toy", "--toy-angle", "0.2", "--no-procrustes-init",
-            "--out", str(root / "toy"), "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "mini",
+        "--size",
+        "micro",
+        "--steps",
+        "2",
+        "--tasks",
+        "mnist",
+        "--kinds",
+        "embed",
+        "--methods",
+        "toy",
+        "--toy-angle",
+        "0.2",
+        "--no-procrustes-init",
+        "--out",
+        str(root / "toy"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(toy, args)
     assert result.exit_code == 0, result.output
     data = json.loads((root / "toy" / "results.json").read_text())

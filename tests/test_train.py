@@ -28,7 +28,9 @@ def acc(model, task):
 
 
 def settings(kind, **kw):
-    base = dict(kind=kind, lr=3e-3, weight_decay=0.0, steps=60, warmup=5, batch_size=32, log_every=0, rank=2, lora_alpha=4)
+    base = dict(
+        kind=kind, lr=3e-3, weight_decay=0.0, steps=60, warmup=5, batch_size=32, log_every=0, rank=2, lora_alpha=4
+    )
     base.update(kw)
     return FinetuneSettings(**base)
 

@@ -25,8 +25,20 @@ def mini(tmp_path_factory):
 
 def test_gradfix_from_the_cli_equals_the_python_api_and_saves_its_mask(mini):
     root, flags = mini
-    args = ["transfer", *flags, "--method", "gradfix", "--target", "mini:b", "--task-vector", "mini:surfaces",
-            "--gradfix-shots", "1", "--out", str(root / "gradfix")]  # fmt: skip
+    args = [
+        "transfer",
+        *flags,
+        "--method",
+        "gradfix",
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--gradfix-shots",
+        "1",
+        "--out",
+        str(root / "gradfix"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     run = root / "gradfix"
@@ -36,8 +48,14 @@ def test_gradfix_from_the_cli_equals_the_python_api_and_saves_its_mask(mini):
     suite = open_suite("mini", SuiteRequest(size="micro", cache_dir=root / "cache"))
     target = suite.load("mini:b")
     pools = suite.fewshot_tasks(target, ["surfaces"], suite.default_shots, None, 0)
-    done = carry("gradfix", {"surfaces": suite.vector("mini:surfaces")}, None, target.model, pools,
-                 transfer_settings({"gradfix_shots": 1}))  # fmt: skip
+    done = carry(
+        "gradfix",
+        {"surfaces": suite.vector("mini:surfaces")},
+        None,
+        target.model,
+        pools,
+        transfer_settings({"gradfix_shots": 1}),
+    )
     expected = done["surfaces"].vector
     assert saved.sites == expected.sites and all(torch.equal(saved.dense[s], expected.dense[s]) for s in expected.sites)
 
@@ -52,8 +70,20 @@ def test_gradfix_from_the_cli_equals_the_python_api_and_saves_its_mask(mini):
 
 def test_transfusion_needs_no_pool_and_records_its_permutations(mini):
     root, flags = mini
-    args = ["transfer", *flags, "--method", "transfusion", "--source", "mini:a", "--target", "mini:b",
-            "--task-vector", "mini:surfaces", "--out", str(root / "transfusion")]  # fmt: skip
+    args = [
+        "transfer",
+        *flags,
+        "--method",
+        "transfusion",
+        "--source",
+        "mini:a",
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--out",
+        str(root / "transfusion"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     learnt, _ = load_artifact(root / "transfusion" / "learnt.safetensors", LEARNT)
@@ -75,15 +105,41 @@ def test_transfusion_needs_no_pool_and_records_its_permutations(mini):
 )
 def test_bad_input_is_one_line(mini, extra, message):
     root, flags = mini
-    args = ["transfer", *flags, "--target", "mini:b", "--task-vector", "mini:surfaces", "--out", str(root / "bad"), *extra]
+    args = [
+        "transfer",
+        *flags,
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--out",
+        str(root / "bad"),
+        *extra,
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_tasks_choose_the_vectors_carried_per_task(mini):
     root, flags = mini
-    args = ["transfer", *flags, "--method", "transfusion", "--source", "mini:a", "--target", "mini:b", "--task-vector",
-            "mini:surfaces", "--task-vector", "mini:relief", "--tasks", "relief", "--out", str(root / "one")]  # fmt: skip
+    args = [
+        "transfer",
+        *flags,
+        "--method",
+        "transfusion",
+        "--source",
+        "mini:a",
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--task-vector",
+        "mini:relief",
+        "--tasks",
+        "relief",
+        "--out",
+        str(root / "one"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert set(json.loads((root / "one" / "diagnostics.json").read_text())) == {"relief"}
@@ -93,8 +149,24 @@ def test_tasks_choose_the_vectors_carried_per_task(mini):
 
 def test_joint_mode_carries_the_summed_vectors_once_with_every_pool(mini):
     root, flags = mini
-    args = ["transfer", *flags, "--method", "gradfix", "--mode", "joint", "--target", "mini:b", "--task-vector", "mini:surfaces",
-            "--task-vector", "mini:relief", "--gradfix-shots", "1", "--out", str(root / "joint")]  # fmt: skip
+    args = [
+        "transfer",
+        *flags,
+        "--method",
+        "gradfix",
+        "--mode",
+        "joint",
+        "--target",
+        "mini:b",
+        "--task-vector",
+        "mini:surfaces",
+        "--task-vector",
+        "mini:relief",
+        "--gradfix-shots",
+        "1",
+        "--out",
+        str(root / "joint"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     learnt, _ = load_artifact(root / "joint" / "learnt.safetensors", LEARNT)

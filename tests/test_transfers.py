@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
 from test_modes import ModeSpy
 from torch import nn
 
@@ -24,7 +23,9 @@ def random_vector(model: nn.Module, seed: int, lora: bool = False) -> TaskVector
     g = torch.Generator().manual_seed(seed)
     sites = [s.name for s in find_sites(model, "attn")]
     if lora:
-        return TaskVector(lora={s: (torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)) for s in sites}, scale=0.5)
+        return TaskVector(
+            lora={s: (torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)) for s in sites}, scale=0.5
+        )
     extra = {n: torch.randn(model.get_parameter(n).shape, generator=g) for n in EXTRAS}
     return TaskVector({s: torch.randn(32, 32, generator=g) for s in sites}, extra=extra)
 
@@ -93,7 +94,7 @@ def test_orthogonal_shift_is_orthogonal_to_the_base_shift_per_tensor_and_keeps_u
     unshifted = find_sites(target, "attn")[0]  # q of the first block stays as in the source
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for name, p in target.named_parameters():
+        for p in target.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
         read_site(target, unshifted).copy_(read_site(source, unshifted))
     vector = random_vector(source, seed=3)
@@ -133,9 +134,33 @@ def test_bench_runs_transfer_methods_as_rows_with_controls_and_a_held_out_lambda
 
     root, _, _ = micro_run
     out = root / "transfers"
-    args = ["bench", "--config", str(root / "fast.toml"), "--steps", "2", "--suite", "mini", "--size", "micro", "--tasks", "mnist,coins", "--kinds", "embed", "--methods",
-            "gradfix,orthogonal-shift", "--controls", "norm", "--gradfix-vote", "mean", "--out", str(out),
-            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--steps",
+        "2",
+        "--suite",
+        "mini",
+        "--size",
+        "micro",
+        "--tasks",
+        "mnist,coins",
+        "--kinds",
+        "embed",
+        "--methods",
+        "gradfix,orthogonal-shift",
+        "--controls",
+        "norm",
+        "--gradfix-vote",
+        "mean",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = {e["label"]: e for e in json.loads((out / "results.json").read_text())["summary"]}
@@ -147,8 +172,13 @@ def test_bench_runs_transfer_methods_as_rows_with_controls_and_a_held_out_lambda
     assert 0 < summary["embed, gradfix"]["kept_fraction"] < 1 and summary["embed, orthogonal-shift"]["cos_shift"] < 1e-5
     assert "norm" in summary["embed, gradfix"]["transfer_gain"]
     record = json.loads((out / "rows" / "embed_gradfix-seed0.json").read_text())
-    assert record["transfer"] == {"gradfix_shots": 2, "gradfix_vote": "mean"} and set(record["validation"]) == {"mnist", "coins"}
+    assert record["transfer"] == {"gradfix_shots": 2, "gradfix_vote": "mean"} and set(record["validation"]) == {
+        "mnist",
+        "coins",
+    }
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "needs" in header and "kept" in header and "|cos s|" in header
     bad = CliRunner().invoke(app, [a if a != "gradfix,orthogonal-shift" else "gradfix,rebasin" for a in args])
-    assert bad.exit_code == 2 and "unknown method 'rebasin'; strategies:" in bad.output and "Traceback" not in bad.output
+    assert (
+        bad.exit_code == 2 and "unknown method 'rebasin'; strategies:" in bad.output and "Traceback" not in bad.output
+    )

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from test_bench import micro_run  # noqa: F401  (shares the micro suite's cache: model A is pre-trained once)
 from typer.testing import CliRunner
 
 from orthoxfer.cli import app
@@ -16,8 +15,14 @@ from orthoxfer.transfers.registry import TRANSFERS, method_needs, transfer_setti
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import MismatchError, TaskVector
 
-EXTRAS = ("visual.positional_embedding", "visual.ln_post.weight", "visual.proj", "visual.transformer.resblocks.0.attn.in_proj_bias",
-          "visual.transformer.resblocks.1.mlp.c_fc.weight", "visual.transformer.resblocks.1.mlp.c_proj.weight")  # fmt: skip
+EXTRAS = (
+    "visual.positional_embedding",
+    "visual.ln_post.weight",
+    "visual.proj",
+    "visual.transformer.resblocks.0.attn.in_proj_bias",
+    "visual.transformer.resblocks.1.mlp.c_fc.weight",
+    "visual.transformer.resblocks.1.mlp.c_proj.weight",
+)
 
 
 def full_vector(model: torch.nn.Module, seed: int) -> TaskVector:
@@ -45,7 +50,10 @@ def test_transfusion_recovers_the_planted_permutation_and_relabels_the_vector(se
     assert set(perms) == {"residual", *(f"{kind}/{b}" for b in (0, 1) for kind in ("qk", "vo", "hidden"))}
     for space in ("residual", "qk/0", "vo/0", "qk/1", "vo/1"):
         assert torch.equal(perms[space], perm), space
-    for name, p in source.visual.named_parameters():  # the hidden units too: the source relabelled is the target, exactly
+    for (
+        name,
+        p,
+    ) in source.visual.named_parameters():  # the hidden units too: the source relabelled is the target, exactly
         assert torch.equal(permute_param(name, p.detach(), perms), target.visual.get_parameter(name)), name
     for site in vector.sites:  # attention sites: U*^T dW U*
         torch.testing.assert_close(out.vector.dense[site], u_star[site].T @ vector.dense[site] @ u_star[site])
@@ -55,7 +63,9 @@ def test_transfusion_recovers_the_planted_permutation_and_relabels_the_vector(se
         torch.testing.assert_close(out.vector.extra[name], expected.extra[name])
     assert out.diagnostics["norm_ratio"] == pytest.approx(1.0, abs=1e-12)
     assert out.diagnostics["moved_residual"] == float((perm != torch.arange(len(perm))).double().mean()) > 0.9
-    assert out.diagnostics["moved/hidden/1"] > 0.9 and out.diagnostics["rounds"] == 2  # the first round was already exact
+    assert (
+        out.diagnostics["moved/hidden/1"] > 0.9 and out.diagnostics["rounds"] == 2
+    )  # the first round was already exact
 
 
 def test_transfusion_carries_rectangular_mlp_sites():
@@ -75,7 +85,9 @@ def test_transfusion_keeps_lora_factored_and_refuses_what_it_cannot_relabel():
     source = small_clip(seed=0)
     target, u_star = planted_target(source, seed=0)
     g = torch.Generator().manual_seed(3)
-    lora = TaskVector(lora={s: (torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)) for s in u_star}, scale=0.5)
+    lora = TaskVector(
+        lora={s: (torch.randn(2, 32, generator=g), torch.randn(32, 2, generator=g)) for s in u_star}, scale=0.5
+    )
     out = transfusion(lora, source, target, transfusion_rounds=1)
     assert out.vector.kind == "lora" and out.vector.rank == 2 and out.diagnostics["rounds"] == 1
     for site, u in u_star.items():
@@ -95,16 +107,40 @@ def test_transfusion_keeps_lora_factored_and_refuses_what_it_cannot_relabel():
 def test_bench_runs_transfusion_as_a_row_with_controls_at_the_planted_ceiling(micro_run):  # noqa: F811
     root, _, _ = micro_run
     out = root / "transfusion"
-    args = ["bench", "--config", str(root / "fast.toml"), "--suite", "planted", "--size", "micro", "--steps", "2",
-            "--tasks", "mnist", "--kinds", "embed", "--methods", "transfusion,orthogonal-shift", "--controls", "norm",
-            "--out", str(out), "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    args = [
+        "bench",
+        "--config",
+        str(root / "fast.toml"),
+        "--suite",
+        "planted",
+        "--size",
+        "micro",
+        "--steps",
+        "2",
+        "--tasks",
+        "mnist",
+        "--kinds",
+        "embed",
+        "--methods",
+        "transfusion,orthogonal-shift",
+        "--controls",
+        "norm",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = {e["label"]: e for e in json.loads((out / "results.json").read_text())["summary"]}
     row, control = summary["embed, transfusion"], summary["embed, transfusion [control: norm]"]
     assert row["needs"] == "none" and "norm" in row["transfer_gain"] and control["needs"] == "none"
     assert row["moved"] > 0.9 and row["norm_ratio"] == pytest.approx(1.0, abs=1e-9)
-    ceiling = summary["embed, U = U* (ceiling)"]  # the planted permutation is found exactly: the ceiling's vector, relabelled
+    ceiling = summary[
+        "embed, U = U* (ceiling)"
+    ]  # the planted permutation is found exactly: the ceiling's vector, relabelled
     assert row["accuracy"]["mean"][0] == pytest.approx(ceiling["accuracy"]["mean"][0], abs=1e-6)
     assert row["scale"] == ceiling["scale"]
     record = json.loads((out / "rows" / "embed_transfusion-seed0.json").read_text())

@@ -66,8 +66,20 @@ def _save(path: Path, obj: object) -> None:
 
 
 def _vector(tiny_arch: str, finetuned: str, out: Path, *extra: str):
-    return runner.invoke(app, ["vector", "from-checkpoints", "--base", f"{tiny_arch}:none", "--finetuned", finetuned,
-                               "--out", str(out), *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "vector",
+            "from-checkpoints",
+            "--base",
+            f"{tiny_arch}:none",
+            "--finetuned",
+            finetuned,
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def test_every_layout_gives_the_vector_of_the_models(tmp_path, tiny_arch, pair):
@@ -97,7 +109,9 @@ def test_full_carries_the_other_image_tower_parameters_and_never_the_text_tower(
     assert torch.equal(edited.token_embedding.weight, base.token_embedding.weight)
 
 
-def test_hf_hub_checkpoints_come_from_the_cache_and_offline_misses_name_what_to_fetch(tmp_path, tiny_arch, pair, monkeypatch):
+def test_hf_hub_checkpoints_come_from_the_cache_and_offline_misses_name_what_to_fetch(
+    tmp_path, tiny_arch, pair, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base, tuned = pair
     snapshot = hub_snapshot(tmp_path / "hf", "owner/vectors")
@@ -147,4 +161,6 @@ def test_mlp_sites_are_rectangular_and_carried_by_name(tmp_path, tiny_arch, pair
     vector = TaskVector.load(tmp_path / "tv.safetensors")
     fc, proj = "visual.transformer.resblocks.0.mlp.c_fc.weight", "visual.transformer.resblocks.0.mlp.c_proj.weight"
     assert vector.shape(fc) == (128, 32) and vector.shape(proj) == (32, 128) and len(vector.sites) == 4 + 2
-    torch.testing.assert_close(vector.delta(fc), (tuned.get_parameter(fc) - base.get_parameter(fc)).detach(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        vector.delta(fc), (tuned.get_parameter(fc) - base.get_parameter(fc)).detach(), rtol=0, atol=1e-7
+    )

@@ -49,7 +49,9 @@ def as_matrix(u: torch.Tensor | LowRankU) -> torch.Tensor:
     return u.dense() if isinstance(u, LowRankU) else u
 
 
-def rotate(tv: TaskVector, us: Mapping[str, torch.Tensor], outs: Mapping[str, torch.Tensor] | None = None) -> TaskVector:
+def rotate(
+    tv: TaskVector, us: Mapping[str, torch.Tensor], outs: Mapping[str, torch.Tensor] | None = None
+) -> TaskVector:
     """``U^T dW U`` for every site of ``tv``, or with output-side maps ``U_out^T dW U_in``; non-site parameters unchanged.
 
     ``us`` are the input-side maps (``h_S = U_in h_T`` on the site's inputs), ``outs`` the

@@ -26,7 +26,9 @@ def parse_vector_args(values: list[str]) -> list[tuple[str | None, Path]]:
     out = []
     for value in values:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)=(.+)", value)
-        out.append((match.group(1), Path(match.group(2))) if match and not Path(value).exists() else (None, Path(value)))
+        out.append(
+            (match.group(1), Path(match.group(2))) if match and not Path(value).exists() else (None, Path(value))
+        )
     return out
 
 
@@ -71,16 +73,30 @@ def summary_table(alignment, title: str) -> Table:
         table.add_column(col, justify="left" if col == "scope" else "right")
     for scope, agg in alignment.meta["diagnostics"].items():
         table.add_row(
-            scope, str(agg["sites"]), f"{agg['norm_ratio']:.6f}", f"{agg['rank_kept']}/{agg['sites']}",
-            f"{agg['orth_error_max']:.2e}", f"{agg['dist_identity_mean']:.4g}", str(agg["det_negative"]),
+            scope,
+            str(agg["sites"]),
+            f"{agg['norm_ratio']:.6f}",
+            f"{agg['rank_kept']}/{agg['sites']}",
+            f"{agg['orth_error_max']:.2e}",
+            f"{agg['dist_identity_mean']:.4g}",
+            str(agg["det_negative"]),
         )
     return table
 
 
 @reports_errors
 def align_command(
-    target: Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.")],
-    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable.")],
+    target: Annotated[
+        str,
+        Opt(
+            "--target",
+            help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.",
+        ),
+    ],
+    task_vector: Annotated[
+        list[str],
+        Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable."),
+    ],
     method: Annotated[str | None, Opt("--method", help="penalty | riemannian | cayley | procrustes.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate of U.")] = None,
     weight_decay: Annotated[float | None, Opt("--weight-decay", help="Decay on U's parameters (default 0).")] = None,
@@ -92,26 +108,49 @@ def align_command(
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
-    control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: align a control vector with the "
-                                       "same norms instead of each task vector, to measure the transfer gain.")] = None,  # fmt: skip
+    control: Annotated[
+        str | None,
+        Opt(
+            "--control",
+            help="norm | spectrum | other-task: align a control vector with the "
+            "same norms instead of each task vector, to measure the transfer gain.",
+        ),
+    ] = None,
     source: Annotated[str | None, Opt("--source", help="Source model (for procrustes and init=procrustes).")] = None,
-    suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
+    suite: Annotated[
+        str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")
+    ] = "paper",
     size: Annotated[str, Opt("--size", help="mini: full | micro (seconds; for smoke tests).")] = "full",
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks).")] = None,
-    data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (see `data check`).")] = None,
+    data_root: Annotated[
+        Path | None, Opt("--data-root", help="Folder holding the datasets (see `data check`).")
+    ] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only).")] = None,
-    shots_per_class: Annotated[int | None, Opt("--shots-per-class", help="Instead of --shots: images per class.")] = None,
-    augment: Annotated[int | None, Opt("--augment", help="Augmented views of each image per epoch (<=1: none).")] = None,
+    shots_per_class: Annotated[
+        int | None, Opt("--shots-per-class", help="Instead of --shots: images per class.")
+    ] = None,
+    augment: Annotated[
+        int | None, Opt("--augment", help="Augmented views of each image per epoch (<=1: none).")
+    ] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of the few-shot draw, batches and augmentation.")] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the target's forward "
-                                        "(compiles for seconds once; a ViT-B/32 step then takes 20% less time on an H100, 9% on two CPU cores).")] = None,
+    compile: Annotated[
+        bool | None,
+        Opt(
+            "--compile/--no-compile",
+            help="torch.compile the target's forward "
+            "(compiles for seconds once; a ViT-B/32 step then takes 20% less time on an H100, 9% on two CPU cores).",
+        ),
+    ] = None,
     config: Annotated[Path | None, Opt("--config", help="TOML settings; flags override it.")] = None,
     out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/align"),
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache."),
+    ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
@@ -131,13 +170,29 @@ def align_command(
     dev = launch(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
     flags = dict(
-        method=method, lr=lr, weight_decay=weight_decay, steps=steps, warmup=warmup, clip=clip, init=init, mode=mode, tie=tie,
-        scale=scale, sites=sites, shots=shots, augment=augment, batch_size=batch_size, seed=seed, compile=compile,
+        method=method,
+        lr=lr,
+        weight_decay=weight_decay,
+        steps=steps,
+        warmup=warmup,
+        clip=clip,
+        init=init,
+        mode=mode,
+        tie=tie,
+        scale=scale,
+        sites=sites,
+        shots=shots,
+        augment=augment,
+        batch_size=batch_size,
+        seed=seed,
+        compile=compile,
         **(strategy_options or {}),
-    )  # fmt: skip
+    )
     settings = resolve_settings(config, flags, chosen.settings("align"))
     if settings.method == "procrustes" and settings.rotation_rank:
-        raise UsageError("--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it")
+        raise UsageError(
+            "--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it"
+        )
     if (settings.method == "procrustes" or settings.init == "procrustes") and source is None:
         raise UsageError(f"{'init=procrustes' if settings.init == 'procrustes' else 'procrustes'} needs --source")
     for spec in filter(None, (target, source)):
@@ -151,7 +206,9 @@ def align_command(
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
     settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
-    run.write_config({**settings.to_dict(), "task_vectors": task_vector, "tasks": names, **chosen.record, "control": control})
+    run.write_config(
+        {**settings.to_dict(), "task_vectors": task_vector, "tasks": names, **chosen.record, "control": control}
+    )
 
     loaded = chosen.load(target, dev)
     source_model = chosen.load(source, dev).model if source else None
@@ -165,8 +222,12 @@ def align_command(
     alignment.save(run.file("alignment.safetensors"))
 
     per_task = settings.mode == "per-task"
-    transferred = sum(alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items())
-    transferred.meta.update(recommended_scale=settings.scale, alignment="alignment.safetensors", target=target)  # beside it
+    transferred = sum(
+        alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items()
+    )
+    transferred.meta.update(
+        recommended_scale=settings.scale, alignment="alignment.safetensors", target=target
+    )  # beside it
     transferred.save(run.file("transferred.safetensors"))
     for scope in alignment.scopes:
         tv = sum(vectors.values()) if scope == "joint" else vectors[scope]
@@ -177,5 +238,6 @@ def align_command(
         f"wrote {run.path}/ (alignment, transferred task vector, metrics, diagnostics)\n"
         f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
         f"--scale {settings.scale:g} --tasks {','.join(pools)}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

@@ -36,14 +36,18 @@ def version_command() -> None:
 @reports_errors
 def main_callback(
     ctx: typer.Context,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Also show the warnings of torch, open_clip and other libraries.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also show the warnings of torch, open_clip and other libraries.")
+    ] = False,
 ) -> None:
     """Library warnings shown only with --verbose; under torchrun, the commands that do not share their work refused (every process would do all of it)."""
     from orthoxfer.fit.distributed import launched
 
     ctx.with_resource(library_warnings(shown=verbose))
     if launched() and ctx.invoked_subcommand not in SPREADS:
-        raise UsageError(f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; under torchrun use {' or '.join(SPREADS)}")
+        raise UsageError(
+            f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; under torchrun use {' or '.join(SPREADS)}"
+        )
 
 
 def build_app() -> typer.Typer:

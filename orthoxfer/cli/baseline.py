@@ -21,21 +21,35 @@ from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
 Opt = typer.Option
-baseline_app = typer.Typer(help="The baselines transfers are compared against: target only, direct addition, few-shot FT.",
-                           no_args_is_help=True)  # fmt: skip
+baseline_app = typer.Typer(
+    help="The baselines transfers are compared against: target only, direct addition, few-shot FT.",
+    no_args_is_help=True,
+)
 
-Target = Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.")]
+Target = Annotated[
+    str,
+    Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini."),
+]
 DataRoot = Annotated[Path | None, Opt("--data-root", help="paper: folder holding the datasets (see `data check`).")]
 SuiteName = Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline).")]
 Size = Annotated[str, Opt("--size", help="mini: full | micro (seconds; for smoke tests).")]
 Tasks = Annotated[str | None, Opt("--tasks", help="Comma-separated tasks.")]
-Shots = Annotated[int | None, Opt("--shots", min=2, help="Few-shot images per task (train split), drawn as `align` draws them "
-                                  "(default 100; 24 for --size micro).")]  # fmt: skip
+Shots = Annotated[
+    int | None,
+    Opt(
+        "--shots",
+        min=2,
+        help="Few-shot images per task (train split), drawn as `align` draws them (default 100; 24 for --size micro).",
+    ),
+]
 Seed = Annotated[int, Opt("--seed", help="Seed of the few-shot draw (and of training).")]
 Device = Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")]
 Out = Annotated[Path | None, Opt("--out", help="Run folder (default runs/baseline-<name>).")]
 Overwrite = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
-CacheDir = Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache.")]
+CacheDir = Annotated[
+    Path | None,
+    Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache."),
+]
 HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="paper: zero-shot head cache.")]
 BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
 VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
@@ -44,7 +58,9 @@ VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
     names = list(comma_list(tasks) or fallback or [])
     if not names:
-        raise UsageError("--tasks names no task; give e.g. --tasks EuroSAT,MNIST (or surfaces,relief with --suite mini)")
+        raise UsageError(
+            "--tasks names no task; give e.g. --tasks EuroSAT,MNIST (or surfaces,relief with --suite mini)"
+        )
     return names
 
 
@@ -117,16 +133,27 @@ def target_command(
 @reports_errors
 def direct_command(
     target: Target,
-    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with "
-                                          "--suite mini); repeatable, summed.")],  # fmt: skip
+    task_vector: Annotated[
+        list[str],
+        Opt(
+            "--task-vector",
+            help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable, summed.",
+        ),
+    ],
     data_root: DataRoot = None,
     suite: SuiteName = "paper",
     size: Size = "full",
     tasks: Tasks = None,
     shots: Shots = None,
     seed: Seed = 0,
-    val_fraction: Annotated[float | None, Opt("--val-fraction", help="Part of each few-shot pool lambda is chosen on (default "
-                                              f"{VAL_FRACTION:g}); the mini suite chooses on its validation set unless given.")] = None,  # fmt: skip
+    val_fraction: Annotated[
+        float | None,
+        Opt(
+            "--val-fraction",
+            help="Part of each few-shot pool lambda is chosen on (default "
+            f"{VAL_FRACTION:g}); the mini suite chooses on its validation set unless given.",
+        ),
+    ] = None,
     scales: Annotated[str | None, Opt("--scales", help="Comma-separated lambdas to try (default 0..2).")] = None,
     device: Device = "auto",
     out: Out = None,
@@ -148,8 +175,19 @@ def direct_command(
     vectors = load_vectors(task_vector, chosen_suite.vector)
     names = _names(tasks, list(vectors))
     run = Run(out or Path("runs/baseline-direct"), overwrite=overwrite)
-    run.write_config({"baseline": "direct", "target": target, "task_vectors": task_vector, "tasks": names, "shots": shots,
-                      "seed": seed, "val_fraction": val_fraction, "scales": list(grid), **chosen_suite.record})  # fmt: skip
+    run.write_config(
+        {
+            "baseline": "direct",
+            "target": target,
+            "task_vectors": task_vector,
+            "tasks": names,
+            "shots": shots,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "scales": list(grid),
+            **chosen_suite.record,
+        }
+    )
     loaded, tests = _prepare(chosen_suite, target, names, dev, eval_batch_size, shots, seed)
     vector = sum(vectors.values())
     vector.check_fits(loaded.model)
@@ -163,8 +201,17 @@ def direct_command(
         chosen_on = f"a held-out {fraction:g} of each few-shot pool"
     chosen = direct_addition(loaded.model, vector, validation, grid, dev)
     accuracy = evaluate(chosen.model, tests, dev)
-    _finish(run, "direct addition", target, accuracy,
-            {"scale": chosen.scale, "chosen_on": chosen_on, "validation": {str(k): v for k, v in chosen.validation.items()}})  # fmt: skip
+    _finish(
+        run,
+        "direct addition",
+        target,
+        accuracy,
+        {
+            "scale": chosen.scale,
+            "chosen_on": chosen_on,
+            "validation": {str(k): v for k, v in chosen.validation.items()},
+        },
+    )
 
 
 @baseline_app.command("fewshot-ft")
@@ -177,14 +224,24 @@ def fewshot_ft_command(
     tasks: Tasks = None,
     shots: Shots = None,
     seed: Seed = 0,
-    config: Annotated[Path | None, Opt("--config", help="TOML with a [fewshot_ft] table (e.g. configs/paper.toml).")] = None,
+    config: Annotated[
+        Path | None, Opt("--config", help="TOML with a [fewshot_ft] table (e.g. configs/paper.toml).")
+    ] = None,
     steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
     lr: Annotated[float | None, Opt("--lr")] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
     augment: Annotated[int | None, Opt("--augment", help="Augmented views per image per epoch.")] = None,
-    sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob (the aligners' sites).")] = None,
-    val_fraction: Annotated[float, Opt("--val-fraction", help="Hold out this part of each pool for per-epoch validation; "
-                                       "0 (default) trains on exactly the images `align` gets.")] = 0.0,  # fmt: skip
+    sites: Annotated[
+        str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob (the aligners' sites).")
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        Opt(
+            "--val-fraction",
+            help="Hold out this part of each pool for per-epoch validation; "
+            "0 (default) trains on exactly the images `align` gets.",
+        ),
+    ] = 0.0,
     device: Device = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
@@ -206,17 +263,35 @@ def fewshot_ft_command(
 
     chosen, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
     shots = shots if shots is not None else chosen.default_shots
-    loop = AlignSettings(**chosen.settings("align"))  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
-    values: dict[str, Any] = {"kind": "embed", "steps": loop.steps, "warmup": loop.warmup, "batch_size": loop.batch_size,
-                              "augment": loop.augment, **chosen.settings("fewshot_ft")}  # fmt: skip
+    loop = AlignSettings(
+        **chosen.settings("align")
+    )  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
+    values: dict[str, Any] = {
+        "kind": "embed",
+        "steps": loop.steps,
+        "warmup": loop.warmup,
+        "batch_size": loop.batch_size,
+        "augment": loop.augment,
+        **chosen.settings("fewshot_ft"),
+    }
     if config is not None:
         values.update(read_config(config, "fewshot_ft", FinetuneSettings))
     flags = {"steps": steps, "lr": lr, "batch_size": batch_size, "augment": augment, "sites": sites}
     values.update({k: v for k, v in flags.items() if v is not None}, seed=seed)
     names = _names(tasks, list(chosen.task_names))
     run = Run(out or Path("runs/baseline-fewshot-ft"), overwrite=overwrite, resume=resume)
-    run.write_config({"baseline": "fewshot-ft", "target": target, "tasks": names, "shots": shots, "seed": seed,
-                      "val_fraction": val_fraction, **chosen.record, **values})  # fmt: skip
+    run.write_config(
+        {
+            "baseline": "fewshot-ft",
+            "target": target,
+            "tasks": names,
+            "shots": shots,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            **chosen.record,
+            **values,
+        }
+    )
     loaded, tests = _prepare(chosen, target, names, dev, eval_batch_size, shots, seed)
     settings = FinetuneSettings(**values, device=str(dev), extra={"target": target, "orthoxfer_version": __version__})
     train, validation = _pools(chosen, loaded, names, shots, seed, val_fraction)

@@ -21,41 +21,95 @@ Opt = typer.Option
 
 @reports_errors
 def bench_command(
-    suite: Annotated[str, Opt("--suite", help="mini (offline, built here) | planted (positive control: the target is the "
-                              "source with a known permutation planted) | paper (datasets under --data-root).")] = "mini",
-    pair: Annotated[str | None, Opt("--pair", help="mini only: the target's rung on the ladder of relatedness to model A: "
-                                    "same (A itself) | release (A pre-trained on, on corpus b) | seed (A's corpus, another "
-                                    "seed) | data (model B: another corpus and seed; the default).")] = None,  # fmt: skip
-    config: Annotated[Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")] = None,
-    methods: Annotated[str | None, Opt("--methods", help="Comma-separated methods: alignment strategies (penalty, riemannian, "
-                                       "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus: images).")] = None,
+    suite: Annotated[
+        str,
+        Opt(
+            "--suite",
+            help="mini (offline, built here) | planted (positive control: the target is the "
+            "source with a known permutation planted) | paper (datasets under --data-root).",
+        ),
+    ] = "mini",
+    pair: Annotated[
+        str | None,
+        Opt(
+            "--pair",
+            help="mini only: the target's rung on the ladder of relatedness to model A: "
+            "same (A itself) | release (A pre-trained on, on corpus b) | seed (A's corpus, another "
+            "seed) | data (model B: another corpus and seed; the default).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, Opt("--config", help="TOML settings (e.g. configs/paper.toml); flags override.")
+    ] = None,
+    methods: Annotated[
+        str | None,
+        Opt(
+            "--methods",
+            help="Comma-separated methods: alignment strategies (penalty, riemannian, "
+            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus: images).",
+        ),
+    ] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
     controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
-    procrustes_init: Annotated[bool | None, Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes.")] = None,
-    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")] = 1,
-    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps (mini, planted: 100 per task run).")] = None,
+    procrustes_init: Annotated[
+        bool | None,
+        Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes."),
+    ] = None,
+    seeds: Annotated[
+        int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")
+    ] = 1,
+    steps: Annotated[
+        int | None, Opt("--steps", help="Alignment and few-shot FT steps (mini, planted: 100 per task run).")
+    ] = None,
     lr: Annotated[float | None, Opt("--lr", help="Alignment learning rate.")] = None,
-    mode: Annotated[str | None, Opt("--mode", help="joint (the summed vectors, one lambda: the reference code; default for "
-                                    "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
-                                    "default for mini and planted, whose summed vectors interfere: see README); "
-                                    "[align] mode of --config overrides the default.")] = None,  # fmt: skip
-    lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
-                                   "the best on the validation part of the pools is kept.")] = None,  # fmt: skip
-    ties: Annotated[str | None, Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option.")] = None,
-    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (paper: a fifth held out for "
-                                      "choosing lambda; mini and planted choose on their validation sets). Default: [align] shots "
-                                      "of --config, else the suite's: paper 100, mini and planted 32, 24 for --size micro.")] = None,
+    mode: Annotated[
+        str | None,
+        Opt(
+            "--mode",
+            help="joint (the summed vectors, one lambda: the reference code; default for "
+            "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
+            "default for mini and planted, whose summed vectors interfere: see README); "
+            "[align] mode of --config overrides the default.",
+        ),
+    ] = None,
+    lrs: Annotated[
+        str | None,
+        Opt(
+            "--lrs",
+            help="Comma-separated learning rates every trained row (aligners and few-shot FT) tries; "
+            "the best on the validation part of the pools is kept.",
+        ),
+    ] = None,
+    ties: Annotated[
+        str | None,
+        Opt("--ties", help="Comma-separated tie options (site,block,model): every alignment row once per option."),
+    ] = None,
+    shots: Annotated[
+        int | None,
+        Opt(
+            "--shots",
+            help="Few-shot images per task (paper: a fifth held out for "
+            "choosing lambda; mini and planted choose on their validation sets). Default: [align] shots "
+            "of --config, else the suite's: paper 100, mini and planted 32, 24 for --size micro.",
+        ),
+    ] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
     target: Annotated[str | None, Opt("--target", help="paper only: target model.")] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="paper only: the datasets.")] = None,
-    vectors_dir: Annotated[Path | None, Opt("--vectors", help="paper only: <Task>-<kind>.safetensors source vectors (made if missing).")] = None,
+    vectors_dir: Annotated[
+        Path | None, Opt("--vectors", help="paper only: <Task>-<kind>.safetensors source vectors (made if missing).")
+    ] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/<suite>, runs/mini-<pair> for another pair).")] = None,
+    out: Annotated[
+        Path | None, Opt("--out", help="Run folder (default runs/<suite>, runs/mini-<pair> for another pair).")
+    ] = None,
     resume: Annotated[bool, Opt("--resume", help="Reuse rows already computed in --out.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")] = None,
+    cache_dir: Annotated[
+        Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")
+    ] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Run the table: target only, few-shot FT, direct addition, every strategy; per task, with diagnostics.
@@ -80,43 +134,100 @@ def bench_command(
         raise UsageError(f"--pair is for --suite mini; the {suite} suite names its own target (leave out --pair)")
     rung = check_pair(pair) if suite == "mini" else None
     dev = launch(device)
-    choices = {"methods": comma_list(methods), "kinds": comma_list(kinds), "controls": comma_list(controls),
-               "procrustes_init": procrustes_init, "ties": comma_list(ties), "lrs": comma_floats(lrs, "--lrs"), "mode": mode}  # fmt: skip
+    choices = {
+        "methods": comma_list(methods),
+        "kinds": comma_list(kinds),
+        "controls": comma_list(controls),
+        "procrustes_init": procrustes_init,
+        "ties": comma_list(ties),
+        "lrs": comma_floats(lrs, "--lrs"),
+        "mode": mode,
+    }
     task_names = comma_list(tasks)
-    settings = resolve_bench(suite, size, dev, config, shots, steps, lr, strategy_options, choices,
-                             tasks=len(task_names) if task_names else None)  # fmt: skip
+    settings = resolve_bench(
+        suite,
+        size,
+        dev,
+        config,
+        shots,
+        steps,
+        lr,
+        strategy_options,
+        choices,
+        tasks=len(task_names) if task_names else None,
+    )
     bench, shots = settings.bench, settings.shots
 
     other_rung = rung not in (None, DEFAULT_PAIR)  # the default rung is left out of config.json: older runs resume
     run = Run(out or Path("runs") / (f"{suite}-{rung}" if other_rung else suite), overwrite=overwrite, resume=resume)
-    resolved = {"suite": suite, **({"pair": rung} if other_rung else {}), "seeds": seeds, "shots": shots, "size": size,
-                **models_record(suite, size), **settings.record()}
+    resolved = {
+        "suite": suite,
+        **({"pair": rung} if other_rung else {}),
+        "seeds": seeds,
+        "shots": shots,
+        "size": size,
+        **models_record(suite, size),
+        **settings.record(),
+    }
     run.write_config(resolved)
     started = time.perf_counter()
     records, names, related = [], [], {}
     for seed in range(seeds):
-        request = SuiteRequest(seed=seed, shots=shots, size=size, pair=pair, tasks=task_names, kinds=bench.kinds,
-                               source_ft=settings.source_ft, device=dev, cache_dir=cache_dir, source=source, target=target,
-                               data_root=data_root, vectors_dir=vectors_dir)  # fmt: skip
+        request = SuiteRequest(
+            seed=seed,
+            shots=shots,
+            size=size,
+            pair=pair,
+            tasks=task_names,
+            kinds=bench.kinds,
+            source_ft=settings.source_ft,
+            device=dev,
+            cache_dir=cache_dir,
+            source=source,
+            target=target,
+            data_root=data_root,
+            vectors_dir=vectors_dir,
+        )
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
         layers = relatedness(inputs, seed)
         if layers is not None:
             related[str(seed)] = layers
             if run.writes:
-                write_json(run.file(f"relate-seed{seed}.json"), {"source": inputs.source_name, "target": inputs.target_name,
-                                                                 "pair": rung, "seed": seed, "layers": layers})  # fmt: skip
-            console.print(f"{inputs.source_name} vs {inputs.target_name} (seed {seed}), per depth: CKA "
-                          + " ".join(f"{r['cka']:.2f}" for r in layers) + "; Procrustes residual "
-                          + " ".join(f"{r['procrustes_residual']:.2f}" for r in layers), highlight=False)  # fmt: skip
-        records += run_bench(inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False, markup=False))
+                write_json(
+                    run.file(f"relate-seed{seed}.json"),
+                    {
+                        "source": inputs.source_name,
+                        "target": inputs.target_name,
+                        "pair": rung,
+                        "seed": seed,
+                        "layers": layers,
+                    },
+                )
+            console.print(
+                f"{inputs.source_name} vs {inputs.target_name} (seed {seed}), per depth: CKA "
+                + " ".join(f"{r['cka']:.2f}" for r in layers)
+                + "; Procrustes residual "
+                + " ".join(f"{r['procrustes_residual']:.2f}" for r in layers),
+                highlight=False,
+            )
+        records += run_bench(
+            inputs, bench, run, [seed], progress=lambda msg: console.print(msg, highlight=False, markup=False)
+        )
     if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
         return
     summary = summarise_rows(records, names)
-    meta = {"suite": suite, **({"pair": rung} if rung else {}), "source": inputs.source_name, "target": inputs.target_name,
-            "seeds": seeds, **({"relatedness": related} if related else {}),
-            "seconds": time.perf_counter() - started, "orthoxfer_version": __version__,
-            "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}"}  # fmt: skip
+    meta = {
+        "suite": suite,
+        **({"pair": rung} if rung else {}),
+        "source": inputs.source_name,
+        "target": inputs.target_name,
+        "seeds": seeds,
+        **({"relatedness": related} if related else {}),
+        "seconds": time.perf_counter() - started,
+        "orthoxfer_version": __version__,
+        "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}",
+    }
     files = write_results(run.path, summary, records, names, meta)
     for table in rich_tables(summary, names, meta["title"]):
         console.print(table)
@@ -125,16 +236,42 @@ def bench_command(
 
 @reports_errors
 def demo_command(
-    seeds: Annotated[int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too); mean and 95% interval. "
-                              "The study of what transfers is `orthoxfer study`.")] = 1,  # fmt: skip
-    controls: Annotated[str | None, Opt("--controls", help="Control rows beside every method: norm,spectrum,other-task (default: none).")] = None,
-    pair: Annotated[str | None, Opt("--pair", help="The target's rung on the ladder of relatedness to model A: same | "
-                                    "release | seed | data (model B, the default); see `orthoxfer bench --help`.")] = None,
-    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated mini tasks, or all (default: the four with most "
-                                     "headroom, housenumbers,scenes,pictograms,coins).")] = None,  # fmt: skip
+    seeds: Annotated[
+        int,
+        Opt(
+            "--seeds",
+            min=1,
+            help="Repeat with seeds 0..N-1 (pre-training too); mean and 95% interval. "
+            "The study of what transfers is `orthoxfer study`.",
+        ),
+    ] = 1,
+    controls: Annotated[
+        str | None,
+        Opt("--controls", help="Control rows beside every method: norm,spectrum,other-task (default: none)."),
+    ] = None,
+    pair: Annotated[
+        str | None,
+        Opt(
+            "--pair",
+            help="The target's rung on the ladder of relatedness to model A: same | "
+            "release | seed | data (model B, the default); see `orthoxfer bench --help`.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        Opt(
+            "--tasks",
+            help="Comma-separated mini tasks, or all (default: the four with most "
+            "headroom, housenumbers,scenes,pictograms,coins).",
+        ),
+    ] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
-    out: Annotated[Path | None, Opt("--out", help="Run folder (default runs/demo, runs/demo-<pair> for another pair).")] = None,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")] = None,
+    out: Annotated[
+        Path | None, Opt("--out", help="Run folder (default runs/demo, runs/demo-<pair> for another pair).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, Opt("--cache-dir", help="Cache of the pre-trained pair and source vectors.")
+    ] = None,
 ) -> None:
     """The paper's Table 1 in miniature, offline on a CPU: `orthoxfer bench --suite mini` in the paper's regime.
 
@@ -153,8 +290,31 @@ def demo_command(
     rung = check_pair(pair)
     names = TASK_NAMES if tasks == "all" else comma_list(tasks) or HEADROOM_TASKS
     out = out or Path("runs") / ("demo" if rung == DEFAULT_PAIR else f"demo-{rung}")
-    bench_command(suite="mini", pair=pair, seeds=seeds, size=size, out=out, resume=True, cache_dir=cache_dir,
-                  controls=controls, ties=None, kinds="embed", procrustes_init=False,
-                  methods=",".join((*BenchConfig.methods, *TRANSFERS)), steps=None,
-                  lr=None, lrs=None, mode=None, strategy_options={}, tasks=",".join(names), source=None, target=None,
-                  data_root=None, vectors_dir=None, device="cpu", config=None, shots=None, overwrite=False)  # fmt: skip
+    bench_command(
+        suite="mini",
+        pair=pair,
+        seeds=seeds,
+        size=size,
+        out=out,
+        resume=True,
+        cache_dir=cache_dir,
+        controls=controls,
+        ties=None,
+        kinds="embed",
+        procrustes_init=False,
+        methods=",".join((*BenchConfig.methods, *TRANSFERS)),
+        steps=None,
+        lr=None,
+        lrs=None,
+        mode=None,
+        strategy_options={},
+        tasks=",".join(names),
+        source=None,
+        target=None,
+        data_root=None,
+        vectors_dir=None,
+        device="cpu",
+        config=None,
+        shots=None,
+        overwrite=False,
+    )

@@ -140,7 +140,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def command_suite(
-    name: str, device: torch.device, size: str = "full", cache_dir: Path | None = None, data_root: Path | None = None,
+    name: str,
+    device: torch.device,
+    size: str = "full",
+    cache_dir: Path | None = None,
+    data_root: Path | None = None,
     heads_dir: Path | None = None,
 ) -> Suite:
     """The suite a single-run command names with ``--suite`` (paper or mini), opened with the options given for it."""

@@ -17,7 +17,9 @@ def diagnose_command(
     oracle: Annotated[str | None, typer.Option("--oracle", help="The target's own task vector, for cosines.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="Task whose U's to use (per-task alignments).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write diagnostics.json and PNG plots here.")] = None,
-    site: Annotated[str | None, typer.Option("--site", help="Site for the singular-value plot (default: the first).")] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="Site for the singular-value plot (default: the first).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     size: Annotated[str, typer.Option("--size", help="Which mini suite mini:<task> names: full | micro.")] = "full",
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="The mini suite's cache.")] = None,
@@ -27,7 +29,9 @@ def diagnose_command(
     from orthoxfer.evaluation.diagnostics import diagnose as run_diagnose
     from orthoxfer.evaluation.diagnostics import report_table, write_report
 
-    read = command_suite("mini", resolve_device("cpu"), size=size, cache_dir=cache_dir).vector  # a file, or a mini suite's name
+    read = command_suite(
+        "mini", resolve_device("cpu"), size=size, cache_dir=cache_dir
+    ).vector  # a file, or a mini suite's name
     tv = read(task_vector)
     al = Alignment.load(alignment)
     report = run_diagnose(tv, al, read(oracle) if oracle else None, task)

@@ -17,22 +17,41 @@ from orthoxfer.version import __version__
 
 @reports_errors
 def eval_command(
-    model: Annotated[str, typer.Option("--model", help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo; "
-                                       "mini:a or mini:b with --suite mini.")],  # fmt: skip
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="paper: folder holding the datasets (see `data check`).")] = None,
-    suite: Annotated[str, typer.Option("--suite", help="paper (datasets under --data-root) | mini (offline).")] = "paper",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo; "
+            "mini:a or mini:b with --suite mini.",
+        ),
+    ],
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="paper: folder holding the datasets (see `data check`).")
+    ] = None,
+    suite: Annotated[
+        str, typer.Option("--suite", help="paper (datasets under --data-root) | mini (offline).")
+    ] = "paper",
     size: Annotated[str, typer.Option("--size", help="mini: full | micro (seconds; for smoke tests).")] = "full",
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (default: all of the suite's).")] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated task names (default: all of the suite's).")
+    ] = None,
     task_vector: Annotated[
-        str | None, typer.Option("--task-vector", help="Task vector .safetensors (or mini:<task>) added to the model first.")
+        str | None,
+        typer.Option("--task-vector", help="Task vector .safetensors (or mini:<task>) added to the model first."),
     ] = None,
     scale: Annotated[float, typer.Option("--scale", help="Scaling coefficient lambda of the task vector.")] = 1.0,
     out: Annotated[Path, typer.Option("--out", help="Run folder; results.json is written there.")] = Path("runs/eval"),
     cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Weights cache (default: open_clip's and Hugging Face's), or the mini suite's cache.")
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Weights cache (default: open_clip's and Hugging Face's), or the mini suite's cache."
+        ),
     ] = None,
     heads_dir: Annotated[
-        Path | None, typer.Option("--heads-dir", help="paper: zero-shot head cache (default: <cache-dir>/heads, else $ORTHOXFER_CACHE/heads).")
+        Path | None,
+        typer.Option(
+            "--heads-dir", help="paper: zero-shot head cache (default: <cache-dir>/heads, else $ORTHOXFER_CACHE/heads)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,

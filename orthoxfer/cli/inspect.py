@@ -23,8 +23,7 @@ def inspect_command(
     tv = TaskVector.load(task_vector)
     norms, ranks = tv.norms(), tv.ranks()
     rows = [
-        {"site": s, "shape": list(tv.shape(s)), "kind": tv.kind, "norm": norms[s], "rank": ranks[s]}
-        for s in tv.sites
+        {"site": s, "shape": list(tv.shape(s)), "kind": tv.kind, "norm": norms[s], "rank": ranks[s]} for s in tv.sites
     ]
     total = {
         "sites": len(rows),
@@ -44,4 +43,6 @@ def inspect_command(
     table.add_row(f"total: {total['sites']} sites", f"{total['parameters']:,}", "", f"{total['norm']:.4g}", "")
     console.print(table)
     if tv.extra:
-        console.print(f"plus {len(tv.extra)} non-site parameters ({total['extra_parameters']:,} values), added unaligned")
+        console.print(
+            f"plus {len(tv.extra)} non-site parameters ({total['extra_parameters']:,} values), added unaligned"
+        )

@@ -17,12 +17,21 @@ mini_app = typer.Typer(help="The offline mini suite's models.", no_args_is_help=
 @mini_app.command("pretrain")
 @reports_errors
 def pretrain_command(
-    models: Annotated[str, typer.Option("--models", help="Comma-separated: a, b, seed, release (the ladder's models).")] = "a,b,seed,release",
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated: a, b, seed, release (the ladder's models).")
+    ] = "a,b,seed,release",
     size: Annotated[str, typer.Option("--size", help="full (the demo's) | micro (tests).")] = "full",
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for the shipped files (default: inside the installed package, "
-                                             "where demo and bench look).")] = None,  # fmt: skip
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache of the full models (and of a resumable "
-                                                   "pre-training's checkpoints).")] = None,  # fmt: skip
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the shipped files (default: inside the installed package, where demo and bench look).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Cache of the full models (and of a resumable pre-training's checkpoints)."),
+    ] = None,
 ) -> None:
     """Pre-train (or take from the cache) the demo's seed-0 mini models and write their image towers with the recipe hash.
 
@@ -43,5 +52,7 @@ def pretrain_command(
         recipe(config, which)  # every name checked before minutes are spent
     for which in names:
         model = pretrained_model(which, config, cache_dir, shipped=False)
-        path = write_shipped(which, model, config.recipe_hash(), {"config": dataclasses.asdict(config), "key": config.key()}, out)
+        path = write_shipped(
+            which, model, config.recipe_hash(), {"config": dataclasses.asdict(config), "key": config.key()}, out
+        )
         console.print(f"mini model {which}: shipped as {path} (recipe {config.recipe_hash()})")

@@ -23,7 +23,9 @@ def image_files(folder: Path, limit: int) -> list[Path]:
     """The first ``limit`` image files under ``folder`` (recursively, sorted), or a UsageError."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise UsageError(f"--images folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}); point it at one that has")
+        raise UsageError(
+            f"--images folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}); point it at one that has"
+        )
     return files[:limit]
 
 
@@ -56,8 +58,17 @@ def image_source(spec: str, limit: int, seed: int):
     return Subset(split, order.tolist())
 
 
-def open_clip_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int, seed: int,
-                     where: torch.device, cache_dir: Path | None, workers: int | None) -> tuple:  # fmt: skip
+def open_clip_inputs(
+    source: str,
+    target: str,
+    images: str | None,
+    limit: int,
+    batch_size: int,
+    seed: int,
+    where: torch.device,
+    cache_dir: Path | None,
+    workers: int | None,
+) -> tuple:
     """Two open_clip models, batches of the same pixels (the target's resize and crop, each model's own normalisation
     applied later), what to record about them, and the counts the batches fill in as they are read."""
     from orthoxfer.data.fewshot import pixel_transform
@@ -85,8 +96,18 @@ def open_clip_inputs(source: str, target: str, images: str | None, limit: int, b
     return loaded_source, loaded_target, batches(), {"images": images}, counted
 
 
-def mini_inputs(source: str, target: str, images: str | None, limit: int, batch_size: int | None, seed: int,
-                where: torch.device, size: str, cache_dir: Path | None, workers: int | None) -> tuple:  # fmt: skip
+def mini_inputs(
+    source: str,
+    target: str,
+    images: str | None,
+    limit: int,
+    batch_size: int | None,
+    seed: int,
+    where: torch.device,
+    size: str,
+    cache_dir: Path | None,
+    workers: int | None,
+) -> tuple:
     """Two of the mini suite's models and the images ``bench`` relates them on: in one batch, as ``bench`` does, unless
     ``batch_size`` splits them (the real pairing does not change; the shuffled control is drawn per batch)."""
     from orthoxfer.data.mini import mini_tasks
@@ -100,7 +121,9 @@ def mini_inputs(source: str, target: str, images: str | None, limit: int, batch_
     for spec in (source, target):  # both names before minutes of pre-training
         suite.check(spec)
     pixels = relate_images(mini_tasks(size), suite.default_shots, seed)[:limit]
-    described = f"mini ({size}): up to {RELATE_PER_TASK} images of each task's {suite.default_shots}-shot pool (seed {seed})"
+    described = (
+        f"mini ({size}): up to {RELATE_PER_TASK} images of each task's {suite.default_shots}-shot pool (seed {seed})"
+    )
     loaded = suite.load(source, where), suite.load(target, where)
     batches = list(pixels.split(batch_size)) if batch_size is not None else [pixels]
     return *loaded, batches, {"images": described, "size": size}, {"images": len(pixels), "skipped": 0}
@@ -108,29 +131,60 @@ def mini_inputs(source: str, target: str, images: str | None, limit: int, batch_
 
 @reports_errors
 def relate_command(
-    source: Annotated[str | None, typer.Option("--source", help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, or a mini "
-                                               "model: mini:a, mini:b, mini:seed, mini:release.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, or a mini "
+            "model: mini:a, mini:b, mini:seed, mini:release.",
+        ),
+    ] = None,
     target: Annotated[str | None, typer.Option("--target", help="As --source.")] = None,
-    images: Annotated[str | None, typer.Option("--images", help="A folder of images (read recursively, sorted) or DATASET:DIR "
-                                               "(its test split); mini models use the mini tasks' images.")] = None,
-    pair: Annotated[str | None, typer.Option("--pair", help="mini:a against a rung of the mini suite's ladder, in place of "
-                                             "--source and --target: same | release | seed | data (mini:b).")] = None,
+    images: Annotated[
+        str | None,
+        typer.Option(
+            "--images",
+            help="A folder of images (read recursively, sorted) or DATASET:DIR "
+            "(its test split); mini models use the mini tasks' images.",
+        ),
+    ] = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(
+            "--pair",
+            help="mini:a against a rung of the mini suite's ladder, in place of "
+            "--source and --target: same | release | seed | data (mini:b).",
+        ),
+    ] = None,
     size: Annotated[str, typer.Option("--size", help="mini models: full | micro.")] = "full",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass [default: 64; "
-                                                   "mini: all in one batch, as bench relates them].")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the shuffled control and the image draw (a dataset's, a mini pool's).")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per forward pass [default: 64; mini: all in one batch, as bench relates them].",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seeds the shuffled control and the image draw (a dataset's, a mini pool's).")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path, typer.Option("--out", help="Folder for relate.json and relate.png.")] = Path("runs/relate"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Weights cache (default: open_clip's and Hugging "
-                                                   "Face's), or the mini suite's cache.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Weights cache (default: open_clip's and Hugging Face's), or the mini suite's cache."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,
-) -> None:  # fmt: skip
+) -> None:
     """Procrustes residual and linear CKA of source versus target, per layer of the image tower."""
     from orthoxfer.evaluation.relate import check_pair, plot_relations, relate
     from orthoxfer.problem.tasks import normalise
-    from orthoxfer.suites.mini import PREFIX, check_pair as check_rung, target_name
+    from orthoxfer.suites.mini import PREFIX, target_name
+    from orthoxfer.suites.mini import check_pair as check_rung
 
     if pair is not None:
         if source is not None or target is not None:
@@ -143,8 +197,9 @@ def relate_command(
     if not mini and batch_size is None:
         batch_size = 64
     if mini:
-        loaded_source, loaded_target, batches, described, counted = mini_inputs(source, target, images, limit, batch_size,
-                                                                                seed, where, size, cache_dir, workers)  # fmt: skip
+        loaded_source, loaded_target, batches, described, counted = mini_inputs(
+            source, target, images, limit, batch_size, seed, where, size, cache_dir, workers
+        )
     elif size != "full":
         raise UsageError("--size is for the mini models (mini:a, mini:b, ...)")
     else:
@@ -175,7 +230,9 @@ def relate_command(
         "skipped_unreadable": counted["skipped"],
         "seed": seed,
         "batch_size": batch_size,  # the shuffled control is drawn per batch (mini, None: one batch)
-        "preprocessing": "the mini suite's 32 px images, one normalisation" if mini else "target's resize and crop; "
+        "preprocessing": "the mini suite's 32 px images, one normalisation"
+        if mini
+        else "target's resize and crop; "
         + ("one normalisation" if same_norm else "each model normalises the same pixels with its own mean and std"),
         "normalisation": {
             "source": {"mean": list(loaded_source.mean), "std": list(loaded_source.std)},
@@ -200,7 +257,9 @@ def relate_command(
         )
     console.print(table)
     if not same_norm:
-        console.print("note: the two models normalise pixels differently; each got its own normalisation of the same pixels")
+        console.print(
+            "note: the two models normalise pixels differently; each got its own normalisation of the same pixels"
+        )
     if counted["skipped"]:
         console.print(f"skipped {counted['skipped']} unreadable image(s)")
     console.print(f"wrote {out_json}, {out_png}", highlight=False)

@@ -23,12 +23,16 @@ from orthoxfer.strategies.registry import declared_options
 from orthoxfer.transfers.registry import declared_options as transfer_options
 
 
-def with_strategy_options(command: Callable[..., Any], transfers: bool = False, strategies: bool = True) -> Callable[..., Any]:
+def with_strategy_options(
+    command: Callable[..., Any], transfers: bool = False, strategies: bool = True
+) -> Callable[..., Any]:
     """``command`` (which takes ``strategy_options``) with a flag for every declared strategy and/or transfer option."""
     declared = {**(declared_options() if strategies else {}), **(transfer_options() if transfers else {})}
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)  # typer reads a given signature as it is: no strings
-    shared = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "strategy_options"]
+    shared = [
+        p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "strategy_options"
+    ]
     added = {}
     for option in declared.values():
         help_text = option.help + (f" [default: {option.default}]" if option.default != "" else "")

@@ -22,31 +22,69 @@ Opt = typer.Option
 
 @reports_errors
 def study_command(
-    rungs: Annotated[str, Opt("--rungs", help="Comma-separated rungs: same, release, seed, data (the mini ladder) and "
-                              "planted (the positive control).")] = "same,release,seed,data",  # fmt: skip
-    methods: Annotated[str | None, Opt("--methods", help="Comma-separated strategies and transfer methods "
-                                       "(default: every registered one).")] = None,  # fmt: skip
-    controls: Annotated[str, Opt("--controls", help="Control rows beside every method on every rung: norm,spectrum,"
-                                 "other-task; gains are paired against each, the plot uses the first.")] = "spectrum",  # fmt: skip
-    paper_controls: Annotated[str, Opt("--paper-controls", help="More controls on the data rung (the paper's setting), "
-                                       "beside --controls; '' for none.")] = "norm,spectrum,other-task",  # fmt: skip
-    seeds: Annotated[int, Opt("--seeds", min=1, help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained "
-                              "pair stays the shipped one).")] = 3,  # fmt: skip
-    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the four with most headroom: housenumbers, scenes, pictograms, coins).")] = None,
+    rungs: Annotated[
+        str,
+        Opt(
+            "--rungs",
+            help="Comma-separated rungs: same, release, seed, data (the mini ladder) and "
+            "planted (the positive control).",
+        ),
+    ] = "same,release,seed,data",
+    methods: Annotated[
+        str | None,
+        Opt("--methods", help="Comma-separated strategies and transfer methods (default: every registered one)."),
+    ] = None,
+    controls: Annotated[
+        str,
+        Opt(
+            "--controls",
+            help="Control rows beside every method on every rung: norm,spectrum,"
+            "other-task; gains are paired against each, the plot uses the first.",
+        ),
+    ] = "spectrum",
+    paper_controls: Annotated[
+        str,
+        Opt(
+            "--paper-controls",
+            help="More controls on the data rung (the paper's setting), beside --controls; '' for none.",
+        ),
+    ] = "norm,spectrum,other-task",
+    seeds: Annotated[
+        int,
+        Opt(
+            "--seeds",
+            min=1,
+            help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained pair stays the shipped one).",
+        ),
+    ] = 3,
+    tasks: Annotated[
+        str | None,
+        Opt(
+            "--tasks",
+            help="Comma-separated tasks (default: the four with most headroom: housenumbers, scenes, pictograms, coins).",
+        ),
+    ] = None,
     config: Annotated[Path | None, Opt("--config", help="TOML settings, as bench reads them; flags override.")] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Alignment and few-shot FT steps (default: 100 per task).")] = None,
-    lrs: Annotated[str | None, Opt("--lrs", help="Comma-separated learning rates every trained row tries; "
-                                   "the best on validation is kept.")] = None,  # fmt: skip
+    steps: Annotated[
+        int | None, Opt("--steps", help="Alignment and few-shot FT steps (default: 100 per task).")
+    ] = None,
+    lrs: Annotated[
+        str | None,
+        Opt("--lrs", help="Comma-separated learning rates every trained row tries; the best on validation is kept."),
+    ] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (default: as bench).")] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; for smoke tests).")] = "full",
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path, Opt("--out", help="Study folder: one bench run folder per rung, and the study's files.")] = Path(
-        "benchmarks/results/study"
-    ),
-    resume: Annotated[bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods "
-                                "add rows only).")] = False,  # fmt: skip
+    out: Annotated[
+        Path, Opt("--out", help="Study folder: one bench run folder per rung, and the study's files.")
+    ] = Path("benchmarks/results/study"),
+    resume: Annotated[
+        bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods add rows only).")
+    ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")] = None,
+    cache_dir: Annotated[
+        Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")
+    ] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Transfer gains over controls on every rung: embed vectors, every method beside its controls, the baselines.
@@ -58,7 +96,15 @@ def study_command(
     """
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.experiments.step_cost import machine
-    from orthoxfer.experiments.study import MODEL_SEED, PAPER_RUNG, STUDY_TASKS, StudyPlan, check_rungs, run_rung, rung_suite
+    from orthoxfer.experiments.study import (
+        MODEL_SEED,
+        PAPER_RUNG,
+        STUDY_TASKS,
+        StudyPlan,
+        check_rungs,
+        run_rung,
+        rung_suite,
+    )
     from orthoxfer.report.study import summarise_study, write_study
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
@@ -68,25 +114,54 @@ def study_command(
     chosen_methods = comma_list(methods) or (*STRATEGIES, *TRANSFERS)
     chosen_controls = comma_list(controls)
     if not chosen_controls:
-        raise UsageError("--controls needs at least one control (norm, spectrum, other-task): gains are measured against it")
+        raise UsageError(
+            "--controls needs at least one control (norm, spectrum, other-task): gains are measured against it"
+        )
     dev = launch(device)
-    choices = {"methods": chosen_methods, "kinds": ("embed",), "controls": chosen_controls, "procrustes_init": False,
-               "ties": ("site",), "lrs": comma_floats(lrs, "--lrs"), "mode": None}  # fmt: skip
+    choices = {
+        "methods": chosen_methods,
+        "kinds": ("embed",),
+        "controls": chosen_controls,
+        "procrustes_init": False,
+        "ties": ("site",),
+        "lrs": comma_floats(lrs, "--lrs"),
+        "mode": None,
+    }
     suites = dict.fromkeys(rung_suite(r)[0] for r in names)
     study_tasks = comma_list(tasks) or STUDY_TASKS
-    settings = {s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices, len(study_tasks))
-                for s in suites}  # fmt: skip
-    plan = StudyPlan(names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()})
+    settings = {
+        s: resolve_bench(s, size, dev, config, shots, steps, None, strategy_options, choices, len(study_tasks))
+        for s in suites
+    }
+    plan = StudyPlan(
+        names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()}
+    )
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
-                  f"tasks {', '.join(plan.tasks)}; in {run.path}", highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(
+        f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
+        f"tasks {', '.join(plan.tasks)}; in {run.path}",
+        highlight=False,
+        soft_wrap=True,
+    )
     started = time.perf_counter()
-    results = [run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names]
-    meta = {"title": "orthoxfer study: transfer gains over controls on the ladder of relatedness", "rungs": list(names),
-            "seeds": seeds, "model_seed": MODEL_SEED, "tasks": list(plan.tasks), "size": size, "methods": list(chosen_methods),
-            "controls": list(chosen_controls), "rung_controls": {r: list(plan.controls(r)) for r in names},
-            "settings": {r: plan.rung_config(r) for r in names}, "machine": machine(dev),
-            "seconds": time.perf_counter() - started, "orthoxfer_version": __version__}  # fmt: skip
+    results = [
+        run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
+    ]
+    meta = {
+        "title": "orthoxfer study: transfer gains over controls on the ladder of relatedness",
+        "rungs": list(names),
+        "seeds": seeds,
+        "model_seed": MODEL_SEED,
+        "tasks": list(plan.tasks),
+        "size": size,
+        "methods": list(chosen_methods),
+        "controls": list(chosen_controls),
+        "rung_controls": {r: list(plan.controls(r)) for r in names},
+        "settings": {r: plan.rung_config(r) for r in names},
+        "machine": machine(dev),
+        "seconds": time.perf_counter() - started,
+        "orthoxfer_version": __version__,
+    }
     files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
     console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from orthoxfer.cli.align import load_vectors
-from orthoxfer.cli.common import command_suite, comma_list, console, reports_errors, resolve_device
+from orthoxfer.cli.common import comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -23,29 +23,72 @@ Opt = typer.Option
 
 @reports_errors
 def transfer_command(
-    method: Annotated[str, Opt("--method", help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no "
-                               "data) | theseus (images).")],  # fmt: skip
-    target: Annotated[str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")],
-    task_vector: Annotated[list[str], Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable.")],
-    source: Annotated[str | None, Opt("--source", help="Source model (every method here but gradfix needs it).")] = None,
-    suite: Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")] = "paper",
+    method: Annotated[
+        str,
+        Opt(
+            "--method",
+            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus (images).",
+        ),
+    ],
+    target: Annotated[
+        str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")
+    ],
+    task_vector: Annotated[
+        list[str],
+        Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable."),
+    ],
+    source: Annotated[
+        str | None, Opt("--source", help="Source model (every method here but gradfix needs it).")
+    ] = None,
+    suite: Annotated[
+        str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline: the demo's models and tasks).")
+    ] = "paper",
     size: Annotated[str, Opt("--size", help="mini: full | micro.")] = "full",
-    tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: the vectors' tasks): per-task, the "
-                                     "vectors carried; joint, the pools the summed vectors see.")] = None,  # fmt: skip
-    mode: Annotated[str, Opt("--mode", help="per-task (each vector sees its own task's pool) | joint (the summed vectors "
-                             "see all); either way transferred.safetensors holds the sum, as align writes it.")] = "per-task",
-    scale: Annotated[float, Opt("--scale", help="lambda recommended with the result (recorded; eval's --scale applies it).")] = 1.0,
-    control: Annotated[str | None, Opt("--control", help="norm | spectrum | other-task: carry a control vector instead, "
-                                       "to measure the transfer gain.")] = None,  # fmt: skip
+    tasks: Annotated[
+        str | None,
+        Opt(
+            "--tasks",
+            help="Comma-separated tasks (default: the vectors' tasks): per-task, the "
+            "vectors carried; joint, the pools the summed vectors see.",
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        Opt(
+            "--mode",
+            help="per-task (each vector sees its own task's pool) | joint (the summed vectors "
+            "see all); either way transferred.safetensors holds the sum, as align writes it.",
+        ),
+    ] = "per-task",
+    scale: Annotated[
+        float, Opt("--scale", help="lambda recommended with the result (recorded; eval's --scale applies it).")
+    ] = 1.0,
+    control: Annotated[
+        str | None,
+        Opt(
+            "--control",
+            help="norm | spectrum | other-task: carry a control vector instead, to measure the transfer gain.",
+        ),
+    ] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (paper).")] = None,
-    shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (train split only; default: the suite's); "
-                                     "the whole pool, as align uses it (bench holds a validation part out for lambda).")] = None,
-    shots_per_class: Annotated[int | None, Opt("--shots-per-class", help="Instead of --shots: images per class (paper).")] = None,
+    shots: Annotated[
+        int | None,
+        Opt(
+            "--shots",
+            help="Few-shot images per task (train split only; default: the suite's); "
+            "the whole pool, as align uses it (bench holds a validation part out for lambda).",
+        ),
+    ] = None,
+    shots_per_class: Annotated[
+        int | None, Opt("--shots-per-class", help="Instead of --shots: images per class (paper).")
+    ] = None,
     seed: Annotated[int, Opt("--seed", help="Seed of the few-shot draw and of the method.")] = 0,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path, Opt("--out", help="Run folder.")] = Path("runs/transfer"),
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
-    cache_dir: Annotated[Path | None, Opt("--cache-dir", help="Weights cache (paper), or the mini suite's cache.")] = None,
+    cache_dir: Annotated[
+        Path | None, Opt("--cache-dir", help="Weights cache (paper), or the mini suite's cache.")
+    ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
@@ -78,18 +121,37 @@ def transfer_command(
     if mode == "per-task" and tasks:
         missing = {n.lower() for n in names} - {k.lower() for k in vectors}
         if missing:
-            raise UsageError(f"--tasks names {', '.join(sorted(missing))}, which no --task-vector carries; per-task, "
-                             "--tasks chooses among the vectors")  # fmt: skip
+            raise UsageError(
+                f"--tasks names {', '.join(sorted(missing))}, which no --task-vector carries; per-task, "
+                "--tasks chooses among the vectors"
+            )
         vectors = {k: v for k, v in vectors.items() if k.lower() in {n.lower() for n in names}}
     run = Run(out, overwrite=overwrite)
-    record = {"method": method, "target": target, "source": source, "mode": mode, "scale": scale, "seed": seed, "control": control,
-              "tasks": names, "task_vectors": task_vector, "transfer": settings.options, "orthoxfer_version": __version__}  # fmt: skip
+    record = {
+        "method": method,
+        "target": target,
+        "source": source,
+        "mode": mode,
+        "scale": scale,
+        "seed": seed,
+        "control": control,
+        "tasks": names,
+        "task_vectors": task_vector,
+        "transfer": settings.options,
+        "orthoxfer_version": __version__,
+    }
     run.write_config({**record, **chosen.record})
 
     loaded = chosen.load(target, dev)
     source_model = chosen.load(source, dev).model if source else None
     needs_data = TRANSFERS[method].needs != "none"
-    pools = chosen.fewshot_tasks(loaded, names, None if shots_per_class else shots or chosen.default_shots, shots_per_class, seed) if needs_data else {}
+    pools = (
+        chosen.fewshot_tasks(
+            loaded, names, None if shots_per_class else shots or chosen.default_shots, shots_per_class, seed
+        )
+        if needs_data
+        else {}
+    )
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
     if mode == "joint":
@@ -112,5 +174,6 @@ def transfer_command(
         f"wrote {run.path}/ (transferred task vector, what {method} learnt, diagnostics)\n"
         f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
         f"--scale {scale:g} --tasks {','.join(names)}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

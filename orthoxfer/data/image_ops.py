@@ -12,8 +12,13 @@ def stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
     """``n`` indices spread as evenly as possible over the classes, in a seeded order."""
     classes = np.unique(labels)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-    order = [idx for rank in range(max(map(len, per_class))) for group in rng.permutation(len(per_class))
-             if rank < len(per_class[group]) for idx in [per_class[group][rank]]]  # fmt: skip
+    order = [
+        idx
+        for rank in range(max(map(len, per_class)))
+        for group in rng.permutation(len(per_class))
+        if rank < len(per_class[group])
+        for idx in [per_class[group][rank]]
+    ]
     return np.array(order[:n], dtype=np.int64)
 
 
@@ -44,7 +49,12 @@ def grid_crops(
     ``side`` is the crop side as a fraction of the window's shorter side; the test cells are
     the four with (row + col) % 4 == 0, so both splits cover all parts of the image.
     """
-    x0, y0, x1, y1 = (window[0] * image.width, window[1] * image.height, window[2] * image.width, window[3] * image.height)
+    x0, y0, x1, y1 = (
+        window[0] * image.width,
+        window[1] * image.height,
+        window[2] * image.width,
+        window[3] * image.height,
+    )
     cells = [(r, c) for r in range(4) for c in range(4) if ((r + c) % 4 == 0) == test]
     short = min(x1 - x0, y1 - y0)
     out = []

@@ -63,7 +63,6 @@ TASK_NAMES = ("mnist", "housenumbers", "pictograms", "textures", "surfaces", "re
 _SIZES: dict[str, tuple[int, int]] = {"full": (1200, 500), "micro": (96, 24)}
 
 
-
 @dataclass(frozen=True)
 class MiniTask:
     """One mini task: train/test tensors, class names and the paper dataset it stands in for."""
@@ -100,7 +99,15 @@ def _mnist(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
         return [np.repeat(np.pad(pixels[i], 2)[..., None], 3, axis=2) for i in idx]
 
     names = tuple(str(d) for d in range(10))
-    return render(train_idx), labels[train_idx].tolist(), render(test_idx), labels[test_idx].tolist(), names, False, (path.name,)
+    return (
+        render(train_idx),
+        labels[train_idx].tolist(),
+        render(test_idx),
+        labels[test_idx].tolist(),
+        names,
+        False,
+        (path.name,),
+    )
 
 
 def _housenumbers(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -133,7 +140,11 @@ def _housenumbers(rng: np.random.Generator, n_train: int, n_test: int) -> TaskPa
             bg = background(rng)
             fg = rng.random(3)
             if abs(fg.mean() - bg.mean()) < 0.4:  # house numbers are painted to be read
-                fg = 1.0 - fg if abs((1.0 - fg).mean() - bg.mean()) >= 0.4 else np.full(3, 0.0 if bg.mean() > 0.5 else 1.0)
+                fg = (
+                    1.0 - fg
+                    if abs((1.0 - fg).mean() - bg.mean()) >= 0.4
+                    else np.full(3, 0.0 if bg.mean() > 0.5 else 1.0)
+                )
             img = bg * (1 - mask[..., None]) + fg * mask[..., None]
             blurred = Image.fromarray(u8(img)).filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.5)))
             images.append(u8(jitter(rng, np.asarray(blurred, np.float32) / 255.0, 0.2)))
@@ -143,8 +154,32 @@ def _housenumbers(rng: np.random.Generator, n_train: int, n_test: int) -> TaskPa
     return train[0], train[1], test[0], test[1], tuple(str(d) for d in range(10)), False, (path.name,)
 
 
-_ICONS = ("back", "filesave", "forward", "hand", "help", "home", "matplotlib", "move", "qt4_editor_options", "subplots", "zoom_to_rect")
-_ICON_NAMES = ("back arrow", "save", "forward arrow", "hand", "help", "home", "matplotlib logo", "move", "options", "subplots", "zoom")
+_ICONS = (
+    "back",
+    "filesave",
+    "forward",
+    "hand",
+    "help",
+    "home",
+    "matplotlib",
+    "move",
+    "qt4_editor_options",
+    "subplots",
+    "zoom_to_rect",
+)
+_ICON_NAMES = (
+    "back arrow",
+    "save",
+    "forward arrow",
+    "hand",
+    "help",
+    "home",
+    "matplotlib logo",
+    "move",
+    "options",
+    "subplots",
+    "zoom",
+)
 
 
 def _pictograms(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -166,7 +201,9 @@ def _pictograms(rng: np.random.Generator, n_train: int, n_test: int) -> TaskPart
             draw.rounded_rectangle(box, radius=10, fill=plate, outline=rim, width=5)
         sign.alpha_composite(icons[label], (8, 8))
         side = int(rng.integers(18, 31))
-        sign = sign.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR).resize((side, side), Image.Resampling.BILINEAR)
+        sign = sign.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR).resize(
+            (side, side), Image.Resampling.BILINEAR
+        )
         scene = Image.fromarray(u8(background(rng))).convert("RGBA")
         offset = (IMAGE_SIZE - side) // 2
         scene.alpha_composite(sign, (offset + int(rng.integers(-2, 3)), offset + int(rng.integers(-2, 3))))
@@ -183,14 +220,25 @@ def _pictograms(rng: np.random.Generator, n_train: int, n_test: int) -> TaskPart
 
 
 def _textures(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
-    files = {"brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "print": "page.png", "handwriting": "text.png"}
+    files = {
+        "brick": "brick.png",
+        "grass": "grass.png",
+        "gravel": "gravel.png",
+        "print": "page.png",
+        "handwriting": "text.png",
+    }
     images = {k: open_rgb(skimage(f)) for k, f in files.items()}
     parts = crop_task(rng, images, n_train, n_test, side=(0.25, 0.5), turns=True, strength=0.35)
     return *parts, tuple(files), True, tuple(files.values())  # type: ignore[return-value]
 
 
 def _surfaces(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
-    files = {"deep sky": "hubble_deep_field.jpg", "tissue": "ihc.png", "retina": "retina.jpg", "lunar surface": "moon.png"}
+    files = {
+        "deep sky": "hubble_deep_field.jpg",
+        "tissue": "ihc.png",
+        "retina": "retina.jpg",
+        "lunar surface": "moon.png",
+    }
     images = {k: open_rgb(skimage(f)) for k, f in files.items()}
     windows = {"retina": (0.25, 0.25, 0.75, 0.75)}  # inside the fundus, not its black surround
     parts = crop_task(rng, images, n_train, n_test, side=(0.04, 0.1), turns=True, strength=0.45, windows=windows)
@@ -263,13 +311,16 @@ def _relief(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
 
 def _scenes(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
     files = {
-        "astronaut": skimage("astronaut.png"), "cat": skimage("chelsea.png"), "coffee": skimage("coffee.png"),
-        "rocket launch": skimage("rocket.jpg"), "photographer": skimage("camera.png"),
+        "astronaut": skimage("astronaut.png"),
+        "cat": skimage("chelsea.png"),
+        "coffee": skimage("coffee.png"),
+        "rocket launch": skimage("rocket.jpg"),
+        "photographer": skimage("camera.png"),
         "motorcycle garage": skimage("motorcycle_left.png"),
         "pagoda": package_file("sklearn", "datasets", "images", "china.jpg", pip_name="scikit-learn"),
         "flower": package_file("sklearn", "datasets", "images", "flower.jpg", pip_name="scikit-learn"),
         "portrait": mpl("sample_data", "grace_hopper.jpg"),
-    }  # fmt: skip
+    }
     images = {k: open_rgb(p) for k, p in files.items()}
     parts = crop_task(rng, images, n_train, n_test, side=(0.3, 0.6), turns=False, strength=0.3)
     return *parts, tuple(files), True, tuple(p.name for p in files.values())  # type: ignore[return-value]
@@ -289,7 +340,9 @@ def _coins(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
         cy = pad + (r + 0.5) * cell_h + rng.uniform(-3, 3)
         s = max(cell_w, cell_h) * rng.uniform(0.9, 1.15)
         wide = sheet.crop((round(cx - s), round(cy - s), round(cx + s), round(cy + s)))  # turn, then cut the middle:
-        crop = wide.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR).crop((round(s / 2), round(s / 2), round(3 * s / 2), round(3 * s / 2)))
+        crop = wide.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR).crop(
+            (round(s / 2), round(s / 2), round(3 * s / 2), round(3 * s / 2))
+        )
         crop = crop.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
         return u8(jitter(rng, np.asarray(crop, np.float32) / 255.0, 0.35))
 

@@ -45,9 +45,15 @@ class Corpus:
 
 
 _NAMED_COLOURS = {
-    "red": (220, 30, 30), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (240, 220, 40),
-    "white": (245, 245, 245), "black": (15, 15, 15), "orange": (245, 140, 20), "purple": (140, 50, 180),
-}  # fmt: skip
+    "red": (220, 30, 30),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 220, 40),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "orange": (245, 140, 20),
+    "purple": (140, 50, 180),
+}
 _CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CORPUS_FONTS = {
     "a": ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf"),
@@ -82,8 +88,10 @@ def _dead_leaves(rng: np.random.Generator, n: int, shape: str, layers: int = 40,
     aspect = np.sqrt(rng.uniform(0.4, 2.5, (n, layers)))
     base = _hsv_to_rgb(hue0, np.full(n, 0.3), np.full(n, 0.5))[:, None, :]
     colours = torch.from_numpy(np.concatenate([base, colours], 1).astype(np.float32))  # index 0: the ground
-    t = {k: torch.from_numpy(v.astype(np.float32))[:, :, None, None] for k, v in
-         {"r": r, "cx": cx, "cy": cy, "aspect": aspect}.items()}  # fmt: skip
+    t = {
+        k: torch.from_numpy(v.astype(np.float32))[:, :, None, None]
+        for k, v in {"r": r, "cx": cx, "cy": cy, "aspect": aspect}.items()
+    }
     coords = torch.arange(res, dtype=torch.float32) + 0.5
     top = torch.zeros(n, res, res, dtype=torch.int64)
     for k in range(layers):
@@ -135,7 +143,9 @@ def _place_glyphs(rng: np.random.Generator, masks: torch.Tensor, n: int) -> tupl
     angle = rng.uniform(-0.25, 0.25, n)
     shift = rng.uniform(-0.2, 0.2, (n, 2))
     cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
-    theta = torch.tensor(np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1), dtype=torch.float32)
+    theta = torch.tensor(
+        np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1), dtype=torch.float32
+    )
     src = masks[torch.from_numpy(font), torch.from_numpy(char)].unsqueeze(1)
     grid = F.affine_grid(theta, [n, 1, IMAGE_SIZE, IMAGE_SIZE], align_corners=False)  # bilinear from 2x: smooth edges
     return F.grid_sample(src, grid, align_corners=False).squeeze(1), char
@@ -161,12 +171,16 @@ def _make_corpus(name: str, size: int, seed: int, chunk: int = 512) -> Corpus:
             strength = rng.uniform(0.0, 0.3, n)
             grain = strength[:, None, None, None] * _fractal_noise(rng, n, canvas.shape[1])[..., None]
             canvas = np.clip(canvas * (1.0 + grain), 0.0, 1.0)
-        canvas = 0.5 * canvas + 0.5 * canvas.mean(axis=(1, 2), keepdims=True)  # leaves at half contrast: the glyph stands out
+        canvas = 0.5 * canvas + 0.5 * canvas.mean(
+            axis=(1, 2), keepdims=True
+        )  # leaves at half contrast: the glyph stands out
         glyph, char = _place_glyphs(rng, masks, n)
         pick = rng.integers(0, len(colours), n)
         luminance = canvas.mean(axis=(1, 2, 3))
         low_contrast = np.abs(colours[pick].mean(1) - luminance) < 0.25
-        pick = np.where(low_contrast, np.where(luminance > 0.5, colour_names.index("black"), colour_names.index("white")), pick)
+        pick = np.where(
+            low_contrast, np.where(luminance > 0.5, colour_names.index("black"), colour_names.index("white")), pick
+        )
         alpha = glyph.numpy()[..., None]
         canvas = canvas * (1 - alpha) + colours[pick][:, None, None, :] * alpha
         images.append((torch.from_numpy(canvas).permute(0, 3, 1, 2) * 255.0).round().clamp(0, 255).to(torch.uint8))

@@ -12,7 +12,6 @@ Each task's training split is cut in three, the same for every seed and model:
 - the **rest**, from which each seed draws its few-shot pool.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -107,7 +106,11 @@ def _draw(task: MiniTask, rest: torch.Tensor, shots: int | None, seed: int) -> t
             raise UsageError(f"task {task.name}: {shots} shots cannot cover its {len(task.class_names)} classes")
         if shots > len(rest):
             raise UsageError(f"task {task.name}: {shots} shots exceed the {len(rest)} training images left for pools")
-        rest = rest[torch.from_numpy(stratified(task.train_labels[rest].numpy(), shots, np.random.default_rng([seed, DATA_VERSION])))]
+        rest = rest[
+            torch.from_numpy(
+                stratified(task.train_labels[rest].numpy(), shots, np.random.default_rng([seed, DATA_VERSION]))
+            )
+        ]
     return task.train_images[rest], task.train_labels[rest]
 
 
@@ -124,18 +127,27 @@ def validation_set(model: nn.Module, task: MiniTask) -> FewShotTask:
 
 
 def _validation(task: MiniTask, idx: torch.Tensor, head: PrototypeHead) -> FewShotTask:
-    return FewShotTask(task.name, task.train_images[idx], task.train_labels[idx], head, augment=shift_augment(task.flip))
+    return FewShotTask(
+        task.name, task.train_images[idx], task.train_labels[idx], head, augment=shift_augment(task.flip)
+    )
 
 
 def _head(model: nn.Module, task: MiniTask, idx: torch.Tensor) -> PrototypeHead:
-    return PrototypeHead.from_features(features(model, task.train_images[idx]), task.train_labels[idx], len(task.class_names))
+    return PrototypeHead.from_features(
+        features(model, task.train_images[idx]), task.train_labels[idx], len(task.class_names)
+    )
 
 
 @torch.no_grad()
 def features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Image features of uint8 images, normalised as every mini :class:`FewShotTask` does, in eval mode."""
     with evaluating(model):
-        return torch.cat([image_features(model, mini_normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [
+                image_features(model, mini_normalise(images[i : i + batch_size]))
+                for i in range(0, len(images), batch_size)
+            ]
+        )
 
 
 def mini_normalise(images: torch.Tensor) -> torch.Tensor:
@@ -143,9 +155,7 @@ def mini_normalise(images: torch.Tensor) -> torch.Tensor:
     return normalise(images, FewShotTask.mean, FewShotTask.std)
 
 
-def model_suite(
-    model: nn.Module, tasks: Sequence[MiniTask], shots: int | None = 100, seed: int = 0
-) -> list[MiniEval]:
+def model_suite(model: nn.Module, tasks: Sequence[MiniTask], shots: int | None = 100, seed: int = 0) -> list[MiniEval]:
     """For ``model``: each task's few-shot pool and validation set with the model's own frozen prototype head, and its
     test split.
 

@@ -265,9 +265,7 @@ DATASETS: dict[str, PaperDataset] = {
         PaperDataset(
             "GTSRB",
             read_gtsrb,
-            "gtsrb/GTSRB/Training/<00000..00042>/*.ppm\n"
-            "gtsrb/GTSRB/Final_Test/Images/*.ppm\n"
-            "gtsrb/GT-final_test.csv",
+            "gtsrb/GTSRB/Training/<00000..00042>/*.ppm\ngtsrb/GTSRB/Final_Test/Images/*.ppm\ngtsrb/GT-final_test.csv",
             "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/ "
             "(GTSRB-Training_fixed.zip, GTSRB_Final_Test_Images.zip, GTSRB_Final_Test_GT.zip, all into gtsrb/)",
         ),

@@ -104,6 +104,8 @@ def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | 
     return evaluate_scores(model, {"task": (head, loader)}, device, progress=False)["task"].accuracy
 
 
-def pool_accuracy(model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu") -> dict[str, float]:
+def pool_accuracy(
+    model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """Accuracy on held-out parts of few-shot pools or train splits: the only data settings are chosen on."""
     return evaluate(model, {n: (t.head, plain_batches(t, 256)) for n, t in tasks.items()}, device, progress=False)

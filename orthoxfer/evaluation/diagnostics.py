@@ -23,7 +23,17 @@ from orthoxfer.errors import UsageError
 from orthoxfer.report.plots import pyplot, save_figure
 from orthoxfer.vectors.taskvector import TaskVector
 
-COLUMNS = ("norm_before", "norm_after", "norm_ratio", "rank_before", "rank_after", "orth_error", "max_sv_dev", "det_sign", "dist_identity")
+COLUMNS = (
+    "norm_before",
+    "norm_after",
+    "norm_ratio",
+    "rank_before",
+    "rank_after",
+    "orth_error",
+    "max_sv_dev",
+    "det_sign",
+    "dist_identity",
+)
 
 
 def transform_metrics(u: torch.Tensor) -> dict[str, float]:
@@ -44,7 +54,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else 0.0
 
 
-def diagnose(tv: TaskVector, alignment: Alignment, oracle: TaskVector | None = None, task: str | None = None) -> dict[str, Any]:
+def diagnose(
+    tv: TaskVector, alignment: Alignment, oracle: TaskVector | None = None, task: str | None = None
+) -> dict[str, Any]:
     """Per-site rows and their aggregate for one task vector carried by ``alignment``."""
     scope = alignment.scope_for(tv, task)
     us = alignment.matrices(scope)
@@ -113,7 +125,9 @@ def aggregate_by_scope(alignment: Alignment, vectors: dict[str, TaskVector]) -> 
     return {scope: diagnose(vectors[scope], alignment, task=scope)["aggregate"] for scope in alignment.scopes}
 
 
-def plot_singular_values(tv: TaskVector, alignment: Alignment, site: str, path: Path | str, task: str | None = None) -> None:
+def plot_singular_values(
+    tv: TaskVector, alignment: Alignment, site: str, path: Path | str, task: str | None = None
+) -> None:
     """Singular values of one site before and after: on top of each other when U is orthogonal."""
     plt = pyplot()
     after = alignment.apply(tv, task)
@@ -135,7 +149,9 @@ def plot_orthogonality(rows: list[dict[str, Any]], path: Path | str) -> None:
     save_figure(fig, path)
 
 
-def write_report(report: dict[str, Any], tv: TaskVector, alignment: Alignment, out: Path | str, site: str | None = None) -> list[Path]:
+def write_report(
+    report: dict[str, Any], tv: TaskVector, alignment: Alignment, out: Path | str, site: str | None = None
+) -> list[Path]:
     """diagnostics.json and the two plots into ``out``; returns the files written."""
     out = Path(out)
     site = site or report["sites"][0]["site"]
@@ -161,15 +177,22 @@ def report_table(report: dict[str, Any]) -> Table:
 
     def cells(r: dict[str, Any], name: str) -> list[str]:
         row = [
-            name, f"{r['norm_before']:.4g}", f"{r['norm_after']:.4g}", f"{r['norm_ratio']:.6f}",
+            name,
+            f"{r['norm_before']:.4g}",
+            f"{r['norm_after']:.4g}",
+            f"{r['norm_ratio']:.6f}",
             f"{r['rank_before']}->{r['rank_after']}" if "rank_before" in r else f"{r['rank_kept']}/{r['sites']} kept",
-            f"{r.get('orth_error', r.get('orth_error_max', 0)):.2e}", f"{r['max_sv_dev']:.2e}",
+            f"{r.get('orth_error', r.get('orth_error_max', 0)):.2e}",
+            f"{r['max_sv_dev']:.2e}",
             f"{r['det_sign']:+d}" if "det_sign" in r else f"{r['det_negative']} neg",
             f"{r.get('dist_identity', r.get('dist_identity_mean', 0)):.4g}",
         ]
         if identified:
             condition = r.get("condition", r.get("condition_max"))
-            row += [str(r.get("identified_rank", r.get("identified_rank_min"))), "inf" if condition is None else f"{condition:.3g}"]
+            row += [
+                str(r.get("identified_rank", r.get("identified_rank_min"))),
+                "inf" if condition is None else f"{condition:.3g}",
+            ]
         if oracle:
             row += [f"{r['cosine_oracle_before']:.4f}", f"{r['cosine_oracle_after']:.4f}"]
         return row

@@ -98,7 +98,11 @@ class RelationStats:
             )
         x, y = x.double(), y.double()
         parts = {
-            "sx": x.sum(0), "sy": y.sum(0), "xx": x.T @ x, "yy": y.T @ y, "xy": x.T @ y,
+            "sx": x.sum(0),
+            "sy": y.sum(0),
+            "xx": x.T @ x,
+            "yy": y.T @ y,
+            "xy": x.T @ y,
         }
         if y_control is not None:
             parts["xy_control"] = x.T @ y_control.double()

@@ -80,10 +80,17 @@ class ActivationSideStep(AlignStep):
             if site.part not in ("q", "k", "v", "out"):
                 raise UsageError(f"the activation-side comparison covers attention sites only, not {site.name}")
             parts.setdefault(site.block, {})[site.part] = i
-        self.blocks = {path: ActivationSideAttention(self.model.get_submodule(path), p, self.contribution) for path, p in parts.items()}
+        self.blocks = {
+            path: ActivationSideAttention(self.model.get_submodule(path), p, self.contribution)
+            for path, p in parts.items()
+        }
         self.updates: list[tuple[torch.Tensor, ...]] = []  # per site: dW, or LoRA's (A, B) with dW^T = A^T B^T
         for vec in self.vectors:
-            self.updates += [(dw,) for dw in vec.dw.unbind(0)] if vec.dw is not None else list(zip(vec.a.unbind(0), vec.b.unbind(0)))
+            self.updates += (
+                [(dw,) for dw in vec.dw.unbind(0)]
+                if vec.dw is not None
+                else list(zip(vec.a.unbind(0), vec.b.unbind(0)))
+            )
         self.current: list[torch.Tensor] = []
 
     def contribution(self, site: int, x: torch.Tensor) -> torch.Tensor:

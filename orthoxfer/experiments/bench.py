@@ -99,7 +99,9 @@ class BenchConfig:
     lora_methods: tuple[str, ...] = ("penalty",)  # strategies with LoRA rows too (transfer methods always have them)
     controls: tuple[str, ...] = ()
     ties: tuple[str, ...] = ("site",)  # each alignment row once per tie option
-    lrs: tuple[float, ...] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
+    lrs: tuple[
+        float, ...
+    ] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
     mode: str = "joint"  # joint: the summed vectors, one lambda | per-task: each task its own vector, U's and lambda
     val_fraction: float = 0.2
     scales: tuple[float, ...] = SCALES
@@ -126,7 +128,11 @@ class BenchConfig:
         for kind in self.kinds:
             rows.append(Row(kind, "direct"))
             rows.extend([Row(kind, "oracle")] if planted else [])
-            methods = self.methods if kind == "embed" else tuple(m for m in self.methods if m in self.lora_methods or m in TRANSFERS)
+            methods = (
+                self.methods
+                if kind == "embed"
+                else tuple(m for m in self.methods if m in self.lora_methods or m in TRANSFERS)
+            )
             for method in methods:
                 if method in TRANSFERS:  # no U: no init, no tie
                     rows.extend(Row(kind, method, control=c) for c in ("", *self.controls))
@@ -140,7 +146,9 @@ class BenchConfig:
         return rows
 
 
-def split_pools(inputs: SuiteInputs, fraction: float, seed: int) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
+def split_pools(
+    inputs: SuiteInputs, fraction: float, seed: int
+) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
     """What every method trains on and where its settings are chosen: the whole pool and the suite's validation set
     where the suite has one (mini, planted), else a held-out ``fraction`` of the pool (paper)."""
     train, val = {}, {}
@@ -151,8 +159,10 @@ def split_pools(inputs: SuiteInputs, fraction: float, seed: int) -> tuple[dict[s
 
 def test_accuracy(models: dict[str, nn.Module], inputs: SuiteInputs, device: str) -> dict[str, float]:
     """Test accuracy of each task's model (one shared model in joint mode) and their unweighted mean."""
-    scores = {t.name: evaluate(models[t.name], {t.name: (t.test[0], t.test[1]())}, device, progress=False)[t.name]
-              for t in inputs.tasks}  # fmt: skip
+    scores = {
+        t.name: evaluate(models[t.name], {t.name: (t.test[0], t.test[1]())}, device, progress=False)[t.name]
+        for t in inputs.tasks
+    }
     return {**scores, "mean": sum(scores.values()) / len(scores)}
 
 
@@ -164,8 +174,11 @@ def row_vectors(row: Row, inputs: SuiteInputs, seed: int) -> dict[str, TaskVecto
 
 def _mean_diagnostics(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-task alignments' diagnostics as one: means of the measures, the fewest sites whose rank was kept."""
-    return {k: (min if isinstance(v, int) else lambda xs: sum(xs) / len(xs))([r[k] for r in reports])
-            for k, v in reports[0].items() if isinstance(v, (int, float))}  # fmt: skip
+    return {
+        k: (min if isinstance(v, int) else lambda xs: sum(xs) / len(xs))([r[k] for r in reports])
+        for k, v in reports[0].items()
+        if isinstance(v, (int, float))
+    }
 
 
 def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
@@ -177,7 +190,13 @@ def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: 
     """
     started = time.perf_counter()
     train, val = split_pools(inputs, config.val_fraction, seed)
-    record: dict[str, Any] = {"row": row.id, "label": row.label, **dataclasses.asdict(row), "needs": row.needs, "seed": seed}
+    record: dict[str, Any] = {
+        "row": row.id,
+        "label": row.label,
+        **dataclasses.asdict(row),
+        "needs": row.needs,
+        "seed": seed,
+    }
     trained = row.method == "finetune" or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
     grid = config.lrs if trained and config.lrs else (None,)
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
@@ -193,8 +212,17 @@ def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: 
     return record
 
 
-def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int, train, val, lr: float | None,
-         own_folder: bool) -> tuple[dict[str, nn.Module], float, dict[str, Any]]:  # fmt: skip
+def _fit(
+    row: Row,
+    inputs: SuiteInputs,
+    config: BenchConfig,
+    run: Run,
+    seed: int,
+    train,
+    val,
+    lr: float | None,
+    own_folder: bool,
+) -> tuple[dict[str, nn.Module], float, dict[str, Any]]:
     """One candidate of a row: each task's model (one shared in joint mode), mean validation accuracy, what to record.
 
     ``per-task`` mode carries each task's vector alone (its own U's and its own lambda),
@@ -221,9 +249,14 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
         settings = transfer_settings(config.transfer, seed=seed, device=device)
         # the training parts only: lambda is chosen on val; joint rows were summed above
         done = carry(row.method, vectors, inputs.source, inputs.target, train, settings)
-        if inputs.planted is not None:  # two-sided maps (learnt["in/<site>"], learnt["out/<site>"]) against the planted U*
+        if (
+            inputs.planted is not None
+        ):  # two-sided maps (learnt["in/<site>"], learnt["out/<site>"]) against the planted U*
             for d in done.values():
-                sides = [{k.split("/", 1)[1]: u for k, u in d.learnt.items() if k.startswith(f"{side}/")} for side in ("in", "out")]
+                sides = [
+                    {k.split("/", 1)[1]: u for k, u in d.learnt.items() if k.startswith(f"{side}/")}
+                    for side in ("in", "out")
+                ]
                 if sides[0].keys() & inputs.planted.keys():
                     d.diagnostics["recovery_error"] = sum(recovery_error(maps, inputs.planted) for maps in sides) / 2
         fields["diagnostics"] = _mean_diagnostics([d.diagnostics for d in done.values()])
@@ -233,7 +266,9 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
         settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         settings = settings.replace(lr=lr) if lr is not None else settings
         if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
-            settings = settings.replace(steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks))
+            settings = settings.replace(
+                steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks)
+            )
         alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), settings, row_run)
         if row_run.writes:
             alignment.save(row_run.file("alignment.safetensors"))
@@ -242,7 +277,9 @@ def _fit(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
             for report, scope in zip(reports, alignment.scopes):
                 report["recovery_error"] = recovery_error(alignment.matrices(scope), inputs.planted)
         fields["diagnostics"] = _mean_diagnostics(reports)
-        vectors = {k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()}
+        vectors = {
+            k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()
+        }
     choosing = time.perf_counter()
     if not per_task:
         chosen = direct_addition(inputs.target, vectors["joint"], val, config.scales, device)
@@ -266,7 +303,9 @@ def relatedness(inputs: SuiteInputs, seed: int) -> list[dict[str, Any]] | None:
     return [r.to_dict() for r in relate(inputs.source, inputs.target, inputs.relate_images, seed=seed)]
 
 
-def run_bench(inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print) -> list[dict]:
+def run_bench(
+    inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print
+) -> list[dict]:
     """Every row for every seed, reusing rows already stored in the run folder.
 
     Which rows are stored is read before any is computed: under torchrun every process

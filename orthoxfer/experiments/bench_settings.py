@@ -37,15 +37,25 @@ class BenchSettings:
 
     def record(self) -> dict[str, Any]:
         """What a run's config.json holds of these settings: the tables, transfer options and chosen fields."""
-        return {**self.tables, **({"transfer": self.transfer} if self.transfer else {}),
-                "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in self.chosen.items() if v is not None}}  # fmt: skip
+        return {
+            **self.tables,
+            **({"transfer": self.transfer} if self.transfer else {}),
+            "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in self.chosen.items() if v is not None},
+        }
 
 
 def resolve_bench(
-    suite: str, size: str, device: torch.device, config: Path | None = None, shots: int | None = None,
-    steps: int | None = None, lr: float | None = None, strategy_options: dict[str, Any] | None = None,
-    choices: dict[str, Any] | None = None, tasks: int | None = None,
-) -> BenchSettings:  # fmt: skip
+    suite: str,
+    size: str,
+    device: torch.device,
+    config: Path | None = None,
+    shots: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    strategy_options: dict[str, Any] | None = None,
+    choices: dict[str, Any] | None = None,
+    tasks: int | None = None,
+) -> BenchSettings:
     """Defaults <- config <- flags. ``strategy_options`` holds strategy and transfer flags alike (the transfer ones
     are split off); ``choices`` the parsed BenchConfig flags (methods, kinds, controls, procrustes_init, ties, lrs,
     mode), None where not given: ties default to the align table's tie, mode to its mode, else joint for the paper

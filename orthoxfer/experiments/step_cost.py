@@ -69,7 +69,12 @@ from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import __version__
 
-TRAINED = {"penalty": {}, "riemannian-qr": {"retraction": "qr"}, "riemannian-cayley": {"retraction": "cayley"}, "cayley": {}}
+TRAINED = {
+    "penalty": {},
+    "riemannian-qr": {"retraction": "qr"},
+    "riemannian-cayley": {"retraction": "cayley"},
+    "cayley": {},
+}
 METHODS = ("floor", *TRAINED, "procrustes", "activation", *ROWS)
 GOAL = 1.15  # the issue's target: a trained strategy's step at most 1.15x the floor
 
@@ -133,7 +138,6 @@ def build_models(arch: str, device: torch.device) -> tuple[torch.nn.Module, torc
     """Target and source of one architecture with random weights (timing does not depend on the values)."""
     import open_clip
 
-
     if arch == "tiny":
         return small_clip(seed=0).to(device), small_clip(seed=1).to(device)
     models = []
@@ -149,10 +153,12 @@ def build_models(arch: str, device: torch.device) -> tuple[torch.nn.Module, torc
 def task_vector(sites: list, kind: str, rank: int):
     """A seeded task vector of the right shapes: timing does not depend on its values."""
 
-
     g = torch.Generator().manual_seed(0)
     if kind == "lora":
-        factors = {s.name: (0.01 * torch.randn(rank, s.dim, generator=g), 0.01 * torch.randn(s.dim, rank, generator=g)) for s in sites}
+        factors = {
+            s.name: (0.01 * torch.randn(rank, s.dim, generator=g), 0.01 * torch.randn(s.dim, rank, generator=g))
+            for s in sites
+        }
         return TaskVector(lora=factors, scale=2.0)
     return TaskVector({s.name: 1e-3 * torch.randn(s.dim, s.dim, generator=g) for s in sites})
 
@@ -166,10 +172,17 @@ def state_bytes(step) -> int:
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
-def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[str], vectors: list[str], rank: int,
-               rotation_rank: int = 0, compile: bool = False) -> tuple[list[TimedRow], dict[str, Any]]:  # fmt: skip
+def build_rows(
+    arch: str,
+    batch_size: int,
+    device: torch.device,
+    methods: list[str],
+    vectors: list[str],
+    rank: int,
+    rotation_rank: int = 0,
+    compile: bool = False,
+) -> tuple[list[TimedRow], dict[str, Any]]:
     """Every row's callable on one shared target, batch and head."""
-
 
     target, source = build_models(arch, device)
     sites = find_sites(target, "attn")
@@ -182,14 +195,25 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
     head = nn.Linear(target.visual.output_dim, 10).requires_grad_(False).to(device)
     task = FewShotTask("bench", images, labels, head)
     x, y = task.normalise(images).to(device), labels.to(device)
-    settings = AlignSettings(lr=1e-3, warmup=0, batch_size=batch_size, device=str(device), log_every=0, checkpoint_every=0,
-                             compile=compile)
+    settings = AlignSettings(
+        lr=1e-3, warmup=0, batch_size=batch_size, device=str(device), log_every=0, checkpoint_every=0, compile=compile
+    )
 
     def step_row(name: str, vector: str, step, trained: bool = False) -> TimedRow:
         return TimedRow(name, vector, lambda: step(x, y, head), lambda: state_bytes(step), trained=trained)
 
-    floor = FinetuneStep(target, sites, FinetuneSettings(kind="embed", lr=settings.lr, weight_decay=settings.weight_decay,
-                                                         clip=settings.clip, device=str(device), compile=compile))
+    floor = FinetuneStep(
+        target,
+        sites,
+        FinetuneSettings(
+            kind="embed",
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            clip=settings.clip,
+            device=str(device),
+            compile=compile,
+        ),
+    )
     rows = [step_row("floor", "-", floor)]
     for kind in vectors:
         tv = task_vector(sites, kind, rank)
@@ -216,8 +240,14 @@ def build_rows(arch: str, batch_size: int, device: torch.device, methods: list[s
         rows.append(TimedRow("procrustes", "-", solve, lambda: sum(t.numel() * t.element_size() for t in result)))
     done: dict = {}
     for name, transfer in transfer_runs(methods, task_vector(sites, "dense", rank), source, target, task, device):
-        rows.append(TimedRow(name, "-", lambda name=name, transfer=transfer: done.update({name: transfer()}),
-                             lambda name=name: learnt_bytes(done.get(name))))  # fmt: skip
+        rows.append(
+            TimedRow(
+                name,
+                "-",
+                lambda name=name, transfer=transfer: done.update({name: transfer()}),
+                lambda name=name: learnt_bytes(done.get(name)),
+            )
+        )
     d = sites[0].dim
     meta = {"sites": len(sites), "d": d, "dense_rotation_gflop": 10 * d**3 * len(sites) / 1e9}
     return rows, meta
@@ -236,20 +266,47 @@ def timed(row: TimedRow, device: torch.device) -> float:
 
 def machine(device: torch.device) -> dict[str, Any]:
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    info = {"device": device.type, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "os": platform.platform(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    info = {
+        "device": device.type,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
-def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch.device, methods: list[str], vectors: list[str],
-              rank: int, out: Path, rotation_rank: int = 0, compile: bool = False) -> dict[str, Any]:
+def step_cost(
+    arch: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    methods: list[str],
+    vectors: list[str],
+    rank: int,
+    out: Path,
+    rotation_rank: int = 0,
+    compile: bool = False,
+) -> dict[str, Any]:
     """Run the benchmark, write ``step_cost-<device>[-compiled].json`` and ``.md`` to ``out``, return the report."""
-
 
     load_before = os.getloadavg()
     rows, meta = build_rows(arch, batch_size, device, methods, vectors, rank, rotation_rank, compile)
@@ -267,7 +324,7 @@ def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch
     with progress_bar() as bar:
         job = bar.add_task("step cost", total=steps, status="")
         for r in range(steps):
-            order = others[r % len(others):] + others[: r % len(others)] if others else []
+            order = others[r % len(others) :] + others[: r % len(others)] if others else []
             before, pending = timed(floor, device), []
             floor.times.append(before)
             for k, row in enumerate(order):
@@ -284,10 +341,22 @@ def step_cost(arch: str, batch_size: int, steps: int, warmup: int, device: torch
         with PeakMemory(device) as mem:
             row.run()
         row.step_bytes = mem.bytes
-    report = step_cost_report(rows, meta, {"arch": arch, "batch_size": batch_size, "steps": steps, "warmup": warmup,
-                                    "vectors": vectors, "rank": rank, "rotation_rank": rotation_rank, "lr": 1e-3,
-                                    "compile": compile},
-                       dict(machine(device), load_before=load_before, load_after=os.getloadavg()))
+    report = step_cost_report(
+        rows,
+        meta,
+        {
+            "arch": arch,
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup": warmup,
+            "vectors": vectors,
+            "rank": rank,
+            "rotation_rank": rotation_rank,
+            "lr": 1e-3,
+            "compile": compile,
+        },
+        dict(machine(device), load_before=load_before, load_after=os.getloadavg()),
+    )
     out.mkdir(parents=True, exist_ok=True)
     stem = result_stem(device, compile)
     write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
@@ -299,15 +368,25 @@ def result_stem(device: torch.device, compile: bool) -> str:
     return f"step_cost-{device.type}" + ("-compiled" if compile else "")
 
 
-def step_cost_report(rows: list[TimedRow], meta: dict[str, Any], settings: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
+def step_cost_report(
+    rows: list[TimedRow], meta: dict[str, Any], settings: dict[str, Any], host: dict[str, Any]
+) -> dict[str, Any]:
     """Medians, paired ratios to the floor, and the arithmetic that bounds them."""
     batch = settings["batch_size"]
     out = []
     for row in rows:
         ratio = statistics.median(row.ratios) if row.ratios else 1.0
-        entry = {"method": row.name, "vector": row.vector, "median_s": statistics.median(row.times), "times_s": row.times,
-                 "ratio_to_floor": ratio, "ratios": row.ratios, "gflop": row.gflop, "state_mb": row.state_bytes() / 2**20,
-                 "step_peak_mb": None if row.step_bytes is None else row.step_bytes / 2**20}
+        entry = {
+            "method": row.name,
+            "vector": row.vector,
+            "median_s": statistics.median(row.times),
+            "times_s": row.times,
+            "ratio_to_floor": ratio,
+            "ratios": row.ratios,
+            "gflop": row.gflop,
+            "state_mb": row.state_bytes() / 2**20,
+            "step_peak_mb": None if row.step_bytes is None else row.step_bytes / 2**20,
+        }
         if row.trained:
             entry["meets_goal"] = ratio <= GOAL
             # the U maths does not grow with the batch, the floor does (about linearly); the
@@ -315,10 +394,20 @@ def step_cost_report(rows: list[TimedRow], meta: dict[str, Any], settings: dict[
             entry["batch_for_goal_estimate"] = None if ratio <= 1 else batch * (ratio - 1) / (GOAL - 1)
         out.append(entry)
     floor_gflop = rows[0].gflop
-    arithmetic = dict(meta, floor_gflop=floor_gflop,
-                      dense_rotation_fraction_of_floor=meta["dense_rotation_gflop"] / floor_gflop if floor_gflop else None)
-    return {"benchmark": "step_cost", "orthoxfer": __version__, "machine": host, "settings": dict(settings, **meta),
-            "goal_ratio": GOAL, "rows": out, "arithmetic": arithmetic}
+    arithmetic = dict(
+        meta,
+        floor_gflop=floor_gflop,
+        dense_rotation_fraction_of_floor=meta["dense_rotation_gflop"] / floor_gflop if floor_gflop else None,
+    )
+    return {
+        "benchmark": "step_cost",
+        "orthoxfer": __version__,
+        "machine": host,
+        "settings": dict(settings, **meta),
+        "goal_ratio": GOAL,
+        "rows": out,
+        "arithmetic": arithmetic,
+    }
 
 
 def number(value: float | None) -> str:
@@ -334,24 +423,33 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"### Step cost: {s['arch']}, {s['sites']} attention sites (d = {s['d']}), batch {s['batch_size']}, {m['device']}",
         "",
-        f"{where}; torch {m['torch']}; " + ("every row's target forward through torch.compile; " if s.get("compile") else "")
+        f"{where}; torch {m['torch']}; "
+        + ("every row's target forward through torch.compile; " if s.get("compile") else "")
         + f"load average {m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after. "
         f"Median of {s['steps']} timed steps per row after {s['warmup']} warm-up, rows interleaved in one process; "
         "x floor: median over rounds of a step's time over the mean of the two floor steps timed around it. "
         "GFLOP: matmul FLOPs of one step counted by torch.utils.flop_counter (factorisations and triangular solves "
         "not counted). State: what a method keeps between steps (parameters, optimiser state, stacked task vector). "
-        + ("Step peak: the most memory a step allocates above what is allocated before it (CUDA allocator)."
-           if m["device"] == "cuda" else
-           "Step peak: the peak resident memory a step adds above the resident memory before it (VmHWM after a reset)."),
+        + (
+            "Step peak: the most memory a step allocates above what is allocated before it (CUDA allocator)."
+            if m["device"] == "cuda"
+            else "Step peak: the peak resident memory a step adds above the resident memory before it (VmHWM after a reset)."
+        ),
         "",
         "| method | task vector | s/step | x floor | GFLOP/step | state MB | step peak MB |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
-        name = {"floor": "floor: fine-tune the sites (AdamW)", "procrustes": "procrustes (whole solve)",
-                "activation": "activation-side (reference code), penalty", **LABELS}.get(r["method"], r["method"])
-        lines.append(f"| {name} | {r['vector']} | {r['median_s']:.3g} | {r['ratio_to_floor']:.2f} | {number(r['gflop'])} | "
-                     f"{number(r['state_mb'])} | {number(r['step_peak_mb'])} |")
+        name = {
+            "floor": "floor: fine-tune the sites (AdamW)",
+            "procrustes": "procrustes (whole solve)",
+            "activation": "activation-side (reference code), penalty",
+            **LABELS,
+        }.get(r["method"], r["method"])
+        lines.append(
+            f"| {name} | {r['vector']} | {r['median_s']:.3g} | {r['ratio_to_floor']:.2f} | {number(r['gflop'])} | "
+            f"{number(r['state_mb'])} | {number(r['step_peak_mb'])} |"
+        )
     lines.append("")
     if a["dense_rotation_fraction_of_floor"] is not None:
         lines.append(
@@ -363,9 +461,14 @@ def markdown(report: dict[str, Any]) -> str:
     trained = [r for r in report["rows"] if "meets_goal" in r]
     met = [f"{r['method']} ({r['vector']})" for r in trained if r["meets_goal"]]
     lines.append(f"Goal, a step at most {goal:.2f}x the floor at this batch: met by {', '.join(met) or 'no row'}.")
-    estimates = [f"{r['method']} ({r['vector']}) ~{r['batch_for_goal_estimate']:.0f}" for r in trained
-                 if not r["meets_goal"] and r["batch_for_goal_estimate"] is not None]
+    estimates = [
+        f"{r['method']} ({r['vector']}) ~{r['batch_for_goal_estimate']:.0f}"
+        for r in trained
+        if not r["meets_goal"] and r["batch_for_goal_estimate"] is not None
+    ]
     if estimates:
-        lines.append("Batch size at which the others would meet it, estimated from these timings (their extra "
-                     f"seconds fixed, the floor linear in the batch): {', '.join(estimates)}.")
+        lines.append(
+            "Batch size at which the others would meet it, estimated from these timings (their extra "
+            f"seconds fixed, the floor linear in the batch): {', '.join(estimates)}."
+        )
     return "\n".join(lines) + "\n"

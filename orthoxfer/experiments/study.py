@@ -39,7 +39,9 @@ def check_rungs(rungs: tuple[str, ...]) -> tuple[str, ...]:
     """The rungs named, or a one-line UsageError listing the choices."""
     unknown = [r for r in rungs if r not in RUNGS]
     if unknown or not rungs:
-        raise UsageError(f"unknown rung {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(RUNGS)}")
+        raise UsageError(
+            f"unknown rung {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(RUNGS)}"
+        )
     return rungs
 
 
@@ -69,12 +71,19 @@ class StudyPlan:
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         for rung in self.rungs:
-            check_task_count(self.controls(rung), len(self.tasks), "--controls" if rung not in self.rung_controls else
-                             f"--controls and --paper-controls (by default it is on {rung})")  # fmt: skip
+            check_task_count(
+                self.controls(rung),
+                len(self.tasks),
+                "--controls"
+                if rung not in self.rung_controls
+                else f"--controls and --paper-controls (by default it is on {rung})",
+            )
 
     def controls(self, rung: str) -> tuple[str, ...]:
         """The rung's controls: those of every rung first (the plot's is the first), then the rung's own."""
-        return tuple(dict.fromkeys((*self.settings[rung_suite(rung)[0]].bench.controls, *self.rung_controls.get(rung, ()))))
+        return tuple(
+            dict.fromkeys((*self.settings[rung_suite(rung)[0]].bench.controls, *self.rung_controls.get(rung, ())))
+        )
 
     def bench(self, rung: str) -> BenchConfig:
         """The bench settings of ``rung``'s rows: its suite's, with the rung's controls."""
@@ -96,8 +105,16 @@ class StudyPlan:
         suite, pair = rung_suite(rung)
         record = self.settings[suite].record()
         record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
-        return {"suite": suite, **({"pair": pair} if pair else {}), "model_seed": MODEL_SEED, "tasks": list(self.tasks),
-                "shots": self.settings[suite].shots, "size": self.size, **models_record(suite, self.size), **record}  # fmt: skip
+        return {
+            "suite": suite,
+            **({"pair": pair} if pair else {}),
+            "model_seed": MODEL_SEED,
+            "tasks": list(self.tasks),
+            "shots": self.settings[suite].shots,
+            "size": self.size,
+            **models_record(suite, self.size),
+            **record,
+        }
 
 
 @dataclass
@@ -121,13 +138,29 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     started = time.perf_counter()
     records, related = [], {}
     for seed in range(plan.seeds):
-        request = SuiteRequest(seed=seed, model_seed=MODEL_SEED, shots=settings.shots, size=plan.size, pair=pair,
-                               tasks=plan.tasks, kinds=settings.bench.kinds, source_ft=settings.source_ft,
-                               device=plan.device, cache_dir=plan.cache_dir)  # fmt: skip
+        request = SuiteRequest(
+            seed=seed,
+            model_seed=MODEL_SEED,
+            shots=settings.shots,
+            size=plan.size,
+            pair=pair,
+            tasks=plan.tasks,
+            kinds=settings.bench.kinds,
+            source_ft=settings.source_ft,
+            device=plan.device,
+            cache_dir=plan.cache_dir,
+        )
         inputs = build_suite(suite, request)
         related[str(seed)] = relatedness(inputs, seed) or []
         records += run_bench(inputs, plan.bench(rung), run, [seed], progress=lambda msg: progress(f"{rung}: {msg}"))
     names = [t.name for t in inputs.tasks]
-    return RungResult(rung, inputs.source_name, inputs.target_name, names, plan.controls(rung), records, related,
-                      time.perf_counter() - started)  # fmt: skip
-
+    return RungResult(
+        rung,
+        inputs.source_name,
+        inputs.target_name,
+        names,
+        plan.controls(rung),
+        records,
+        related,
+        time.perf_counter() - started,
+    )

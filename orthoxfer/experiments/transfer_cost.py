@@ -28,8 +28,12 @@ ROWS = {  # row name -> (transfer method, its options)
     "gradfix-mean": ("gradfix", {"gradfix_vote": "mean"}),
     "transfusion": ("transfusion", {"transfusion_rounds": 1}),
 }
-LABELS = {"theseus": "theseus (statistics and solves)", "gradfix-majority": "gradfix, majority vote (whole mask)",
-          "gradfix-mean": "gradfix, mean vote (whole mask)", "transfusion": "transfusion (one matching round, relabelling)"}  # fmt: skip
+LABELS = {
+    "theseus": "theseus (statistics and solves)",
+    "gradfix-majority": "gradfix, majority vote (whole mask)",
+    "gradfix-mean": "gradfix, mean vote (whole mask)",
+    "transfusion": "transfusion (one matching round, relabelling)",
+}
 
 
 def transfer_runs(
@@ -41,7 +45,12 @@ def transfer_runs(
         method, options = ROWS[name]
         settings = transfer_settings(options, device=str(device))
         # a fresh instance per run: transfusion keeps its matching per model pair, and each timed run must redo it
-        runs.append((name, lambda cls=TRANSFERS[method], s=settings: cls().transfer(vector, source, target, {task.name: task}, s)))
+        runs.append(
+            (
+                name,
+                lambda cls=TRANSFERS[method], s=settings: cls().transfer(vector, source, target, {task.name: task}, s),
+            )
+        )
     return runs
 
 

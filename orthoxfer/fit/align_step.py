@@ -96,7 +96,9 @@ class StackedVector:
         return StackedVector(a=self.a @ base, b=base.mT @ self.b)
 
 
-def site_deltas(groups: list[SiteGroup], vectors: list[StackedVector], stacks: list[torch.Tensor]) -> list[torch.Tensor]:
+def site_deltas(
+    groups: list[SiteGroup], vectors: list[StackedVector], stacks: list[torch.Tensor]
+) -> list[torch.Tensor]:
     """Rotated deltas, one (n_sites, d, d) stack per group in site order: the one place a step touches U.
 
     Tied groups gather their U's by ``group.index``; :class:`AlignStep` moves it to its
@@ -108,7 +110,9 @@ def site_deltas(groups: list[SiteGroup], vectors: list[StackedVector], stacks: l
     ]
 
 
-def factored_deltas(groups: list[SiteGroup], vectors: list[StackedVector], parts: list[nn.Module]) -> list[torch.Tensor]:
+def factored_deltas(
+    groups: list[SiteGroup], vectors: list[StackedVector], parts: list[nn.Module]
+) -> list[torch.Tensor]:
     """As :func:`site_deltas` for low-rank parameterisations ``U = U0 (I + L R^T)``, from their factors only.
 
     ``vectors`` must already be carried by each part's ``U0`` (:meth:`StackedVector.carried_by`).

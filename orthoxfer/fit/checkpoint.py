@@ -36,7 +36,9 @@ def checkpoint_payload(
     return tensors, dict(meta, step=step, optim_scalars=scalars, param_groups=state["param_groups"])
 
 
-def load_checkpoint(path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+def load_checkpoint(
+    path: Path | str, module: nn.Module, optimiser: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any]]:
     """Restore ``module`` and ``optimiser`` in place; returns the step the checkpoint was taken after."""
     tensors, meta = load_artifact(path, KIND)
     return restore_checkpoint(tensors, meta, module, optimiser)

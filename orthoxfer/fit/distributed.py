@@ -59,7 +59,9 @@ class Ranks:
     def check_batch(self, batch_size: int) -> None:
         """Equal shares make the mean of the processes' mean losses the whole batch's mean loss."""
         if batch_size % self.size:
-            raise UsageError(f"--batch-size {batch_size} must be a multiple of the {self.size} processes that share each batch")
+            raise UsageError(
+                f"--batch-size {batch_size} must be a multiple of the {self.size} processes that share each batch"
+            )
 
     def average_(self, tensors: list[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the processes, in one all-reduce of one flat buffer."""

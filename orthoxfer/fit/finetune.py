@@ -70,13 +70,17 @@ class FinetuneSettings:
 class SiteUpdates(nn.Module):
     """The trainable update: dense deltas, LoRA factors, or (``full``) a delta for every tower parameter."""
 
-    def __init__(self, model: nn.Module, sites: list[Site], settings: FinetuneSettings, generator: torch.Generator) -> None:
+    def __init__(
+        self, model: nn.Module, sites: list[Site], settings: FinetuneSettings, generator: torch.Generator
+    ) -> None:
         super().__init__()
         self.kind, self.sites = settings.kind, sites
         self.scale = settings.lora_alpha / settings.rank if settings.kind == "lora" else 1.0
         n, (rows, d) = len(sites), sites[0].shape
         if len({s.shape for s in sites}) != 1:
-            raise UsageError("fine-tuning stacks the sites: choose sites of one shape (attn, or one kind of MLP weight)")
+            raise UsageError(
+                "fine-tuning stacks the sites: choose sites of one shape (attn, or one kind of MLP weight)"
+            )
         if settings.kind == "lora":
             bound = 1.0 / math.sqrt(d)  # kaiming-uniform with a = sqrt(5), as nn.Linear and the reference LoRA
             self.a = nn.Parameter((torch.rand(n, settings.rank, d, generator=generator) * 2 - 1) * bound)
@@ -88,8 +92,7 @@ class SiteUpdates(nn.Module):
             root = default_root(model)
             site_params = {s.param for s in sites}
             self.others = [
-                name for name, _ in model.named_parameters()
-                if name.startswith(root) and name not in site_params
+                name for name, _ in model.named_parameters() if name.startswith(root) and name not in site_params
             ]
             self.rest = nn.ParameterList(nn.Parameter(torch.zeros_like(model.get_parameter(n))) for n in self.others)
 
@@ -107,6 +110,7 @@ class SiteUpdates(nn.Module):
     @torch.no_grad()
     def task_vector(self, meta: dict[str, Any]) -> TaskVector:
         """The update as a task vector on the CPU, as one loaded from disk would be, wherever it was trained."""
+
         def own(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to("cpu", copy=True)  # one copy, from any device
 
@@ -129,7 +133,9 @@ class FinetuneStep(Stepper):
         self.settings = settings
         g = torch.Generator().manual_seed(settings.seed)
         self.module = SiteUpdates(self.model, sites, settings, g).to(self.device)
-        self.use_optimiser(adamw(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay), settings.clip)
+        self.use_optimiser(
+            adamw(self.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay), settings.clip
+        )
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, None]:
         with self.autocast:
@@ -159,8 +165,11 @@ def finetune(
             raise UsageError(f"the model has NaN or Inf weights at site {site.name}; check the checkpoint")
     torch.manual_seed(settings.seed)
     step = FinetuneStep(model, sites, settings)
-    meta = {"tasks": list(tasks), "finetune": {k: v for k, v in dataclasses.asdict(settings).items() if k != "extra"},
-            **settings.extra}
+    meta = {
+        "tasks": list(tasks),
+        "finetune": {k: v for k, v in dataclasses.asdict(settings).items() if k != "extra"},
+        **settings.extra,
+    }
 
     def validate() -> dict[str, float]:
         return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), validation, step.device)

@@ -124,7 +124,9 @@ def progress_bar() -> Progress:
     )
 
 
-def task_batch(tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)):
+def task_batch(
+    tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
+):
     """The task, images and labels of ``step`` (its ``part`` of them): a function of (seed, step) only.
 
     The whole batch is drawn and augmented before ``part`` is cut from it: augmentation
@@ -134,7 +136,9 @@ def task_batch(tasks: list[FewShotTask], step: int, settings: LoopSettings, devi
     torch.manual_seed(settings.seed * 1_000_003 + step)  # augmentation RNG
     pos = step % len(tasks)
     task = tasks[pos]
-    index = batch_indices(pos, step // len(tasks), len(task.labels), settings.augment, settings.batch_size, settings.seed)
+    index = batch_indices(
+        pos, step // len(tasks), len(task.labels), settings.augment, settings.batch_size, settings.seed
+    )
     x, y = task.batch(index, augment=settings.augment > 1)
     return task, x[part].to(device, non_blocking=True), y[part].to(device, non_blocking=True)
 
@@ -184,8 +188,16 @@ def run_steps(
                     "try a smaller --lr, a larger --alpha or --clip 1.0"
                 )
             if log_now:
-                record = {"scope": scope, "step": done, "task": task.name, "loss": loss.item(), "ce": ce.item(),
-                          "penalty": 0.0 if reg is None else reg.item(), "lr_scale": factor, **stepper.metrics()}
+                record = {
+                    "scope": scope,
+                    "step": done,
+                    "task": task.name,
+                    "loss": loss.item(),
+                    "ce": ce.item(),
+                    "penalty": 0.0 if reg is None else reg.item(),
+                    "lr_scale": factor,
+                    **stepper.metrics(),
+                }
                 if run is not None:
                     run.log(record)
                 status = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "ce", "orth_error") if k in record)
@@ -195,8 +207,15 @@ def run_steps(
             if validate is not None and (done % epoch == 0 or last):
                 scores = validate()
                 if run is not None:
-                    run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
-                bar.console.print(f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
-                                  + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()), highlight=False)
+                    run.log(
+                        {"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl"
+                    )
+                bar.console.print(
+                    f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
+                    + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+                    highlight=False,
+                )
             if save_now:
-                run.save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name})
+                run.save_checkpoint(
+                    checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name}
+                )

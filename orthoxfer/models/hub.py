@@ -74,7 +74,9 @@ def hub_file(repo: str, filenames: list[str], cache_dir: Path | None = None) -> 
     else:
         for filename in filenames:
             try:
-                return Path(hf_hub_download(repo, filename, cache_dir=str(cache_dir) if cache_dir is not None else None))
+                return Path(
+                    hf_hub_download(repo, filename, cache_dir=str(cache_dir) if cache_dir is not None else None)
+                )
             except Exception as exc:  # noqa: BLE001 - the hub raises many types; the first line says which
                 why = f"Hugging Face: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     others = f" (or {', '.join(filenames[1:])} in its place)" if len(filenames) > 1 else ""

@@ -105,8 +105,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if spec.startswith(hub.PREFIX):
         repo, path = hub.parse(spec)
         if path is not None:
-            raise UsageError(f"model {spec!r}: a model is a whole repository, hf-hub:{repo}; for one weights file "
-                             f"in it give ARCH:/path/to/the/downloaded/file")  # fmt: skip
+            raise UsageError(
+                f"model {spec!r}: a model is a whole repository, hf-hub:{repo}; for one weights file "
+                f"in it give ARCH:/path/to/the/downloaded/file"
+            )
         return HUB, repo
     arch, sep, source = spec.partition(":")
     if not sep or not arch or not source:

@@ -46,7 +46,13 @@ def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[st
     perm = block_permutation(dim, heads, g)
     perms = {RESIDUAL: perm}
     for i, block in enumerate(blocks):
-        perms.update({f"qk/{i}": perm, f"vo/{i}": perm, f"hidden/{i}": torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g)})
+        perms.update(
+            {
+                f"qk/{i}": perm,
+                f"vo/{i}": perm,
+                f"hidden/{i}": torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g),
+            }
+        )
     target = copy.deepcopy(source)
     with torch.no_grad():
         for name, param in target.visual.named_parameters():
@@ -57,5 +63,7 @@ def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[st
 
 def recovery_error(us: dict[str, torch.Tensor], planted: dict[str, torch.Tensor]) -> float:
     """Mean over the planted sites of ``||U - U*||_F / sqrt(d)`` (0: recovered; about 1.4 for an unrelated rotation)."""
-    errors = [torch.linalg.matrix_norm(us[s].float() - u).item() / u.shape[0] ** 0.5 for s, u in planted.items() if s in us]
+    errors = [
+        torch.linalg.matrix_norm(us[s].float() - u).item() / u.shape[0] ** 0.5 for s, u in planted.items() if s in us
+    ]
     return sum(errors) / len(errors)

@@ -86,8 +86,17 @@ class PretrainConfig:
     @classmethod
     def micro(cls) -> PretrainConfig:
         """A few steps on a few images of a tiny model: for tests, in seconds."""
-        return cls(width=32, layers=2, embed_dim=16, text_width=32, text_layers=1, steps=3, batch_size=16,
-                   warmup=1, corpus_size=64)  # fmt: skip
+        return cls(
+            width=32,
+            layers=2,
+            embed_dim=16,
+            text_width=32,
+            text_layers=1,
+            steps=3,
+            batch_size=16,
+            warmup=1,
+            corpus_size=64,
+        )
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.corpus_size < self.batch_size:
@@ -166,8 +175,13 @@ def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tens
 
 
 def pretrain(
-    config: PretrainConfig, which: Which, data: Corpus | None = None, progress: bool = True, start: nn.Module | None = None,
-    checkpoint: Path | None = None, checkpoint_every: int = 250,
+    config: PretrainConfig,
+    which: Which,
+    data: Corpus | None = None,
+    progress: bool = True,
+    start: nn.Module | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 250,
 ) -> tuple[open_clip.CLIP, dict]:
     """Pre-train model ``which`` on its corpus for ``config.steps`` seeded steps; returns it (eval mode) and a log.
 
@@ -195,8 +209,12 @@ def pretrain(
     norm = FewShotTask("pretrain", data.images[:1], torch.zeros(1, dtype=torch.int64), torch.nn.Identity()).normalise
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "positional" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "positional" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, 0.98), eps=1e-6)  # fmt: skip
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
     def lr_at(step: int) -> float:
         if step < config.warmup:
@@ -210,10 +228,18 @@ def pretrain(
     state = _resume(checkpoint, config, which, model, opt, g) if checkpoint is not None else None
     if state is not None:
         first_step, order, cursor, losses, spent = state
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        job = bar.add_task(f"pre-training mini model {which.upper()}", total=config.steps, completed=first_step, loss="-")
+        job = bar.add_task(
+            f"pre-training mini model {which.upper()}", total=config.steps, completed=first_step, loss="-"
+        )
         for step in range(first_step, config.steps):
             if cursor + config.batch_size > len(order):
                 order, cursor = torch.randperm(len(data.images), generator=g), 0
@@ -237,9 +263,21 @@ def pretrain(
             losses.append(loss.item())
             bar.update(job, advance=1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
-                tensors, meta = checkpoint_payload(model, opt, step + 1, {"key": config.key(), "which": which, "cursor": cursor,
-                                                   "losses": losses, "seconds": spent + time.perf_counter() - began})  # fmt: skip
-                save_artifact(checkpoint, CHECKPOINT, {**tensors, "rng/batches": g.get_state(), "data/order": order}, meta)
+                tensors, meta = checkpoint_payload(
+                    model,
+                    opt,
+                    step + 1,
+                    {
+                        "key": config.key(),
+                        "which": which,
+                        "cursor": cursor,
+                        "losses": losses,
+                        "seconds": spent + time.perf_counter() - began,
+                    },
+                )
+                save_artifact(
+                    checkpoint, CHECKPOINT, {**tensors, "rng/batches": g.get_state(), "data/order": order}, meta
+                )
     log = {
         "which": which,
         "recipe": dataclasses.asdict(made),
@@ -300,7 +338,10 @@ def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | 
 
 
 def pretrained_model(
-    which: Which, config: PretrainConfig | None = None, cache_dir: Path | str | None = None, progress: bool = True,
+    which: Which,
+    config: PretrainConfig | None = None,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
     shipped: bool = True,
 ) -> open_clip.CLIP:
     """Model ``which`` (a, b, seed or release): the shipped image tower where its recipe hash matches (``shipped``),
@@ -325,14 +366,23 @@ def pretrained_model(
     begin = pretrained_model(start, config, root, progress, shipped=False) if start is not None else None
     partial = path.with_suffix(".partial.safetensors")
     if why is not None:
-        console.print(f"mini model {which.upper()}: no shipped weights ({why}); pre-training it here, so results can "
-                      "differ slightly between machines")  # fmt: skip
+        console.print(
+            f"mini model {which.upper()}: no shipped weights ({why}); pre-training it here, so results can "
+            "differ slightly between machines"
+        )
     model, log = pretrain(config, which, progress=progress, start=begin, checkpoint=partial)
     meta = {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION, **log}
     save_artifact(path, KIND, model.state_dict(), meta)
     partial.unlink(missing_ok=True)
-    write_json(record, {"key": config.key(), "config": dataclasses.asdict(config), "data_version": DATA_VERSION,
-                        "train_version": TRAIN_VERSION, "logs": {**pretrain_logs(config, root), which: log}})  # fmt: skip
+    write_json(
+        record,
+        {
+            "key": config.key(),
+            "config": dataclasses.asdict(config),
+            "data_version": DATA_VERSION,
+            "train_version": TRAIN_VERSION,
+            "logs": {**pretrain_logs(config, root), which: log},
+        },
+    )
     console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
     return model
-

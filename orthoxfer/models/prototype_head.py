@@ -30,7 +30,9 @@ class PrototypeHead(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_features(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, scale: float = 16.0) -> PrototypeHead:
+    def from_features(
+        cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, scale: float = 16.0
+    ) -> PrototypeHead:
         """The head whose centre is the pool's mean normalised feature and whose prototypes are its class means."""
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise UsageError(f"prototype head: labels must lie in [0, {num_classes})")

@@ -34,7 +34,9 @@ def shipped_file(which: str, folder: Path | None = None) -> Path:
     return (folder or SHIPPED) / f"model_{which}.safetensors"
 
 
-def read_shipped(which: str, recipe_hash: str, folder: Path | None = None) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+def read_shipped(
+    which: str, recipe_hash: str, folder: Path | None = None
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """Model ``which``'s shipped image tower (keys under ``visual.``) if its recipe hash matches, and else why not.
 
     Returns ``(tensors, None)`` on a match, ``(None, reason)`` otherwise; the reason is
@@ -52,11 +54,17 @@ def read_shipped(which: str, recipe_hash: str, folder: Path | None = None) -> tu
     return {PREFIX + k: v for k, v in tensors.items()}, None
 
 
-def write_shipped(which: str, model: torch.nn.Module, recipe_hash: str, record: dict[str, Any], folder: Path | None = None) -> Path:
+def write_shipped(
+    which: str, model: torch.nn.Module, recipe_hash: str, record: dict[str, Any], folder: Path | None = None
+) -> Path:
     """Write ``model``'s image tower as the shipped model ``which``, with its recipe hash and how it was made."""
     path = shipped_file(which, folder)
-    meta = {"recipe_hash": recipe_hash, "which": which, "machine": platform.processor() or platform.machine(),
-            "torch": torch.__version__, **record}  # fmt: skip
+    meta = {
+        "recipe_hash": recipe_hash,
+        "which": which,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        **record,
+    }
     save_artifact(path, KIND, dict(model.visual.state_dict()), meta)
     return path
-

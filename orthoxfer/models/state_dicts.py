@@ -46,7 +46,9 @@ def checkpoint_file(value: str, cache_dir: Path | None = None) -> Path:
         return hub.hub_file(repo, [path] if path else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache_dir)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise UsageError(f"fine-tuned checkpoint {path} does not exist (give a .safetensors, .pt or .bin file, or hf-hub:owner/repo/file)")
+        raise UsageError(
+            f"fine-tuned checkpoint {path} does not exist (give a .safetensors, .pt or .bin file, or hf-hub:owner/repo/file)"
+        )
     return path
 
 
@@ -75,7 +77,11 @@ def _tensors(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         entry = next((obj[e] for e in ENTRIES if isinstance(obj.get(e), dict)), None)
         obj = entry if entry is not None else obj
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    tensors = (
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if isinstance(obj, dict)
+        else {}
+    )
     if not tensors:
         raise OrthoxferError(f"{path} holds no state dict (no named tensors, nor a 'state_dict' entry with them)")
     while (prefix := next((w for w in WRAPPERS if all(k.startswith(w) for k in tensors)), None)) is not None:

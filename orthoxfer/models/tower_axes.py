@@ -26,7 +26,9 @@ from orthoxfer.errors import UsageError
 from orthoxfer.vectors.sites import Site
 
 RESIDUAL = "residual"
-Axis = str | tuple[str, ...] | None  # a space, an axis cut in equal chunks of different spaces (in_proj's q|k|v), or unpermuted
+Axis = (
+    str | tuple[str, ...] | None
+)  # a space, an axis cut in equal chunks of different spaces (in_proj's q|k|v), or unpermuted
 Perms = dict[str, torch.Tensor]  # space key -> index tensor
 
 # parameters whose first axis is the residual stream: permuted there only

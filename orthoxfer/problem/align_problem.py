@@ -97,11 +97,15 @@ class AlignProblem:
         for name, tv in self.vectors.items():
             tv.check_finite()
             if tv.sites != first.sites:
-                raise UsageError(f"task vector {name!r} has other sites than {next(iter(self.vectors))!r}; align them separately")
+                raise UsageError(
+                    f"task vector {name!r} has other sites than {next(iter(self.vectors))!r}; align them separately"
+                )
         model_sites = first.check_fits(self.target)
         for site in model_sites:
             if not torch.isfinite(read_site(self.target, site)).all():
-                raise OrthoxferError(f"the target model has NaN or Inf weights at site {site.name}; check the checkpoint")
+                raise OrthoxferError(
+                    f"the target model has NaN or Inf weights at site {site.name}; check the checkpoint"
+                )
         selected = {s.name for s in find_sites(self.target, selector)}
         sites = [s for s in model_sites if s.name in selected]
         if not sites:
@@ -114,7 +118,9 @@ class AlignProblem:
     def scoped(self, mode: str, sites: list[Site]) -> list[ScopedProblem]:
         vectors = self.restricted_vectors([s.name for s in sites])
         if mode == "joint":
-            return [ScopedProblem("joint", self.target, sum(vectors.values()), self.tasks, sites, self.source, shared=True)]
+            return [
+                ScopedProblem("joint", self.target, sum(vectors.values()), self.tasks, sites, self.source, shared=True)
+            ]
         missing = [t for t in self.tasks if t not in vectors]
         if missing:
             raise UsageError(

@@ -30,7 +30,9 @@ def attention_heads(mha: nn.MultiheadAttention, query, key, value, attn_mask=Non
     return attend(mha, q, k, v, attn_mask)
 
 
-def attend(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None) -> torch.Tensor:
+def attend(
+    mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None
+) -> torch.Tensor:
     """Attention of already projected, batch-first q, k, v (B, L, d) with ``mha``'s heads, heads concatenated."""
     d, h = mha.embed_dim, mha.num_heads
     bsz = q.shape[0]

@@ -21,8 +21,12 @@ from orthoxfer.report.tables import interval
 if TYPE_CHECKING:
     from orthoxfer.experiments.study import RungResult
 
-BASELINES = {"target": Row("", "target"), "finetune": Row("", "finetune"), "direct": Row("embed", "direct"),
-             "oracle": Row("embed", "oracle")}  # fmt: skip
+BASELINES = {
+    "target": Row("", "target"),
+    "finetune": Row("", "finetune"),
+    "direct": Row("embed", "direct"),
+    "oracle": Row("embed", "oracle"),
+}
 
 
 def stat(values: list[float]) -> dict[str, Any]:
@@ -40,9 +44,19 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
         return None if None in values else values
 
     last = [layers[-1]["cka"] for layers in result.relatedness.values() if layers]
-    entry: dict[str, Any] = {"rung": result.rung, "source": result.source, "target": result.target, "tasks": result.tasks,
-                             "controls": list(result.controls), "last_block_cka": stat(last) if last else None, "relatedness": result.relatedness,
-                             "seconds": result.seconds, "row_seconds": sum(r["seconds"] for r in result.records), "baselines": {}, "methods": {}}  # fmt: skip
+    entry: dict[str, Any] = {
+        "rung": result.rung,
+        "source": result.source,
+        "target": result.target,
+        "tasks": result.tasks,
+        "controls": list(result.controls),
+        "last_block_cka": stat(last) if last else None,
+        "relatedness": result.relatedness,
+        "seconds": result.seconds,
+        "row_seconds": sum(r["seconds"] for r in result.records),
+        "baselines": {},
+        "methods": {},
+    }
     for name, row in BASELINES.items():
         if (values := per_seed(row)) is not None:
             entry["baselines"][name] = stat(values)
@@ -85,25 +99,41 @@ def _cka(r: dict[str, Any]) -> str:
 def markdown(study: dict[str, Any]) -> str:
     """Two tables: each rung's relatedness and baselines, then each method's accuracy, control accuracy and gain."""
     meta, rungs, top = study["meta"], study["rungs"], study["ceiling"]
-    lines = [f"# {meta['title']}", "", "| rung | target | last-block CKA | target only | few-shot FT | direct addition | ceiling |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# {meta['title']}",
+        "",
+        "| rung | target | last-block CKA | target only | few-shot FT | direct addition | ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rungs:
         b = r["baselines"]
         roof = b.get("oracle") or top  # the planted rung has its own: U = U*
-        lines.append(f"| {r['rung']} | {r['target']} | {_cka(r)} | {_pts(b.get('target'))} | {_pts(b.get('finetune'))} | "
-                     f"{_pts(b.get('direct'))} | {_pts(roof)} |")  # fmt: skip
-    lines += ["", "| rung | last-block CKA | method | accuracy | control | control accuracy | transfer gain |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['rung']} | {r['target']} | {_cka(r)} | {_pts(b.get('target'))} | {_pts(b.get('finetune'))} | "
+            f"{_pts(b.get('direct'))} | {_pts(roof)} |"
+        )
+    lines += [
+        "",
+        "| rung | last-block CKA | method | accuracy | control | control accuracy | transfer gain |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rungs:
         for method, m in r["methods"].items():
             for control, c in m["controls"].items():
-                lines.append(f"| {r['rung']} | {_cka(r)} | {method} | {_pts(m['accuracy'])} | {control} | "
-                             f"{_pts(c['accuracy'])} | {_pts(c['gain'])} |")  # fmt: skip
-    lines += ["", f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over {len(meta['seeds'])} seeds ± 95% "
-              "interval (Student t); a transfer gain is paired by seed: the real vector's row minus the same method's "
-              "row on the control vector. Every seed redraws the few-shot pools and reseeds alignment and controls on "
-              f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
-              "accuracy: the same rung's direct addition (planted: its U = U* row). "
-              f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).", ""]  # fmt: skip
+                lines.append(
+                    f"| {r['rung']} | {_cka(r)} | {method} | {_pts(m['accuracy'])} | {control} | "
+                    f"{_pts(c['accuracy'])} | {_pts(c['gain'])} |"
+                )
+    lines += [
+        "",
+        f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over {len(meta['seeds'])} seeds ± 95% "
+        "interval (Student t); a transfer gain is paired by seed: the real vector's row minus the same method's "
+        "row on the control vector. Every seed redraws the few-shot pools and reseeds alignment and controls on "
+        f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
+        "accuracy: the same rung's direct addition (planted: its U = U* row). "
+        f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -119,15 +149,29 @@ def plot_gains(study: dict[str, Any], path: Path) -> None:
     step = 0.01 * ((max(xs) - min(xs)) or 1.0) if xs else 0.0  # methods side by side at one rung
     for i, method in enumerate(methods):
         offset = step * (i - (len(methods) - 1) / 2)
-        points = [(r["last_block_cka"]["mean"] + offset, r["methods"][method]["controls"][control]["gain"])
-                  for r in rungs if control in r["methods"].get(method, {}).get("controls", {})]  # fmt: skip
+        points = [
+            (r["last_block_cka"]["mean"] + offset, r["methods"][method]["controls"][control]["gain"])
+            for r in rungs
+            if control in r["methods"].get(method, {}).get("controls", {})
+        ]
         if points:
-            ax.errorbar([x for x, _ in points], [100 * g["mean"] for _, g in points],
-                        yerr=[100 * (g["ci95"] or 0.0) for _, g in points], fmt=markers[i % len(markers)],
-                        capsize=3, label=method)  # fmt: skip
+            ax.errorbar(
+                [x for x, _ in points],
+                [100 * g["mean"] for _, g in points],
+                yerr=[100 * (g["ci95"] or 0.0) for _, g in points],
+                fmt=markers[i % len(markers)],
+                capsize=3,
+                label=method,
+            )
     for r in rungs:
-        ax.annotate(r["rung"], (r["last_block_cka"]["mean"], 1.0), xycoords=("data", "axes fraction"), ha="center",
-                    va="bottom", fontsize=8)  # fmt: skip
+        ax.annotate(
+            r["rung"],
+            (r["last_block_cka"]["mean"], 1.0),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     ax.set(xlabel="last-block CKA between source and target", ylabel=f"transfer gain vs {control} control (points)")
     if ax.get_lines() or ax.collections:

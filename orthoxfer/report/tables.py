@@ -32,10 +32,14 @@ def interval(values: list[float]) -> tuple[float, float | None]:
 
 
 MEASURES = {  # summary name -> diagnostics key, averaged over seeds where a row reports it
-    "orth_error": "orth_error_mean", "norm_ratio": "norm_ratio", "dist_identity": "dist_identity_mean",
-    "recovery_error": "recovery_error", "kept_fraction": "kept_fraction", "cos_shift": "cos_shift_mean",
+    "orth_error": "orth_error_mean",
+    "norm_ratio": "norm_ratio",
+    "dist_identity": "dist_identity_mean",
+    "recovery_error": "recovery_error",
+    "kept_fraction": "kept_fraction",
+    "cos_shift": "cos_shift_mean",
     "moved": "moved_mean",
-}  # fmt: skip
+}
 
 
 def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
@@ -44,9 +48,11 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
     for r in records:
         by_row[r["row"]].append(r)
     out = []
-    for row_id, runs in by_row.items():
+    for runs in by_row.values():
         first = runs[0]
-        entry: dict[str, Any] = {k: first.get(k, "site") for k in ("row", "label", "kind", "method", "init", "control", "tie")}
+        entry: dict[str, Any] = {
+            k: first.get(k, "site") for k in ("row", "label", "kind", "method", "init", "control", "tie")
+        }
         entry["needs"] = first.get("needs", "-")
         entry["seeds"] = [r["seed"] for r in runs]
         entry["accuracy"] = {t: interval([r["accuracy"][t] for r in runs]) for t in [*tasks, "mean"]}
@@ -68,7 +74,9 @@ def summarise_rows(records: list[dict[str, Any]], tasks: list[str]) -> list[dict
         gains = {}
         for (kind, method, init, tie, control), c in index.items():
             if control and (kind, method, init, tie) == (e["kind"], e["method"], e["init"], e["tie"]):
-                paired = [by_seed[(e["row"], s)] - by_seed[(c["row"], s)] for s in e["seeds"] if (c["row"], s) in by_seed]
+                paired = [
+                    by_seed[(e["row"], s)] - by_seed[(c["row"], s)] for s in e["seeds"] if (c["row"], s) in by_seed
+                ]
                 gains[control] = interval(paired)
         if gains:
             e["transfer_gain"] = gains
@@ -85,27 +93,46 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
     planted = any("recovery_error" in e for e in summary)
     masks, shifts = any("kept_fraction" in e for e in summary), any("cos_shift" in e for e in summary)
     perms = any("moved" in e for e in summary)
-    heads = ["method", *tasks, "mean", "needs", "λ", "‖UᵀU−I‖", "norm ratio", "rank kept", "‖U−I‖",
-             *(["‖U−U*‖"] if planted else []), *(["kept"] if masks else []), *(["|cos s|"] if shifts else []),
-             *(["moved"] if perms else []), *[f"gain vs {c}" for c in controls], "s"]  # fmt: skip
+    heads = [
+        "method",
+        *tasks,
+        "mean",
+        "needs",
+        "λ",
+        "‖UᵀU−I‖",
+        "norm ratio",
+        "rank kept",
+        "‖U−I‖",
+        *(["‖U−U*‖"] if planted else []),
+        *(["kept"] if masks else []),
+        *(["|cos s|"] if shifts else []),
+        *(["moved"] if perms else []),
+        *[f"gain vs {c}" for c in controls],
+        "s",
+    ]
     rows = []
     for e in summary:
         scales = sorted({v for s in e["scale"] if s is not None for v in (s.values() if isinstance(s, dict) else [s])})
         gains = e.get("transfer_gain", {})
-        rows.append([
-            e["label"], *[_cell(e["accuracy"][t]) for t in tasks], _cell(e["accuracy"]["mean"]), e.get("needs", "-"),
-            ",".join(f"{s:g}" for s in scales) or "-",
-            f"{e['orth_error']:.1e}" if "orth_error" in e else "-",
-            f"{e['norm_ratio']:.4f}" if "norm_ratio" in e else "-",
-            e.get("rank_kept", "-"),
-            f"{e['dist_identity']:.3g}" if "dist_identity" in e else "-",
-            *([f"{e['recovery_error']:.3g}" if "recovery_error" in e else "-"] if planted else []),
-            *([f"{e['kept_fraction']:.3f}" if "kept_fraction" in e else "-"] if masks else []),
-            *([f"{e['cos_shift']:.1e}" if "cos_shift" in e else "-"] if shifts else []),
-            *([f"{e['moved']:.3f}" if "moved" in e else "-"] if perms else []),
-            *[_cell(gains[c]) if c in gains else "-" for c in controls],
-            f"{e['seconds']:.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                e["label"],
+                *[_cell(e["accuracy"][t]) for t in tasks],
+                _cell(e["accuracy"]["mean"]),
+                e.get("needs", "-"),
+                ",".join(f"{s:g}" for s in scales) or "-",
+                f"{e['orth_error']:.1e}" if "orth_error" in e else "-",
+                f"{e['norm_ratio']:.4f}" if "norm_ratio" in e else "-",
+                e.get("rank_kept", "-"),
+                f"{e['dist_identity']:.3g}" if "dist_identity" in e else "-",
+                *([f"{e['recovery_error']:.3g}" if "recovery_error" in e else "-"] if planted else []),
+                *([f"{e['kept_fraction']:.3f}" if "kept_fraction" in e else "-"] if masks else []),
+                *([f"{e['cos_shift']:.1e}" if "cos_shift" in e else "-"] if shifts else []),
+                *([f"{e['moved']:.3f}" if "moved" in e else "-"] if perms else []),
+                *[_cell(gains[c]) if c in gains else "-" for c in controls],
+                f"{e['seconds']:.0f}",
+            ]
+        )
     return heads, rows
 
 
@@ -124,7 +151,9 @@ def rich_tables(summary: list[dict[str, Any]], tasks: list[str], title: str) -> 
     return tables
 
 
-def write_results(out: Path, summary: list[dict[str, Any]], records: list[dict], tasks: list[str], meta: dict) -> list[Path]:
+def write_results(
+    out: Path, summary: list[dict[str, Any]], records: list[dict], tasks: list[str], meta: dict
+) -> list[Path]:
     """results.json (every seed's record and the summary), results.csv, results.md and the plots."""
     heads, rows = _columns(summary, tasks)
     write_json(out / "results.json", {"meta": meta, "tasks": tasks, "summary": summary, "records": records})
@@ -135,8 +164,12 @@ def write_results(out: Path, summary: list[dict[str, Any]], records: list[dict],
     write_text(out / "results.csv", buf.getvalue())
     md = [f"# {meta.get('title', 'orthoxfer bench')}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "Accuracy: top-1 % on each task's test split (mean over seeds ± 95% interval where seeds > 1);",
-           "λ chosen on the validation part of the few-shot pools. " + json.dumps({k: meta[k] for k in ("suite", "source", "target", "seeds") if k in meta})]
+    md += [
+        "",
+        "Accuracy: top-1 % on each task's test split (mean over seeds ± 95% interval where seeds > 1);",
+        "λ chosen on the validation part of the few-shot pools. "
+        + json.dumps({k: meta[k] for k in ("suite", "source", "target", "seeds") if k in meta}),
+    ]
     write_text(out / "results.md", "\n".join(md) + "\n")
     return [out / "results.json", out / "results.csv", out / "results.md", *plot_results(out, summary, tasks)]
 

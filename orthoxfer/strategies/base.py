@@ -37,7 +37,9 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     exact: ClassVar[bool]  # U is orthogonal to float precision at every step
-    needs: ClassVar[str] = "labels"  # what data it fits U on: labels (few-shot cross-entropy) | images (activations only)
+    needs: ClassVar[str] = (
+        "labels"  # what data it fits U on: labels (few-shot cross-entropy) | images (activations only)
+    )
     options: ClassVar[tuple[Option, ...]] = ()  # the settings of its own (flags, TOML keys, recorded in artifacts)
 
     @abstractmethod

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 
 ALPHA = Option("alpha", 1.0, "Orthogonality penalty weight.", minimum=0)
 PENALTY_FORM = Option(
-    "penalty_form", "paper", "paper: alpha * sum ||U^T U - I||_F^2 | reference: alpha * mean ||U^T U - I||_F (the released code).",
+    "penalty_form",
+    "paper",
+    "paper: alpha * sum ||U^T U - I||_F^2 | reference: alpha * mean ||U^T U - I||_F (the released code).",
     choices=("paper", "reference"),
-)  # fmt: skip
+)
 
 
 class FreeMatrix(nn.Module):

@@ -44,9 +44,12 @@ if TYPE_CHECKING:
 
 
 PROCRUSTES_RTOL = Option(
-    "procrustes_rtol", 1e-6, "procrustes (and init=procrustes): singular values of the cross-covariance at or below "
-    "this times the largest leave U free there; U is then completed by the map closest to I.", minimum=0,
-)  # fmt: skip
+    "procrustes_rtol",
+    1e-6,
+    "procrustes (and init=procrustes): singular values of the cross-covariance at or below "
+    "this times the largest leave U free there; U is then completed by the map closest to I.",
+    minimum=0,
+)
 
 
 @dataclass
@@ -101,7 +104,9 @@ def complete(p: torch.Tensor, q: torch.Tensor, free: torch.Tensor, start: torch.
     return q @ (a @ bt) @ p.mT
 
 
-def procrustes_fit(problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings) -> tuple[list[torch.Tensor], dict]:
+def procrustes_fit(
+    problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings
+) -> tuple[list[torch.Tensor], dict]:
     """The U stack of every group and ``{key: identification}`` (see :class:`PolarFit`)."""
     source = require_source(problem, "procrustes")
     device = torch.device(settings.device)

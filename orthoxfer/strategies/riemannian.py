@@ -57,8 +57,12 @@ class CayleyStiefel(geoopt.CanonicalStiefel):
 
 
 MANIFOLDS = {"qr": QRStiefel, "cayley": CayleyStiefel}
-RETRACTION = Option("retraction", "qr", "qr (geoopt EuclideanStiefel) | cayley (CanonicalStiefel): how a step returns to the manifold.",
-                    choices=tuple(MANIFOLDS))  # fmt: skip
+RETRACTION = Option(
+    "retraction",
+    "qr",
+    "qr (geoopt EuclideanStiefel) | cayley (CanonicalStiefel): how a step returns to the manifold.",
+    choices=tuple(MANIFOLDS),
+)
 
 
 class StiefelPoint(nn.Module):
@@ -82,7 +86,9 @@ class LowRankStiefel(nn.Module):
         q = (q * torch.sign(torch.diagonal(r, 0, -2, -1)).unsqueeze(-2)).float()
         manifold = MANIFOLDS[retraction]
         self.q = geoopt.ManifoldParameter(q.to(init.device), manifold=manifold())
-        self.r = geoopt.ManifoldParameter(torch.eye(rank, device=init.device).expand(n, rank, rank).clone(), manifold=manifold())
+        self.r = geoopt.ManifoldParameter(
+            torch.eye(rank, device=init.device).expand(n, rank, rank).clone(), manifold=manifold()
+        )
 
     def forward(self) -> torch.Tensor:
         r = self.r.clone()

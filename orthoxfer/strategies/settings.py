@@ -12,10 +12,11 @@ setting by name as they always have.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from orthoxfer.errors import UsageError
 from orthoxfer.strategies.registry import declared_options, strategy_class
@@ -82,7 +83,9 @@ class AlignSettings:
         strategy_class(self.method)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise UsageError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                raise UsageError(
+                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
         for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

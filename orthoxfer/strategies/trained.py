@@ -29,9 +29,12 @@ if TYPE_CHECKING:
     from orthoxfer.strategies.settings import AlignSettings
 
 ROTATION_RANK = Option(
-    "rotation_rank", 0, "k > 0: each trained U moves away from its start only inside a rank-k family (O(dk) numbers "
-    "instead of d^2); 0: a full U.", minimum=0,
-)  # fmt: skip
+    "rotation_rank",
+    0,
+    "k > 0: each trained U moves away from its start only inside a rank-k family (O(dk) numbers "
+    "instead of d^2); 0: a full U.",
+    minimum=0,
+)
 
 
 class TrainedStrategy(Strategy):
@@ -63,7 +66,9 @@ def identity_stacks(groups: list[SiteGroup]) -> list[torch.Tensor]:
     return [torch.eye(g.dim).expand(len(g.keys), g.dim, g.dim).clone() for g in groups]
 
 
-def initial_stacks(problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings) -> tuple[list[torch.Tensor], dict]:
+def initial_stacks(
+    problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings
+) -> tuple[list[torch.Tensor], dict]:
     """The start U0 of every group, and what to record about it (procrustes' identified ranks)."""
     if settings.init == "procrustes":
         return procrustes_fit(problem, groups, settings)
@@ -74,5 +79,7 @@ def rotation_rank(settings: AlignSettings, dim: int) -> int:
     """``settings.rotation_rank`` once checked against the width ``dim`` of the sites it rotates."""
     k = settings.rotation_rank
     if k >= dim:
-        raise UsageError(f"--rotation-rank {k} must be < {dim}, the width of the sites; pass a smaller rank, or 0 for a full U")
+        raise UsageError(
+            f"--rotation-rank {k} must be < {dim}, the width of the sites; pass a smaller rank, or 0 for a full U"
+        )
     return k

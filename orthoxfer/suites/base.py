@@ -111,9 +111,15 @@ class Suite(Protocol):
         """The test data of ``names``, read before any model so that missing data fails first."""
 
     def test_sets(
-        self, model: LoadedModel, data: Any, batch_size: int = 256, device: str | torch.device = "cpu",
-        workers: int | None = None, shots: int | None = None, seed: int = 0,
-    ) -> dict[str, tuple[nn.Module, Iterable]]: ...  # fmt: skip
+        self,
+        model: LoadedModel,
+        data: Any,
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        workers: int | None = None,
+        shots: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, Iterable]]: ...
 
 
 @dataclass(frozen=True)

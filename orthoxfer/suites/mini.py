@@ -38,7 +38,14 @@ from torch import nn
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
 from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
-from orthoxfer.data.mini_pools import fewshot_pool, mini_normalise, model_suite, shift_augment, task_head, validation_set
+from orthoxfer.data.mini_pools import (
+    fewshot_pool,
+    mini_normalise,
+    model_suite,
+    shift_augment,
+    task_head,
+    validation_set,
+)
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
@@ -83,13 +90,38 @@ def defaults(size: str = "full", tasks: int | None = None) -> dict[str, dict[str
     steps = STEPS_PER_TASK * (tasks or len(TASK_NAMES))
     warmup = min(WARMUP_STEPS, steps // 5)
     tables = {
-        "finetune": {"lr": 1e-3, "weight_decay": 0.0, "steps": 200, "warmup": 20, "batch_size": 64, "rank": 4,
-                     "lora_alpha": 8.0, "augment": 2, "log_every": 10},
-        "align": {"lr": 1e-2, "steps": steps, "warmup": warmup, "batch_size": 64, "augment": 4, "alpha": 1.0,
-                  "checkpoint_every": 200, "log_every": 10},
-        "fewshot_ft": {"lr": 1e-3, "weight_decay": 0.0, "steps": steps, "warmup": warmup, "batch_size": 64, "augment": 4,
-                       "checkpoint_every": 200, "log_every": 10},
-    }  # fmt: skip
+        "finetune": {
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "steps": 200,
+            "warmup": 20,
+            "batch_size": 64,
+            "rank": 4,
+            "lora_alpha": 8.0,
+            "augment": 2,
+            "log_every": 10,
+        },
+        "align": {
+            "lr": 1e-2,
+            "steps": steps,
+            "warmup": warmup,
+            "batch_size": 64,
+            "augment": 4,
+            "alpha": 1.0,
+            "checkpoint_every": 200,
+            "log_every": 10,
+        },
+        "fewshot_ft": {
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "steps": steps,
+            "warmup": warmup,
+            "batch_size": 64,
+            "augment": 4,
+            "checkpoint_every": 200,
+            "log_every": 10,
+        },
+    }
     if size == "micro":
         for table in tables.values():
             table.update(steps=4, warmup=1, batch_size=16)
@@ -145,14 +177,21 @@ def mini_source_vector(
     model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path
 ) -> TaskVector:
     """The source's task vector for one mini task (fine-tuned on its whole train split), cached by everything that made it."""
-    record = {"model": tower_digest(model), "head": tensors_digest(head.state_dict()), "task": task.name, "data": DATA_VERSION,
-              "train": train_key(settings)}  # fmt: skip
+    record = {
+        "model": tower_digest(model),
+        "head": tensors_digest(head.state_dict()),
+        "task": task.name,
+        "data": DATA_VERSION,
+        "train": train_key(settings),
+    }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
     if path.is_file():
         return TaskVector.load(path)
     train = FewShotTask(task.name, task.train_images, task.train_labels, head, augment=shift_augment(task.flip))
-    vector = finetune(model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name)
+    vector = finetune(
+        model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name
+    )
     vector.save(path)
     return vector
 
@@ -182,10 +221,15 @@ def train_key(settings: FinetuneSettings) -> dict:
 
 def mini_test(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500):
     """Test batches of a mini task, normalised as its pools are."""
-    return lambda: [(mini_normalise(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
+    return lambda: [
+        (mini_normalise(images[i : i + batch_size]), labels[i : i + batch_size])
+        for i in range(0, len(labels), batch_size)
+    ]
 
 
-def suite_inputs(request: SuiteRequest, source: nn.Module, target: nn.Module) -> tuple[list[SuiteTask], dict, torch.Tensor]:
+def suite_inputs(
+    request: SuiteRequest, source: nn.Module, target: nn.Module
+) -> tuple[list[SuiteTask], dict, torch.Tensor]:
     """The target's tasks (pools with its own heads, test sets), the source's vectors (fine-tuned on the source's
     heads) and the images the pair is related on."""
     tasks = mini_tasks(request.size) if request.tasks is None else mini_tasks(request.size, request.tasks)
@@ -247,7 +291,9 @@ class MiniSuite:
 
     @functools.cached_property
     def pretrain(self) -> PretrainConfig:
-        return pretrain_config(dataclasses.replace(self.request, seed=0, model_seed=None))  # names mean the demo's seed-0 pair
+        return pretrain_config(
+            dataclasses.replace(self.request, seed=0, model_seed=None)
+        )  # names mean the demo's seed-0 pair
 
     @property
     def default_shots(self) -> int:
@@ -272,15 +318,21 @@ class MiniSuite:
     def flags(self) -> list[str]:
         """The options that name this suite again on another command line."""
         given = self.request.cache_dir
-        return ["--suite", self.name, *(["--size", self.size] if self.size != "full" else []),
-                *(["--cache-dir", str(given)] if given is not None else [])]  # fmt: skip
+        return [
+            "--suite",
+            self.name,
+            *(["--size", self.size] if self.size != "full" else []),
+            *(["--cache-dir", str(given)] if given is not None else []),
+        ]
 
     def check(self, spec: str) -> str:
         """Which model ``spec`` names, before any minutes are spent on pre-training or fine-tuning."""
         which = spec.removeprefix(PREFIX) if spec.startswith(PREFIX) else None
         if which not in MODELS:
-            raise UsageError(f"the mini suite's models are mini:a (the source of its vectors), mini:b, mini:seed and "
-                             f"mini:release, not {spec!r}")  # fmt: skip
+            raise UsageError(
+                f"the mini suite's models are mini:a (the source of its vectors), mini:b, mini:seed and "
+                f"mini:release, not {spec!r}"
+            )
         return which
 
     def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel:
@@ -288,8 +340,17 @@ class MiniSuite:
         now (minutes at full size)."""
         which = self.check(spec)
         model = pretrained_model(which, self.pretrain, cache_dir(self.request))
-        return LoadedModel(model=model.to(device).eval(), preprocess=None, tokenizer=None, arch="mini", tag=which,
-                           image_size=(IMAGE_SIZE, IMAGE_SIZE), mean=FewShotTask.mean, std=FewShotTask.std, quick_gelu=False)  # fmt: skip
+        return LoadedModel(
+            model=model.to(device).eval(),
+            preprocess=None,
+            tokenizer=None,
+            arch="mini",
+            tag=which,
+            image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            mean=FewShotTask.mean,
+            std=FewShotTask.std,
+            quick_gelu=False,
+        )
 
     def vector(self, value: str) -> TaskVector:
         """``mini:<task>`` (model A's embed vector, fine-tuned now if it is not cached) or a task vector file."""
@@ -297,7 +358,9 @@ class MiniSuite:
             return TaskVector.load(value)
         name = value.removeprefix(PREFIX)
         if name not in TASK_NAMES:
-            raise UsageError(f"unknown mini task vector {value!r}; choose mini:<task> with a task of {', '.join(TASK_NAMES)}")
+            raise UsageError(
+                f"unknown mini task vector {value!r}; choose mini:<task> with a task of {', '.join(TASK_NAMES)}"
+            )
         task = mini_task(name, self.size)
         source = pretrained_model("a", self.pretrain, cache_dir(self.request))
         head = task_head(source, task)
@@ -309,8 +372,12 @@ class MiniSuite:
     ) -> dict[str, FewShotTask]:
         """Few-shot pools drawn from each task's train split, stratified over classes, with the model's own heads."""
         if shots_per_class is not None:
-            raise UsageError("--shots-per-class is for --suite paper; the mini suite draws --shots stratified over classes")
-        return {e.fewshot.name: e.fewshot for e in model_suite(model.model, mini_tasks(self.size, list(names)), shots, seed)}
+            raise UsageError(
+                "--shots-per-class is for --suite paper; the mini suite draws --shots stratified over classes"
+            )
+        return {
+            e.fewshot.name: e.fewshot for e in model_suite(model.model, mini_tasks(self.size, list(names)), shots, seed)
+        }
 
     def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> dict[str, FewShotTask]:
         """Each task's fixed validation set (apart from every pool) with the model's head: where ``bench`` chooses lambda."""
@@ -320,8 +387,16 @@ class MiniSuite:
         return mini_tasks(self.size, list(names))
 
     def test_sets(
-        self, model: LoadedModel, data: list[MiniTask], batch_size: int = 500, device: str | torch.device = "cpu",
-        workers: int | None = None, shots: int | None = None, seed: int = 0,
-    ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:  # fmt: skip
+        self,
+        model: LoadedModel,
+        data: list[MiniTask],
+        batch_size: int = 500,
+        device: str | torch.device = "cpu",
+        workers: int | None = None,
+        shots: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:
         """Each task's test split with the model's head (from the task's head set; ``shots`` and ``seed`` draw no pool here)."""
-        return {t.name: (task_head(model.model, t), mini_test(t.test_images, t.test_labels, batch_size)()) for t in data}
+        return {
+            t.name: (task_head(model.model, t), mini_test(t.test_images, t.test_labels, batch_size)()) for t in data
+        }

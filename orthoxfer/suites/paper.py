@@ -36,7 +36,9 @@ def defaults(size: str = "full", tasks: int | None = None) -> dict[str, dict[str
 def paper_head(model: LoadedModel, name: str, heads_dir: Path | str | None = None) -> nn.Module:
     """``model``'s own zero-shot head for a paper dataset (cached on disk: the text tower runs once)."""
     spec = dataset(name)
-    return zero_shot_head(model, None, spec.classnames, spec.templates, cache_dir=heads_dir or heads_cache_dir(), name=spec.name)
+    return zero_shot_head(
+        model, None, spec.classnames, spec.templates, cache_dir=heads_dir or heads_cache_dir(), name=spec.name
+    )
 
 
 def paper_fewshot_tasks(
@@ -53,7 +55,9 @@ def paper_fewshot_tasks(
     for name in names:
         canonical = dataset(name).name
         head = paper_head(model, canonical, heads_dir)
-        tasks[canonical] = fewshot_task(canonical, data_root, model, head, shots=shots, shots_per_class=shots_per_class, seed=seed)
+        tasks[canonical] = fewshot_task(
+            canonical, data_root, model, head, shots=shots, shots_per_class=shots_per_class, seed=seed
+        )
     return tasks
 
 
@@ -78,7 +82,9 @@ def paper_test_sets(
     return sets
 
 
-def paper_train_task(model: LoadedModel, name: str, data_root: Path | str, heads_dir: Path | str | None = None) -> SplitTask:
+def paper_train_task(
+    model: LoadedModel, name: str, data_root: Path | str, heads_dir: Path | str | None = None
+) -> SplitTask:
     """The whole train split of a paper dataset with ``model``'s zero-shot head, for fine-tuning a source."""
     canonical = dataset(name).name
     split = load_split(canonical, data_root, "train", transform=pixel_transform(model.preprocess))
@@ -98,15 +104,30 @@ def build(request: SuiteRequest) -> SuiteInputs:
     missing ones are fine-tuned on their tasks' train splits and written there first
     (under torchrun, dealt out to the processes and written by rank 0).
     """
-    given = (("--source", request.source), ("--target", request.target), ("--data-root", request.data_root),
-             ("--vectors", request.vectors_dir))  # fmt: skip
+    given = (
+        ("--source", request.source),
+        ("--target", request.target),
+        ("--data-root", request.data_root),
+        ("--vectors", request.vectors_dir),
+    )
     missing = [flag for flag, value in given if value is None]
     if missing:
         raise UsageError(f"--suite paper needs {', '.join(missing)}")
     if request.pair is not None:
         raise UsageError("--pair is for --suite mini; --suite paper relates the --source and --target it is given")
-    source_spec, target_spec, data_root, vectors_dir = request.source, request.target, request.data_root, request.vectors_dir
-    names, shots, seed, kinds, device = list(request.tasks or TASKS), request.shots, request.seed, request.kinds, request.device
+    source_spec, target_spec, data_root, vectors_dir = (
+        request.source,
+        request.target,
+        request.data_root,
+        request.vectors_dir,
+    )
+    names, shots, seed, kinds, device = (
+        list(request.tasks or TASKS),
+        request.shots,
+        request.seed,
+        request.kinds,
+        request.device,
+    )
     cache_dir, heads_dir, source_ft = request.cache_dir, heads_folder(request), request.source_ft
     source = load_model(source_spec, cache_dir=cache_dir, device=device)
     target = load_model(target_spec, cache_dir=cache_dir, device=device)
@@ -119,7 +140,9 @@ def build(request: SuiteRequest) -> SuiteInputs:
             kind, name = mine
             train = paper_train_task(source, name, data_root, heads_dir)
             meta = {"source": source_spec, "architecture": source.arch}
-            made = finetune(source.model, {name: train}, source_ft.replace(kind=kind, device=str(device), extra=meta), scope=name)
+            made = finetune(
+                source.model, {name: train}, source_ft.replace(kind=kind, device=str(device), extra=meta), scope=name
+            )
         for key, vector in zip(chunk, distributed.all_gather(made)):
             if distributed.ranks().main:
                 vector.save(paths[key])
@@ -144,7 +167,9 @@ class PaperSuite:
     @classmethod
     def open(cls, request: SuiteRequest) -> PaperSuite:
         if request.data_root is None:
-            raise UsageError("--data-root is needed for --suite paper (see `orthoxfer data check`); --suite mini runs offline")
+            raise UsageError(
+                "--data-root is needed for --suite paper (see `orthoxfer data check`); --suite mini runs offline"
+            )
         if request.size != "full":
             raise UsageError("--size is for --suite mini")
         return cls(request)
@@ -174,7 +199,9 @@ class PaperSuite:
         self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
     ) -> dict[str, FewShotTask]:
         data_root = self.request.data_root
-        return paper_fewshot_tasks(model, list(names), data_root, shots, shots_per_class, seed, heads_folder(self.request))
+        return paper_fewshot_tasks(
+            model, list(names), data_root, shots, shots_per_class, seed, heads_folder(self.request)
+        )
 
     def validation_sets(self, model: LoadedModel, names: Sequence[str]) -> None:
         """None: the paper's datasets give a few-shot pool only, so a part of it is held out (the paper's protocol)."""
@@ -184,8 +211,14 @@ class PaperSuite:
         return paper_test_splits(list(names), self.request.data_root)
 
     def test_sets(
-        self, model: LoadedModel, data: dict[str, ImageSplit], batch_size: int = 256, device: str | torch.device = "cpu",
-        workers: int | None = None, shots: int | None = None, seed: int = 0,
-    ) -> dict[str, tuple[nn.Module, Iterable]]:  # fmt: skip
+        self,
+        model: LoadedModel,
+        data: dict[str, ImageSplit],
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        workers: int | None = None,
+        shots: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, tuple[nn.Module, Iterable]]:
         """Test loaders with the model's zero-shot heads; ``shots`` and ``seed`` do not enter them."""
         return paper_test_sets(model, data, batch_size, device, workers, heads_folder(self.request))

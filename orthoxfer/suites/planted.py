@@ -21,5 +21,14 @@ def build(request: SuiteRequest) -> SuiteInputs:
     source = pretrained_model("a", pretrain, cache_dir(request))
     target, u_star = planted_target(source, request.seed)
     tasks, vectors, images = suite_inputs(request, source, target)
-    return SuiteInputs("planted", "mini:a", f"mini:a permuted (seed {request.seed})", source, target, tasks, vectors, u_star,
-                       relate_images=images)  # fmt: skip
+    return SuiteInputs(
+        "planted",
+        "mini:a",
+        f"mini:a permuted (seed {request.seed})",
+        source,
+        target,
+        tasks,
+        vectors,
+        u_star,
+        relate_images=images,
+    )

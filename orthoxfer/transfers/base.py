@@ -73,7 +73,9 @@ def require_source(source: nn.Module | None, what: str) -> nn.Module:
     return source
 
 
-def require_pools(pools: dict[str, FewShotTask] | None, what: str, data: str = "labelled few-shot pools") -> dict[str, FewShotTask]:
+def require_pools(
+    pools: dict[str, FewShotTask] | None, what: str, data: str = "labelled few-shot pools"
+) -> dict[str, FewShotTask]:
     if not pools:
         raise UsageError(f"{what} needs the target's {data}")
     return pools
@@ -104,7 +106,9 @@ def norm_ratio(result: TaskVector, vector: TaskVector) -> float:
     """||result|| / ||vector|| over every tensor both carry (Frobenius over sites and ``extra``): how much survived."""
 
     def total(tv: TaskVector) -> float:
-        return math.sqrt(sum(n * n for n in tv.norms().values()) + sum(float(t.double().norm()) ** 2 for t in tv.extra.values()))
+        return math.sqrt(
+            sum(n * n for n in tv.norms().values()) + sum(float(t.double().norm()) ** 2 for t in tv.extra.values())
+        )
 
     before = total(vector)
     return total(result) / before if before > 0 else math.nan

@@ -23,9 +23,13 @@ LEARNT = "transfer_learnt"
 
 
 def carry(
-    name: str, vectors: dict[str, TaskVector], source: nn.Module | None, target: nn.Module,
-    pools: dict[str, FewShotTask], settings: TransferSettings,
-) -> dict[str, Transferred]:  # fmt: skip
+    name: str,
+    vectors: dict[str, TaskVector],
+    source: nn.Module | None,
+    target: nn.Module,
+    pools: dict[str, FewShotTask],
+    settings: TransferSettings,
+) -> dict[str, Transferred]:
     """Each scope's vector carried into ``target`` by method ``name``: a task's vector sees its own task's pool
     only, ``joint`` (the caller's sum of every task's vector) sees every pool.
 

@@ -20,14 +20,32 @@ from torch.func import functional_call
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import FewShotTask, ImageEncoder
 from orthoxfer.strategies.options import Option
-from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, norm_ratio, per_tensor, require_pools
+from orthoxfer.transfers.base import (
+    Pools,
+    Transfer,
+    Transferred,
+    TransferSettings,
+    norm_ratio,
+    per_tensor,
+    require_pools,
+)
 from orthoxfer.vectors.sites import param_overrides
 from orthoxfer.vectors.taskvector import TaskVector
 
-SHOTS = Option("gradfix_shots", 2, "gradfix: labelled images per class (from each task's few-shot training part) whose "
-               "gradient on the target sets the signs.", minimum=1)  # fmt: skip
-VOTE = Option("gradfix_vote", "majority", "gradfix: sign(-g) by a per-sample majority vote (one backward per image) or "
-              "the sign of the mean gradient (one backward per task).", choices=("majority", "mean"))  # fmt: skip
+SHOTS = Option(
+    "gradfix_shots",
+    2,
+    "gradfix: labelled images per class (from each task's few-shot training part) whose "
+    "gradient on the target sets the signs.",
+    minimum=1,
+)
+VOTE = Option(
+    "gradfix_vote",
+    "majority",
+    "gradfix: sign(-g) by a per-sample majority vote (one backward per image) or "
+    "the sign of the mean gradient (one backward per task).",
+    choices=("majority", "mean"),
+)
 
 
 def per_class_sample(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
@@ -89,7 +107,9 @@ def descent_signs(
         tally, passes = 0, 0  # a running sum: one vote per image would hold a vector's worth per image
         for images, labels, head in samples:
             for x, y in zip(images.split(1), labels.split(1)) if one_by_one else [(images, labels)]:
-                g = gradients(x, y, head, 1 if one_by_one else total)  # mean vote: -g of the mean loss, summed over tasks
+                g = gradients(
+                    x, y, head, 1 if one_by_one else total
+                )  # mean vote: -g of the mean loss, summed over tasks
                 tally, passes = tally + (per_tensor(lambda t: torch.sign(-t), g) if one_by_one else -g), passes + 1
     return per_tensor(lambda t: torch.sign(t).cpu(), tally), passes
 
@@ -106,7 +126,10 @@ class GradFix(Transfer):
         signs, passes = descent_signs(target, vector, require_pools(pools, self.name), settings)
         mask = per_tensor(lambda t, sign: torch.sign(t) * sign.to(t) > 0, vector, signs)
         result = per_tensor(lambda t, keep: t * keep, vector, mask)
-        learnt = {**{f"mask/{s}": m for s, m in mask.dense.items()}, **{f"mask/extra/{n}": m for n, m in mask.extra.items()}}
+        learnt = {
+            **{f"mask/{s}": m for s, m in mask.dense.items()},
+            **{f"mask/extra/{n}": m for n, m in mask.extra.items()},
+        }
         kept = sum(int(m.sum()) for m in learnt.values()) / sum(m.numel() for m in learnt.values())
         diagnostics = {"kept_fraction": kept, "norm_ratio": norm_ratio(result, vector), "backward_passes": passes}
         return Transferred(result, learnt=learnt, diagnostics=diagnostics)

@@ -12,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, model_tensors, norm_ratio, per_tensor, require_source
+from orthoxfer.transfers.base import (
+    Pools,
+    Transfer,
+    Transferred,
+    TransferSettings,
+    model_tensors,
+    norm_ratio,
+    per_tensor,
+    require_source,
+)
 from orthoxfer.vectors.taskvector import MismatchError, TaskVector
 
 

@@ -52,7 +52,9 @@ def method_needs(name: str) -> str:
 def check_method(name: str) -> None:
     """Refuse a name that is neither a strategy nor a transfer method, in one line naming both lists."""
     if name not in STRATEGIES and name not in TRANSFERS:
-        raise UsageError(f"unknown method {name!r}; strategies: {', '.join(STRATEGIES)}; transfers: {', '.join(TRANSFERS)}")
+        raise UsageError(
+            f"unknown method {name!r}; strategies: {', '.join(STRATEGIES)}; transfers: {', '.join(TRANSFERS)}"
+        )
 
 
 def transfer_settings(values: dict[str, Any], seed: int = 0, device: str = "cpu") -> TransferSettings:

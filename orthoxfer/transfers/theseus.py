@@ -37,13 +37,26 @@ from orthoxfer.problem.capture import capture_inputs
 from orthoxfer.problem.tasks import image_features, pool_images
 from orthoxfer.strategies.options import Option
 from orthoxfer.strategies.procrustes import PROCRUSTES_RTOL, polar_transform
-from orthoxfer.transfers.base import Pools, Transfer, Transferred, TransferSettings, norm_ratio, require_pools, require_source
+from orthoxfer.transfers.base import (
+    Pools,
+    Transfer,
+    Transferred,
+    TransferSettings,
+    norm_ratio,
+    require_pools,
+    require_source,
+)
 from orthoxfer.vectors.sites import Site, read_site, sites_by_name
 from orthoxfer.vectors.taskvector import TaskVector
 
 CENTRE = Option("theseus_centre", False, "theseus: subtract each model's mean activation before the cross-covariance.")
-RTOL = Option("theseus_rtol", PROCRUSTES_RTOL.default, "theseus: singular values of a cross-covariance at or below this "
-              "times the largest leave its map free there; it is completed by the map closest to I.", minimum=0)  # fmt: skip
+RTOL = Option(
+    "theseus_rtol",
+    PROCRUSTES_RTOL.default,
+    "theseus: singular values of a cross-covariance at or below this "
+    "times the largest leave its map free there; it is completed by the map closest to I.",
+    minimum=0,
+)
 BATCH = 32  # images per forward while collecting statistics: memory only, the sums are the same
 SOLVE = 16  # maps per batched SVD: at 4d = 3072 (ViT-B/32's MLP) 16 of them and their factors take about 4 GB
 
@@ -95,7 +108,9 @@ def output_space(site: Site) -> str:
 
 
 @torch.no_grad()
-def site_moments(target: nn.Module, source: nn.Module, sites: list[Site], batches: list[torch.Tensor]) -> dict[str, Moments]:
+def site_moments(
+    target: nn.Module, source: nn.Module, sites: list[Site], batches: list[torch.Tensor]
+) -> dict[str, Moments]:
     """``{key: Moments}`` of both models' activations in every space ``sites`` read from or write to, over ``batches``.
 
     Keys are ``in/<site>`` (a site's inputs) and :func:`output_space` (its outputs).
@@ -111,7 +126,9 @@ def site_moments(target: nn.Module, source: nn.Module, sites: list[Site], batche
             for c in captured:  # the sites' inputs, and the hidden units of an MLP whose c_fc is carried
                 moments.setdefault(f"in/{c.name}", Moments()).add(xt[c.name], xs[c.name])
             for s in (s for s in sites if spaces[s.name].startswith("out/")):
-                outputs = [F.linear(x[s.name], read_site(m, s), site_bias(m, s)) for m, x in ((target, xt), (source, xs))]
+                outputs = [
+                    F.linear(x[s.name], read_site(m, s), site_bias(m, s)) for m, x in ((target, xt), (source, xs))
+                ]
                 moments.setdefault(spaces[s.name], Moments()).add(*outputs)
     return moments
 
@@ -149,7 +166,9 @@ class Theseus(Transfer):
         ins = {s.name: maps[f"in/{s.name}"] for s in sites}
         outs = {s.name: maps[output_space(s)] for s in sites}
         result = rotate(vector, ins, outs)
-        distances = [float(torch.linalg.matrix_norm(u.double() - torch.eye(len(u), dtype=torch.float64))) for u in maps.values()]
+        distances = [
+            float(torch.linalg.matrix_norm(u.double() - torch.eye(len(u), dtype=torch.float64))) for u in maps.values()
+        ]
         diagnostics = {"norm_ratio": norm_ratio(result, vector), "dist_identity_mean": sum(distances) / len(distances)}
         learnt = {**{f"in/{n}": u for n, u in ins.items()}, **{f"out/{n}": u for n, u in outs.items()}}
         return Transferred(result, learnt=learnt, diagnostics=diagnostics)

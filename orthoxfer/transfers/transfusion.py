@@ -24,15 +24,22 @@ from orthoxfer.transfers.weight_matching import Matched, match_towers
 from orthoxfer.vectors.sites import default_root
 from orthoxfer.vectors.taskvector import TaskVector
 
-ROUNDS = Option("transfusion_rounds", 20, "transfusion: at most this many rounds of weight matching (the first matches "
-                "each permutation from what is already matched, residual stream first; later ones re-match each given "
-                "all others, until a round changes none).", minimum=1)  # fmt: skip
+ROUNDS = Option(
+    "transfusion_rounds",
+    20,
+    "transfusion: at most this many rounds of weight matching (the first matches "
+    "each permutation from what is already matched, residual stream first; later ones re-match each given "
+    "all others, until a round changes none).",
+    minimum=1,
+)
 
 
 def _in_tower(name: str, root: str) -> str:
     if root and not name.startswith(root + "."):
-        raise UsageError(f"transfusion relabels the image tower only; the vector carries {name!r} outside it: "
-                         f"carry a vector of {root}.* parameters")  # fmt: skip
+        raise UsageError(
+            f"transfusion relabels the image tower only; the vector carries {name!r} outside it: "
+            f"carry a vector of {root}.* parameters"
+        )
     return name.removeprefix(root + ".") if root else name
 
 
@@ -43,8 +50,10 @@ def relabel(vector: TaskVector, model: nn.Module, perms: Perms) -> TaskVector:
     extra = {n: permute_param(_in_tower(n, root), t, perms) for n, t in vector.extra.items()}
     meta = dict(vector.meta)
     if vector.lora:  # dW = s B A: B's rows are the site's rows, A's columns its columns
-        lora = {s: (permute_axes(a, (None, axes[s][1]), perms), permute_axes(b, (axes[s][0], None), perms))
-                for s, (a, b) in vector.lora.items()}  # fmt: skip
+        lora = {
+            s: (permute_axes(a, (None, axes[s][1]), perms), permute_axes(b, (axes[s][0], None), perms))
+            for s, (a, b) in vector.lora.items()
+        }
         return TaskVector(lora=lora, scale=vector.scale, extra=extra, meta=meta)
     return TaskVector({s: permute_axes(d, axes[s], perms) for s, d in vector.dense.items()}, extra=extra, meta=meta)
 

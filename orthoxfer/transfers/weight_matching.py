@@ -103,12 +103,18 @@ def match_towers(source: nn.Module, target: nn.Module, rounds: int, device: torc
     sizes = {axis: t.shape[dim] for t, _, axes in parts for dim, axis in enumerate(axes) if axis is not None}
     heads: dict[str, torch.Tensor] = {}
     for i, pair in enumerate(zip(blocks, tower_blocks(source, "transfusion"))):
-        spectra = [head_spectra(b.attn.in_proj_weight.detach().to(device, torch.float32),
-                                b.attn.out_proj.weight.detach().to(device, torch.float32), b.attn.num_heads) for b in pair]  # fmt: skip
+        spectra = [
+            head_spectra(
+                b.attn.in_proj_weight.detach().to(device, torch.float32),
+                b.attn.out_proj.weight.detach().to(device, torch.float32),
+                b.attn.num_heads,
+            )
+            for b in pair
+        ]
         heads[f"qk/{i}"] = heads[f"vo/{i}"] = assignment(torch.cdist(*spectra), maximize=False)
     order = [RESIDUAL, *(f"{kind}/{i}" for i in range(len(blocks)) for kind in ("hidden", "qk", "vo"))]
     perms: Perms = {}
-    for done in range(1, rounds + 1):
+    for done in range(1, rounds + 1):  # noqa: B007 (how many rounds ran is returned)
         before = dict(perms)
         for space in order:
             cost = _cost(space, sizes[space], parts, perms)

@@ -40,7 +40,9 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
             noise = torch.randn(d.shape, generator=g, dtype=torch.float64)
             dense[site] = (noise * (norms[site] / noise.norm())).to(d.dtype)
         elif kind == "spectrum":
-            rows = random_orthogonal(d.shape[0], g, torch.float64)  # two Haar rotations: a rectangular site keeps its spectrum too
+            rows = random_orthogonal(
+                d.shape[0], g, torch.float64
+            )  # two Haar rotations: a rectangular site keeps its spectrum too
             cols = rows if d.shape[0] == d.shape[1] else random_orthogonal(d.shape[1], g, torch.float64)
             dense[site] = (rows.T @ d.double() @ cols).to(d.dtype)
         else:
@@ -54,8 +56,10 @@ def control_vector(tv: TaskVector, kind: str, seed: int = 0, other: TaskVector |
 def check_task_count(controls: tuple[str, ...], tasks: int, option: str = "--controls") -> None:
     """Refuse ``other-task`` before any row runs where there is no other task to borrow from."""
     if "other-task" in controls and tasks < 2:
-        raise UsageError("the other-task control needs two or more tasks (each borrows another's vector); "
-                         f"add a task or leave it out of {option}")  # fmt: skip
+        raise UsageError(
+            "the other-task control needs two or more tasks (each borrows another's vector); "
+            f"add a task or leave it out of {option}"
+        )
 
 
 def control_vectors(vectors: dict[str, TaskVector], kind: str, seed: int = 0) -> dict[str, TaskVector]:

@@ -135,8 +135,10 @@ def require_square(shapes: dict[str, tuple[int, int]], method: str) -> None:
     """Refuse rectangular sites (``{site: shape}``) for a method whose map is one d x d U per site."""
     for name, (rows, cols) in shapes.items():
         if rows != cols:
-            raise SiteError(f"{method} carries square sites only, and site {name!r} is {rows} x {cols}: use a vector on "
-                            "square sites (--sites attn) or a method with two-sided maps (theseus)")  # fmt: skip
+            raise SiteError(
+                f"{method} carries square sites only, and site {name!r} is {rows} x {cols}: use a vector on "
+                "square sites (--sites attn) or a method with two-sided maps (theseus)"
+            )
 
 
 def sites_by_name(model: nn.Module, names: list[str]) -> list[Site]:

@@ -71,7 +71,9 @@ class TaskVector:
     def select(self, sites: list[str]) -> TaskVector:
         """The same vector on a subset of its sites; non-site deltas are kept."""
         if self.lora:
-            return TaskVector(lora={s: self.lora[s] for s in sites}, scale=self.scale, extra=dict(self.extra), meta=self._meta())
+            return TaskVector(
+                lora={s: self.lora[s] for s in sites}, scale=self.scale, extra=dict(self.extra), meta=self._meta()
+            )
         return TaskVector({s: self.dense[s] for s in sites}, extra=dict(self.extra), meta=self._meta())
 
     def to_dense(self) -> TaskVector:
@@ -176,7 +178,9 @@ class TaskVector:
         )
         for name, t in [*named, *self.extra.items()]:
             if not torch.isfinite(t).all():
-                raise OrthoxferError(f"task vector has NaN or Inf values at site {name}; recompute it from finite weights")
+                raise OrthoxferError(
+                    f"task vector has NaN or Inf values at site {name}; recompute it from finite weights"
+                )
 
     # ------------------------------------------------------------------- models
     @classmethod
@@ -235,7 +239,9 @@ class TaskVector:
         for name, t in self.extra.items():
             if name not in params or params[name].shape != t.shape:
                 found = tuple(params[name].shape) if name in params else "none"
-                raise MismatchError(f"parameter {name!r}: task vector shape {tuple(t.shape)} does not match model shape {found}")
+                raise MismatchError(
+                    f"parameter {name!r}: task vector shape {tuple(t.shape)} does not match model shape {found}"
+                )
         return sites_by_name(model, self.sites)
 
     @torch.no_grad()
@@ -263,7 +269,9 @@ class TaskVector:
             tensors[f"lora_B/{s}"] = b
         for s, t in self.extra.items():
             tensors[f"extra/{s}"] = t
-        meta = self._meta(kind=self.kind, rank=self.rank, scale=self.scale, sites=self.sites, orthoxfer_version=__version__)
+        meta = self._meta(
+            kind=self.kind, rank=self.rank, scale=self.scale, sites=self.sites, orthoxfer_version=__version__
+        )
         save_artifact(path, KIND, tensors, meta)
 
     @classmethod
