@@ -112,7 +112,7 @@ def align_command(
         str | None,
         Opt(
             "--control",
-            help="norm | spectrum | other-task: align a control vector with the "
+            help="norm | spectrum | other-task (orbit: closed forms only): align a control vector with the "
             "same norms instead of each task vector, to measure the transfer gain.",
         ),
     ] = None,
@@ -199,8 +199,14 @@ def align_command(
         chosen.check(spec)
     vectors = load_vectors(task_vector, chosen.vector)
     if control is not None:
-        from orthoxfer.vectors.controls import control_vectors
+        from orthoxfer.strategies.registry import strategy_class
+        from orthoxfer.vectors.controls import control_vectors, valid_controls
 
+        if not valid_controls((control,), strategy_class(settings.method).fits_similarity):
+            raise UsageError(
+                f"--control {control}: {settings.method} fits U^T dW U to the vector and turns this control back "
+                "into it at U = Q^T; use spectrum (two independent rotations), norm or other-task"
+            )
         vectors = control_vectors(vectors, control, seed=settings.seed)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(vectors)
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}

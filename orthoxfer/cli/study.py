@@ -38,8 +38,8 @@ def study_command(
         str,
         Opt(
             "--controls",
-            help="Control rows beside every method on every rung: norm,spectrum,"
-            "other-task; gains are paired against each, the plot uses the first.",
+            help="Control rows beside every method on every rung: norm,spectrum,orbit,"
+            "other-task (each method gets those valid for it); gains are paired against each, the plot uses the first.",
         ),
     ] = "spectrum",
     paper_controls: Annotated[
@@ -82,6 +82,9 @@ def study_command(
         bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods add rows only).")
     ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    allow_code_change: Annotated[
+        bool, Opt("--allow-code-change", help="Resume rows made by other code (recorded in each rung's config.json).")
+    ] = False,
     cache_dir: Annotated[
         Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")
     ] = None,
@@ -115,7 +118,7 @@ def study_command(
     chosen_controls = comma_list(controls)
     if not chosen_controls:
         raise UsageError(
-            "--controls needs at least one control (norm, spectrum, other-task): gains are measured against it"
+            "--controls needs at least one control (norm, spectrum, orbit, other-task): gains are measured against it"
         )
     dev = launch(device)
     choices = {
@@ -134,7 +137,15 @@ def study_command(
         for s in suites
     }
     plan = StudyPlan(
-        names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()}
+        names,
+        seeds,
+        study_tasks,
+        size,
+        settings,
+        dev,
+        cache_dir,
+        {PAPER_RUNG: comma_list(paper_controls) or ()},
+        allow_code_change,
     )
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does

@@ -67,7 +67,7 @@ def transfer_command(
         str | None,
         Opt(
             "--control",
-            help="norm | spectrum | other-task: carry a control vector instead, to measure the transfer gain.",
+            help="norm | spectrum | orbit | other-task: carry a control vector instead, to measure the transfer gain.",
         ),
     ] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (paper).")] = None,

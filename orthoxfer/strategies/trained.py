@@ -40,6 +40,8 @@ ROTATION_RANK = Option(
 class TrainedStrategy(Strategy):
     """U learned by gradient descent on cross-entropy of the target carrying ``scale * U^T dW U``."""
 
+    fits_similarity = True
+
     @abstractmethod
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
         """A module whose ``forward()`` returns the (n, d, d) U stack, starting at ``init``."""

@@ -49,6 +49,13 @@ def method_needs(name: str) -> str:
     return (TRANSFERS.get(name) or STRATEGIES[name]).needs
 
 
+def method_fits_similarity(name: str) -> bool:
+    """Whether a method fits ``U^T dW U`` to the vector (a trained aligner); transfers never do: they find their map
+    from the models, the images or the target's gradients, and cannot rotate a control back into the vector."""
+    check_method(name)
+    return name in STRATEGIES and STRATEGIES[name].fits_similarity
+
+
 def check_method(name: str) -> None:
     """Refuse a name that is neither a strategy nor a transfer method, in one line naming both lists."""
     if name not in STRATEGIES and name not in TRANSFERS:
