@@ -215,11 +215,29 @@ def _mean_diagnostics(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
     """Compute one row; its record holds accuracies, the chosen lambda (and lr), diagnostics and wall time.
 
-    Trained rows (aligners and few-shot FT alike) try every learning rate of
-    ``config.lrs`` with the same steps and keep the one whose model scores best on the
-    validation part of the pools; only then is test data read, once.
+    Everything is chosen first (:func:`choose_row`); only then is test data read, once.
     """
     started = time.perf_counter()
+    models, record = choose_row(row, inputs, config, run, seed)
+    tested = time.perf_counter()
+    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
+    if row.method == "direct":  # the vector as fine-tuned (lambda = 1): on the same rung, the source's own accuracy
+        at_one = {t.name: inputs.vectors[row.kind][t.name].added_to_copy(inputs.target) for t in inputs.tasks}
+        record["accuracy_scale1"] = test_accuracy(at_one, inputs, config.align.device)
+    record["seconds"] = time.perf_counter() - started
+    record["seconds_test"] = time.perf_counter() - tested  # the rest is fitting and choosing lambda (seconds_choose)
+    return record
+
+
+def choose_row(
+    row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """One row's models (by task) and its record, everything in it chosen on validation; no test data is read.
+
+    Trained rows (aligners and few-shot FT alike) try every learning rate of
+    ``config.lrs`` with the same steps and keep the one whose model scores best on the
+    validation part of the pools; where the largest rate wins, the grid grows.
+    """
     train, val = split_pools(inputs, config.val_fraction, seed)
     record: dict[str, Any] = {
         "code": source_digest(),
@@ -237,18 +255,11 @@ def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: 
         grid.append(3 * grid[-1])  # type: ignore[operator]
         fits.append(_fit(row, inputs, config, run, seed, train, val, grid[-1], True))
         best = max(range(len(fits)), key=lambda i: fits[i][1])
-    models, score, fields = fits[best]
+    models, _, fields = fits[best]
     record.update(fields)
     if len(grid) > 1:
         record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
-    tested = time.perf_counter()
-    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
-    if row.method == "direct":  # the vector as fine-tuned (lambda = 1): on the same rung, the source's own accuracy
-        at_one = {t.name: inputs.vectors[row.kind][t.name].added_to_copy(inputs.target) for t in inputs.tasks}
-        record["accuracy_scale1"] = test_accuracy(at_one, inputs, config.align.device)
-    record["seconds"] = time.perf_counter() - started
-    record["seconds_test"] = time.perf_counter() - tested  # the rest is fitting and choosing lambda (seconds_choose)
-    return record
+    return models, record
 
 
 def _fit(
