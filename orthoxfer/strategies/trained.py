@@ -10,6 +10,7 @@ at the closed form (``init=procrustes``) and move inside a low-rank family
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,21 @@ ROTATION_RANK = Option(
     "instead of d^2); 0: a full U.",
     minimum=0,
 )
+ANCHOR = Option(
+    "anchor",
+    0.0,
+    "beta >= 0: adds beta * sum ||U - U0||_F^2 over every U, keeping U near its start U0 (identity, procrustes, "
+    "or the vector a transfer carried); inf: U stays at U0 (no training); 0: off.",
+    minimum=0,
+)
+SELECT_EVERY = Option(
+    "select_every",
+    0,
+    "k > 0: score the validation data at the start, every k steps and at the last step, and keep the U's "
+    "that scored best (ties: the earliest step); 0: keep the last step's U's.",
+    minimum=0,
+)
+TRAINED_OPTIONS = (ROTATION_RANK, ANCHOR, SELECT_EVERY)  # what every trained strategy declares besides its own
 
 
 class TrainedStrategy(Strategy):
@@ -55,8 +71,16 @@ class TrainedStrategy(Strategy):
         """
         return None
 
+    def anchoring(self, transforms: Transforms, settings: AlignSettings) -> torch.Tensor | None:
+        """``anchor * sum ||U - U0||_F^2`` over every U (a prior at the start); None when off, so the step is unchanged."""
+        if not settings.anchor:
+            return None
+        return settings.anchor * torch.cat(transforms.start_distances()).sum()
+
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:
         init, record = initial_stacks(problem, groups, settings)
+        if math.isinf(settings.anchor):  # the limit of an ever stronger anchor: the start itself, exactly
+            return Solution(init, steps=0, record={**record, "frozen": True})
         solution = train_transforms(self, problem, groups, init, settings, run)
         solution.record.update(record)
         return solution
