@@ -2,22 +2,26 @@
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
 from planted import planted
 from test_resume import Interrupting
 from test_train import colour_task
+from typer.testing import CliRunner
 
-import orthoxfer.fit.align_step as align_step
+import orthoxfer.evaluation.accuracy as accuracy
 import orthoxfer.fit.finetune as finetune_module
 from orthoxfer.alignment.align import align
+from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.problem.align_problem import AlignProblem
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import Run
 from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.taskvector import TaskVector
 
 
 def settings(method="penalty", **kw):
@@ -48,7 +52,7 @@ def carried(alignment, tv, target):
 def test_the_planted_best_step_is_chosen_and_its_u_returned(method, monkeypatch):
     source, target, _, tv, task = planted(near_identity=0.3)
     stub = Planted([0.1, 0.3, 0.9, 0.5, 0.2])  # steps 0, 10, 20, 30, 40
-    monkeypatch.setattr(align_step, "pool_accuracy", stub)
+    monkeypatch.setattr(accuracy, "pool_accuracy", stub)
     problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task})
     al = align(problem, settings(method))
     chosen = al.meta["selection"]["joint"]
@@ -82,7 +86,7 @@ def test_per_task_scopes_choose_on_their_own_validation(monkeypatch):
         seen.append(list(tasks))
         return {**dict.fromkeys(tasks, 0.5), "mean": 0.5}
 
-    monkeypatch.setattr(align_step, "pool_accuracy", score)
+    monkeypatch.setattr(accuracy, "pool_accuracy", score)
     problem = AlignProblem(
         target, {"toy": tv, "other": tv}, {"toy": task, "other": other}, source, {"toy": task, "other": other}
     )
@@ -96,14 +100,14 @@ def test_resume_chooses_as_an_uninterrupted_run(monkeypatch, tmp_path):
     source, target, _, tv, task = planted(near_identity=0.3)
     run_settings = settings("cayley", steps=30, select_every=5, checkpoint_every=10)
     recorder = Planted([0.0] * 7)
-    monkeypatch.setattr(align_step, "pool_accuracy", recorder)
+    monkeypatch.setattr(accuracy, "pool_accuracy", recorder)
     align(AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task}), run_settings)
     reference = recorder.seen[2]  # step 10
 
     def closeness(weights):
         return -sum((weights[k] - reference[k]).norm().item() for k in reference)
 
-    monkeypatch.setattr(align_step, "pool_accuracy", Planted(score=closeness))
+    monkeypatch.setattr(accuracy, "pool_accuracy", Planted(score=closeness))
     whole = align(
         AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task}),
         run_settings,
@@ -176,3 +180,16 @@ def test_finetuning_keeps_the_start_when_training_only_hurts(tiny, monkeypatch):
     tv = finetune(copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task})
     assert tv.meta["selection"]["chosen_step"] == 0
     assert all(tv.delta(s).abs().max() == 0 for s in tv.sites)  # the zero update: the target itself
+
+
+def test_fewshot_ft_baseline_chooses_its_step_on_the_held_out_part(eurosat_run):
+    tmp_path, common, _ = eurosat_run
+    loop = ["--shots", "10", "--batch-size", "4", "--augment", "1", "--steps", "3", "--lr", "1e-3"]
+    args = ["baseline", "fewshot-ft", *common, "--tasks", "eurosat", *loop, "--select-every", "2"]
+    result = CliRunner().invoke(app, [*args, "--val-fraction", "0.3", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    selection = json.loads((tmp_path / "f" / "results.json").read_text())["selection"]
+    assert [step for step, _ in selection["curve"]] == [0, 2, 3] and selection["chosen_step"] in (0, 2, 3)
+    assert TaskVector.load(tmp_path / "f" / "task_vector.safetensors").meta["selection"] == selection
+    alone = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "g")])
+    assert alone.exit_code == 2 and "--select-every needs validation data" in alone.output

@@ -30,7 +30,6 @@ from torch import nn
 from torch.func import functional_call
 
 from orthoxfer.errors import UsageError
-from orthoxfer.evaluation.accuracy import pool_accuracy
 from orthoxfer.fit import distributed
 from orthoxfer.fit.loop import run_steps
 from orthoxfer.fit.stepper import Stepper
@@ -279,7 +278,9 @@ def train_transforms(
             raise UsageError(f"--select-every needs validation data for {problem.scope!r}; none was given")
 
         def validate() -> dict[str, float]:  # per scope: a task alone, or joint: the mean over every task
-            return pool_accuracy(step.carrying(), problem.validation, step.device)
+            from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
+
+            return accuracy.pool_accuracy(step.carrying(), problem.validation, step.device)
 
     selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)
     with torch.no_grad():

@@ -164,7 +164,7 @@ def finetune(
     if not tasks:
         raise UsageError("fine-tuning needs at least one task")
     if settings.select_every and not validation:
-        raise UsageError("--select-every needs validation data; hold part of each pool out")
+        raise UsageError("--select-every needs validation data; hold part of each pool out (--val-fraction)")
     sites = find_sites(model, settings.sites)
     for site in sites:
         if not torch.isfinite(read_site(model, site)).all():
