@@ -211,10 +211,11 @@ class AlignStep(Stepper):
         self.sites = [s for g in groups for s in g.sites]  # the order of the rotated stacks
         self.vectors = [StackedVector.build(problem, g, settings.scale, self.device) for g in groups]
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
-        self.starts = [u.to(self.device, torch.float32) for u in init]  # U0, which the anchor measures from
         self.ranks.broadcast_(self.module.state_dict().values())  # before anything is derived from a start U0
         # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)
         self.factored = all(hasattr(p, "factors") for p in self.module.parts)
+        # U0, which the anchor measures a full U from (a factored U measures from its factors)
+        self.starts = None if self.factored or not settings.anchor else [u.to(self.device, torch.float32) for u in init]
         if self.factored:
             self.vectors = [
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)

@@ -4,8 +4,11 @@ A trained strategy says how U is parameterised (a small module whose ``forward``
 returns the stacked U's), which optimiser moves it, and what it adds to the loss; the
 shared step in :mod:`orthoxfer.fit.align_step` does batching, the materialised forward,
 schedules, clipping, logging, checkpoints and resume. Every trained strategy may start
-at the closed form (``init=procrustes``) and move inside a low-rank family
-(:data:`ROTATION_RANK`).
+at the closed form (``init=procrustes``) or from what a transfer carried
+(:mod:`orthoxfer.alignment.start`), move inside a low-rank family (:data:`ROTATION_RANK`),
+stay near its start (:data:`ANCHOR`, a prior: few labelled images should move U only
+as far as they must) and return the U's of the step that scored best on validation
+(:data:`SELECT_EVERY`, early stopping; :mod:`orthoxfer.fit.select`).
 """
 
 from __future__ import annotations
