@@ -145,14 +145,20 @@ class Run:
         write_text(path, "".join(line + "\n" for line in keep))
 
     def save_checkpoint(
-        self, name: str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]
+        self,
+        name: str,
+        module: nn.Module,
+        optimiser: torch.optim.Optimizer,
+        step: int,
+        meta: dict[str, Any],
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """The training state after ``step`` (see :mod:`orthoxfer.fit.checkpoint`); held as a copy, the latest per file."""
         if self._held is not None:
-            tensors, header = checkpoint_payload(module, optimiser, step, meta)
+            tensors, header = checkpoint_payload(module, optimiser, step, meta, extra)
             self._held.checkpoints[name] = ({k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}, header)
         elif self.writes:
-            self._save_checkpoint(name, *checkpoint_payload(module, optimiser, step, meta))
+            self._save_checkpoint(name, *checkpoint_payload(module, optimiser, step, meta, extra))
 
     def _save_checkpoint(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         save_artifact(self.file(name), CHECKPOINT, tensors, meta)

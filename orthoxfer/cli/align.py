@@ -103,7 +103,14 @@ def align_command(
     steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
     warmup: Annotated[int | None, Opt("--warmup", help="Linear warm-up steps before cosine decay.")] = None,
     clip: Annotated[float | None, Opt("--clip", help="Gradient-norm clip (0: off).")] = None,
-    init: Annotated[str | None, Opt("--init", help="identity | procrustes (needs --source).")] = None,
+    init: Annotated[
+        str | None,
+        Opt(
+            "--init",
+            help="identity | procrustes (needs --source) | a transfer method (transfusion ...): carry the vectors "
+            "with it first, then align what it carried from U = I.",
+        ),
+    ] = None,
     mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
@@ -156,16 +163,21 @@ def align_command(
 ) -> None:
     """Learn orthogonal U's that carry source task vectors into --target, from a few labelled examples.
 
-    Strategy-specific flags (--alpha, --retraction, --rotation-rank, ...) are those the
-    registered strategies declare.
+    Strategy-specific flags (--alpha, --retraction, --rotation-rank, --anchor, --select-every, ...)
+    are those the registered strategies declare; transfer flags (--transfusion-rounds, ...) set the
+    transfer an --init names. With --select-every the U's are scored on the suite's validation
+    sets (mini), or on a held-out part of each pool (paper), which then is not trained on.
 
     Writes alignment.safetensors, transferred.safetensors, metrics.jsonl,
     diagnostics.json (+ PNG plots) and config.json into --out.
     """
     from orthoxfer.alignment.align import align
+    from orthoxfer.alignment.start import start_from
     from orthoxfer.evaluation.diagnostics import diagnose, write_report
     from orthoxfer.problem.align_problem import AlignProblem
     from orthoxfer.runs import Run
+    from orthoxfer.transfers.registry import declared_options as transfer_options
+    from orthoxfer.transfers.registry import transfer_settings
 
     dev = launch(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
@@ -186,8 +198,9 @@ def align_command(
         batch_size=batch_size,
         seed=seed,
         compile=compile,
-        **(strategy_options or {}),
+        **{k: v for k, v in (strategy_options or {}).items() if k not in transfer_options()},
     )
+    transfer_values = {k: v for k, v in (strategy_options or {}).items() if k in transfer_options()}
     settings = resolve_settings(config, flags, chosen.settings("align"))
     if settings.method == "procrustes" and settings.rotation_rank:
         raise UsageError(
@@ -212,8 +225,16 @@ def align_command(
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
     settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
+    carrying = transfer_settings(transfer_values, seed=settings.seed, device=str(dev))
     run.write_config(
-        {**settings.to_dict(), "task_vectors": task_vector, "tasks": names, **chosen.record, "control": control}
+        {
+            **settings.to_dict(),
+            "task_vectors": task_vector,
+            "tasks": names,
+            **chosen.record,
+            "control": control,
+            **({"transfer": carrying.options} if transfer_values else {}),
+        }
     )
 
     loaded = chosen.load(target, dev)
@@ -222,7 +243,9 @@ def align_command(
     pools = chosen.fewshot_tasks(loaded, names, shots_n, shots_per_class, settings.seed)
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
-    alignment = align(AlignProblem(loaded.model, vectors, pools, source_model), settings, run)
+    pools, validation = held_out(chosen, loaded, pools, settings)
+    vectors = start_from(settings.init, vectors, source_model, loaded.model, pools, carrying)
+    alignment = align(AlignProblem(loaded.model, vectors, pools, source_model, validation), settings, run)
     if not run.writes:  # another process of a torchrun launch: rank 0 writes what all of them found
         return
     alignment.save(run.file("alignment.safetensors"))
@@ -247,3 +270,18 @@ def align_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def held_out(suite, loaded, pools: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pools to train on and, when the step is chosen on validation, where: the suite's own validation sets, or
+    else a held-out part of each pool (as ``baseline`` holds one out), which is then not trained on."""
+    from orthoxfer.cli.baseline import VAL_FRACTION
+    from orthoxfer.strategies.registry import strategy_class
+
+    if not settings.select_every or "select_every" not in {o.name for o in strategy_class(settings.method).options}:
+        return pools, None
+    validation = suite.validation_sets(loaded, list(pools))
+    if validation is not None:
+        return pools, validation
+    parts = {name: pool.split(VAL_FRACTION, settings.seed) for name, pool in pools.items()}
+    return {n: p[0] for n, p in parts.items()}, {n: p[1] for n, p in parts.items()}

@@ -65,7 +65,7 @@ def build_app() -> typer.Typer:
     app.add_typer(vector_app, name="vector")
     app.add_typer(mini_app, name="mini")
     app.command("eval")(eval_command)
-    app.command("align")(with_strategy_options(align_command))
+    app.command("align")(with_strategy_options(align_command, transfers=True))
     app.command("transfer")(with_strategy_options(transfer_command, transfers=True, strategies=False))
     app.command("finetune")(finetune_command)
     app.command("bench")(with_strategy_options(bench_command, transfers=True))

@@ -242,6 +242,15 @@ def fewshot_ft_command(
             "0 (default) trains on exactly the images `align` gets.",
         ),
     ] = 0.0,
+    select_every: Annotated[
+        int | None,
+        Opt(
+            "--select-every",
+            min=0,
+            help="k > 0: score the held-out part (--val-fraction) at the start, every k steps and at the last "
+            "step, and keep the update that scored best (ties: the earliest); 0: the last step's.",
+        ),
+    ] = None,
     device: Device = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
@@ -276,7 +285,14 @@ def fewshot_ft_command(
     }
     if config is not None:
         values.update(read_config(config, "fewshot_ft", FinetuneSettings))
-    flags = {"steps": steps, "lr": lr, "batch_size": batch_size, "augment": augment, "sites": sites}
+    flags = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "augment": augment,
+        "sites": sites,
+        "select_every": select_every,
+    }
     values.update({k: v for k, v in flags.items() if v is not None}, seed=seed)
     names = _names(tasks, list(chosen.task_names))
     run = Run(out or Path("runs/baseline-fewshot-ft"), overwrite=overwrite, resume=resume)
@@ -297,4 +313,5 @@ def fewshot_ft_command(
     train, validation = _pools(chosen, loaded, names, shots, seed, val_fraction)
     model, vector = fewshot_finetune(loaded.model, train, settings, run, validation)
     vector.save(run.file("task_vector.safetensors"))
-    _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps})
+    selection = {"selection": vector.meta["selection"]} if "selection" in vector.meta else {}
+    _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps, **selection})

@@ -25,9 +25,11 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from orthoxfer.artifacts import load_artifact
 from orthoxfer.errors import OrthoxferError
-from orthoxfer.fit.checkpoint import load_checkpoint
+from orthoxfer.fit.checkpoint import KIND, restore_checkpoint
 from orthoxfer.fit.distributed import Ranks
+from orthoxfer.fit.select import StepSelection
 from orthoxfer.problem.tasks import FewShotTask
 
 
@@ -57,6 +59,7 @@ class LoopSettings(Protocol):
     seed: int
     log_every: int
     checkpoint_every: int
+    select_every: int  # 0: train to the last step; k > 0: the step chosen on validation (see fit.select)
 
 
 @functools.cache
@@ -156,23 +159,50 @@ def run_steps(
     run,
     scope: str,
     validate: Callable[[], dict[str, float]] | None = None,
-) -> None:
+) -> StepSelection | None:
     """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
 
     ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
     epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
+    With ``settings.select_every = k > 0`` it runs instead at the start, every k steps and
+    after the last step, and the module ends in the state whose ``mean`` scored best
+    (ties: the earliest); the returned :class:`~orthoxfer.fit.select.StepSelection` says
+    which step that was.
     """
     checkpoint = f"checkpoint-{scope}.safetensors"
+    selection = StepSelection(settings.select_every) if settings.select_every else None
+    if selection is not None and validate is None:
+        raise OrthoxferError(f"{stepper.name} [{scope}]: choosing the step on validation needs validation data")
     start = 0
     if run is not None and run.resume and run.file(checkpoint).exists():
-        start, _ = load_checkpoint(run.file(checkpoint), stepper.module, stepper.optimiser)
+        tensors, meta = load_artifact(run.file(checkpoint), KIND)
+        start, meta = restore_checkpoint(tensors, meta, stepper.module, stepper.optimiser)
+        if selection is not None:
+            selection.restore(tensors, meta)
         for name in ("metrics.jsonl", "validation.jsonl"):
             run.truncate_log(name, scope, start)
     epoch = epoch_steps(tasks, settings)
     for task in tasks:
         task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
+
+    def validated(done: int, bar: Progress) -> None:
+        scores = validate()
+        if run is not None:
+            run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
+        bar.console.print(
+            f"{stepper.name} [{scope}] step {done} (epoch {done / epoch:.3g}): validation accuracy "
+            + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+            highlight=False,
+        )
+        if selection is not None:
+            score = torch.tensor([scores["mean"]], dtype=torch.float64, device=stepper.device)
+            stepper.ranks.broadcast_([score])  # processes that share U's choose one step: rank 0's
+            selection.offer(done, score.item(), stepper.module)
+
     with progress_bar() as bar:
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
+        if selection is not None and start == 0:
+            validated(0, bar)  # the start itself is a candidate: training must beat it
         for step in range(start, settings.steps):
             task, x, y = task_batch(tasks, step, settings, stepper.device, stepper.ranks.part(settings.batch_size))
             factor = lr_factor(step, settings.warmup, settings.steps)
@@ -204,18 +234,16 @@ def run_steps(
                 bar.update(job, completed=done, status=status)
             else:
                 bar.update(job, completed=done)
-            if validate is not None and (done % epoch == 0 or last):
-                scores = validate()
-                if run is not None:
-                    run.log(
-                        {"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl"
-                    )
-                bar.console.print(
-                    f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
-                    + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-                    highlight=False,
-                )
+            if validate is not None and (
+                selection.due(done, settings.steps) if selection is not None else done % epoch == 0 or last
+            ):
+                validated(done, bar)
             if save_now:
-                run.save_checkpoint(
-                    checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name}
-                )
+                meta = {"scope": scope, "method": stepper.name}
+                if selection is not None:
+                    meta["selection"] = selection.header()
+                extra = selection.tensors() if selection is not None else None
+                run.save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, meta, extra)
+    if selection is not None:
+        selection.choose(stepper.module)
+    return selection

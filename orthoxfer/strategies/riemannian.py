@@ -28,7 +28,7 @@ from torch import nn
 
 from orthoxfer.strategies.linalg import cayley_lowrank_apply, cholesky_qr, inverse_identity_plus_skew, is_identity_stack
 from orthoxfer.strategies.options import Option
-from orthoxfer.strategies.trained import ROTATION_RANK, TrainedStrategy, rotation_rank
+from orthoxfer.strategies.trained import TRAINED_OPTIONS, TrainedStrategy, rotation_rank
 
 if TYPE_CHECKING:
     from orthoxfer.strategies.settings import AlignSettings
@@ -110,7 +110,7 @@ class LowRankStiefel(nn.Module):
 class RiemannianStrategy(TrainedStrategy):
     name = "riemannian"
     exact = True
-    options = (RETRACTION, ROTATION_RANK)
+    options = (RETRACTION, *TRAINED_OPTIONS)
 
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
         k = rotation_rank(settings, init.shape[-1])
