@@ -1,15 +1,21 @@
-"""``orthoxfer vector from-checkpoints`` and ``orthoxfer apply``: task vectors from checkpoints, and models out of them."""
+"""``orthoxfer vector from-checkpoints`` and ``orthoxfer apply``: task vectors from checkpoints, and models out of them.
+
+Checkpoints come as open_clip state dicts, transformers CLIP folders or repositories
+(FusionBench's), or PEFT LoRA adapters; models go out as open_clip state dicts or
+transformers folders.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from orthoxfer.cli.common import console, reports_errors
-from orthoxfer.errors import UsageError
+from orthoxfer.errors import OrthoxferWarning, UsageError
 
 Opt = typer.Option
 vector_app = typer.Typer(help="Make task vectors from what other tools wrote.", no_args_is_help=True)
@@ -23,26 +29,31 @@ CacheDir = Annotated[
 def from_checkpoints_command(
     base: Annotated[
         str,
-        Opt("--base", help="The pre-trained model fine-tuning started from: ARCH:TAG, ARCH:/path, hf-hub:owner/repo."),
+        Opt(
+            "--base",
+            help="The pre-trained model fine-tuning started from: ARCH:TAG, ARCH:/path, hf-hub:owner/repo, "
+            "or a transformers CLIP folder.",
+        ),
     ],
     finetuned: Annotated[
         str,
         Opt(
             "--finetuned",
-            help="The fine-tuned open_clip weights: .safetensors, .pt or .bin "
-            "(whole CLIP or image tower, any common key layout), or hf-hub:owner/repo/path.",
+            help="The fine-tuned weights: an open_clip .safetensors, .pt or .bin (whole CLIP or image tower, any "
+            "common key layout), a transformers CLIP folder (config.json + weights), a PEFT LoRA adapter folder "
+            "(read as a LoRA vector, factors kept), or hf-hub:owner/repo[/path] holding any of those.",
         ),
     ],
     out: Annotated[Path, Opt("--out", help="The task vector .safetensors to write.")],
     sites: Annotated[
-        str,
+        str | None,
         Opt(
             "--sites",
             help="attn | attn-qkv | attn-out | mlp | all | a glob over site names, or "
             "several joined by commas (mlp: the rectangular MLP weights, which only two-sided "
-            "methods such as theseus carry).",
+            "methods such as theseus carry). Default: attn; for a PEFT adapter, the layers it targets.",
         ),
-    ] = "attn",
+    ] = None,
     full: Annotated[
         bool, Opt("--full", help="Also carry every other changed image-tower parameter (added unaligned).")
     ] = False,
@@ -53,24 +64,67 @@ def from_checkpoints_command(
 ) -> None:
     """A task vector: fine-tuned minus base on the image tower's sites (and, with --full, its other parameters)."""
     from orthoxfer.models.loading import load_model
-    from orthoxfer.models.state_dicts import checkpoint_file, finetuned_model
+    from orthoxfer.models.state_dicts import PEFT, TRANSFORMERS, finetuned_model, resolve_finetuned, transformers_model
     from orthoxfer.vectors.taskvector import TaskVector
 
-    loaded = load_model(base, cache_dir=cache_dir)
-    tuned = finetuned_model(checkpoint_file(finetuned, cache_dir), loaded.model)
+    kind, found = resolve_finetuned(finetuned, cache_dir)
+    if kind == PEFT and full:
+        raise UsageError(f"{finetuned} is a LoRA adapter: it changes no parameter but its factors; drop --full")
+    with warnings.catch_warnings():  # a vision-only base lacks a text tower, which a task vector never reads
+        warnings.simplefilter("ignore", OrthoxferWarning)
+        loaded = load_model(base, cache_dir=cache_dir)
+    lines = [_arch_line(base, loaded.open_clip_arch, loaded.quick_gelu)] if loaded.open_clip_arch else []
     meta = {"tasks": [task] if task else [], "base": base, "finetuned": finetuned, "architecture": loaded.arch}
-    vector = TaskVector.from_models(loaded.model, tuned, sites, full=full, meta=meta)
+    if kind == PEFT:
+        vector = _adapter_vector(found, loaded.model, sites, meta)
+    else:
+        if kind == TRANSFORMERS:
+            from orthoxfer.models.hf_clip import open_clip_arch
+
+            arch = open_clip_arch(found.config)
+            lines.append(_arch_line(f"{finetuned} ({found.config.kind})", arch, found.config.quick_gelu))
+            tuned = transformers_model(found, loaded)
+        else:
+            tuned = finetuned_model(found, loaded.model)
+        vector = TaskVector.from_models(loaded.model, tuned, sites or "attn", full=full, meta=meta)
     vector.check_finite()
     vector.save(out)
     norm = math.sqrt(sum(n * n for n in vector.norms().values()))
     extra = f", plus {len(vector.extra)} other parameters (unaligned)" if vector.extra else ""
+    lora = f", LoRA rank {vector.rank} (factors kept)" if vector.lora else ""
+    for line in lines:  # after success: a refusal stays one line
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(
-        f"wrote {out}: {len(vector.sites)} sites, ||dW||_F {norm:.4g}{extra}", highlight=False, soft_wrap=True
+        f"wrote {out}: {len(vector.sites)} sites{lora}, ||dW||_F {norm:.4g}{extra}", highlight=False, soft_wrap=True
     )
     if norm == 0:
         console.print(
             f"note: {finetuned} equals {base} on these sites; was it fine-tuned from another model?", highlight=False
         )
+
+
+def _arch_line(what: str, arch: str, quick_gelu: bool) -> str:
+    return f"{what}: open_clip architecture {arch} ({'QuickGELU' if quick_gelu else 'GELU'})"
+
+
+def _adapter_vector(folder: Path, base, sites: str | None, meta: dict):
+    """A PEFT adapter as a LoRA vector, narrowed to ``--sites`` when given."""
+    from orthoxfer.vectors.peft_lora import read_adapter
+    from orthoxfer.vectors.sites import find_sites
+
+    vector = read_adapter(folder, base, meta)
+    if sites is not None:
+        chosen = [s.name for s in find_sites(base, sites) if s.name in vector.sites]
+        if not chosen:
+            raise UsageError(f"--sites {sites} selects none of the adapter's {len(vector.sites)} sites")
+        vector = vector.select(chosen)
+    if vector.meta.get("text_modules_left_out"):
+        console.print(
+            f"note: {vector.meta['text_modules_left_out']} text-tower modules of the adapter left out "
+            "(task vectors live in the image tower)",
+            highlight=False,
+        )
+    return vector
 
 
 @reports_errors
@@ -81,15 +135,30 @@ def apply_command(
     task_vector: Annotated[
         list[Path], Opt("--task-vector", help="A task vector .safetensors; repeatable (added in turn).")
     ],
-    out: Annotated[Path, Opt("--out", help="The edited model's weights, an open_clip .safetensors state dict.")],
+    out: Annotated[
+        Path,
+        Opt(
+            "--out",
+            help="The edited model: an open_clip .safetensors state dict, or (--format transformers) a folder.",
+        ),
+    ],
     scale: Annotated[
         list[float] | None,
         Opt("--scale", help="lambda: once for every vector, or once per --task-vector in order (default 1)."),
     ] = None,
     cache_dir: CacheDir = None,
+    out_format: Annotated[
+        str,
+        Opt(
+            "--format",
+            help="open_clip (a state dict) | transformers (a CLIPVisionModelWithProjection folder: the image tower).",
+        ),
+    ] = "open_clip",
 ) -> None:
-    """Add task vectors to a model and write it as open_clip weights (open_clip.create_model(ARCH, pretrained=OUT))."""
-    from orthoxfer.models.loading import HUB, file_arch, load_model
+    """Add task vectors to a model and write it as open_clip weights (open_clip.create_model(ARCH, pretrained=OUT)),
+    or as a transformers CLIPVisionModelWithProjection folder (--format transformers)."""
+    from orthoxfer.models.hf_clip import HF_ARCH_PREFIX
+    from orthoxfer.models.loading import HUB, TRANSFORMERS, file_arch, load_model
     from orthoxfer.models.state_dicts import save_state_dict
     from orthoxfer.vectors.taskvector import TaskVector
 
@@ -98,13 +167,35 @@ def apply_command(
         scales *= len(task_vector)
     if len(scales) != len(task_vector):
         raise UsageError(f"give --scale once, or once per --task-vector ({len(task_vector)}), not {len(scales)} times")
+    if out_format not in ("open_clip", "transformers"):
+        raise UsageError(f"unknown --format {out_format!r}; use open_clip or transformers")
+    if out_format == "transformers":
+        from orthoxfer.models.hf_export import import_transformers
+
+        import_transformers()  # before any model is loaded: a missing extra is one line, at once
     vectors = [TaskVector.load(path) for path in task_vector]
     loaded = load_model(model, cache_dir=cache_dir)
     for vector in vectors:
         vector.check_fits(loaded.model)  # every vector fits before any is added
     for vector, s in zip(vectors, scales):
         vector.apply_to(loaded.model, s)
-    arch = file_arch(loaded.arch, loaded.quick_gelu) if loaded.arch != HUB else None
+    added = " + ".join(f"{s:g} x {p.name}" for s, p in zip(scales, task_vector))
+    if out_format == "transformers":
+        from orthoxfer.models.hf_export import write_vision_model
+
+        written = write_vision_model(loaded.model, out, loaded.mean, loaded.std)
+        console.print(
+            f"wrote {out}/: {loaded.spec} + {added} as a transformers {written}; load it with "
+            f"transformers.{written}.from_pretrained('{out}')",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    if loaded.arch in (HUB, TRANSFORMERS):  # a registered hf-clip-* config exists in this process only
+        known = loaded.open_clip_arch is not None and not loaded.open_clip_arch.startswith(HF_ARCH_PREFIX)
+        arch = loaded.open_clip_arch if known else None
+    else:
+        arch = file_arch(loaded.arch, loaded.quick_gelu)
     save_state_dict(
         loaded.model,
         out,
@@ -119,7 +210,6 @@ def apply_command(
     how = (
         f"open_clip.create_model('{arch}', pretrained='{out}'), or the model {arch}:{out}"
         if arch is not None
-        else f"open_clip.create_model('{loaded.spec}') and load_state_dict(safetensors.torch.load_file('{out}'))"
+        else f"load_state_dict(safetensors.torch.load_file('{out}')) into the open_clip model that {loaded.spec} builds"
     )
-    added = " + ".join(f"{s:g} x {p.name}" for s, p in zip(scales, task_vector))
     console.print(f"wrote {out}: {loaded.spec} + {added}; load it with {how}", highlight=False, soft_wrap=True)

@@ -1,4 +1,5 @@
-"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint``, ``ARCH:none`` or ``hf-hub:owner/repo``.
+"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint``, ``ARCH:none``, ``hf-hub:owner/repo``, or a
+transformers CLIP folder.
 
 Two things are decided here, once. Each checkpoint runs with the activation it was
 trained with: open_clip's tag table says which tags used QuickGELU (``openai``,
@@ -11,7 +12,10 @@ first without any network access, the network is only tried when its host answer
 and a failure names the checkpoint, the file expected and the folder to put it in.
 ``HF_HUB_OFFLINE=1`` keeps every load off the network. An ``hf-hub:owner/repo`` model
 (open_clip's name for a repository holding ``open_clip_config.json`` and weights)
-follows the same rules through :mod:`orthoxfer.models.hub`.
+follows the same rules through :mod:`orthoxfer.models.hub`. A transformers CLIP (a folder
+with ``config.json``, or a repository holding one and no ``open_clip_config.json``) is
+converted on load into the open_clip architecture its config implies
+(:mod:`orthoxfer.models.hf_clip`), so every command takes FusionBench's checkpoints.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from open_clip import pretrained as oc_pretrained
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 
-from orthoxfer.errors import OrthoxferError, UsageError
-from orthoxfer.models import hub
+from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
+from orthoxfer.models import hf_clip, hub
 
 RANDOM = "none"
 HUB = "hf-hub"  # the arch of an hf-hub:owner/repo model; its tag is the repository
+TRANSFORMERS = "transformers"  # the arch of a transformers CLIP folder; its tag is the folder
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 # a tag's preprocessing settings -> the create_model_and_transforms arguments that force them
 _PREPROCESS_KEYS = {
@@ -64,10 +69,11 @@ class LoadedModel:
     std: tuple[float, float, float]
     quick_gelu: bool
     checkpoint: Path | None = None  # the weights file actually read
+    open_clip_arch: str | None = None  # a transformers checkpoint's open_clip architecture (the arch is "transformers")
 
     @property
     def spec(self) -> str:
-        return f"{self.arch}:{self.tag}"
+        return self.tag if self.arch == TRANSFORMERS else f"{self.arch}:{self.tag}"
 
     @property
     def identity(self) -> str:
@@ -80,7 +86,7 @@ class LoadedModel:
         base = f"{self.spec}:quick_gelu={self.quick_gelu}"
         if self.arch == HUB and self.checkpoint is not None:
             return f"{base}:{self.checkpoint.parent.name}"
-        if self.checkpoint is None or self.tag != str(self.checkpoint):
+        if self.checkpoint is None or (self.tag != str(self.checkpoint) and self.arch != TRANSFORMERS):
             return base
         stat = self.checkpoint.stat()
         return f"{base}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -101,7 +107,10 @@ def register_arch(name: str, config: dict) -> None:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``."""
+    """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``;
+    a transformers folder -> ``("transformers", folder)``."""
+    if hf_clip.is_transformers_dir(Path(spec).expanduser()):
+        return TRANSFORMERS, str(Path(spec).expanduser())
     if spec.startswith(hub.PREFIX):
         repo, path = hub.parse(spec)
         if path is not None:
@@ -113,7 +122,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     arch, sep, source = spec.partition(":")
     if not sep or not arch or not source:
         raise UsageError(
-            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none or hf-hub:owner/repo (e.g. ViT-B-32:openai)"
+            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo or a transformers "
+            "CLIP folder holding config.json (e.g. ViT-B-32:openai)"
         )
     known = open_clip.list_models()
     if arch not in known:
@@ -278,8 +288,12 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     checkpoint: Path | None = None
     name, pp_kwargs = arch, {}
+    if arch == TRANSFORMERS:
+        return _load_transformers(spec, hf_clip.local_checkpoint(Path(source)), device)
     if arch == HUB:  # the repository's own config says architecture, activation and preprocessing
-        config = hub.hub_file(source, [HF_CONFIG_NAME], cache)
+        config = hub.hub_file(source, [HF_CONFIG_NAME, hf_clip.CONFIG], cache)
+        if config.name == hf_clip.CONFIG:  # a transformers repository (FusionBench's), not an open_clip one
+            return _load_transformers(spec, hf_clip.hub_checkpoint(source, config, cache), device)
         checkpoint = hub.hub_file(source, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache)
         name, tag = f"local-dir:{config.parent}", source
         quick_gelu = bool(json.loads(config.read_text()).get("model_cfg", {}).get("quick_gelu", False))
@@ -330,4 +344,63 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         std=tuple(visual_cfg["std"]),
         quick_gelu=quick_gelu,
         checkpoint=checkpoint,
+    )
+
+
+def _load_transformers(spec: str, ckpt: hf_clip.HFCheckpoint, device: str | torch.device) -> LoadedModel:
+    """A transformers CLIP as the open_clip model its config implies, with its weights converted.
+
+    A vision-only checkpoint has no text tower (and a ``CLIPVisionModel`` no projection):
+    those stay at the architecture's seeded random init, and a warning says so, since
+    zero-shot heads made with them mean nothing; the image tower is exact.
+    """
+    arch, tag = (HUB, spec.removeprefix(hub.PREFIX)) if spec.startswith(hub.PREFIX) else (TRANSFORMERS, ckpt.where)
+    name = hf_clip.open_clip_arch(ckpt.config)
+    state = ckpt.open_clip_state()
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet():
+            torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=None,
+                quick_gelu=ckpt.config.quick_gelu,
+                **hf_clip.preprocessing(ckpt.weights[0].parent),
+            )
+            result = model.load_state_dict(state, strict=False)
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - a shape mismatch names the tensor
+        reason = str(exc).strip().splitlines()[-1] if str(exc) else type(exc).__name__
+        raise OrthoxferError(f"could not build {spec} as open_clip {name}: {reason}") from None
+    missing = [k for k in result.missing_keys if k.startswith("visual.") and k != "visual.proj"]
+    if missing:
+        raise OrthoxferError(f"{spec} lacks image-tower weights ({', '.join(missing[:3])}): a truncated checkpoint?")
+    absent = [
+        what
+        for what, there in (
+            ("projection", ckpt.config.has_projection),
+            ("text tower", ckpt.config.text is not None),
+        )
+        if not there
+    ]
+    if absent:
+        warnings.warn(
+            f"{spec} is a {ckpt.config.kind}: its {' and '.join(absent)} {'are' if len(absent) > 1 else 'is'} open_clip {name}'s random init (zero-shot "
+            "heads from it mean nothing; use it as a source, or make a task vector of it with vector from-checkpoints)",
+            OrthoxferWarning,
+            stacklevel=3,
+        )
+    visual_cfg = model.visual.preprocess_cfg
+    size = model.visual.image_size
+    return LoadedModel(
+        model=model.to(device).eval(),
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        arch=arch,
+        tag=tag,
+        image_size=(size, size) if isinstance(size, int) else tuple(size),
+        mean=tuple(visual_cfg["mean"]),
+        std=tuple(visual_cfg["std"]),
+        quick_gelu=ckpt.config.quick_gelu,
+        checkpoint=ckpt.weights[0],
+        open_clip_arch=name,
     )
