@@ -31,6 +31,7 @@ WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 PREPROCESSOR = "preprocessor_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 HF_ARCH_PREFIX = "hf-clip-"  # open_clip architectures registered from a config that matches no known one
 VISION_KINDS = ("CLIPVisionModel", "CLIPVisionModelWithProjection")
 # transformers writes only what differs from these (CLIPVisionConfig / CLIPTextConfig defaults: OpenAI's ViT-B/32)

@@ -109,8 +109,14 @@ def register_arch(name: str, config: dict) -> None:
 def parse_spec(spec: str) -> tuple[str, str]:
     """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``;
     a transformers folder -> ``("transformers", folder)``."""
-    if hf_clip.is_transformers_dir(Path(spec).expanduser()):
-        return TRANSFORMERS, str(Path(spec).expanduser())
+    folder = Path(spec).expanduser()
+    if hf_clip.is_transformers_dir(folder):
+        return TRANSFORMERS, str(folder)
+    if (folder / hf_clip.ADAPTER_CONFIG).is_file():
+        raise UsageError(
+            f"{spec} is a PEFT adapter, not a model: make a LoRA task vector of it with `orthoxfer vector "
+            f"from-checkpoints --base BASE --finetuned {spec}` and add it to BASE with --task-vector"
+        )
     if spec.startswith(hub.PREFIX):
         repo, path = hub.parse(spec)
         if path is not None:

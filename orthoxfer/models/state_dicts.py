@@ -119,8 +119,8 @@ def resolve_finetuned(value: str, cache_dir: Path | None = None) -> tuple[str, P
         found = hub.hub_file(repo, names, cache_dir)
         if found.name == hf_clip.CONFIG:
             return TRANSFORMERS, hf_clip.hub_checkpoint(repo, found, cache_dir)
-        if found.name == hf_clip.ADAPTER_CONFIG:
-            return PEFT, found.parent
+        if found.name == hf_clip.ADAPTER_CONFIG:  # its weights beside it, in the same snapshot folder
+            return PEFT, hub.hub_file(repo, list(hf_clip.ADAPTER_WEIGHTS), cache_dir).parent
         return OPEN_CLIP, found
     return OPEN_CLIP, checkpoint_file(value, cache_dir)
 
