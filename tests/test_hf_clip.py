@@ -192,3 +192,16 @@ def test_a_transformers_folder_is_a_source_model_wherever_models_are_named(pair,
     suite = open_suite("paper", SuiteRequest(data_root=root))
     assert suite.check(str(base_dir)) == "transformers"
     assert suite.load(str(base_dir)).open_clip_arch == hf_arch
+
+
+def test_transfer_takes_a_transformers_folder_as_its_source(pair, hf_arch):
+    """End to end: a vector from transformers checkpoints carried by TransFusion from the transformers source."""
+    root, _, _, base_dir, tuned_dir = pair
+    assert _vector(str(base_dir), str(tuned_dir), root / "attn.safetensors", "--task", "eurosat").exit_code == 0
+    args = ["transfer", "--method", "transfusion", "--source", str(base_dir), "--target", f"{hf_arch}:none"]
+    args += ["--task-vector", str(root / "attn.safetensors"), "--data-root", str(root), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--out", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    carried = TaskVector.load(root / "run" / "transferred.safetensors")
+    assert carried.sites == TaskVector.load(root / "attn.safetensors").sites
+    assert json.loads((root / "run" / "config.json").read_text())["source"] == str(base_dir)

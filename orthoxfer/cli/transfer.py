@@ -31,7 +31,11 @@ def transfer_command(
         ),
     ],
     target: Annotated[
-        str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")
+        str,
+        Opt(
+            "--target",
+            help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
+        ),
     ],
     task_vector: Annotated[
         list[str],

@@ -130,7 +130,11 @@ def _adapter_vector(folder: Path, base, sites: str | None, meta: dict):
 @reports_errors
 def apply_command(
     model: Annotated[
-        str, Opt("--model", help="The model to edit: ARCH:TAG, ARCH:/path, ARCH:none or hf-hub:owner/repo.")
+        str,
+        Opt(
+            "--model",
+            help="The model to edit: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo or a transformers CLIP folder.",
+        ),
     ],
     task_vector: Annotated[
         list[Path], Opt("--task-vector", help="A task vector .safetensors; repeatable (added in turn).")
