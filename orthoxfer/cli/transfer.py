@@ -27,7 +27,7 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus (images).",
+            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico (images).",
         ),
     ],
     target: Annotated[
