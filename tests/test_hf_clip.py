@@ -15,11 +15,11 @@ from test_models_loading import hub_snapshot  # noqa: E402
 
 from orthoxfer.cli import app  # noqa: E402
 from orthoxfer.errors import OrthoxferError, UsageError  # noqa: E402
+from orthoxfer.models.heads import zero_shot_head  # noqa: E402
 from orthoxfer.models.loading import load_model  # noqa: E402
 from orthoxfer.vectors.taskvector import TaskVector  # noqa: E402
 
 runner = CliRunner()
-pytestmark = pytest.mark.filterwarnings("ignore::orthoxfer.errors.OrthoxferWarning")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,9 @@ def test_a_transformers_folder_loads_as_open_clip_computing_the_same_image_featu
     loaded = load_model(str(base_dir))
     assert loaded.open_clip_arch == hf_arch and loaded.quick_gelu and loaded.spec == str(base_dir)
     assert loaded.identity.startswith(f"{base_dir}:quick_gelu=True:")
+    assert not loaded.text_tower  # a vision model: no zero-shot heads from a random text tower
+    with pytest.raises(UsageError, match="without a text tower, so it has no zero-shot heads"):
+        zero_shot_head(loaded, None, ["cat", "dog"], ["a photo of a {}."])
     x = images()
     with torch.no_grad():
         assert rel_error(loaded.model.encode_image(x), base(pixel_values=x).image_embeds) < 1e-5
@@ -59,7 +62,7 @@ def test_a_transformers_folder_loads_as_open_clip_computing_the_same_image_featu
 def test_a_clip_model_converts_both_towers(tmp_path, hf_arch):
     hf = hf_tiny.clip_model()
     loaded = load_model(str(save(hf, tmp_path / "clip")))
-    assert loaded.open_clip_arch == hf_arch
+    assert loaded.open_clip_arch == hf_arch and loaded.text_tower
     x = images()
     tokens = torch.randint(1, 49000, (2, 16), generator=torch.Generator().manual_seed(0))
     tokens[0, 5], tokens[1, 9] = 49407, 49407  # the end-of-text token both pool at

@@ -20,10 +20,7 @@ from orthoxfer.vectors.peft_lora import read_adapter  # noqa: E402
 from orthoxfer.vectors.taskvector import TaskVector  # noqa: E402
 
 runner = CliRunner()
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::orthoxfer.errors.OrthoxferWarning"),
-    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 ALL = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 

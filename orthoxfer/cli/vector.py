@@ -8,14 +8,13 @@ transformers folders.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from orthoxfer.cli.common import console, reports_errors
-from orthoxfer.errors import OrthoxferWarning, UsageError
+from orthoxfer.errors import UsageError
 
 Opt = typer.Option
 vector_app = typer.Typer(help="Make task vectors from what other tools wrote.", no_args_is_help=True)
@@ -70,9 +69,7 @@ def from_checkpoints_command(
     kind, found = resolve_finetuned(finetuned, cache_dir)
     if kind == PEFT and full:
         raise UsageError(f"{finetuned} is a LoRA adapter: it changes no parameter but its factors; drop --full")
-    with warnings.catch_warnings():  # a vision-only base lacks a text tower, which a task vector never reads
-        warnings.simplefilter("ignore", OrthoxferWarning)
-        loaded = load_model(base, cache_dir=cache_dir)
+    loaded = load_model(base, cache_dir=cache_dir)
     lines = [_arch_line(base, loaded.open_clip_arch, loaded.quick_gelu)] if loaded.open_clip_arch else []
     meta = {"tasks": [task] if task else [], "base": base, "finetuned": finetuned, "architecture": loaded.arch}
     if kind == PEFT:

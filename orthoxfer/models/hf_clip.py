@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models import hf_names, hub
+from orthoxfer.models.archs import register_arch
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -204,8 +205,6 @@ def open_clip_arch(cfg: HFConfig) -> str:
     config = {**wanted, "text_cfg": text or _default_text(), "quick_gelu": cfg.quick_gelu}
     digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     name = f"{HF_ARCH_PREFIX}{digest}"
-    from orthoxfer.models.loading import register_arch  # loading imports this module
-
     register_arch(name, config)
     return name
 

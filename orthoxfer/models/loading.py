@@ -24,7 +24,6 @@ import difflib
 import json
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -39,8 +38,9 @@ from open_clip import pretrained as oc_pretrained
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 
-from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
-from orthoxfer.models import hf_clip, hub
+from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.models import hf_build, hf_clip, hub
+from orthoxfer.models.archs import register_arch as register_arch  # its public name here too
 
 RANDOM = "none"
 HUB = "hf-hub"  # the arch of an hf-hub:owner/repo model; its tag is the repository
@@ -70,6 +70,7 @@ class LoadedModel:
     quick_gelu: bool
     checkpoint: Path | None = None  # the weights file actually read
     open_clip_arch: str | None = None  # a transformers checkpoint's open_clip architecture (the arch is "transformers")
+    text_tower: bool = True  # False for a vision-only transformers checkpoint: its text tower is random, no heads
 
     @property
     def spec(self) -> str:
@@ -90,20 +91,6 @@ class LoadedModel:
             return base
         stat = self.checkpoint.stat()
         return f"{base}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def register_arch(name: str, config: dict) -> None:
-    """Make a custom open_clip architecture (a model config dict) loadable as ``name:none`` or ``name:/path``.
-
-    Small CLIPs (tests, the offline suite) are real open_clip classes with their own
-    configs; registering one lets every ``ARCH:...`` code path serve them unchanged.
-    """
-    if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ValueError("an open_clip model config needs embed_dim, vision_cfg and text_cfg")
-    with tempfile.TemporaryDirectory() as folder:  # open_clip keeps the parsed config after the scan
-        path = Path(folder) / f"{name}.json"
-        path.write_text(json.dumps(config))
-        open_clip.add_model_config(path)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -354,59 +341,21 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
 
 
 def _load_transformers(spec: str, ckpt: hf_clip.HFCheckpoint, device: str | torch.device) -> LoadedModel:
-    """A transformers CLIP as the open_clip model its config implies, with its weights converted.
-
-    A vision-only checkpoint has no text tower (and a ``CLIPVisionModel`` no projection):
-    those stay at the architecture's seeded random init, and a warning says so, since
-    zero-shot heads made with them mean nothing; the image tower is exact.
-    """
+    """A transformers CLIP as the open_clip model its config implies (:mod:`orthoxfer.models.hf_build`)."""
     arch, tag = (HUB, spec.removeprefix(hub.PREFIX)) if spec.startswith(hub.PREFIX) else (TRANSFORMERS, ckpt.where)
-    name = hf_clip.open_clip_arch(ckpt.config)
-    state = ckpt.open_clip_state()
-    try:
-        with torch.random.fork_rng(devices=[]), _quiet():
-            torch.manual_seed(0)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name,
-                pretrained=None,
-                quick_gelu=ckpt.config.quick_gelu,
-                **hf_clip.preprocessing(ckpt.weights[0].parent),
-            )
-            result = model.load_state_dict(state, strict=False)
-        tokenizer = open_clip.get_tokenizer(name)
-    except Exception as exc:  # noqa: BLE001 - a shape mismatch names the tensor
-        reason = str(exc).strip().splitlines()[-1] if str(exc) else type(exc).__name__
-        raise OrthoxferError(f"could not build {spec} as open_clip {name}: {reason}") from None
-    missing = [k for k in result.missing_keys if k.startswith("visual.") and k != "visual.proj"]
-    if missing:
-        raise OrthoxferError(f"{spec} lacks image-tower weights ({', '.join(missing[:3])}): a truncated checkpoint?")
-    absent = [
-        what
-        for what, there in (
-            ("projection", ckpt.config.has_projection),
-            ("text tower", ckpt.config.text is not None),
-        )
-        if not there
-    ]
-    if absent:
-        warnings.warn(
-            f"{spec} is a {ckpt.config.kind}: its {' and '.join(absent)} {'are' if len(absent) > 1 else 'is'} open_clip {name}'s random init (zero-shot "
-            "heads from it mean nothing; use it as a source, or make a task vector of it with vector from-checkpoints)",
-            OrthoxferWarning,
-            stacklevel=3,
-        )
-    visual_cfg = model.visual.preprocess_cfg
-    size = model.visual.image_size
+    built = hf_build.build(ckpt, spec)
+    size = built.model.visual.image_size
     return LoadedModel(
-        model=model.to(device).eval(),
-        preprocess=preprocess,
-        tokenizer=tokenizer,
+        model=built.model.to(device).eval(),
+        preprocess=built.preprocess,
+        tokenizer=built.tokenizer,
         arch=arch,
         tag=tag,
         image_size=(size, size) if isinstance(size, int) else tuple(size),
-        mean=tuple(visual_cfg["mean"]),
-        std=tuple(visual_cfg["std"]),
+        mean=tuple(built.model.visual.preprocess_cfg["mean"]),
+        std=tuple(built.model.visual.preprocess_cfg["std"]),
         quick_gelu=ckpt.config.quick_gelu,
         checkpoint=ckpt.weights[0],
-        open_clip_arch=name,
+        open_clip_arch=built.arch,
+        text_tower=ckpt.config.text is not None,
     )
