@@ -208,3 +208,26 @@ def test_transfer_takes_a_transformers_folder_as_its_source(pair, hf_arch):
     carried = TaskVector.load(root / "run" / "transferred.safetensors")
     assert carried.sites == TaskVector.load(root / "attn.safetensors").sites
     assert json.loads((root / "run" / "config.json").read_text())["source"] == str(base_dir)
+
+
+def test_the_python_api_does_what_the_commands_do(pair, tmp_path, hf_arch):
+    import orthoxfer
+
+    root, _, tuned, base_dir, tuned_dir = pair
+    base = orthoxfer.load_model(str(base_dir))
+    vector = orthoxfer.vector_from_checkpoint(base, str(tuned_dir), "attn,mlp", full=True, meta={"tasks": ["dtd"]})
+    assert vector.meta["finetuned_format"] == "transformers" and vector.meta["finetuned_open_clip_arch"] == hf_arch
+    assert (
+        _vector(str(base_dir), str(tuned_dir), tmp_path / "cli.safetensors", "--sites", "attn,mlp", "--full").exit_code
+        == 0
+    )
+    cli = TaskVector.load(tmp_path / "cli.safetensors")
+    assert (
+        all(torch.equal(vector.dense[s], cli.dense[s]) for s in cli.sites) and vector.extra.keys() == cli.extra.keys()
+    )
+    model = vector.added_to_copy(base.model)
+    orthoxfer.write_vision_model(model, tmp_path / "out", base.mean, base.std)
+    written = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "out").eval()
+    x = images()
+    with torch.no_grad():
+        assert rel_error(written(pixel_values=x).image_embeds, tuned(pixel_values=x).image_embeds) < 1e-5

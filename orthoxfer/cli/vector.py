@@ -63,27 +63,21 @@ def from_checkpoints_command(
 ) -> None:
     """A task vector: fine-tuned minus base on the image tower's sites (and, with --full, its other parameters)."""
     from orthoxfer.models.loading import load_model
-    from orthoxfer.models.state_dicts import PEFT, TRANSFORMERS, finetuned_model, resolve_finetuned, transformers_model
-    from orthoxfer.vectors.taskvector import TaskVector
+    from orthoxfer.vectors.checkpoints import vector_from_checkpoint
 
-    kind, found = resolve_finetuned(finetuned, cache_dir)
-    if kind == PEFT and full:
+    if full and Path(finetuned, "adapter_config.json").is_file():  # before any model is loaded
         raise UsageError(f"{finetuned} is a LoRA adapter: it changes no parameter but its factors; drop --full")
     loaded = load_model(base, cache_dir=cache_dir)
+    meta = {"tasks": [task] if task else [], "base": base, "architecture": loaded.arch}
+    vector = vector_from_checkpoint(loaded, finetuned, sites, full, cache_dir, meta)
     lines = [_arch_line(base, loaded.open_clip_arch, loaded.quick_gelu)] if loaded.open_clip_arch else []
-    meta = {"tasks": [task] if task else [], "base": base, "finetuned": finetuned, "architecture": loaded.arch}
-    if kind == PEFT:
-        vector = _adapter_vector(found, loaded.model, sites, meta)
-    else:
-        if kind == TRANSFORMERS:
-            from orthoxfer.models.hf_clip import open_clip_arch
-
-            arch = open_clip_arch(found.config)
-            lines.append(_arch_line(f"{finetuned} ({found.config.kind})", arch, found.config.quick_gelu))
-            tuned = transformers_model(found, loaded)
-        else:
-            tuned = finetuned_model(found, loaded.model)
-        vector = TaskVector.from_models(loaded.model, tuned, sites or "attn", full=full, meta=meta)
+    if "finetuned_open_clip_arch" in vector.meta:
+        m = vector.meta
+        what = f"{finetuned} ({m['finetuned_class']})"
+        lines.append(_arch_line(what, m["finetuned_open_clip_arch"], m["finetuned_quick_gelu"]))
+    if vector.meta.get("text_modules_left_out"):
+        left = vector.meta["text_modules_left_out"]
+        lines.append(f"note: {left} text-tower modules of the adapter left out (task vectors live in the image tower)")
     vector.check_finite()
     vector.save(out)
     norm = math.sqrt(sum(n * n for n in vector.norms().values()))
@@ -102,26 +96,6 @@ def from_checkpoints_command(
 
 def _arch_line(what: str, arch: str, quick_gelu: bool) -> str:
     return f"{what}: open_clip architecture {arch} ({'QuickGELU' if quick_gelu else 'GELU'})"
-
-
-def _adapter_vector(folder: Path, base, sites: str | None, meta: dict):
-    """A PEFT adapter as a LoRA vector, narrowed to ``--sites`` when given."""
-    from orthoxfer.vectors.peft_lora import read_adapter
-    from orthoxfer.vectors.sites import find_sites
-
-    vector = read_adapter(folder, base, meta)
-    if sites is not None:
-        chosen = [s.name for s in find_sites(base, sites) if s.name in vector.sites]
-        if not chosen:
-            raise UsageError(f"--sites {sites} selects none of the adapter's {len(vector.sites)} sites")
-        vector = vector.select(chosen)
-    if vector.meta.get("text_modules_left_out"):
-        console.print(
-            f"note: {vector.meta['text_modules_left_out']} text-tower modules of the adapter left out "
-            "(task vectors live in the image tower)",
-            highlight=False,
-        )
-    return vector
 
 
 @reports_errors

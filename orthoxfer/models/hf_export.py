@@ -51,8 +51,9 @@ def _check_expressible(visual: nn.Module) -> None:
         raise UsageError(f"--format transformers writes CLIP ViTs only, and this model cannot be one: {why}")
 
 
-def write_vision_model(model: nn.Module, folder: Path, mean: tuple, std: tuple) -> str:
+def write_vision_model(model: nn.Module, folder: Path | str, mean: tuple, std: tuple) -> str:
     """Write ``model.visual`` as a transformers folder (config, weights, image processor); returns the class written."""
+    folder = Path(folder)
     transformers = import_transformers()
     visual = model.visual
     _check_expressible(visual)

@@ -96,8 +96,9 @@ def _weights(folder: Path) -> Path:
     raise UsageError(f"{folder} has {ADAPTER_CONFIG} but no {' or '.join(WEIGHTS)}")
 
 
-def read_adapter(folder: Path, base: nn.Module, meta: dict[str, Any] | None = None) -> TaskVector:
+def read_adapter(folder: Path | str, base: nn.Module, meta: dict[str, Any] | None = None) -> TaskVector:
     """The adapter in ``folder`` as a LoRA task vector on ``base``'s sites (checked against their shapes)."""
+    folder = Path(folder)
     config = _config(folder)
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in read_tensors(_weights(folder)).items():
