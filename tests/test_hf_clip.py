@@ -142,6 +142,8 @@ def test_mismatched_checkpoints_are_one_line(pair, tmp_path, hf_arch):
         assert result.exit_code == code and message in _one_line(result), result.output
     with pytest.raises(UsageError, match="has no image tower"):
         load_model(str(tmp_path / "text"))
+    with pytest.raises(UsageError, match="is a transformers folder: name it alone, without orthoxfer-test-hf:"):
+        load_model(f"{hf_arch}:{base_dir}")
 
 
 def test_a_transformers_repository_loads_from_the_hub_cache_offline(pair, tmp_path, monkeypatch, hf_arch):
@@ -231,3 +233,21 @@ def test_the_python_api_does_what_the_commands_do(pair, tmp_path, hf_arch):
     x = images()
     with torch.no_grad():
         assert rel_error(written(pixel_values=x).image_embeds, tuned(pixel_values=x).image_embeds) < 1e-5
+
+
+def test_a_pytorch_model_bin_in_transformers_4_layout_loads_without_unpickling(pair, tmp_path, hf_arch):
+    """Older checkpoints (FusionBench's era): ``pytorch_model.bin``, the position_ids buffer saved with the weights."""
+    _, _, tuned, _, tuned_dir = pair
+    folder = tmp_path / "v4"
+    folder.mkdir()
+    (folder / "config.json").write_text((tuned_dir / "config.json").read_text())
+    state = dict(tuned.state_dict())
+    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(state, folder / "pytorch_model.bin")
+    loaded = load_model(str(folder))
+    x = images()
+    with torch.no_grad():
+        assert rel_error(loaded.model.encode_image(x), tuned(pixel_values=x).image_embeds) < 1e-5
+    torch.save({"model": torch.nn.Linear(2, 2)}, folder / "pytorch_model.bin")  # a pickled module: refused, one line
+    with pytest.raises(OrthoxferError, match="could not read .*pytorch_model.bin as transformers weights"):
+        load_model(str(folder))

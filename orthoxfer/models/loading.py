@@ -294,6 +294,10 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         tag, pp_tag = RANDOM, None
     elif _looks_like_path(source):
         checkpoint = Path(source).expanduser()
+        if hf_clip.is_transformers_dir(checkpoint):
+            raise UsageError(
+                f"{checkpoint} is a transformers folder: name it alone, without {arch}: (its config decides)"
+            )
         if not checkpoint.is_file():
             raise UsageError(f"checkpoint file {checkpoint} does not exist (model {spec})")
         tag, pp_tag = str(checkpoint), tag_of_file(arch, checkpoint)
