@@ -251,3 +251,13 @@ def test_a_pytorch_model_bin_in_transformers_4_layout_loads_without_unpickling(p
     torch.save({"model": torch.nn.Linear(2, 2)}, folder / "pytorch_model.bin")  # a pickled module: refused, one line
     with pytest.raises(OrthoxferError, match="could not read .*pytorch_model.bin as transformers weights"):
         load_model(str(folder))
+
+
+def test_a_sharded_checkpoint_is_read_through_its_index(pair, tmp_path, hf_arch):
+    _, _, tuned, _, _ = pair
+    tuned.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    loaded = load_model(str(tmp_path / "sharded"))
+    x = images()
+    with torch.no_grad():
+        assert rel_error(loaded.model.encode_image(x), tuned(pixel_values=x).image_embeds) < 1e-5
