@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
@@ -55,7 +56,7 @@ def write_vision_model(model: nn.Module, folder: Path | str, mean: tuple, std: t
     """Write ``model.visual`` as a transformers folder (config, weights, image processor); returns the class written."""
     folder = Path(folder)
     transformers = import_transformers()
-    visual = model.visual
+    visual: Any = model.visual  # open_clip's VisionTransformer, checked next
     _check_expressible(visual)
     block = visual.transformer.resblocks[0]
     width, layers = visual.conv1.out_channels, len(visual.transformer.resblocks)

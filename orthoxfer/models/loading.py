@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import open_clip
@@ -348,7 +349,8 @@ def _load_transformers(spec: str, ckpt: hf_clip.HFCheckpoint, device: str | torc
     """A transformers CLIP as the open_clip model its config implies (:mod:`orthoxfer.models.hf_build`)."""
     arch, tag = (HUB, spec.removeprefix(hub.PREFIX)) if spec.startswith(hub.PREFIX) else (TRANSFORMERS, ckpt.where)
     built = hf_build.build(ckpt, spec)
-    size = built.model.visual.image_size
+    visual: Any = built.model.visual
+    size = visual.image_size
     return LoadedModel(
         model=built.model.to(device).eval(),
         preprocess=built.preprocess,
@@ -356,8 +358,8 @@ def _load_transformers(spec: str, ckpt: hf_clip.HFCheckpoint, device: str | torc
         arch=arch,
         tag=tag,
         image_size=(size, size) if isinstance(size, int) else tuple(size),
-        mean=tuple(built.model.visual.preprocess_cfg["mean"]),
-        std=tuple(built.model.visual.preprocess_cfg["std"]),
+        mean=tuple(visual.preprocess_cfg["mean"]),
+        std=tuple(visual.preprocess_cfg["std"]),
         quick_gelu=ckpt.config.quick_gelu,
         checkpoint=ckpt.weights[0],
         open_clip_arch=built.arch,

@@ -90,7 +90,7 @@ def energy(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         image_features(model, images)
     finally:
         handle.remove()
-    return 0.5 * sum(out.float().pow(2).sum() for out in seen)
+    return 0.5 * torch.stack([out.float().pow(2).sum() for out in seen]).sum()
 
 
 @contextmanager

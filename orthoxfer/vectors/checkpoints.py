@@ -15,7 +15,7 @@ from typing import Any
 
 from orthoxfer.errors import UsageError
 from orthoxfer.models.loading import LoadedModel
-from orthoxfer.models.state_dicts import PEFT, TRANSFORMERS, finetuned_model, resolve_finetuned, transformers_model
+from orthoxfer.models.state_dicts import PEFT, finetuned_model, resolve_finetuned, transformers_model
 from orthoxfer.vectors.peft_lora import read_adapter
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
@@ -34,7 +34,11 @@ def vector_from_checkpoint(
     if kind == PEFT and full:
         raise UsageError(f"{finetuned} is a LoRA adapter: it changes no parameter but its factors; drop --full")
     meta = {"finetuned": finetuned, **(meta or {}), "finetuned_format": kind}
-    if kind == PEFT:
+    if isinstance(found, Path):  # an adapter folder or an open_clip weights file
+        if kind != PEFT:
+            return TaskVector.from_models(
+                base.model, finetuned_model(found, base.model), sites or "attn", full=full, meta=meta
+            )
         vector = read_adapter(found, base.model, meta)
         if sites is None:
             return vector
@@ -42,15 +46,12 @@ def vector_from_checkpoint(
         if not chosen:
             raise UsageError(f"--sites {sites} selects none of the adapter's {len(vector.sites)} sites")
         return vector.select(chosen)
-    if kind == TRANSFORMERS:
-        from orthoxfer.models.hf_clip import open_clip_arch
+    from orthoxfer.models.hf_clip import open_clip_arch  # a transformers checkpoint, converted
 
-        meta.update(
-            finetuned_class=found.config.kind,
-            finetuned_open_clip_arch=open_clip_arch(found.config),
-            finetuned_quick_gelu=found.config.quick_gelu,
-        )
-        tuned = transformers_model(found, base)
-    else:
-        tuned = finetuned_model(found, base.model)
+    meta.update(
+        finetuned_class=found.config.kind,
+        finetuned_open_clip_arch=open_clip_arch(found.config),
+        finetuned_quick_gelu=found.config.quick_gelu,
+    )
+    tuned = transformers_model(found, base)
     return TaskVector.from_models(base.model, tuned, sites or "attn", full=full, meta=meta)

@@ -135,7 +135,7 @@ def read_adapter(folder: Path | str, base: nn.Module, meta: dict[str, Any] | Non
         pairs = {s: (lora[s][0], scales[s] * lora[s][1]) for s in order}
         scale = 1.0
     rank = max(a.shape[0] for a, _ in pairs.values())
-    m = {
+    info: dict[str, Any] = {
         "kind": "lora",
         "rank": rank,
         "dtype": str(next(iter(pairs.values()))[0].dtype).removeprefix("torch."),
@@ -143,7 +143,7 @@ def read_adapter(folder: Path | str, base: nn.Module, meta: dict[str, Any] | Non
         "adapter": str(folder),
         "text_modules_left_out": left_out,
     }
-    m.update(meta or {})
-    vector = TaskVector(lora=pairs, scale=scale, meta=m)
+    info.update(meta or {})
+    vector = TaskVector(lora=pairs, scale=scale, meta=info)
     vector.check_fits(base)
     return vector
