@@ -261,3 +261,14 @@ def test_a_sharded_checkpoint_is_read_through_its_index(pair, tmp_path, hf_arch)
     x = images()
     with torch.no_grad():
         assert rel_error(loaded.model.encode_image(x), tuned(pixel_values=x).image_embeds) < 1e-5
+
+
+def test_writing_transformers_without_the_extra_is_one_line(pair, monkeypatch, hf_arch):
+    import sys
+
+    root, _, _, base_dir, _ = pair
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: import raises ImportError
+    args = ["apply", "--model", str(base_dir), "--task-vector", "x.safetensors", "--out", str(root / "never")]
+    result = runner.invoke(app, [*args, "--format", "transformers"])
+    assert result.exit_code == 2 and "pip install 'orthoxfer[hf]'" in _one_line(result)
+    assert not (root / "never").exists()
