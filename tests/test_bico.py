@@ -31,6 +31,9 @@ def test_bico_recovers_a_planted_permutation_on_attention_and_mlp_sites(planted)
         torch.testing.assert_close(out.vector.delta(site), dw[rows][:, cols], rtol=0, atol=1e-4 * float(dw.abs().max()))
     assert all(torch.equal(out.vector.extra[n], t) for n, t in vector.extra.items())
     assert abs(out.diagnostics["norm_ratio"] - 1) < 1e-5 and out.diagnostics["backward_passes"] == 2 * 6
+    # the data decided every input map; on the output side each of the 4 sites writing into the residual stream
+    # (out, c_proj) leaves one direction free: LayerNorm takes the mean away, so no gradient has a part along 1
+    assert out.diagnostics["identified_in"] == 1.0 and out.diagnostics["identified_out"] == pytest.approx(572 / 576)
 
 
 def test_weight_gradients_relabel_as_the_planted_weights_do(planted):  # noqa: F811
@@ -58,6 +61,7 @@ def test_bico_declares_images_and_refuses_what_it_lacks(planted):  # noqa: F811
     )
     out = TRANSFERS["bico"]().transfer(lora, source, target, {"toy": image_pool(16)}, transfer_settings({}))
     assert out.vector.kind == "lora"  # factors carried, not multiplied out
+    assert out.diagnostics["identified_out"] < 1  # 16 images in two gradient batches cannot pin the MLP's 128 units
 
 
 def test_bench_runs_bico_on_the_planted_suite_with_a_control(tmp_path):

@@ -41,7 +41,7 @@ from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.capture import capture_inputs
 from orthoxfer.problem.tasks import image_features, pool_images
 from orthoxfer.strategies.options import Option
-from orthoxfer.strategies.procrustes import PROCRUSTES_RTOL
+from orthoxfer.strategies.procrustes import PROCRUSTES_RTOL, polar_transform
 from orthoxfer.transfers.base import (
     Pools,
     Transfer,
@@ -51,7 +51,7 @@ from orthoxfer.transfers.base import (
     require_pools,
     require_source,
 )
-from orthoxfer.transfers.theseus import Moments, fit_maps
+from orthoxfer.transfers.theseus import SOLVE, Moments
 from orthoxfer.vectors.sites import Site
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -146,6 +146,29 @@ def output_moments(
     return moments
 
 
+def fit_maps(moments: dict[str, Moments], rtol: float) -> tuple[dict[str, torch.Tensor], float]:
+    """The orthogonal map of every key (float32, CPU), and the fraction of all their dimensions the data identified.
+
+    As theseus fits its maps (batched polar factors, ``SOLVE`` of one width at a time),
+    plus the identified fraction: below 1, the calibration set left directions free
+    (completed toward I), and more images (or smaller gradient batches) would pin them.
+    One direction per site that writes into the residual stream (``out``, ``c_proj``) is
+    free whatever the data: the LayerNorms that read the stream take its mean away, so no
+    gradient has a part along the all-ones direction, and neither model can tell it apart;
+    the completion maps it to itself.
+    """
+    maps: dict[str, torch.Tensor] = {}
+    identified = total = 0
+    for dim in dict.fromkeys(m.cross.shape[0] for m in moments.values()):
+        keys = [k for k, m in moments.items() if m.cross.shape[0] == dim]
+        for start in range(0, len(keys), SOLVE):
+            chunk = keys[start : start + SOLVE]
+            fit = polar_transform(torch.stack([moments[k].matrix(False) for k in chunk]), rtol)
+            maps.update(zip(chunk, fit.transforms.float().cpu()))
+            identified, total = identified + sum(fit.rank), total + dim * len(chunk)
+    return maps, identified / total
+
+
 def _distance(u: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(u.double() - torch.eye(len(u), dtype=torch.float64)))
 
@@ -166,15 +189,19 @@ class BiCo(Transfer):
         pools = require_pools(pools, self.name, "images (the pools' images; their labels are not read)")
         with evaluating(target, source, device=device):
             inputs = input_moments(target, source, sites, pool_images(pools.values(), BATCH, device))
-            ins = fit_maps(inputs, False, settings.bico_rtol)
+            ins, in_identified = fit_maps(inputs, settings.bico_rtol)
             grad_batches = pool_images(pools.values(), settings.bico_grad_batch, device)
-            outs = fit_maps(output_moments(target, source, sites, grad_batches, ins), False, settings.bico_rtol)
+            outs, out_identified = fit_maps(
+                output_moments(target, source, sites, grad_batches, ins), settings.bico_rtol
+            )
         result = rotate(vector, ins, outs)
         distances = [_distance(u) for u in (*ins.values(), *outs.values())]
         diagnostics = {
             "norm_ratio": norm_ratio(result, vector),
             "dist_identity_mean": sum(distances) / len(distances),
             "backward_passes": 2 * len(grad_batches),
+            "identified_in": in_identified,  # the fraction of the input maps' dimensions the activations decided
+            "identified_out": out_identified,  # ... of the output maps' that the gradients decided
         }
         learnt = {**{f"in/{n}": u for n, u in ins.items()}, **{f"out/{n}": u for n, u in outs.items()}}
         return Transferred(result, learnt=learnt, diagnostics=diagnostics)
