@@ -90,7 +90,7 @@ def align_command(
         str,
         Opt(
             "--target",
-            help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.",
+            help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
         ),
     ],
     task_vector: Annotated[

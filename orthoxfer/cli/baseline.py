@@ -28,7 +28,10 @@ baseline_app = typer.Typer(
 
 Target = Annotated[
     str,
-    Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini."),
+    Opt(
+        "--target",
+        help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
+    ),
 ]
 DataRoot = Annotated[Path | None, Opt("--data-root", help="paper: folder holding the datasets (see `data check`).")]
 SuiteName = Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline).")]

@@ -46,7 +46,7 @@ def bench_command(
         Opt(
             "--methods",
             help="Comma-separated methods: alignment strategies (penalty, riemannian, "
-            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus: images).",
+            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus, bico: images).",
         ),
     ] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,

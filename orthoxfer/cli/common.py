@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
 
@@ -51,10 +52,10 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error{_rank()}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OrthoxferError as exc:
-            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error{_rank()}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print(f"[bold red]interrupted{_rank()}[/]: finished artifacts and checkpoints stay on disk")

@@ -21,7 +21,7 @@ def eval_command(
         str,
         typer.Option(
             "--model",
-            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo; "
+            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; "
             "mini:a or mini:b with --suite mini.",
         ),
     ],

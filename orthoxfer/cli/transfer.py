@@ -27,11 +27,15 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus (images).",
+            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico (images).",
         ),
     ],
     target: Annotated[
-        str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")
+        str,
+        Opt(
+            "--target",
+            help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
+        ),
     ],
     task_vector: Annotated[
         list[str],

@@ -15,7 +15,7 @@ run (minutes) cancels; its seconds per step are the median over rounds. The rows
   through target and source, one SVD per site), timed once per round;
 - ``activation``: the penalty strategy with the reference code's activation-side forward
   (:mod:`orthoxfer.experiments.activation_side`, a comparison point);
-- ``theseus``, ``gradfix-majority``, ``gradfix-mean``, ``transfusion``: one whole transfer of the
+- ``theseus``, ``gradfix-majority``, ``gradfix-mean``, ``transfusion``, ``bico``: one whole transfer of the
   dense vector by each transfer method (:mod:`orthoxfer.experiments.transfer_cost`; transfusion
   with one matching round, its cost per round of ``--transfusion-rounds``), timed once per round.
 

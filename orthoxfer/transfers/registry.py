@@ -12,12 +12,13 @@ from orthoxfer.errors import UsageError
 from orthoxfer.strategies.options import Option
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.transfers.base import NEEDS, Transfer, TransferSettings
+from orthoxfer.transfers.bico import BiCo
 from orthoxfer.transfers.gradfix import GradFix
 from orthoxfer.transfers.orthogonal_shift import OrthogonalShift
 from orthoxfer.transfers.theseus import Theseus
 from orthoxfer.transfers.transfusion import TransFusion
 
-TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus)}
+TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus, BiCo)}
 
 
 def register(cls: type[Transfer]) -> type[Transfer]:
