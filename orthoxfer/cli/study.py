@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -141,8 +141,6 @@ def study_command(
     console.print(
         f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
         f"tasks {', '.join(plan.tasks)}; in {run.path}",
-        highlight=False,
-        soft_wrap=True,
     )
     started = time.perf_counter()
     results = [
@@ -164,4 +162,4 @@ def study_command(
         "orthoxfer_version": __version__,
     }
     files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
-    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+    print_wrote(meta["seconds"], files)

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from orthoxfer.errors import OrthoxferError
 from orthoxfer.fit.checkpoint import load_checkpoint
 from orthoxfer.fit.distributed import Ranks
 from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.terminal import is_verbose, stage_progress
 
 
 class Diverged(OrthoxferError):
@@ -113,17 +113,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-
-
 def task_batch(
     tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
 ):
@@ -160,7 +149,9 @@ def run_steps(
     """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
 
     ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
-    epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
+    epoch and after the last step; its scores go to ``validation.jsonl`` and the
+    progress line (``val`` the latest mean, ``best`` the best and its epoch), and a line
+    per epoch is printed only under ``orthoxfer --verbose``: fifty of them drown a log.
     """
     checkpoint = f"checkpoint-{scope}.safetensors"
     start = 0
@@ -171,7 +162,9 @@ def run_steps(
     epoch = epoch_steps(tasks, settings)
     for task in tasks:
         task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
-    with progress_bar() as bar:
+    best: tuple[float, float] | None = None  # (mean validation accuracy, epoch)
+    status = validated = ""
+    with stage_progress() as bar:  # a live bar in a terminal, lines in a log
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
         for step in range(start, settings.steps):
             task, x, y = task_batch(tasks, step, settings, stepper.device, stepper.ranks.part(settings.batch_size))
@@ -200,21 +193,22 @@ def run_steps(
                 }
                 if run is not None:
                     run.log(record)
-                status = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "ce", "orth_error") if k in record)
-                bar.update(job, completed=done, status=status)
-            else:
-                bar.update(job, completed=done)
+                status = " ".join(f"{k} {record[k]:.3g}" for k in ("loss", "orth_error") if k in record)
             if validate is not None and (done % epoch == 0 or last):
                 scores = validate()
                 if run is not None:
                     run.log(
                         {"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl"
                     )
-                bar.console.print(
-                    f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
-                    + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-                    highlight=False,
-                )
+                if best is None or scores["mean"] > best[0]:
+                    best = (scores["mean"], done / epoch)
+                validated = f"val {scores['mean']:.3f} best {best[0]:.3f}@ep{best[1]:.3g}"
+                if is_verbose():
+                    bar.console.print(
+                        f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
+                        + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                    )
+            bar.update(job, completed=done, status=" ".join(p for p in (status, validated) if p))
             if save_now:
                 run.save_checkpoint(
                     checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name}
