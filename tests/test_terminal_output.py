@@ -74,7 +74,8 @@ def test_demo_progress_is_whole_lines_and_few_shot_ft_one_line(demo):
 def test_bench_with_seeds_and_controls_fits_80_columns(demo):
     root, _ = demo
     args = ["bench", "--suite", "mini", "--size", "micro", "--seeds", "2", "--controls", "spectrum"]
-    args += ["--methods", "penalty,transfusion", "--out", str(root / "bench"), "--cache-dir", str(root / "cache")]
+    args += ["--methods", "penalty,transfusion", "--kinds", "embed", "--no-procrustes-init", "--tasks", "scenes,coins"]
+    args += ["--out", str(root / "bench"), "--cache-dir", str(root / "cache")]
     result = runner.invoke(app, args, env=NARROW)
     assert result.exit_code == 0, result.output
     assert_fits(result.output)
