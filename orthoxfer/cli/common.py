@@ -129,10 +129,10 @@ def library_warnings(shown: bool) -> Iterator[None]:
 
 
 def print_wrote(seconds: float | None, files: list) -> None:
-    """``N s; wrote:`` and one file a line: a path is never broken across lines by the words around it."""
+    """``N s; wrote:`` and one file a line, never folded: a path stays whole to copy, and greps whole in a log."""
     console.print((f"{seconds:.0f} s; " if seconds is not None else "") + "wrote:")
     for f in files:
-        console.print(f"  {f}")
+        console.print(f"  {f}", soft_wrap=True)
 
 
 def print_json(data: object) -> None:

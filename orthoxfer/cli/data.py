@@ -32,7 +32,7 @@ def check(
     if as_json:
         typer.echo(json.dumps([{**asdict(c), "found": c.found} for c in checks], indent=2))
     else:
-        table = Grid(f"datasets under {data_root}", ["dataset", "status", *SPLITS], keys=2)
+        table = Grid(f"datasets under {data_root}", ["dataset", "status", *SPLITS])
         for c in checks:
             status = "found" if c.found else "missing"
             table.add_row(c.name, status, *(f"{c.counts[s]:,}" if s in c.counts else "-" for s in SPLITS))

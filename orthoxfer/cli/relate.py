@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import command_suite, console, print_json, reports_errors, resolve_device
+from orthoxfer.cli.common import command_suite, console, print_json, print_wrote, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
@@ -263,4 +263,4 @@ def relate_command(
         )
     if counted["skipped"]:
         console.print(f"skipped {counted['skipped']} unreadable image(s)")
-    console.print(f"wrote {out_json}, {out_png}", highlight=False)
+    print_wrote(None, [out_json, out_png])

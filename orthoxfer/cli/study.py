@@ -138,10 +138,8 @@ def study_command(
     )
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    console.print(
-        f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
-        f"tasks {', '.join(plan.tasks)}; in {run.path}",
-    )
+    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds")
+    console.print(f"tasks {', '.join(plan.tasks)}; in {run.path}")
     started = time.perf_counter()
     results = [
         run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
