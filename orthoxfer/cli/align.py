@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from orthoxfer.cli.common import command_suite, console, launch, reports_errors
+from orthoxfer.cli.common import VAL_FRACTION, command_suite, console, launch, reports_errors
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 Opt = typer.Option
@@ -67,10 +67,8 @@ def _has_section(config: Path) -> bool:
         return False  # read_config reports it with the file name
 
 
-def summary_table(alignment, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("scope", "sites", "||dW|| ratio", "rank kept", "max ||U^TU-I||", "mean ||U-I||", "det<0"):
-        table.add_column(col, justify="left" if col == "scope" else "right")
+def summary_table(alignment, title: str) -> Grid:
+    table = Grid(title, ["scope", "sites", "||dW|| ratio", "rank kept", "max ||U^TU-I||", "mean ||U-I||", "det<0"])
     for scope, agg in alignment.meta["diagnostics"].items():
         table.add_row(
             scope,
@@ -275,7 +273,6 @@ def align_command(
 def held_out(suite, loaded, pools: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The pools to train on and, when the step is chosen on validation, where: the suite's own validation sets, or
     else a held-out part of each pool (as ``baseline`` holds one out), which is then not trained on."""
-    from orthoxfer.cli.baseline import VAL_FRACTION
     from orthoxfer.strategies.registry import strategy_class
 
     if not settings.select_every or "select_every" not in {o.name for o in strategy_class(settings.method).options}:

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import comma_floats, comma_list, command_suite, console, reports_errors, resolve_device
+from orthoxfer.cli.common import (
+    VAL_FRACTION,
+    comma_floats,
+    comma_list,
+    command_suite,
+    console,
+    reports_errors,
+    resolve_device,
+)
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 Opt = typer.Option
@@ -55,7 +63,6 @@ CacheDir = Annotated[
 ]
 HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="paper: zero-shot head cache.")]
 BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
-VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
 
 
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
@@ -91,9 +98,7 @@ def _pools(suite, loaded, names: list[str], shots: int, seed: int, val_fraction:
 def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: dict[str, Any]) -> None:
     results = {"baseline": baseline, "target": target, "accuracy": accuracy, **extra, "orthoxfer_version": __version__}
     write_json(run.file("results.json"), results)
-    table = Table(title=f"{baseline} baseline: {target}")
-    table.add_column("task")
-    table.add_column("top-1 %", justify="right")
+    table = Grid(f"{baseline} baseline: {target}", ["task", "top-1 %"])
     for name, value in accuracy.items():
         if name != "mean":
             table.add_row(name, f"{100 * value:.2f}")

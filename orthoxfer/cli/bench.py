@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -254,7 +254,7 @@ def bench_command(
     files = write_results(run.path, summary, records, names, meta)
     for table in rich_tables(summary, names, meta["title"]):
         console.print(table)
-    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+    print_wrote(meta["seconds"], files)
 
 
 @reports_errors

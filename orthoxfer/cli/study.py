@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -149,12 +149,8 @@ def study_command(
     )
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    console.print(
-        f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
-        f"tasks {', '.join(plan.tasks)}; in {run.path}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds")
+    console.print(f"tasks {', '.join(plan.tasks)}; in {run.path}")
     started = time.perf_counter()
     results = [
         run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
@@ -175,4 +171,4 @@ def study_command(
         "orthoxfer_version": __version__,
     }
     files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
-    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+    print_wrote(meta["seconds"], files)

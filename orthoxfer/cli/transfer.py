@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.cli.align import load_vectors
 from orthoxfer.cli.common import comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 Opt = typer.Option
@@ -167,10 +167,8 @@ def transfer_command(
     transferred.save(run.file("transferred.safetensors"))
     save_learnt(run.file("learnt.safetensors"), done, {"method": method, "target": target, "source": source})
     write_json(run.file("diagnostics.json"), {scope: d.diagnostics for scope, d in done.items()})
-    table = Table(title=f"{method} into {target}")
     keys = sorted({k for d in done.values() for k in d.diagnostics if "/" not in k})
-    for col in ("scope", *keys):
-        table.add_column(col, justify="left" if col == "scope" else "right")
+    table = Grid(f"{method} into {target}", ["scope", *keys])
     for scope, d in done.items():
         table.add_row(scope, *[f"{d.diagnostics[k]:.4g}" if k in d.diagnostics else "-" for k in keys])
     console.print(table)

@@ -57,7 +57,6 @@ from orthoxfer.experiments.transfer_cost import (
 )
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
-from orthoxfer.fit.loop import progress_bar
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
 from orthoxfer.problem.tasks import FewShotTask
@@ -65,6 +64,7 @@ from orthoxfer.strategies.procrustes import procrustes_fit
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import AlignSettings
 from orthoxfer.strategies.trained import identity_stacks
+from orthoxfer.terminal import stage_progress
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import __version__
@@ -321,7 +321,7 @@ def step_cost(
     for _ in range(warmup - 1):
         for row in rows:
             row.run()
-    with progress_bar() as bar:
+    with stage_progress() as bar:
         job = bar.add_task("step cost", total=steps, status="")
         for r in range(steps):
             order = others[r % len(others) :] + others[: r % len(others)] if others else []

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from orthoxfer.artifacts import load_artifact
@@ -31,6 +30,7 @@ from orthoxfer.fit.checkpoint import KIND, restore_checkpoint
 from orthoxfer.fit.distributed import Ranks
 from orthoxfer.fit.select import StepSelection
 from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.terminal import is_verbose, stage_progress
 
 
 class Diverged(OrthoxferError):
@@ -116,17 +116,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-
-
 def task_batch(
     tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
 ):
@@ -163,7 +152,9 @@ def run_steps(
     """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
 
     ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
-    epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
+    epoch and after the last step; its scores go to ``validation.jsonl`` and the
+    progress line (``val`` the latest mean, ``best`` the best and its step), and a line
+    per scoring is printed only under ``orthoxfer --verbose``: fifty of them drown a log.
     With ``settings.select_every = k > 0`` it runs instead at the start, every k steps and
     after the last step, and the module ends in the state whose ``mean`` scored best
     (ties: the earliest); the returned :class:`~orthoxfer.fit.select.StepSelection` says
@@ -184,25 +175,31 @@ def run_steps(
     epoch = epoch_steps(tasks, settings)
     for task in tasks:
         task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
+    best: tuple[float, int] | None = None  # (mean validation accuracy, step)
+    status = shown = ""
 
-    def validated(done: int, bar: Progress) -> None:
-        scores = validate()
+    def validated(done: int, bar) -> str:
+        nonlocal best
+        scores = validate()  # type: ignore[misc]
         if run is not None:
             run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
-        bar.console.print(
-            f"{stepper.name} [{scope}] step {done} (epoch {done / epoch:.3g}): validation accuracy "
-            + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-            highlight=False,
-        )
+        if best is None or scores["mean"] > best[0]:
+            best = (scores["mean"], done)
+        if is_verbose():
+            bar.console.print(
+                f"{stepper.name} [{scope}] step {done} (epoch {done / epoch:.3g}): validation accuracy "
+                + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            )
         if selection is not None:
             score = torch.tensor([scores["mean"]], dtype=torch.float64, device=stepper.device)
             stepper.ranks.broadcast_([score])  # processes that share U's choose one step: rank 0's
             selection.offer(done, score.item(), stepper.module)
+        return f"val {scores['mean']:.3f} best {best[0]:.3f}@{best[1]}"
 
-    with progress_bar() as bar:
+    with stage_progress() as bar:  # a live bar in a terminal, lines in a log
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
         if selection is not None and start == 0:
-            validated(0, bar)  # the start itself is a candidate: training must beat it
+            shown = validated(0, bar)  # the start itself is a candidate: training must beat it
         for step in range(start, settings.steps):
             task, x, y = task_batch(tasks, step, settings, stepper.device, stepper.ranks.part(settings.batch_size))
             factor = lr_factor(step, settings.warmup, settings.steps)
@@ -230,14 +227,12 @@ def run_steps(
                 }
                 if run is not None:
                     run.log(record)
-                status = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "ce", "orth_error") if k in record)
-                bar.update(job, completed=done, status=status)
-            else:
-                bar.update(job, completed=done)
+                status = " ".join(f"{k} {record[k]:.3g}" for k in ("loss", "orth_error") if k in record)
             if validate is not None and (
                 selection.due(done, settings.steps) if selection is not None else done % epoch == 0 or last
             ):
-                validated(done, bar)
+                shown = validated(done, bar)
+            bar.update(job, completed=done, status=" ".join(p for p in (status, shown) if p))
             if save_now:
                 meta = {"scope": scope, "method": stepper.name}
                 if selection is not None:
