@@ -1,5 +1,6 @@
 """``orthoxfer study`` on the micro mini suite: its files, gains paired from the stored rows, resume, bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
+from orthoxfer.experiments.bench import Row
 from orthoxfer.experiments.bench_settings import resolve_bench
 from orthoxfer.experiments.study import RungResult, StudyPlan
 from orthoxfer.report.study import summarise_study
@@ -39,6 +41,11 @@ def study(tmp_path_factory):
         "norm",
         "--seeds",
         "2",
+        "--anchored",
+        "",
+        "--tune-from",
+        "",
+        "--no-auto",
         "--out",
         str(root / "out"),
         "--cache-dir",
@@ -91,7 +98,9 @@ def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
     same, other = data["rungs"]
     assert same["last_block_cka"]["mean"] == pytest.approx(1.0, abs=1e-4)  # the target is the source
     assert other["last_block_cka"]["mean"] < 0.999
-    assert data["ceiling"]["per_seed"] == same["baselines"]["direct"]["per_seed"]
+    at_one = [json.loads((out / "same" / "rows" / f"embed_direct-seed{s}.json").read_text()) for s in (0, 1)]
+    assert data["ceiling"]["per_seed"] == [r["accuracy_scale1"]["mean"] for r in at_one]  # the source fine-tuned
+    assert data["ceiling"]["at_validation_lambda"] == same["baselines"]["direct"]
     md = (out / "study.md").read_text()
     assert "| same | mini:a | 1.00 |" in md and "| data |" in md and "orthogonal-shift | " in md
     assert json.loads((out / "same" / "config.json").read_text())["model_seed"] == 0
@@ -130,25 +139,28 @@ def test_the_other_task_control_with_one_task_is_refused_before_any_row(tmp_path
     assert not (tmp_path / "out").exists()  # the default --paper-controls has it; the same rung did not run first
 
 
-def test_the_default_study_resolves_the_settings_the_committed_study_ran_with(monkeypatch, tmp_path):
-    """A resume of benchmarks/results/study must not be refused: its rungs' settings are today's defaults."""
-    from pathlib import Path
-
+def test_the_default_study_runs_the_evidence_protocol(monkeypatch, tmp_path):
+    """Five seeds; per-task few-shot FT with its step chosen on validation; anchored, transfer-then-tune and auto
+    rows; each method beside the controls valid for it; all recorded in each rung's config."""
     import orthoxfer.experiments.study as study_module
 
-    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "study"
     seen = {}
 
     def stop(plan, rung, out, progress):
-        seen[rung] = plan.rung_config(rung)
+        seen["plan"], seen["config"] = plan, plan.rung_config(rung)
         raise UsageError("stop here")
 
     monkeypatch.setattr(study_module, "run_rung", stop)
-    for rung in ("same", "release", "seed", "data"):
-        result = runner.invoke(app, ["study", "--rungs", rung, "--device", "cpu", "--out", str(tmp_path / rung)])
-        assert result.exit_code == 2 and "stop here" in result.output, result.output
-        recorded = json.loads((committed / rung / "config.json").read_text())
-        assert json.loads(json.dumps(seen[rung])) == recorded, rung  # 400 steps, 80 warm-up, the lrs chosen
+    result = runner.invoke(app, ["study", "--rungs", "release", "--device", "cpu", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "stop here" in result.output, result.output
+    plan, config = seen["plan"], seen["config"]
+    assert plan.seeds == 5 and config["fewshot_ft"]["select_every"] == 10
+    rows = plan.settings["mini"].bench.rows()
+    ids = {r.id for r in plan.bench("release").rows()}
+    assert {"embed_penalty_anchored", "embed_cayley_init-transfusion_anchored", "embed_tune_init-direct"} <= ids
+    assert {"embed_tune_init-transfusion", "none_auto", "embed_penalty_anchored_control-spectrum"} <= ids
+    assert not any(r.control == "orbit" and r.method == "penalty" for r in rows)
+    assert config["bench"]["anchored"] == ["identity", "transfusion"] and config["bench"]["auto"] is True
 
 
 def test_bad_rungs_are_refused_in_one_line(tmp_path):
@@ -179,14 +191,22 @@ def test_planted_rung_has_its_ceiling_row_and_gains_are_paired_means_with_t_inte
     assert more.controls("data") == ("spectrum", "norm") and more.controls("planted") == ("spectrum",)
     assert more.rows("data") == 3 + 2 * 3 and more.rows("planted") == plan.rows("planted")
     real, ctrl = [0.50, 0.60, 0.55], [0.40, 0.45, 0.50]
+    rows = {
+        Row("embed", "cayley"): real,
+        Row("embed", "cayley", control="spectrum"): ctrl,
+        Row("", "target"): ctrl,
+        Row("embed", "direct"): real,
+    }
     records = [
-        {"row": row, "seed": s, "accuracy": {"mean": acc[s]}, "seconds": 1.0}
-        for row, acc in (
-            ("embed_cayley", real),
-            ("embed_cayley_control-spectrum", ctrl),
-            ("none_target", ctrl),
-            ("embed_direct", real),
-        )
+        {
+            "row": r.id,
+            "label": r.label,
+            **dataclasses.asdict(r),
+            "seed": s,
+            "accuracy": {"mean": acc[s]},
+            "seconds": 1.0,
+        }
+        for r, acc in rows.items()
         for s in range(3)
     ]
     layers = [{"cka": 0.3}, {"cka": 0.7}]

@@ -56,7 +56,19 @@ def study_command(
             min=1,
             help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained pair stays the shipped one).",
         ),
-    ] = 3,
+    ] = 5,
+    anchored: Annotated[
+        str,
+        Opt(
+            "--anchored",
+            help="Starts of each trained strategy's anchored rows (identity, procrustes, a transfer); '' for none.",
+        ),
+    ] = "identity,transfusion",
+    tune_from: Annotated[
+        str,
+        Opt("--tune-from", help="Starts of the transfer-then-tune rows (direct, a transfer); '' for none."),
+    ] = "direct,transfusion",
+    auto: Annotated[bool, Opt("--auto/--no-auto", help="The auto row: per task, the row best on validation.")] = True,
     tasks: Annotated[
         str | None,
         Opt(
@@ -77,7 +89,7 @@ def study_command(
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[
         Path, Opt("--out", help="Study folder: one bench run folder per rung, and the study's files.")
-    ] = Path("benchmarks/results/study"),
+    ] = Path("benchmarks/results/study-v2"),
     resume: Annotated[
         bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods add rows only).")
     ] = False,
@@ -129,6 +141,9 @@ def study_command(
         "ties": ("site",),
         "lrs": comma_floats(lrs, "--lrs"),
         "mode": None,
+        "anchored": comma_list(anchored) or (),
+        "tune_from": comma_list(tune_from) or (),
+        "auto": auto,
     }
     suites = dict.fromkeys(rung_suite(r)[0] for r in names)
     study_tasks = comma_list(tasks) or STUDY_TASKS

@@ -3,15 +3,30 @@
 A gain is paired by seed: on each seed, the mean accuracy of a method's row on the
 real vector minus the same method's row on the control vector (same pools, same
 alignment seed), then the mean and Student-t 95% interval of those differences
-(:func:`orthoxfer.report.tables.interval`). The ceiling (what a perfect transfer
-reaches: the source's own fine-tuned accuracy) is the ``same`` rung's direct addition,
-and on the planted rung its ``U = U*`` row.
+(:func:`orthoxfer.report.tables.interval`). Every row is also paired with few-shot FT
+(per task, with its lambda and step chosen on validation as every row's are).
+
+With a handful of seeds and dozens of comparisons per rung, some intervals exclude 0 by
+chance: each comparison's paired t-test p-value is Holm-adjusted over its rung
+(``p_holm``), and each rung states its power: the smallest gain its design detects with
+80% power at a 5% two-sided level, from the median standard deviation of its paired
+differences (``detectable_gain``).
+
+The ceiling (what a perfect transfer reaches) is the source's own fine-tuned accuracy:
+the ``same`` rung's direct addition at lambda = 1 (and, labelled, at the lambda chosen
+on validation); on the planted rung its ``U = U*`` row. The transferability check is
+each rung's validation gain of the data-free transfers (direct addition, transfusion)
+over target only: known before any training, it is what a user can measure on their pair.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from scipy import stats
 
 from orthoxfer.artifacts import write_json, write_text
 from orthoxfer.experiments.bench import Row
@@ -35,13 +50,51 @@ def stat(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": half, "per_seed": values}
 
 
-def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> dict[str, Any]:
-    """One rung: its relatedness (last-block CKA as its x-value), baselines and each method's gain per control."""
-    acc = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in result.records}
+def paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    """The paired difference a - b by seed: its mean, 95% interval and two-sided t-test p-value (None for one seed)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    out = stat(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+    if sd is None:
+        out["p"] = None
+    elif sd == 0:
+        out["p"] = 1.0 if out["mean"] == 0 else 0.0
+    else:
+        out["p"] = float(2 * stats.t.sf(abs(out["mean"]) / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
+    return out
 
-    def per_seed(row: Row) -> list[float] | None:
-        values = [acc.get((row.id, s)) for s in seeds]
-        return None if None in values else values
+
+def holm(tests: list[dict[str, Any]]) -> None:
+    """Holm's step-down adjustment of the tests' p-values, in place (``p_holm``), over one family."""
+    ranked = sorted((t for t in tests if t.get("p") is not None), key=lambda t: t["p"])
+    running = 0.0
+    for i, t in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * t["p"]))
+        t["p_holm"] = running
+
+
+def detectable_gain(tests: list[dict[str, Any]], n: int) -> float | None:
+    """The smallest paired gain detected with 80% power at a 5% two-sided level, from the median sd of ``tests``."""
+    sds = [statistics.stdev(t["per_seed"]) for t in tests if len(t["per_seed"]) > 1]
+    if n < 2 or not sds:
+        return None
+    return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * statistics.median(sds) / math.sqrt(n)
+
+
+def row_name(record: dict[str, Any]) -> str:
+    """A row's name in the study: its label less the vector kind and the control."""
+    return record["label"].split(" [control")[0].removeprefix(f"{record.get('kind')}, ")
+
+
+def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> dict[str, Any]:
+    """One rung: its relatedness (last-block CKA as its x-value), baselines, transferability, and each row's
+    accuracy, gain per control and gain over few-shot FT, with Holm-adjusted p-values and the rung's power."""
+    acc = {(r["row"], r["seed"]): r["accuracy"]["mean"] for r in result.records}
+    by_id = {r["row"]: r for r in result.records}
+
+    def per_seed(row_id: str) -> list[float] | None:
+        values = [acc.get((row_id, s)) for s in seeds]
+        return None if None in values else values  # type: ignore[return-value]
 
     last = [layers[-1]["cka"] for layers in result.relatedness.values() if layers]
     entry: dict[str, Any] = {
@@ -53,31 +106,84 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
         "last_block_cka": stat(last) if last else None,
         "relatedness": result.relatedness,
         "seconds": result.seconds,
-        "row_seconds": sum(r["seconds"] for r in result.records),
+        "row_seconds": sum(r.get("seconds", 0.0) for r in result.records),
         "baselines": {},
         "methods": {},
     }
     for name, row in BASELINES.items():
-        if (values := per_seed(row)) is not None:
+        if (values := per_seed(row.id)) is not None:
             entry["baselines"][name] = stat(values)
-    for method in methods:
-        real = per_seed(Row("embed", method))
-        if real is None:
+    scale1 = [by_seed.get("accuracy_scale1", {}).get("mean") for by_seed in _records(result, "embed_direct", seeds)]
+    if scale1 and None not in scale1:
+        entry["baselines"]["direct_scale1"] = stat(scale1)  # type: ignore[arg-type]
+    entry["transferability"] = transferability(result, seeds)
+    ft = per_seed(Row("", "finetune").id)
+    family: list[dict[str, Any]] = []
+    for row_id, record in by_id.items():
+        if record.get("control") or record["method"] in BASELINE_METHODS or record["method"] not in (*methods, *EXTRA):
+            continue
+        if (real := per_seed(row_id)) is None:
             continue
         against = {}
         for control in result.controls:
-            if (ctrl := per_seed(Row("embed", method, control=control))) is not None:
-                against[control] = {"accuracy": stat(ctrl), "gain": stat([r - c for r, c in zip(real, ctrl)])}
-        entry["methods"][method] = {"accuracy": stat(real), "controls": against}
+            if (ctrl := per_seed(f"{row_id}_control-{control}")) is not None:
+                against[control] = {"accuracy": stat(ctrl), "gain": paired(real, ctrl)}
+                family.append(against[control]["gain"])
+        m: dict[str, Any] = {"row": row_id, "accuracy": stat(real), "controls": against}
+        if ft is not None:
+            m["vs_fewshot_ft"] = paired(real, ft)
+            family.append(m["vs_fewshot_ft"])
+        name = record["method"] if row_id == f"embed_{record['method']}" else row_name(record)
+        entry["methods"][name] = m
+    holm(family)
+    entry["detectable_gain"] = detectable_gain(family, len(seeds))
     return entry
 
 
+BASELINE_METHODS = ("target", "finetune", "direct", "oracle")
+EXTRA = ("tune", "auto")  # rows that are not a method of their own: transfer-then-tune, auto
+
+
+def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str, Any]]:
+    found = {r["seed"]: r for r in result.records if r["row"] == row_id}
+    return [found[s] for s in seeds if s in found]
+
+
+def transferability(result: RungResult, seeds: list[int]) -> dict[str, Any] | None:
+    """Per seed, the best validation gain of a data-free transfer (direct addition, transfusion) over target only,
+    mean over tasks: the check a user runs in seconds, before any training."""
+    target = {r["seed"]: r for r in _records(result, "none_target", seeds)}
+    free = [_records(result, row_id, seeds) for row_id in ("embed_direct", "embed_transfusion")]
+    gains = []
+    for s in seeds:
+        if s not in target or "validation_score" not in target[s]:
+            return None
+        base = target[s]["validation_score"]
+        per_method = [
+            statistics.mean(r["validation_score"][t] - base[t] for t in base)
+            for records in free
+            for r in records
+            if r["seed"] == s and "validation_score" in r
+        ]
+        if not per_method:
+            return None
+        gains.append(max(per_method))
+    return stat(gains)
+
+
 def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The source's own fine-tuned accuracy: the ``same`` rung's direct addition (None when that rung was not run)."""
+    """The source's own fine-tuned accuracy: the ``same`` rung's direct addition at lambda = 1 (None when that rung
+    was not run; rows made before lambda = 1 was recorded give the validation lambda's, labelled so)."""
     same = next((r for r in rungs if r["rung"] == "same"), None)
     if same is None or "direct" not in same["baselines"]:
         return None
-    return {**same["baselines"]["direct"], "from": "the same rung's direct addition (the target is the source)"}
+    if "direct_scale1" in same["baselines"]:
+        return {
+            **same["baselines"]["direct_scale1"],
+            "from": "the same rung's direct addition at lambda = 1: the source's own fine-tuned accuracy",
+            "at_validation_lambda": same["baselines"]["direct"],
+        }
+    return {**same["baselines"]["direct"], "from": "the same rung's direct addition at the validation lambda"}
 
 
 def summarise_study(results: list[RungResult], methods: list[str], meta: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +198,14 @@ def _pts(s: dict[str, Any] | None) -> str:
     return f"{100 * s['mean']:.1f}" + (f" ± {100 * s['ci95']:.1f}" if s["ci95"] is not None else "")
 
 
+def _gain(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _p(test: dict[str, Any] | None) -> str:
+    return "-" if test is None or test.get("p_holm") is None else f"{test['p_holm']:.2g}"
+
+
 def _cka(r: dict[str, Any]) -> str:
     return f"{r['last_block_cka']['mean']:.2f}" if r["last_block_cka"] else "-"
 
@@ -102,27 +216,31 @@ def markdown(study: dict[str, Any]) -> str:
     lines = [
         f"# {meta['title']}",
         "",
-        "| rung | target | last-block CKA | target only | few-shot FT | direct addition | ceiling |",
-        "|---|---|---|---|---|---|---|",
+        "| rung | target | last-block CKA | transferability | target only | few-shot FT | direct addition | ceiling "
+        "| detectable gain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rungs:
         b = r["baselines"]
         roof = b.get("oracle") or top  # the planted rung has its own: U = U*
         lines.append(
-            f"| {r['rung']} | {r['target']} | {_cka(r)} | {_pts(b.get('target'))} | {_pts(b.get('finetune'))} | "
-            f"{_pts(b.get('direct'))} | {_pts(roof)} |"
+            f"| {r['rung']} | {r['target']} | {_cka(r)} | {_pts(r.get('transferability'))} | "
+            f"{_pts(b.get('target'))} | {_pts(b.get('finetune'))} | {_pts(b.get('direct'))} | {_pts(roof)} | "
+            f"{_gain(r.get('detectable_gain'))} |"
         )
     lines += [
         "",
-        "| rung | last-block CKA | method | accuracy | control | control accuracy | transfer gain |",
-        "|---|---|---|---|---|---|---|",
+        "| rung | method | accuracy | vs few-shot FT | p (Holm) | control | control accuracy | transfer gain "
+        "| p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rungs:
         for method, m in r["methods"].items():
-            for control, c in m["controls"].items():
+            ft = m.get("vs_fewshot_ft")
+            for control, c in m["controls"].items() or [("-", None)]:
                 lines.append(
-                    f"| {r['rung']} | {_cka(r)} | {method} | {_pts(m['accuracy'])} | {control} | "
-                    f"{_pts(c['accuracy'])} | {_pts(c['gain'])} |"
+                    f"| {r['rung']} | {method} | {_pts(m['accuracy'])} | {_pts(ft)} | {_p(ft)} | {control} | "
+                    f"{_pts(c and c['accuracy'])} | {_pts(c and c['gain'])} | {_p(c and c['gain'])} |"
                 )
     lines += [
         "",
@@ -130,7 +248,9 @@ def markdown(study: dict[str, Any]) -> str:
         "interval (Student t); a transfer gain is paired by seed: the real vector's row minus the same method's "
         "row on the control vector. Every seed redraws the few-shot pools and reseeds alignment and controls on "
         f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
-        "accuracy: the same rung's direct addition (planted: its U = U* row). "
+        "accuracy: the same rung's direct addition at lambda = 1 (planted: its U = U* row). Transferability: the "
+        "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
+        "the rung's comparisons; detectable gain: the smallest paired gain the rung detects with 80% power. "
         f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).",
         "",
     ]

@@ -112,7 +112,8 @@ def defaults(size: str = "full", tasks: int | None = None) -> dict[str, dict[str
             "checkpoint_every": 200,
             "log_every": 10,
         },
-        "fewshot_ft": {
+        "fewshot_ft": {  # its step chosen on validation, as the anchored rows' are: a baseline gets what its rows get
+            "select_every": 10,
             "lr": 1e-3,
             "weight_decay": 0.0,
             "steps": steps,
