@@ -87,7 +87,7 @@ def test_scale_is_chosen_without_touching_test_data(micro_run, monkeypatch):
 
     monkeypatch.setattr(bench_module, "direct_addition", spy)
     record = run_row(Row("embed", "direct"), inputs, BenchConfig(), Run(root / "spy"), seed=0)
-    assert opened == ["mnist"] and record["scale"] is not None
+    assert opened == ["mnist", "mnist"] and record["scale"] is not None  # at the chosen lambda, then at 1
 
 
 def test_tie_options_are_rows_with_their_own_controls_and_gains():

@@ -201,7 +201,7 @@ def reference_steps(target, sites, tv, method, retraction, x, y, head, steps):
     if method == "riemannian":
         manifold = {"qr": geoopt.EuclideanStiefel, "cayley": geoopt.CanonicalStiefel}[retraction]()
         params = [geoopt.ManifoldParameter(eye.clone(), manifold=manifold) for _ in sites]
-        optimiser = geoopt.optim.RiemannianAdam(params, lr=lr)
+        optimiser = geoopt.optim.RiemannianAdam(params, lr=lr * d)  # lr per entry, as RiemannianStrategy reads it
     else:
         params = [nn.Parameter(eye.clone() if method == "penalty" else torch.zeros(d, d)) for _ in sites]
         optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False, fused=False)
