@@ -104,7 +104,14 @@ def align_command(
     warmup: Annotated[int | None, Opt("--warmup", help="Linear warm-up steps before cosine decay.")] = None,
     clip: Annotated[float | None, Opt("--clip", help="Gradient-norm clip (0: off).")] = None,
     init: Annotated[str | None, Opt("--init", help="identity | procrustes (needs --source).")] = None,
-    mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
+    mode: Annotated[
+        str | None,
+        Opt(
+            "--mode",
+            help="joint (one U set for the summed vectors) | per-task | per-task-summed (as per-task "
+            "here: each task its own U's; transferred.safetensors is always their sum).",
+        ),
+    ] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
@@ -189,6 +196,16 @@ def align_command(
         **(strategy_options or {}),
     )
     settings = resolve_settings(config, flags, chosen.settings("align"))
+    if settings.augmentation != "suite":  # the pools' recipe is the suite's to apply
+        chosen = command_suite(
+            suite,
+            dev,
+            size=size,
+            cache_dir=cache_dir,
+            data_root=data_root,
+            heads_dir=heads_dir,
+            augmentation=settings.augmentation,
+        )
     if settings.method == "procrustes" and settings.rotation_rank:
         raise UsageError(
             "--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it"
@@ -221,7 +238,7 @@ def align_command(
         return
     alignment.save(run.file("alignment.safetensors"))
 
-    per_task = settings.mode == "per-task"
+    per_task = settings.mode != "joint"  # per-task and per-task-summed: each task its own U's
     transferred = sum(
         alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items()
     )

@@ -68,8 +68,26 @@ def bench_command(
             "--mode",
             help="joint (the summed vectors, one lambda: the reference code; default for "
             "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
-            "default for mini and planted, whose summed vectors interfere: see README); "
-            "[align] mode of --config overrides the default.",
+            "default for mini and planted, whose summed vectors interfere: see README) | "
+            "per-task-summed (each task its own U's, the carried vectors summed into one model "
+            "scored on every task: the paper's text); [align] mode of --config overrides the default.",
+        ),
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Opt(
+            "--scales",
+            help="Comma-separated lambda grid, chosen on held-out data; one value fixes lambda "
+            "(the paper's text: 1.0). Default: [bench] scales of --config, else 0,0.25,...,2.",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        Opt(
+            "--val-fraction",
+            help="paper: the part of each pool held out to choose lambda and lr on; 0 trains on "
+            "the whole pool and reads no validation data (one --scales value). Default: [bench] "
+            "val_fraction of --config, else 0.2 when something is chosen, 0 when not.",
         ),
     ] = None,
     lrs: Annotated[
@@ -142,6 +160,8 @@ def bench_command(
         "ties": comma_list(ties),
         "lrs": comma_floats(lrs, "--lrs"),
         "mode": mode,
+        "scales": comma_floats(scales, "--scales"),
+        "val_fraction": val_fraction,
     }
     task_names = comma_list(tasks)
     settings = resolve_bench(
@@ -187,6 +207,7 @@ def bench_command(
             target=target,
             data_root=data_root,
             vectors_dir=vectors_dir,
+            augmentation=bench.align.augmentation,
         )
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
@@ -307,6 +328,8 @@ def demo_command(
         lr=None,
         lrs=None,
         mode=None,
+        scales=None,
+        val_fraction=None,
         strategy_options={},
         tasks=",".join(names),
         source=None,

@@ -8,8 +8,9 @@ The rotated stack goes to the model without being cut per site: q, k and v of a 
 are one contiguous slice of it, the rows of ``in_proj_weight``. U is never applied to
 activations. Host syncs happen only at logging and checkpoint steps.
 
-Precision: U itself (its parameterisation, retraction, penalty and orthogonality error)
-is float32 everywhere. On CUDA the model runs in bf16 autocast, so ``W + scale * U^T dW U``
+Precision (``AlignSettings.precision``): U itself (its parameterisation, retraction,
+penalty and orthogonality error) is float32 everywhere. With ``auto`` (the default) on
+CUDA, and with ``bf16`` on any device, the model runs in bf16 autocast, so ``W + scale * U^T dW U``
 is rounded to bf16 before any image sees it; the rotation product there runs in bf16
 too (the stacked vector is kept in bf16, U is cast for the product, its gradient comes
 back in float32). The error this adds to the delta, about 2^-8 of ``|U^T dW U|``, is far
@@ -17,6 +18,11 @@ below the bf16 rounding of ``W`` itself that the forward applies anyway, since a
 vector is small beside the weights (measured on ViT-B/32: logits against an all-float32
 forward differ by 1.17e-2 with a float32 rotation, 1.18e-2 with a bf16 one); on an H100 a float32 batched product of the stack
 takes 1 ms and a bf16 one 0.1 ms, and the dense rotation costs five of them a step.
+What bf16 does lose is the *change* of U within a run: at lr 1e-5 a step moves U^T dW U
+by far less than the bf16 spacing of W, so the forward sees U move only in jumps
+(benchmarks/precision_cast.py, benchmarks/results/precision-cast-cpu.md); U still
+learns, since its float32 copy accumulates the gradients. ``fp32`` keeps
+``W + U^T dW U`` and the forward in float32 on every device (slower on a GPU).
 """
 
 from __future__ import annotations
@@ -159,6 +165,11 @@ class TransformStack(nn.Module):
         return [p() for p in self.parts]
 
 
+def bf16(device: torch.device, precision: str) -> bool:
+    """Whether a step on ``device`` at ``precision`` runs the rotation and the forward in bf16."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 class AlignStep(Stepper):
     """One optimiser step of a trained strategy: the unit the loop repeats and the benchmark times.
 
@@ -176,7 +187,7 @@ class AlignStep(Stepper):
         init: list[torch.Tensor],
         settings: AlignSettings,
     ) -> None:
-        super().__init__(problem.target, settings.device, settings.compile)
+        super().__init__(problem.target, settings.device, settings.compile, settings.precision)
         groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
@@ -193,7 +204,7 @@ class AlignStep(Stepper):
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
                 for v, p, g in zip(self.vectors, self.module.parts, groups)
             ]
-        if self.device.type == "cuda":  # the rotation runs at the model's precision (see the module docstring)
+        if bf16(self.device, settings.precision):  # the rotation runs at the model's precision (module docstring)
             self.vectors = [v.to(torch.bfloat16) for v in self.vectors]
         self.use_optimiser(strategy.optimiser(self.module, settings), settings.clip)
 

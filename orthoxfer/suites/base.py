@@ -72,6 +72,7 @@ class SuiteRequest:
     data_root: Path | None = None
     vectors_dir: Path | None = None
     heads_dir: Path | None = None
+    augmentation: str = "suite"  # paper: the pools' augmentation recipe (data.fewshot.AUGMENTATIONS); others: suite
 
 
 class Suite(Protocol):
