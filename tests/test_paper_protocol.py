@@ -5,6 +5,7 @@ and orthoxfer's own (configs/paper.toml, the defaults) resolve through ``resolve
 exactly as ``bench`` resolves them; the docs table is read cell by cell against them.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 import tomllib
 import torch
 from torchvision.transforms import v2
+from typer.testing import CliRunner
 
+from orthoxfer.cli import app
 from orthoxfer.data.fewshot import augmentation
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.bench import BenchConfig
@@ -159,3 +162,18 @@ def test_align_outside_bench_defaults_to_the_papers_values(tmp_path):
     align = AlignSettings(**suite.settings("align"))
     assert (align.lr, align.batch_size, align.steps, align.augment, align.alpha) == (1e-5, 128, 100, 10, 1.0)
     assert suite.settings("fewshot_ft")["lr"] == 1e-5 and suite.settings("fewshot_ft")["steps"] == 100
+
+
+def test_align_suite_paper_runs_with_the_papers_values_and_named_recipes(align_setup, monkeypatch):
+    tmp_path, common, _ = align_setup
+    import orthoxfer.data.fewshot as fewshot
+
+    recipes = []
+    real = fewshot.augmentation
+    monkeypatch.setattr(fewshot, "augmentation", lambda name, size: recipes.append(name) or real(name, size))
+    args = [*common, "--method", "penalty", "--augmentation", "paper-text", "--precision", "fp32"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["lr"], config["alpha"], config["augment"], config["steps"]) == (1e-5, 1.0, 10, 3)  # --steps 3
+    assert (config["augmentation"], config["precision"]) == ("paper-text", "fp32") and recipes == ["paper-text"]

@@ -140,6 +140,14 @@ def align_command(
         int | None, Opt("--augment", help="Augmented views of each image per epoch (<=1: none).")
     ] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
+    augmentation: Annotated[
+        str | None,
+        Opt("--augmentation", help="paper: suite | paper-text | paper-code | none (docs/paper-protocol.md)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        Opt("--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (docs/paper-protocol.md)."),
+    ] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of the few-shot draw, batches and augmentation.")] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     compile: Annotated[
@@ -191,6 +199,8 @@ def align_command(
         shots=shots,
         augment=augment,
         batch_size=batch_size,
+        augmentation=augmentation,
+        precision=precision,
         seed=seed,
         compile=compile,
         **(strategy_options or {}),

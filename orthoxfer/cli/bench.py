@@ -111,6 +111,23 @@ def bench_command(
             "of --config, else the suite's: paper 100, mini and planted 32, 24 for --size micro.",
         ),
     ] = None,
+    augmentation: Annotated[
+        str | None,
+        Opt(
+            "--augmentation",
+            help="paper: the pools' augmentation: suite (orthoxfer's: crop 0.5-1, flip, one of "
+            "grayscale/solarize/blur) | paper-text (flip, grayscale, blur) | paper-code (crop 0.9-1, "
+            "flip, one of grayscale/solarize/blur) | none. Default: [align] augmentation of --config.",
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        Opt(
+            "--precision",
+            help="auto (bf16 autocast on CUDA, float32 elsewhere) | fp32 (W + U^T dW U and the forward in "
+            "float32: what lr 1e-5 needs, docs/paper-protocol.md) | bf16 (autocast on any device).",
+        ),
+    ] = None,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
@@ -164,6 +181,8 @@ def bench_command(
         "val_fraction": val_fraction,
     }
     task_names = comma_list(tasks)
+    fields = {"augmentation": augmentation, "precision": precision}  # [align] fields, set like the strategies' flags
+    strategy_options = {**(strategy_options or {}), **{k: v for k, v in fields.items() if v is not None}}
     settings = resolve_bench(
         suite,
         size,
@@ -330,6 +349,8 @@ def demo_command(
         mode=None,
         scales=None,
         val_fraction=None,
+        augmentation=None,
+        precision=None,
         strategy_options={},
         tasks=",".join(names),
         source=None,
