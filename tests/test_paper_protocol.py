@@ -177,3 +177,41 @@ def test_align_suite_paper_runs_with_the_papers_values_and_named_recipes(align_s
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["lr"], config["alpha"], config["augment"], config["steps"]) == (1e-5, 1.0, 10, 3)  # --steps 3
     assert (config["augmentation"], config["precision"]) == ("paper-text", "fp32") and recipes == ["paper-text"]
+
+
+def test_reference_gelu_builds_a_quickgelu_checkpoint_with_gelu():
+    from open_clip.transformer import QuickGELU
+
+    from orthoxfer.models.loading import load_model, register_arch
+    from orthoxfer.models.small import small_config
+
+    register_arch("orthoxfer-test-tiny-quickgelu", {**small_config(layers=1), "quick_gelu": True})
+    trained = load_model("orthoxfer-test-tiny-quickgelu:none")
+    buggy = load_model("orthoxfer-test-tiny-quickgelu:none", force_gelu=True)
+    assert trained.quick_gelu and any(isinstance(m, QuickGELU) for m in trained.model.modules())
+    assert not buggy.quick_gelu and not any(isinstance(m, QuickGELU) for m in buggy.model.modules())
+    assert any(isinstance(m, torch.nn.GELU) for m in buggy.model.modules())
+    images = torch.randn(2, 3, *trained.image_size)
+    with torch.no_grad():  # the same weights, another function: what every row of the code's Table 1 ran on
+        assert not torch.allclose(trained.model.encode_image(images), buggy.model.encode_image(images))
+
+
+def test_reference_gelu_reaches_the_target_only(tmp_path, monkeypatch):
+    import orthoxfer.suites.paper as paper
+
+    loads = []
+
+    def recorded(spec, cache_dir=None, device="cpu", force_gelu=False):
+        loads.append((spec, force_gelu))
+        if len(loads) == 2:
+            raise UsageError("stop here")
+        return None
+
+    monkeypatch.setattr(paper, "load_model", recorded)
+    args = ["bench", "--suite", "paper", "--source", "S:x", "--target", "T:y", "--data-root", str(tmp_path)]
+    args += ["--vectors", str(tmp_path / "v"), "--out", str(tmp_path / "run"), "--reference-gelu"]
+    result = CliRunner().invoke(app, args)
+    assert result.output.strip() == "error: stop here" and loads == [("S:x", False), ("T:y", True)]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["reference_gelu"] is True
+    mini = CliRunner().invoke(app, ["bench", "--suite", "mini", "--reference-gelu", "--out", str(tmp_path / "m")])
+    assert mini.exit_code == 2 and "--reference-gelu is for --suite paper" in mini.output

@@ -128,6 +128,15 @@ def bench_command(
             "float32: what lr 1e-5 needs, docs/paper-protocol.md) | bf16 (autocast on any device).",
         ),
     ] = None,
+    reference_gelu: Annotated[
+        bool,
+        Opt(
+            "--reference-gelu",
+            help="paper: reproduce the released code's bug for comparison with its published numbers: "
+            "the target built with GELU although laion400m_e32 was trained with QuickGELU (every MLP of "
+            "the target, so every row, shifts; docs/paper-protocol.md). Off by default.",
+        ),
+    ] = False,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
@@ -167,6 +176,8 @@ def bench_command(
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
     if pair is not None and suite != "mini":
         raise UsageError(f"--pair is for --suite mini; the {suite} suite names its own target (leave out --pair)")
+    if reference_gelu and suite != "paper":
+        raise UsageError(f"--reference-gelu is for --suite paper; the {suite} suite's models are built here")
     rung = check_pair(pair) if suite == "mini" else None
     dev = launch(device)
     choices = {
@@ -207,6 +218,7 @@ def bench_command(
         "size": size,
         **models_record(suite, size),
         **settings.record(),
+        **({"reference_gelu": True} if reference_gelu else {}),  # absent when off: older runs resume
     }
     run.write_config(resolved)
     started = time.perf_counter()
@@ -227,6 +239,7 @@ def bench_command(
             data_root=data_root,
             vectors_dir=vectors_dir,
             augmentation=bench.align.augmentation,
+            reference_gelu=reference_gelu,
         )
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
@@ -351,6 +364,7 @@ def demo_command(
         val_fraction=None,
         augmentation=None,
         precision=None,
+        reference_gelu=False,
         strategy_options={},
         tasks=",".join(names),
         source=None,

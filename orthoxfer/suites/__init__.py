@@ -41,9 +41,12 @@ def models_record(name: str, size: str = "full") -> dict[str, Any]:
 
 
 def _check_augmentation(name: str, request: SuiteRequest) -> None:
-    """Only the paper's pools take a named augmentation; the miniature's are its own (shifts at 32 px)."""
+    """Only the paper's pools take a named augmentation (the miniature's are its own: shifts at 32 px), and only its
+    target can be built with the released code's activation bug."""
     if name != "paper" and request.augmentation != "suite":
         raise UsageError(f"augmentation {request.augmentation!r} is for --suite paper; the {name} suite has its own")
+    if name != "paper" and request.reference_gelu:
+        raise UsageError(f"--reference-gelu is for --suite paper; the {name} suite's models are built here")
 
 
 def build_suite(name: str, request: SuiteRequest) -> SuiteInputs:

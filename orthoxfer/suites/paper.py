@@ -135,7 +135,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
     )
     cache_dir, heads_dir, source_ft = request.cache_dir, heads_folder(request), request.source_ft
     source = load_model(source_spec, cache_dir=cache_dir, device=device)
-    target = load_model(target_spec, cache_dir=cache_dir, device=device)
+    target = load_model(target_spec, cache_dir=cache_dir, device=device, force_gelu=request.reference_gelu)
     pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir, request.augmentation)
     paths = {(kind, name): Path(vectors_dir) / f"{name}-{kind}.safetensors" for kind in kinds for name in pools}
     missing = [key for key, path in paths.items() if not path.is_file()]
