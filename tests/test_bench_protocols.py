@@ -82,13 +82,12 @@ def run_bench(root: Path, arch: str, config: str, out: str, patch: pytest.Monkey
         str(root / "vectors"),  # shared: the source vectors are fine-tuned once, by the first run
         "--methods",
         "penalty",
-        "--kinds",
-        "embed",
         "--no-procrustes-init",
         "--steps",
         str(2 * len(TASKS)),
         "--out",
         str(root / out),
+        *(() if "--kinds" in extra else ("--kinds", "embed")),
         "--device",
         "cpu",
         "--cache-dir",
@@ -166,6 +165,17 @@ def test_code_protocol_runs_joint_with_the_codes_penalty(paper_data):
     assert alignment.meta["settings"]["augmentation"] == "paper-code" and rows["embed_penalty"]["scale"] == 1.0
     config = json.loads((root / "code" / "config.json").read_text())
     assert config["bench"]["mode"] == "joint" and config["bench"]["scales"] == [1.0]
+
+
+def test_reference_lora_sum_flag_sums_the_lora_rows_as_the_code_did(paper_data):
+    root, arch = paper_data
+    summed = []
+    with pytest.MonkeyPatch.context() as patch:
+        spy(patch, "reference_lora_sum", summed)
+        rows = run_bench(root, arch, "paper-code.toml", "lora", patch, "--kinds", "lora", "--reference-lora-sum")
+    assert {"lora_direct", "lora_penalty"} <= set(rows)
+    assert len(summed) == 2 and all([v.meta["tasks"] for v in args[0]] == [[t] for t in TASKS] for args, _ in summed)
+    assert json.loads((root / "lora" / "config.json").read_text())["bench"]["reference_lora_sum"] is True
 
 
 def test_default_protocol_chooses_lambda_on_held_out_images(paper_data):

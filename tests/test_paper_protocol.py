@@ -26,6 +26,7 @@ from orthoxfer.strategies.settings import AlignSettings
 from orthoxfer.suites import build_suite
 from orthoxfer.suites.base import SuiteRequest
 from orthoxfer.suites.paper import PaperSuite
+from orthoxfer.vectors.taskvector import TaskVector
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"default": "paper.toml", "paper-text": "paper-text.toml", "paper-code": "paper-code.toml"}
@@ -215,3 +216,41 @@ def test_reference_gelu_reaches_the_target_only(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["reference_gelu"] is True
     mini = CliRunner().invoke(app, ["bench", "--suite", "mini", "--reference-gelu", "--out", str(tmp_path / "m")])
     assert mini.exit_code == 2 and "--reference-gelu is for --suite paper" in mini.output
+
+
+def test_reference_lora_sum_redraws_the_start_and_keeps_the_cross_terms(tiny):
+    from orthoxfer.fit.finetune import FinetuneSettings, finetune
+    from orthoxfer.problem.tasks import FewShotTask
+    from orthoxfer.vectors.reference import initial_a, reference_lora_sum
+
+    size = tiny.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    task = FewShotTask(
+        "t",
+        torch.randint(0, 255, (4, 3, size, size), dtype=torch.uint8),
+        torch.tensor([0, 1, 0, 1]),
+        torch.nn.Linear(tiny.visual.output_dim, 2),
+    )
+    unmoved = finetune(tiny, {"t": task}, FinetuneSettings(kind="lora", rank=2, steps=1, lr=0.0, batch_size=4))
+    start = initial_a(unmoved)  # the start A redrawn from the seed is the one fine-tuning began at
+    assert all(torch.equal(unmoved.lora[s][0], start[i]) for i, s in enumerate(unmoved.sites))
+
+    g = torch.Generator().manual_seed(1)
+
+    def moved(name):
+        lora = {
+            s: (start[i] + 0.1 * torch.randn(start[i].shape, generator=g), torch.randn(a.shape[1], 2, generator=g))
+            for i, (s, (a, _)) in enumerate(unmoved.lora.items())
+        }
+        return TaskVector(lora=lora, scale=2.0, meta={**unmoved.meta, "tasks": [name]})
+
+    v1, v2 = moved("a"), moved("b")
+    buggy, exact = reference_lora_sum([v1, v2]), v1 + v2
+    site = v1.sites[0]
+    (a1, b1), (a2, b2), a0 = v1.lora[site], v2.lora[site], start[0]
+    torch.testing.assert_close(buggy.delta(site), 2.0 * (b1 + b2) @ (a0 + (a1 - a0) + (a2 - a0)))
+    cross = 2.0 * (b1 @ (a2 - a0) + b2 @ (a1 - a0))  # what the code adds beyond the sum of the two updates
+    torch.testing.assert_close(buggy.delta(site) - exact.delta(site), cross, atol=1e-5, rtol=1e-4)
+    assert cross.norm() > 0.01 * exact.delta(site).norm()
+    with pytest.raises(UsageError, match="use --mode joint"):
+        BenchConfig(mode="per-task", reference_lora_sum=True)

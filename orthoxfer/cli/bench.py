@@ -137,6 +137,15 @@ def bench_command(
             "the target, so every row, shifts; docs/paper-protocol.md). Off by default.",
         ),
     ] = False,
+    reference_lora_sum: Annotated[
+        bool,
+        Opt(
+            "--reference-lora-sum",
+            help="Reproduce the released code's LoRA sum for comparison with its published numbers: "
+            "(sum B)(A0 + sum dA) instead of sum BA, with the cross terms B_i dA_j (joint mode; LoRA rows "
+            "with real vectors). Off by default.",
+        ),
+    ] = False,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
@@ -190,6 +199,7 @@ def bench_command(
         "mode": mode,
         "scales": comma_floats(scales, "--scales"),
         "val_fraction": val_fraction,
+        "reference_lora_sum": reference_lora_sum or None,  # None: left out of config.json, so older runs resume
     }
     task_names = comma_list(tasks)
     fields = {"augmentation": augmentation, "precision": precision}  # [align] fields, set like the strategies' flags
@@ -365,6 +375,7 @@ def demo_command(
         augmentation=None,
         precision=None,
         reference_gelu=False,
+        reference_lora_sum=False,
         strategy_options={},
         tasks=",".join(names),
         source=None,

@@ -51,6 +51,7 @@ from orthoxfer.transfers.registry import (
     transfer_settings,
 )
 from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors
+from orthoxfer.vectors.reference import reference_lora_sum
 from orthoxfer.vectors.taskvector import TaskVector
 
 
@@ -109,6 +110,8 @@ class BenchConfig:
     mode: str = "joint"
     val_fraction: float = 0.2  # the part of each pool held out to choose lambda (and lr) on; 0: none, nothing chosen
     scales: tuple[float, ...] = SCALES  # the lambda grid; one value: lambda fixed, chosen on nothing
+    # LoRA vectors summed as the released code sums them, (sum B)(A0 + sum dA), not sum B A: for comparison only
+    reference_lora_sum: bool = False
     align: AlignSettings = field(default_factory=AlignSettings)
     fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
@@ -129,6 +132,8 @@ class BenchConfig:
             raise UsageError("--scales needs at least one lambda")
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.reference_lora_sum and self.mode != "joint":
+            raise UsageError("--reference-lora-sum reproduces the released code's joint sum: use --mode joint")
 
     @property
     def chooses(self) -> bool:
@@ -268,7 +273,9 @@ def _fit(
     fields: dict[str, Any] = {}
     vectors = row_vectors(row, inputs, seed)
     per_task = config.mode == "per-task"  # each task its own model; per-task-summed ends in one, as joint does
-    if config.mode == "joint":
+    if config.mode == "joint" and config.reference_lora_sum and row.kind == "lora" and not row.control:
+        vectors = {"joint": reference_lora_sum([vectors[t] for t in tasks])}  # the code's bug, on request
+    elif config.mode == "joint":
         vectors = {"joint": sum(vectors.values())}
     if row.method == "oracle":
         vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
