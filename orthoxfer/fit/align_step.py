@@ -19,9 +19,11 @@ vector is small beside the weights (measured on ViT-B/32: logits against an all-
 forward differ by 1.17e-2 with a float32 rotation, 1.18e-2 with a bf16 one); on an H100 a float32 batched product of the stack
 takes 1 ms and a bf16 one 0.1 ms, and the dense rotation costs five of them a step.
 What bf16 does lose is the *change* of U within a run: at lr 1e-5 a step moves U^T dW U
-by far less than the bf16 spacing of W, so the forward sees U move only in jumps
-(benchmarks/precision_cast.py, benchmarks/results/precision-cast-cpu.md); U still
-learns, since its float32 copy accumulates the gradients. ``fp32`` keeps
+by 1e-8 to 1e-7, far below the bf16 spacing of W (about 2e-4), so the forward sees it as
+whole-ulp jumps of a few entries: cosine with the exact change 0.01-0.03 after one step,
+0.2-0.6 after 800 steps' worth, 0.6-0.99 after 6,400 (benchmarks/precision_cast.py,
+benchmarks/results/precision-cast-cpu.md, 768-wide synthetic weights). U still learns,
+since its float32 copy accumulates the gradients. ``fp32`` keeps
 ``W + U^T dW U`` and the forward in float32 on every device (slower on a GPU).
 """
 

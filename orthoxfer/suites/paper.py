@@ -23,7 +23,9 @@ from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
 from orthoxfer.vectors.taskvector import TaskVector
 
 TASKS = ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN")
-SETTINGS = Path(__file__).with_name("paper.toml")  # the paper's settings; configs/paper.toml links here
+# orthoxfer's protocol on the paper's datasets; configs/paper.toml links here (the paper's text and code: paper-text.toml,
+# paper-code.toml beside it)
+SETTINGS = Path(__file__).with_name("paper.toml")
 # the text's "Training uses 100 mini-batches" (Sec. 4.2) per dataset, read as 100 optimiser steps per task's U's; the
 # released code's 100 epochs x 8 batches would be 800 per dataset (docs/paper-protocol.md)
 STEPS_PER_TASK = 100
@@ -180,8 +182,9 @@ class PaperSuite:
         return cls(request)
 
     def settings(self, section: str) -> dict[str, Any]:
-        """The paper's tables (``paper.toml``: lr 1e-5, batch 128, 100 shots x 10 views, alpha 1, lambda 1), with one
-        task's share of the budget for a single command: :data:`STEPS_PER_TASK` steps, an eighth of them warm-up.
+        """The suite's tables (``paper.toml``: the paper's lr 1e-5, batch 128, 100 shots x 10 views, alpha 1,
+        lambda 1), with one task's share of the budget for a single command: :data:`STEPS_PER_TASK` steps, an eighth
+        of them warm-up.
 
         The settings classes' own fallbacks (lr 1e-3, 100 steps, batch 32) are generic, not the paper's; a command
         that carries N tasks' vectors at once (``--mode joint``) gets the text's budget with ``--steps 100N``.
