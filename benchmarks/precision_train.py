@@ -1,15 +1,19 @@
 """Does bf16 change the U a run at lr 1e-5 ends with? float32 against bf16 autocast, on a CPU.
 
-The same alignment (penalty, the paper's form, alpha 1, AdamW lr 1e-5, batch 128, the same
-seed and batches) is run twice on the offline miniature (the shipped models A -> B, one
-task's embed vector; width 128, so 16 sites of 128 x 128), once with ``precision =
-"fp32"`` and once with ``"bf16"`` (bf16 autocast on the CPU: what ``auto`` does on a
-GPU), for each budget. Reported: ||U - I|| of each (mean over sites), and how far the two
-runs' U's and transferred vectors are apart, relative to how far float32 moved them.
-The miniature's weights are not ViT-B/32's, so this shows whether the effect is there,
-not its size at full scale (benchmarks/precision_cast.py measures the cast at 768).
+The same alignment (penalty, the paper's form, alpha 1, AdamW lr 1e-5, --batch-size, the same
+seed and batches) is run twice on the shipped miniature target (model B: width 128, so 16
+sites of 128 x 128), once with ``precision = "fp32"`` and once with ``"bf16"`` (bf16
+autocast on the CPU: what ``auto`` does on a GPU), for each budget. The task vector is
+synthetic (a dense Gaussian per site, ``rho`` = 1e-2 of the site's weight norm) and the
+few-shot task 100 random images with random labels under a fixed random head: what is
+compared is the path U takes under the two precisions, not what it learns. Reported:
+||U - I|| of each (mean over sites), and how far the two runs' U's and transferred vectors
+are apart, relative to how far float32 moved them. The miniature's weights are not
+ViT-B/32's, so this shows whether the effect is there, not its size at full scale
+(benchmarks/precision_cast.py measures the cast at width 768).
 
-    python benchmarks/precision_train.py --steps 800,6400 --out benchmarks/results/precision-train-cpu
+    PYTHONPATH=. python benchmarks/precision_train.py --steps 50,200 --batch-size 32 \
+        --out benchmarks/results/precision-train-cpu
 """
 
 from __future__ import annotations
@@ -23,26 +27,51 @@ import torch
 from orthoxfer.alignment.align import align
 from orthoxfer.experiments.step_cost import machine
 from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.strategies.settings import AlignSettings
 from orthoxfer.suites import open_suite
 from orthoxfer.suites.base import SuiteRequest
+from orthoxfer.vectors.sites import find_sites, read_site
+from orthoxfer.vectors.taskvector import TaskVector
+
+TASK = "random"
 
 
 def stack(alignment, scope: str) -> torch.Tensor:
     return torch.stack([alignment.matrices(scope)[s].float() for s in alignment.sites])
 
 
+def synthetic(model: torch.nn.Module, rho: float) -> tuple[TaskVector, dict[str, FewShotTask]]:
+    """A dense vector ``rho`` times each attention site's norm, and 100 random labelled images under a random head."""
+    g = torch.Generator().manual_seed(0)
+    dense = {}
+    for site in find_sites(model, "attn"):
+        w = read_site(model, site)
+        d = torch.randn(w.shape, generator=g)
+        dense[site.name] = d * (rho * w.norm() / d.norm())
+    size = model.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    head = torch.nn.Linear(model.visual.output_dim, 10)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) / model.visual.output_dim**0.5)
+        head.bias.zero_()
+    images = torch.randint(0, 256, (100, 3, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (100,), generator=g)
+    task = FewShotTask(TASK, images, labels, head.requires_grad_(False))
+    return TaskVector(dense, meta={"tasks": [TASK]}), {TASK: task}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="800,6400")
-    parser.add_argument("--task", default="housenumbers")
+    parser.add_argument("--rho", type=float, default=1e-2)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision-train-cpu"))
     args = parser.parse_args()
     suite = open_suite("mini", SuiteRequest(size="full"))
     target = suite.load("mini:b")
-    vector = suite.vector(f"mini:{args.task}")
-    pools = suite.fewshot_tasks(target, [args.task], suite.default_shots, None, 0)
+    vector, pools = synthetic(target.model, args.rho)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
         found = {}
@@ -55,16 +84,16 @@ def main() -> None:
                 weight_decay=0.0,
                 steps=steps,
                 warmup=steps // 8,
-                batch_size=128,
-                augment=10,
+                batch_size=args.batch_size,
+                augment=1,
                 mode="per-task",
                 precision=precision,
                 log_every=0,
                 checkpoint_every=0,
             )
-            alignment = align(AlignProblem(target.model, {args.task: vector}, pools), settings)
-            u = stack(alignment, args.task)
-            moved = alignment.apply(vector.select(alignment.sites), task=args.task)
+            alignment = align(AlignProblem(target.model, {TASK: vector}, pools), settings)
+            u = stack(alignment, TASK)
+            moved = alignment.apply(vector.select(alignment.sites), task=TASK)
             found[precision] = (u, moved)
             print(
                 f"{steps} steps {precision}: mean ||U - I|| {(u - torch.eye(u.shape[-1])).norm(dim=(1, 2)).mean():.4g}"
@@ -94,14 +123,15 @@ def main() -> None:
 
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
     info = machine(torch.device("cpu"))
-    result = {"machine": info, "task": args.task, "lr": args.lr, "rows": rows}
+    result = {"machine": info, "rho": args.rho, "lr": args.lr, "batch_size": args.batch_size, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Does bf16 change the U a run at lr 1e-5 ends with? (benchmarks/precision_train.py)",
         "",
-        f"Machine: {info.get('cpu', '?')}, torch {torch.__version__}; mini suite, models A -> B, task {args.task},",
-        f"penalty (paper form, alpha 1), AdamW lr {args.lr:g}, batch 128, same seed and batches; fp32 against bf16",
+        f"Machine: {info.get('cpu', '?')}, torch {torch.__version__}; target: the shipped mini model B; a synthetic",
+        f"vector ({args.rho:g} of each site's norm), 100 random images and labels under a random head;",
+        f"penalty (paper form, alpha 1), AdamW lr {args.lr:g}, batch {args.batch_size}, same seed and batches; fp32 against bf16",
         "autocast on the CPU. apart = ||X_bf16 - X_fp32|| / ||X_fp32 - X_start|| (X = U, or the transferred vector).",
         "",
         "| steps | mean ‖U−I‖ fp32 | mean ‖U−I‖ bf16 | U apart | cos(U−I) | transferred vector apart |",
