@@ -1,4 +1,5 @@
-"""Few-shot pools from a dataset's train split, and their augmentation recipes (orthoxfer's, the paper's text's, its code's).
+"""Few-shot pools from a dataset's train split, and their augmentation recipes (orthoxfer's, the paper's text's,
+its released code's: :data:`AUGMENTATIONS`).
 
 The pool is drawn from the train split only (the test split is never opened), with
 its own seeded generator: ``shots`` takes the first N images of a seeded shuffle of
@@ -161,8 +162,8 @@ def fewshot_task(
 ) -> FewShotTask:
     """A :class:`FewShotTask` drawn from the train split of dataset ``name`` for ``model``.
 
-    The pool carries the augmentation ``recipe`` names (:data:`AUGMENTATIONS`); whether and how often each image is
-    seen augmented per epoch (``--augment M``) is the training loop's choice, which
+    The pool carries the augmentation ``recipe`` names (:data:`AUGMENTATIONS`); whether
+    and how often each image is seen augmented per epoch (``--augment M``) is the training loop's choice, which
     repeats indices, never pixels. ``head`` is the frozen head for this task (see
     :func:`orthoxfer.models.heads.zero_shot_head`).
     """

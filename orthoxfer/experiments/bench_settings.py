@@ -5,8 +5,9 @@ vectors, ``[align]`` with the pools' ``shots``, ``augmentation`` and the ``mode`
 ``[fewshot_ft]``, ``[bench]`` with the lambda grid ``scales`` and the held-out
 ``val_fraction``; other tables are left to other commands) <- flags. The held-out
 fraction, unless set, is 0.2 where something is chosen on it (more than one lambda or
-learning rate) and 0 where nothing is (one lambda: fixed, as the paper's text fixes it). Keeping this in one place keeps the
-study's rows the rows ``bench`` would compute with the same flags.
+learning rate) and 0 where nothing is (one lambda: fixed, as the paper's text fixes it).
+Keeping this in one place keeps the study's rows the rows ``bench`` would compute with
+the same flags.
 """
 
 from __future__ import annotations
