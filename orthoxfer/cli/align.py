@@ -109,7 +109,14 @@ def align_command(
             "with it first, then align what it carried from U = I.",
         ),
     ] = None,
-    mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
+    mode: Annotated[
+        str | None,
+        Opt(
+            "--mode",
+            help="joint (one U set for the summed vectors) | per-task | per-task-summed (as per-task "
+            "here: each task its own U's; transferred.safetensors is always their sum).",
+        ),
+    ] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
     sites: Annotated[str | None, Opt("--sites", help="attn | attn-qkv | attn-out | a glob over site names.")] = None,
@@ -138,6 +145,14 @@ def align_command(
         int | None, Opt("--augment", help="Augmented views of each image per epoch (<=1: none).")
     ] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Images per step.")] = None,
+    augmentation: Annotated[
+        str | None,
+        Opt("--augmentation", help="paper: suite | paper-text | paper-code | none (docs/paper-protocol.md)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        Opt("--precision", help="auto (bf16 autocast on CUDA) | fp32 | bf16 (docs/paper-protocol.md)."),
+    ] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of the few-shot draw, batches and augmentation.")] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     compile: Annotated[
@@ -194,12 +209,24 @@ def align_command(
         shots=shots,
         augment=augment,
         batch_size=batch_size,
+        augmentation=augmentation,
+        precision=precision,
         seed=seed,
         compile=compile,
         **{k: v for k, v in (strategy_options or {}).items() if k not in transfer_options()},
     )
     transfer_values = {k: v for k, v in (strategy_options or {}).items() if k in transfer_options()}
     settings = resolve_settings(config, flags, chosen.settings("align"))
+    if settings.augmentation != "suite":  # the pools' recipe is the suite's to apply
+        chosen = command_suite(
+            suite,
+            dev,
+            size=size,
+            cache_dir=cache_dir,
+            data_root=data_root,
+            heads_dir=heads_dir,
+            augmentation=settings.augmentation,
+        )
     if settings.method == "procrustes" and settings.rotation_rank:
         raise UsageError(
             "--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it"
@@ -248,7 +275,7 @@ def align_command(
         return
     alignment.save(run.file("alignment.safetensors"))
 
-    per_task = settings.mode == "per-task"
+    per_task = settings.mode != "joint"  # per-task and per-task-summed: each task its own U's
     transferred = sum(
         alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items()
     )

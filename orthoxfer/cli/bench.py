@@ -94,8 +94,26 @@ def bench_command(
             "--mode",
             help="joint (the summed vectors, one lambda: the reference code; default for "
             "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
-            "default for mini and planted, whose summed vectors interfere: see README); "
-            "[align] mode of --config overrides the default.",
+            "default for mini and planted, whose summed vectors interfere: see README) | "
+            "per-task-summed (each task its own U's, the carried vectors summed into one model "
+            "scored on every task: the paper's text); [align] mode of --config overrides the default.",
+        ),
+    ] = None,
+    scales: Annotated[
+        str | None,
+        Opt(
+            "--scales",
+            help="Comma-separated lambda grid, chosen on held-out data; one value fixes lambda "
+            "(the paper's text: 1.0). Default: [bench] scales of --config, else 0,0.25,...,2.",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        Opt(
+            "--val-fraction",
+            help="paper: the part of each pool held out to choose lambda and lr on; 0 trains on "
+            "the whole pool and reads no validation data (one --scales value). Default: [bench] "
+            "val_fraction of --config, else 0.2 when something is chosen, 0 when not.",
         ),
     ] = None,
     lrs: Annotated[
@@ -119,6 +137,41 @@ def bench_command(
             "of --config, else the suite's: paper 100, mini and planted 32, 24 for --size micro.",
         ),
     ] = None,
+    augmentation: Annotated[
+        str | None,
+        Opt(
+            "--augmentation",
+            help="paper: the pools' augmentation: suite (orthoxfer's: crop 0.5-1, flip, one of "
+            "grayscale/solarize/blur) | paper-text (flip, grayscale, blur) | paper-code (crop 0.9-1, "
+            "flip, one of grayscale/solarize/blur) | none. Default: [align] augmentation of --config.",
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        Opt(
+            "--precision",
+            help="auto (bf16 autocast on CUDA, float32 elsewhere) | fp32 (W + U^T dW U and the forward in "
+            "float32: what lr 1e-5 needs, docs/paper-protocol.md) | bf16 (autocast on any device).",
+        ),
+    ] = None,
+    reference_gelu: Annotated[
+        bool,
+        Opt(
+            "--reference-gelu",
+            help="paper: reproduce the released code's bug for comparison with its published numbers: "
+            "the target built with GELU although laion400m_e32 was trained with QuickGELU (every MLP of "
+            "the target, so every row, shifts; docs/paper-protocol.md). Off by default.",
+        ),
+    ] = False,
+    reference_lora_sum: Annotated[
+        bool,
+        Opt(
+            "--reference-lora-sum",
+            help="Reproduce the released code's LoRA sum for comparison with its published numbers: "
+            "(sum B)(A0 + sum dA) instead of sum BA, with the cross terms B_i dA_j (joint mode; LoRA rows "
+            "with real vectors). Off by default.",
+        ),
+    ] = False,
     tasks: Annotated[str | None, Opt("--tasks", help="Comma-separated tasks (default: all eight).")] = None,
     size: Annotated[str, Opt("--size", help="mini and planted: full | micro (seconds; for smoke tests).")] = "full",
     source: Annotated[str | None, Opt("--source", help="paper only: source model.")] = None,
@@ -161,6 +214,8 @@ def bench_command(
         raise UsageError(f"unknown suite {suite!r}; choose {', '.join(SUITES)}")
     if pair is not None and suite != "mini":
         raise UsageError(f"--pair is for --suite mini; the {suite} suite names its own target (leave out --pair)")
+    if reference_gelu and suite != "paper":
+        raise UsageError(f"--reference-gelu is for --suite paper; the {suite} suite's models are built here")
     rung = check_pair(pair) if suite == "mini" else None
     dev = launch(device)
     choices = {
@@ -174,8 +229,13 @@ def bench_command(
         "tune_from": comma_list(tune_from),
         "auto": auto,
         "anchored": comma_list(anchored),
+        "scales": comma_floats(scales, "--scales"),
+        "val_fraction": val_fraction,
+        "reference_lora_sum": reference_lora_sum or None,  # None: left out of config.json, so older runs resume
     }
     task_names = comma_list(tasks)
+    fields = {"augmentation": augmentation, "precision": precision}  # [align] fields, set like the strategies' flags
+    strategy_options = {**(strategy_options or {}), **{k: v for k, v in fields.items() if v is not None}}
     settings = resolve_bench(
         suite,
         size,
@@ -200,6 +260,7 @@ def bench_command(
         "size": size,
         **models_record(suite, size),
         **settings.record(),
+        **({"reference_gelu": True} if reference_gelu else {}),  # absent when off: older runs resume
     }
     run.write_config(resolved, allow_code_change=allow_code_change)
     started = time.perf_counter()
@@ -219,6 +280,8 @@ def bench_command(
             target=target,
             data_root=data_root,
             vectors_dir=vectors_dir,
+            augmentation=bench.align.augmentation,
+            reference_gelu=reference_gelu,
         )
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]
@@ -343,6 +406,12 @@ def demo_command(
         lr=None,
         lrs=None,
         mode=None,
+        scales=None,
+        val_fraction=None,
+        augmentation=None,
+        precision=None,
+        reference_gelu=False,
+        reference_lora_sum=False,
         strategy_options={},
         tasks=",".join(names),
         source=None,

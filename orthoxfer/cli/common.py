@@ -161,12 +161,20 @@ def command_suite(
     cache_dir: Path | None = None,
     data_root: Path | None = None,
     heads_dir: Path | None = None,
+    augmentation: str = "suite",
 ) -> Suite:
     """The suite a single-run command names with ``--suite`` (paper or mini), opened with the options given for it."""
     from orthoxfer.suites import open_suite
     from orthoxfer.suites.base import SuiteRequest
 
-    request = SuiteRequest(size=size, device=device, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
+    request = SuiteRequest(
+        size=size,
+        device=device,
+        cache_dir=cache_dir,
+        data_root=data_root,
+        heads_dir=heads_dir,
+        augmentation=augmentation,
+    )
     return open_suite(name, request)
 
 

@@ -1,4 +1,5 @@
-"""Few-shot pools from a dataset's train split, and the paper's augmentation.
+"""Few-shot pools from a dataset's train split, and their augmentation recipes (orthoxfer's, the paper's text's,
+its released code's: :data:`AUGMENTATIONS`).
 
 The pool is drawn from the train split only (the test split is never opened), with
 its own seeded generator: ``shots`` takes the first N images of a seeded shuffle of
@@ -59,31 +60,62 @@ def sample_indices(
 
 
 def paper_augmentation(size: tuple[int, int], crop_scale: tuple[float, float] = (0.5, 1.0)) -> Callable:
-    """The paper's augmentation of one uint8 (3, H, W) image, drawn from torch's global RNG.
+    """orthoxfer's augmentation of one uint8 (3, H, W) image, drawn from torch's global RNG.
 
     Random resized crop, horizontal flip, and with p = 0.8 one of grayscale / solarize /
     gaussian blur (sigma 0.1-2, the reference's blur radius). The paper gives no crop
     scale; (0.5, 1) keeps most of the object, which small digits and signs need.
     """
-    kernel = max(3, (min(size) // 10) | 1)  # odd, about a tenth of the image, as in SimCLR-style blurs
     return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomApply(
-                [
-                    v2.RandomChoice(
-                        [
-                            v2.Grayscale(num_output_channels=3),
-                            v2.RandomSolarize(threshold=128, p=1.0),
-                            v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0)),
-                        ]
-                    )
-                ],
-                p=0.8,
-            ),
-        ]
+        [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip(p=0.5), _one_of(size)]
     )
+
+
+def _one_of(size: tuple[int, int], solarize: bool = True) -> v2.RandomApply:
+    """With p = 0.8, one of grayscale / (solarize) / gaussian blur: the released code's colour step."""
+    kernel = max(3, (min(size) // 10) | 1)  # odd, about a tenth of the image, as in SimCLR-style blurs
+    choices = [
+        v2.Grayscale(num_output_channels=3),
+        *([v2.RandomSolarize(threshold=128, p=1.0)] if solarize else []),
+        v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0)),
+    ]
+    return v2.RandomApply([v2.RandomChoice(choices)], p=0.8)
+
+
+def text_augmentation(size: tuple[int, int]) -> Callable:
+    """The paper's text (Sec. 4.2: "horizontal flip, grayscale, blur"): no crop, no solarize.
+
+    The text gives no probabilities; the released code's are used (flip 0.5, one of the
+    others with p = 0.8).
+    """
+    return v2.Compose([v2.RandomHorizontalFlip(p=0.5), _one_of(size, solarize=False)])
+
+
+def code_augmentation(size: tuple[int, int]) -> Callable:
+    """The released code's recipe: random resized crop (0.9, 1), flip, one of grayscale / solarize / blur.
+
+    The code crops the raw image; a pool holds the model's centre crop, so here the crop
+    is of that: the same on square images, a little less of the frame on oblong ones
+    (Cars, DTD, SUN397; docs/paper-protocol.md).
+    """
+    return paper_augmentation(size, crop_scale=(0.9, 1.0))
+
+
+# name -> recipe for a pool of images of a given size (AlignSettings.augmentation; "suite" = the suite's own)
+AUGMENTATIONS: dict[str, Callable[[tuple[int, int]], Callable | None]] = {
+    "orthoxfer": paper_augmentation,
+    "paper-text": text_augmentation,
+    "paper-code": code_augmentation,
+    "none": lambda size: None,
+}
+
+
+def augmentation(name: str, size: tuple[int, int]) -> Callable | None:
+    """The recipe ``name`` for images of ``size``; ``suite`` is orthoxfer's own on the paper's datasets."""
+    key = "orthoxfer" if name == "suite" else name
+    if key not in AUGMENTATIONS:
+        raise UsageError(f"unknown augmentation {name!r}; choose one of suite, {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[key](size)
 
 
 def pixel_transform(preprocess: Compose) -> Compose:
@@ -126,11 +158,12 @@ def fewshot_task(
     shots_per_class: int | None = None,
     seed: int = 0,
     workers: int | None = None,
+    recipe: str = "suite",
 ) -> FewShotTask:
     """A :class:`FewShotTask` drawn from the train split of dataset ``name`` for ``model``.
 
-    The pool carries :func:`paper_augmentation`; whether and how often each image is
-    seen augmented per epoch (``--augment M``) is the training loop's choice, which
+    The pool carries the augmentation ``recipe`` names (:data:`AUGMENTATIONS`); whether
+    and how often each image is seen augmented per epoch (``--augment M``) is the training loop's choice, which
     repeats indices, never pixels. ``head`` is the frozen head for this task (see
     :func:`orthoxfer.models.heads.zero_shot_head`).
     """
@@ -152,5 +185,5 @@ def fewshot_task(
         head=head,
         mean=model.mean,
         std=model.std,
-        augment=paper_augmentation(tuple(pool[indices[0]][0].shape[-2:])),
+        augment=augmentation(recipe, tuple(pool[indices[0]][0].shape[-2:])),
     )

@@ -3,7 +3,8 @@
 Every row is computed the same way: a task vector (or none), a way to carry it into
 the target (nothing, an alignment strategy, a transfer method such as ``gradfix``, or
 few-shot fine-tuning), a lambda chosen on validation data (the suite's validation set, or a held-out part of
-the few-shot pools; never test), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
+the few-shot pools; never test) or fixed (a grid of one, as the paper's text fixes it at 1: then no pool is held out
+and no validation image is read), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
 so an interrupted benchmark resumes where it stopped.
 
 Controls (``norm``, ``spectrum``, ``orbit``, ``other-task``) are the same methods applied
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from orthoxfer.alignment.start import check_init, start_from
 from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
-from orthoxfer.evaluation.baselines import SCALES, direct_addition
+from orthoxfer.evaluation.baselines import SCALES, Scaled, direct_addition
 from orthoxfer.evaluation.relate import relate
 from orthoxfer.experiments.auto import AUTO, choose
 from orthoxfer.experiments.tune import finetune_updates, transfer_then_tune
@@ -54,6 +56,7 @@ from orthoxfer.transfers.registry import (
     transfer_settings,
 )
 from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors, valid_controls
+from orthoxfer.vectors.reference import reference_lora_sum
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import source_digest
 
@@ -119,9 +122,13 @@ class BenchConfig:
     lrs: tuple[
         float, ...
     ] = ()  # learning rates tried by every trained row (aligners and few-shot FT); () = the set one
-    mode: str = "joint"  # joint: the summed vectors, one lambda | per-task: each task its own vector, U's and lambda
-    val_fraction: float = 0.2
-    scales: tuple[float, ...] = SCALES
+    # joint: the summed vectors, one lambda | per-task: each task its own vector, U's and lambda | per-task-summed:
+    # each task its own U's, the carried vectors summed into one model with one lambda (the paper's Sec. 4.2)
+    mode: str = "joint"
+    val_fraction: float = 0.2  # the part of each pool held out to choose lambda (and lr) on; 0: none, nothing chosen
+    scales: tuple[float, ...] = SCALES  # the lambda grid; one value: lambda fixed, chosen on nothing
+    # LoRA vectors summed as the released code sums them, (sum B)(A0 + sum dA), not sum B A: for comparison only
+    reference_lora_sum: bool = False
     align: AlignSettings = field(default_factory=AlignSettings)
     fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
@@ -151,6 +158,25 @@ class BenchConfig:
                 )
         if (self.auto or self.tune_from) and self.mode != "per-task":
             raise UsageError("the auto and transfer-then-tune rows work per task: they need --mode per-task")
+        if not self.scales:
+            raise UsageError("--scales needs at least one lambda")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.reference_lora_sum and self.mode != "joint":
+            raise UsageError("--reference-lora-sum reproduces the released code's joint sum: use --mode joint")
+
+    @property
+    def chooses(self) -> bool:
+        """Whether anything is chosen on held-out data: more than one lambda, or more than one learning rate."""
+        return len(self.scales) > 1 or len(self.lrs) > 1
+
+    def check_validation(self, held_out: bool) -> None:
+        """A run that must hold out part of its pools (``held_out``: the suite has no validation set) needs a
+        fraction to hold out whenever it chooses something."""
+        if held_out and self.val_fraction == 0 and self.chooses:
+            raise UsageError(
+                "--val-fraction 0 holds nothing out to choose lambda or lr on: give one --scales value and one --lrs"
+            )
 
     def rows(self, planted: bool = False) -> list[Row]:
         """The table's rows; a planted target adds the ceiling row, the vector carried by the planted U*."""
@@ -186,10 +212,16 @@ def split_pools(
     inputs: SuiteInputs, fraction: float, seed: int
 ) -> tuple[dict[str, FewShotTask], dict[str, FewShotTask]]:
     """What every method trains on and where its settings are chosen: the whole pool and the suite's validation set
-    where the suite has one (mini, planted), else a held-out ``fraction`` of the pool (paper)."""
+    where the suite has one (mini, planted), else a held-out ``fraction`` of the pool (paper); with ``fraction`` 0 the
+    whole pool and no validation data at all (``val`` is empty: nothing is chosen)."""
     train, val = {}, {}
     for t in inputs.tasks:
-        train[t.name], val[t.name] = (t.pool, t.val) if t.val is not None else t.pool.split(fraction, seed)
+        if t.val is not None:
+            train[t.name], val[t.name] = t.pool, t.val
+        elif fraction == 0:
+            train[t.name] = t.pool
+        else:
+            train[t.name], val[t.name] = t.pool.split(fraction, seed)
     return train, val
 
 
@@ -288,11 +320,11 @@ def _fit(
     row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
     tasks = [t.name for t in inputs.tasks]
     if row.method == "target":
-        scores = pool_accuracy(inputs.target, val, device)
-        fields = {"scale": None, "validation_score": {t: scores[t] for t in tasks}}
-        return dict.fromkeys(val, inputs.target), scores["mean"], fields
+        scores = pool_accuracy(inputs.target, val, device) if val else {}
+        fields = {"scale": None, **({"validation_score": {t: scores[t] for t in tasks}} if val else {})}
+        return dict.fromkeys(tasks, inputs.target), scores.get("mean", math.nan), fields
     fields: dict[str, Any] = {}
-    per_task = config.mode == "per-task"
+    per_task = config.mode == "per-task"  # each task its own model; per-task-summed ends in one, as joint does
     ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
     if row.method == "tune":
         carried = row_vectors(row, inputs, seed)
@@ -304,11 +336,13 @@ def _fit(
         models, fields = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
         fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
         return models, sum(fields["validation_score"].values()) / len(tasks), fields
-    if row.method == "finetune":
+    if row.method == "finetune":  # per task in per-task mode; else multi-task, one model (the paper's "w/ FT")
         vectors = finetune_updates(inputs.target, train, val, ft, row_run, per_task)
     else:
         vectors = row_vectors(row, inputs, seed)
-        if not per_task:
+        if config.mode == "joint" and config.reference_lora_sum and row.kind == "lora" and not row.control:
+            vectors = {"joint": reference_lora_sum([vectors[t] for t in tasks])}  # the code's bug, on request
+        elif config.mode == "joint":
             vectors = {"joint": sum(vectors.values())}
     if row.method == "oracle":
         vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
@@ -335,7 +369,7 @@ def _fit(
         settings = settings.replace(**config.anchor) if row.anchored else settings
         carrying = transfer_settings(config.transfer, seed=seed, device=device)
         vectors = start_from(row.init, vectors, inputs.source, inputs.target, train, carrying)
-        if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
+        if config.mode != "joint":  # the joint budget, shared out: each task's U's get its share of the steps
             settings = settings.replace(
                 steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks)
             )
@@ -353,20 +387,48 @@ def _fit(
         vectors = {
             k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()
         }
+    if (
+        config.mode == "per-task-summed" and "joint" not in vectors
+    ):  # every task's carried vector in one model: W + sum_i U_i^T dW_i U_i
+        vectors = {"joint": sum(vectors[t] for t in tasks)}
     choosing = time.perf_counter()
     if not per_task:
-        chosen = direct_addition(inputs.target, vectors["joint"], val, config.scales, device)
-        fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
-        fields["scale"] = chosen.scale
+        chosen = _scaled(inputs.target, vectors["joint"], val, config.scales, device)
+        fields.update(_chosen_fields(chosen))
         fields["seconds_choose"] = time.perf_counter() - choosing
-        return dict.fromkeys(tasks, chosen.model), chosen.validation[chosen.scale], fields
-    chosen = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
-    fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
+        return dict.fromkeys(tasks, chosen.model), chosen.validation.get(chosen.scale, math.nan), fields
+    chosen = {t: _scaled(inputs.target, vectors[t], {t: val[t]} if val else {}, config.scales, device) for t in tasks}
+    if val:
+        fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
     fields["scale"] = {t: c.scale for t, c in chosen.items()}
-    fields["validation_score"] = {t: c.validation[c.scale] for t, c in chosen.items()}
+    if val:
+        fields["validation_score"] = {t: c.validation[c.scale] for t, c in chosen.items()}
     fields["seconds_choose"] = time.perf_counter() - choosing
-    score = sum(c.validation[c.scale] for c in chosen.values()) / len(tasks)
+    score = sum(c.validation.get(c.scale, math.nan) for c in chosen.values()) / len(tasks)
     return {t: c.model for t, c in chosen.items()}, score, fields
+
+
+def _score(model: nn.Module, val: dict[str, FewShotTask], device: str) -> float:
+    """Mean accuracy on the validation pools; NaN where there are none (nothing is chosen then)."""
+    return pool_accuracy(model, val, device)["mean"] if val else math.nan
+
+
+def _scaled(target: nn.Module, vector: TaskVector, val: dict[str, FewShotTask], scales, device: str) -> Scaled:
+    """The target carrying ``vector`` at the lambda chosen on ``val``; without validation data the grid's only lambda
+    (fixed, as the paper's text fixes it at 1), no image read."""
+    if val:
+        return direct_addition(target, vector, val, scales, device)
+    if len(scales) != 1:
+        raise UsageError("no validation data to choose lambda on: give one --scales value or a --val-fraction")
+    return Scaled(vector.added_to_copy(target, scales[0]), scales[0], {})
+
+
+def _chosen_fields(chosen: Scaled) -> dict[str, Any]:
+    """What a row records of its lambda: the lambda, and each candidate's validation score where it was chosen."""
+    fields: dict[str, Any] = {"scale": chosen.scale}
+    if chosen.validation:
+        fields["validation"] = {str(k): v for k, v in chosen.validation.items()}
+    return fields
 
 
 def relatedness(inputs: SuiteInputs, seed: int) -> list[dict[str, Any]] | None:
@@ -387,6 +449,7 @@ def run_bench(
     writes its records.
     """
     check_task_count(config.controls, len(inputs.tasks))
+    config.check_validation(held_out=any(t.val is None for t in inputs.tasks))
     records = []
     rows = config.rows(planted=inputs.planted is not None)
     for seed in seeds:

@@ -1,9 +1,13 @@
 """A benchmark's settings, resolved once for every command that runs bench rows (``bench``, ``study``).
 
 They resolve as the suite's defaults <- a TOML config (tables ``[finetune]`` for source
-vectors, ``[align]`` with the pools' ``shots`` and the ``mode``, ``[fewshot_ft]``;
-other tables are left to other commands) <- flags. Keeping this in one place keeps the
-study's rows the rows ``bench`` would compute with the same flags.
+vectors, ``[align]`` with the pools' ``shots``, ``augmentation`` and the ``mode``,
+``[fewshot_ft]``, ``[bench]`` with the lambda grid ``scales`` and the held-out
+``val_fraction``; other tables are left to other commands) <- flags. The held-out
+fraction, unless set, is 0.2 where something is chosen on it (more than one lambda or
+learning rate) and 0 where nothing is (one lambda: fixed, as the paper's text fixes it).
+Keeping this in one place keeps the study's rows the rows ``bench`` would compute with
+the same flags.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import torch
 
+from orthoxfer.evaluation.baselines import SCALES
 from orthoxfer.experiments.bench import BenchConfig
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.strategies.settings import AlignSettings, read_config
@@ -24,6 +29,15 @@ from orthoxfer.transfers.registry import declared_options as transfer_options
 from orthoxfer.vectors.controls import check_task_count
 
 SCHEMAS = {"finetune": FinetuneSettings, "align": AlignSettings, "fewshot_ft": FinetuneSettings}
+HELD_OUT = 0.2  # the part of each pool held out when something is chosen on it and no fraction is given
+
+
+@dataclass
+class BenchTable:
+    """The ``[bench]`` table of a config: what bench chooses on held-out data, and how much of each pool that is."""
+
+    scales: tuple = SCALES  # the lambda grid; one value fixes lambda
+    val_fraction: float = HELD_OUT  # 0: nothing held out (then one lambda and one lr)
 
 
 @dataclass
@@ -36,11 +50,15 @@ class BenchSettings:
     bench: BenchConfig
 
     def record(self) -> dict[str, Any]:
-        """What a run's config.json holds of these settings: the tables, transfer options and chosen fields."""
+        """What a run's config.json holds of these settings: the tables, transfer options and chosen fields (the lambda
+        grid and held-out fraction only where they are not the defaults, so runs made before they could be set
+        resume)."""
+        defaults = {"scales": SCALES, "val_fraction": HELD_OUT}
+        chosen = {k: v for k, v in self.chosen.items() if v is not None and not (k in defaults and v == defaults[k])}
         return {
             **self.tables,
             **({"transfer": self.transfer} if self.transfer else {}),
-            "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in self.chosen.items() if v is not None},
+            "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()},
         }
 
 
@@ -62,9 +80,11 @@ def resolve_bench(
     suite and per-task otherwise. ``tasks``: how many tasks the run has (None: all the suite's), which sets the
     suite's default budget and is checked against the controls here, before a command makes its run folder."""
     tables = default_tables(suite, size, tasks)
+    table: dict[str, Any] = {}
     if config is not None:
         for section, schema in SCHEMAS.items():
             tables[section].update(read_config(config, section, schema))
+        table = read_config(config, "bench", BenchTable)
     if shots is None:  # the flag, else the config's [align] shots, else the suite's
         shots = tables["align"].get("shots", default_shots(size))
     options = dict(strategy_options or {})
@@ -77,10 +97,18 @@ def resolve_bench(
     fewshot_ft = FinetuneSettings(**{**tables["fewshot_ft"], "kind": "embed", "device": str(device)})
     source_ft = FinetuneSettings(**{**tables["finetune"], "device": str(device)})
     chosen = dict(choices or {})
+    for key, value in table.items():  # [bench] of the config, where no flag gave the value
+        chosen[key] = value if chosen.get(key) is None else chosen[key]
+    if chosen.get("scales") is not None:
+        chosen["scales"] = tuple(float(s) for s in chosen["scales"])
+    if chosen.get("val_fraction") is None:  # held out only where something is chosen on it
+        grid = (chosen.get("scales") or SCALES, chosen.get("lrs") or ())
+        chosen["val_fraction"] = HELD_OUT if len(grid[0]) > 1 or len(grid[1]) > 1 else 0.0
     chosen["ties"] = chosen.get("ties") or (align_settings.tie,)
     chosen["mode"] = chosen.get("mode") or tables["align"].get("mode") or ("joint" if suite == "paper" else "per-task")
     bench = BenchConfig(align=align_settings, fewshot_ft=fewshot_ft, transfer=transfer)
     bench = dataclasses.replace(bench, **{k: v for k, v in chosen.items() if v is not None})
     if tasks is not None:  # None: the suite's own tasks, which run_bench checks once they are built
         check_task_count(bench.controls, tasks)
+    bench.check_validation(held_out=suite == "paper")  # before a command makes its run folder
     return BenchSettings(tables, shots, transfer, chosen, source_ft, bench)

@@ -8,8 +8,9 @@ The rotated stack goes to the model without being cut per site: q, k and v of a 
 are one contiguous slice of it, the rows of ``in_proj_weight``. U is never applied to
 activations. Host syncs happen only at logging and checkpoint steps.
 
-Precision: U itself (its parameterisation, retraction, penalty and orthogonality error)
-is float32 everywhere. On CUDA the model runs in bf16 autocast, so ``W + scale * U^T dW U``
+Precision (``AlignSettings.precision``): U itself (its parameterisation, retraction,
+penalty and orthogonality error) is float32 everywhere. With ``auto`` (the default) on
+CUDA, and with ``bf16`` on any device, the model runs in bf16 autocast, so ``W + scale * U^T dW U``
 is rounded to bf16 before any image sees it; the rotation product there runs in bf16
 too (the stacked vector is kept in bf16, U is cast for the product, its gradient comes
 back in float32). The error this adds to the delta, about 2^-8 of ``|U^T dW U|``, is far
@@ -17,6 +18,13 @@ below the bf16 rounding of ``W`` itself that the forward applies anyway, since a
 vector is small beside the weights (measured on ViT-B/32: logits against an all-float32
 forward differ by 1.17e-2 with a float32 rotation, 1.18e-2 with a bf16 one); on an H100 a float32 batched product of the stack
 takes 1 ms and a bf16 one 0.1 ms, and the dense rotation costs five of them a step.
+What bf16 does lose is the *change* of U within a run: at lr 1e-5 a step moves U^T dW U
+by 1e-8 to 1e-7, far below the bf16 spacing of W (about 2e-4), so the forward sees it as
+whole-ulp jumps of a few entries: cosine with the exact change 0.01-0.03 after one step,
+0.2-0.6 after 800 steps' worth, 0.6-0.99 after 6,400 (benchmarks/precision_cast.py,
+benchmarks/results/precision-cast-cpu.md, 768-wide synthetic weights). U still learns,
+since its float32 copy accumulates the gradients. ``fp32`` keeps
+``W + U^T dW U`` and the forward in float32 on every device (slower on a GPU).
 """
 
 from __future__ import annotations
@@ -185,6 +193,11 @@ class WithWeights(nn.Module):
         return functional_call(self.encoder, self.overrides, (images,))
 
 
+def bf16(device: torch.device, precision: str) -> bool:
+    """Whether a step on ``device`` at ``precision`` runs the rotation and the forward in bf16."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 class AlignStep(Stepper):
     """One optimiser step of a trained strategy: the unit the loop repeats and the benchmark times.
 
@@ -202,7 +215,7 @@ class AlignStep(Stepper):
         init: list[torch.Tensor],
         settings: AlignSettings,
     ) -> None:
-        super().__init__(problem.target, settings.device, settings.compile)
+        super().__init__(problem.target, settings.device, settings.compile, settings.precision)
         groups = [replace(g, index=g.index.to(self.device)) for g in groups]
         self.strategy, self.problem, self.groups, self.settings = strategy, problem, groups, settings
         self.name = strategy.name
@@ -221,7 +234,7 @@ class AlignStep(Stepper):
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
                 for v, p, g in zip(self.vectors, self.module.parts, groups)
             ]
-        if self.device.type == "cuda":  # the rotation runs at the model's precision (see the module docstring)
+        if bf16(self.device, settings.precision):  # the rotation runs at the model's precision (module docstring)
             self.vectors = [v.to(torch.bfloat16) for v in self.vectors]
         self.use_optimiser(strategy.optimiser(self.module, settings), settings.clip)
 

@@ -1,7 +1,8 @@
 """One optimiser step over a frozen model: what an alignment step and a fine-tuning step share.
 
 A stepper holds the model on its device (frozen: only its own ``module`` learns), the
-encoder the forward goes through (through ``torch.compile`` if asked), bf16 autocast on CUDA,
+encoder the forward goes through (through ``torch.compile`` if asked), bf16 autocast on CUDA (or
+as ``precision`` says: :func:`autocast_for`),
 and the one sequence every step runs: learning rates scaled by the schedule, zero_grad,
 backward, gradients (and the reported loss terms) averaged across processes that share
 the batch, clipping, the optimiser step. A subclass builds ``module`` and its optimiser
@@ -22,19 +23,28 @@ from orthoxfer.fit.loop import keep_freed_memory
 from orthoxfer.problem.tasks import ImageEncoder
 
 
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """The forward's autocast: ``auto`` = bf16 on CUDA and none elsewhere, ``fp32`` = none, ``bf16`` = bf16 on any
+    device (on a CPU too, so what a GPU run rounds away can be seen without one)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class Stepper(ABC):
     name: str
     module: nn.Module  # what learns
     optimiser: torch.optim.Optimizer
     ranks: Ranks = SOLO  # processes sharing each batch (their gradients are averaged)
 
-    def __init__(self, model: nn.Module, device: str, compile: bool) -> None:
+    def __init__(self, model: nn.Module, device: str, compile: bool, precision: str = "auto") -> None:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = model.to(self.device).requires_grad_(False)
         self.encoder = ImageEncoder(self.model, compiled=compile)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        self.precision = precision
+        self.autocast = autocast_for(self.device, precision)
 
     def use_optimiser(self, optimiser: torch.optim.Optimizer, clip: float) -> None:
         """The optimiser of ``module``, its learning rates as the schedule's base, and the gradient-norm clip (0: off)."""

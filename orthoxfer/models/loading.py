@@ -275,9 +275,15 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def load_model(spec: str, cache_dir: Path | str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    spec: str, cache_dir: Path | str | None = None, device: str | torch.device = "cpu", force_gelu: bool = False
+) -> LoadedModel:
     """Build ``ARCH:TAG`` / ``ARCH:/path`` / ``ARCH:none`` / ``hf-hub:owner/repo`` with the activation and
-    preprocessing its weights need."""
+    preprocessing its weights need.
+
+    ``force_gelu`` reproduces the paper's released code, which built ``laion400m_e32`` (trained with QuickGELU)
+    with GELU: every MLP then computes another function than it was trained for. Only for comparing with
+    its published numbers (``bench --reference-gelu``)."""
     arch, source = parse_spec(spec)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     checkpoint: Path | None = None
@@ -310,6 +316,7 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         quick_gelu = quick_gelu_for(arch, pp_tag)
         pp_cfg = oc_pretrained.get_pretrained_cfg(arch, pp_tag) if pp_tag else {}
         pp_kwargs = {kw: pp_cfg[key] for key, kw in _PREPROCESS_KEYS.items() if key in pp_cfg}
+    quick_gelu = quick_gelu and not force_gelu
     try:
         with torch.random.fork_rng(devices=[]), _quiet():
             torch.manual_seed(0)  # ARCH:none is the same random model on every run, so its heads can be cached

@@ -22,8 +22,15 @@ from orthoxfer.errors import UsageError
 from orthoxfer.strategies.registry import declared_options, strategy_class
 
 CHOICES = {
-    "mode": ("joint", "per-task"),
+    # joint: one U set for the summed vectors (the released code); per-task: one U set per task, each task its own
+    # model; per-task-summed: one U set per task, the carried vectors summed into one model (the paper's Sec. 4.2)
+    "mode": ("joint", "per-task", "per-task-summed"),
     "tie": ("site", "block", "model"),
+    # the few-shot pools' augmentation (orthoxfer.data.fewshot.AUGMENTATIONS): suite = the suite's own
+    "augmentation": ("suite", "orthoxfer", "paper-text", "paper-code", "none"),
+    # auto: bf16 autocast on CUDA, float32 elsewhere; fp32: W + U^T dW U and the forward in float32 everywhere;
+    # bf16: bf16 autocast on any device (so a CPU run can show what a GPU run rounds away)
+    "precision": ("auto", "fp32", "bf16"),
 }
 NON_NEGATIVE = ("lr", "weight_decay", "steps", "warmup", "clip", "log_every", "checkpoint_every", "shots", "augment")
 POSITIVE = ("batch_size",)
@@ -32,8 +39,10 @@ POSITIVE = ("batch_size",)
 @dataclass(init=False)
 class AlignSettings:
     method: str = "penalty"
+    # lr, steps, warmup and batch_size are generic defaults for a problem of unknown size, NOT the paper's (lr 1e-5,
+    # batch 128; see docs/paper-protocol.md): `--suite paper` and `--suite mini` start from their own tables
     lr: float = 1e-3
-    weight_decay: float = 0.0  # AdamW decay pulls U toward 0, away from I: off unless asked for
+    weight_decay: float = 0.0  # AdamW decay pulls U toward 0, away from I: off unless asked for (the paper: 0.1)
     steps: int = 100
     warmup: int = 10
     clip: float = 1.0
@@ -50,6 +59,8 @@ class AlignSettings:
     checkpoint_every: int = 50
     device: str = "cpu"
     compile: bool = False  # torch.compile the target's forward (pays on GPU; see ImageEncoder)
+    augmentation: str = "suite"  # the few-shot pools' augmentation recipe, by name (CHOICES)
+    precision: str = "auto"  # where W + U^T dW U is materialised and the forward runs (CHOICES; fit/align_step.py)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (model names, suite)
     options: dict[str, Any] = field(default_factory=dict)  # every declared strategy option, defaults filled in
 

@@ -40,7 +40,17 @@ def models_record(name: str, size: str = "full") -> dict[str, Any]:
     return _entry(name).models(size)
 
 
+def _check_augmentation(name: str, request: SuiteRequest) -> None:
+    """Only the paper's pools take a named augmentation (the miniature's are its own: shifts at 32 px), and only its
+    target can be built with the released code's activation bug."""
+    if name != "paper" and request.augmentation != "suite":
+        raise UsageError(f"augmentation {request.augmentation!r} is for --suite paper; the {name} suite has its own")
+    if name != "paper" and request.reference_gelu:
+        raise UsageError(f"--reference-gelu is for --suite paper; the {name} suite's models are built here")
+
+
 def build_suite(name: str, request: SuiteRequest) -> SuiteInputs:
+    _check_augmentation(name, request)
     return _entry(name).build(request)
 
 
@@ -52,4 +62,5 @@ def open_suite(name: str, request: SuiteRequest) -> Suite:
         raise UsageError(f"unknown suite {name!r}; choose {choices}")
     if entry.open is None:
         raise UsageError(f"the {name} suite runs only in `orthoxfer bench`; choose {choices} here")
+    _check_augmentation(name, request)
     return entry.open(request)

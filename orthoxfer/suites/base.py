@@ -72,6 +72,8 @@ class SuiteRequest:
     data_root: Path | None = None
     vectors_dir: Path | None = None
     heads_dir: Path | None = None
+    augmentation: str = "suite"  # paper: the pools' augmentation recipe (data.fewshot.AUGMENTATIONS); others: suite
+    reference_gelu: bool = False  # paper: the target built with GELU whatever it was trained with (the code's bug)
 
 
 class Suite(Protocol):
