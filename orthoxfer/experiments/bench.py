@@ -242,7 +242,7 @@ def _fit(
     vectors = row_vectors(row, inputs, seed)
     per_task = config.mode == "per-task"
     if not per_task:
-        vectors = {"joint": sum(vectors.values())}
+        vectors = {"joint": TaskVector.sum(vectors.values())}
     if row.method == "oracle":
         vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
     elif row.method in TRANSFERS:

@@ -37,6 +37,9 @@ def heads_cache_dir(cache_dir: Path | str | None = None) -> Path:
 class ZeroShotHead(nn.Module):
     """Frozen ``logits = scale * normalize(features) @ W.T`` with unit-norm class rows ``W`` (C, D)."""
 
+    weight: torch.Tensor
+    logit_scale: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, logit_scale: float) -> None:
         super().__init__()
         # buffers, not parameters: they follow .to(device) but no optimiser ever sees them

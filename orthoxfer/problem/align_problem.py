@@ -119,7 +119,9 @@ class AlignProblem:
         vectors = self.restricted_vectors([s.name for s in sites])
         if mode == "joint":
             return [
-                ScopedProblem("joint", self.target, sum(vectors.values()), self.tasks, sites, self.source, shared=True)
+                ScopedProblem(
+                    "joint", self.target, TaskVector.sum(vectors.values()), self.tasks, sites, self.source, shared=True
+                )
             ]
         missing = [t for t in self.tasks if t not in vectors]
         if missing:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import tomllib
 import torch
 from torch import nn
 
+from orthoxfer._toml import tomllib
 from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform
 from orthoxfer.data.paper import ImageSplit, dataset, load_split, make_loader
 from orthoxfer.errors import UsageError
