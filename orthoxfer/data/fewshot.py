@@ -145,6 +145,7 @@ def fewshot_task(
         loaded, unreadable = _read_pool(train, missing, workers)
         pool.update(loaded)
         skipped |= unreadable
+    height, width = pool[indices[0]][0].shape[-2:]
     return FewShotTask(
         name=train.name,
         images=torch.stack([pool[i][0] for i in indices]),
@@ -152,5 +153,5 @@ def fewshot_task(
         head=head,
         mean=model.mean,
         std=model.std,
-        augment=paper_augmentation(tuple(pool[indices[0]][0].shape[-2:])),
+        augment=paper_augmentation((height, width)),
     )

@@ -23,10 +23,11 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import open_clip
@@ -55,7 +56,9 @@ class LoadedModel:
     """A model ready for evaluation plus everything needed to feed it images and text."""
 
     model: nn.Module  # in eval mode, on the requested device
-    preprocess: object  # PIL image -> normalised float tensor (open_clip's eval transform)
+    preprocess: (
+        Callable[[Any], torch.Tensor] | None
+    )  # PIL image -> normalised float tensor (open_clip's eval transform); None: a model that takes tensors only (mini)
     tokenizer: object  # list[str] -> token ids
     arch: str
     tag: str  # a pretrained tag, "none", the checkpoint path, or (arch hf-hub) the repository

@@ -109,3 +109,13 @@ def tower_blocks(tower: torch.nn.Module | None, what: str) -> torch.nn.ModuleLis
     if blocks is None or not len(blocks):
         raise UsageError(f"{what} needs an open_clip model with a ViT image tower (model.visual.transformer)")
     return blocks
+
+
+def block_attention(block: torch.nn.Module, what: str) -> torch.nn.MultiheadAttention:
+    """A residual block's attention: torch's MultiheadAttention, whose packed q|k|v rows :func:`param_axes` names."""
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, torch.nn.MultiheadAttention):
+        raise UsageError(
+            f"{what} needs blocks whose attention is torch's MultiheadAttention (open_clip's ViT), not {type(attn).__name__}"
+        )
+    return attn
