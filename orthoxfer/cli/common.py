@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -155,6 +155,12 @@ def command_suite(
     return open_suite(name, request)
 
 
+@overload
+def comma_list(text: str) -> tuple[str, ...]: ...
+@overload
+def comma_list(text: None) -> None: ...
+@overload
+def comma_list(text: str | None) -> tuple[str, ...] | None: ...
 def comma_list(text: str | None) -> tuple[str, ...] | None:
     """``"a, b,"`` -> ``("a", "b")``; None stays None (the option was not given)."""
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None

@@ -244,7 +244,10 @@ def _fit(
     if not per_task:
         vectors = {"joint": TaskVector.sum(vectors.values())}
     if row.method == "oracle":
-        vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
+        planted = inputs.planted
+        if planted is None:  # rows() adds the oracle row only for a planted target
+            raise UsageError("the oracle row needs a planted target: it carries the vector by the planted U*")
+        vectors = {k: rotate(v, planted) for k, v in vectors.items()}
     elif row.method in TRANSFERS:
         settings = transfer_settings(config.transfer, seed=seed, device=device)
         # the training parts only: lambda is chosen on val; joint rows were summed above
@@ -263,13 +266,13 @@ def _fit(
         fields["transfer"] = {o.name: settings.options[o.name] for o in TRANSFERS[row.method].options}
         vectors = {k: d.vector for k, d in done.items()}
     elif row.method != "direct":
-        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
-        settings = settings.replace(lr=lr) if lr is not None else settings
+        aligning = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
+        aligning = aligning.replace(lr=lr) if lr is not None else aligning
         if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
-            settings = settings.replace(
-                steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks)
+            aligning = aligning.replace(
+                steps=max(1, -(-aligning.steps // len(tasks))), warmup=aligning.warmup // len(tasks)
             )
-        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), settings, row_run)
+        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), aligning, row_run)
         if row_run.writes:
             alignment.save(row_run.file("alignment.safetensors"))
         reports = [alignment.meta["diagnostics"][scope] for scope in alignment.scopes]
@@ -287,12 +290,12 @@ def _fit(
         fields["scale"] = chosen.scale
         fields["seconds_choose"] = time.perf_counter() - choosing
         return dict.fromkeys(tasks, chosen.model), chosen.validation[chosen.scale], fields
-    chosen = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
-    fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
-    fields["scale"] = {t: c.scale for t, c in chosen.items()}
+    each = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
+    fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in each.items()}
+    fields["scale"] = {t: c.scale for t, c in each.items()}
     fields["seconds_choose"] = time.perf_counter() - choosing
-    score = sum(c.validation[c.scale] for c in chosen.values()) / len(tasks)
-    return {t: c.model for t, c in chosen.items()}, score, fields
+    score = sum(c.validation[c.scale] for c in each.values()) / len(tasks)
+    return {t: c.model for t, c in each.items()}, score, fields
 
 
 def relatedness(inputs: SuiteInputs, seed: int) -> list[dict[str, Any]] | None:

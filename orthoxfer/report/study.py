@@ -41,7 +41,8 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
 
     def per_seed(row: Row) -> list[float] | None:
         values = [acc.get((row.id, s)) for s in seeds]
-        return None if None in values else values
+        found = [v for v in values if v is not None]
+        return found if len(found) == len(values) else None
 
     last = [layers[-1]["cka"] for layers in result.relatedness.values() if layers]
     entry: dict[str, Any] = {

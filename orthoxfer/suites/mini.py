@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -396,7 +396,7 @@ class MiniSuite:
         workers: int | None = None,
         shots: int | None = None,
         seed: int = 0,
-    ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    ) -> dict[str, tuple[nn.Module, Iterable]]:
         """Each task's test split with the model's head (from the task's head set; ``shots`` and ``seed`` draw no pool here)."""
         return {
             t.name: (task_head(model.model, t), mini_test(t.test_images, t.test_labels, batch_size)()) for t in data
