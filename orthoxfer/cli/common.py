@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar, overload
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -34,18 +34,19 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 
-F = TypeVar("F", bound=Callable)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does: between atomic writes
 
 
-def reports_errors(fn: F) -> F:
+def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn orthoxfer errors into one line and an exit code; work already written stays on disk."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         try:
@@ -60,7 +61,7 @@ def reports_errors(fn: F) -> F:
             err_console.print(f"[bold red]interrupted{_rank()}[/]: finished artifacts and checkpoints stay on disk")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _rank() -> str:

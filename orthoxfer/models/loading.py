@@ -234,7 +234,7 @@ def _missing_message(arch: str, tag: str, cfg: dict, cache_dir: Path | None, why
             f"{'or ' if places else ''}put {hf[0]}/{hf[1][-1]} in the Hugging Face cache {hub.cache_folder(cache_dir)} "
             f"({hub.fetch_command(hf[0], hf[1][-1], cache_dir)})"
         )
-    name = os.path.basename(url) if url else hf[1][-1]  # type: ignore[index]
+    name = os.path.basename(url) if url else hf[1][-1] if hf else "weights.pt"  # a tag may name neither source
     return (
         f"checkpoint {arch}:{tag} is not cached and could not be downloaded ({why}): "
         f"{', '.join(places)}; or use the model spec {file_arch(arch, bool(cfg.get('quick_gelu', False)))}:/path/to/{name}"
