@@ -21,6 +21,9 @@ _HOMES = {
     "control_vectors": "orthoxfer.vectors.controls",
     "load_model": "orthoxfer.models.loading",
     "LoadedModel": "orthoxfer.models.loading",
+    "read_adapter": "orthoxfer.vectors.peft_lora",
+    "vector_from_checkpoint": "orthoxfer.vectors.checkpoints",
+    "write_vision_model": "orthoxfer.models.hf_export",
     "FewShotTask": "orthoxfer.problem.tasks",
     "AlignProblem": "orthoxfer.problem.align_problem",
     "AlignSettings": "orthoxfer.strategies.settings",
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from orthoxfer.evaluation.diagnostics import diagnose
     from orthoxfer.evaluation.relate import relate
     from orthoxfer.fit.finetune import FinetuneSettings, finetune
+    from orthoxfer.models.hf_export import write_vision_model
     from orthoxfer.models.loading import LoadedModel, load_model
     from orthoxfer.problem.align_problem import AlignProblem
     from orthoxfer.problem.tasks import FewShotTask
@@ -65,7 +69,9 @@ if TYPE_CHECKING:
     from orthoxfer.suites import SUITES, build_suite
     from orthoxfer.suites.base import SuiteRequest
     from orthoxfer.suites.paper import paper_fewshot_tasks, paper_test_sets, paper_test_splits
+    from orthoxfer.vectors.checkpoints import vector_from_checkpoint
     from orthoxfer.vectors.controls import control_vectors
+    from orthoxfer.vectors.peft_lora import read_adapter
     from orthoxfer.vectors.sites import find_sites
     from orthoxfer.vectors.taskvector import TaskVector
 

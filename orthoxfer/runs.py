@@ -26,6 +26,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.fit import distributed
 from orthoxfer.fit.checkpoint import KIND as CHECKPOINT
 from orthoxfer.fit.checkpoint import checkpoint_payload
+from orthoxfer.version import code_version
 
 CONFIG = "config.json"
 # settings that change how a run goes, not what it computes: a resume may change them
@@ -94,19 +95,36 @@ class Run:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        """Record the resolved settings; a resumed run must have been started with the same ones."""
+    def write_config(self, config: dict[str, Any], allow_code_change: bool = False) -> None:
+        """Record the resolved settings and the code version; a resumed run must have been started with the same ones.
+
+        A resume under other code is refused unless ``allow_code_change``: its rows would
+        mix two versions. Allowed, the original code stays recorded and the new one is
+        appended to ``resumed_with``, so the mixture is visible.
+        """
         path = self.file(CONFIG)
+        config = {**config, "code": code_version()}
         if self.resume and path.exists():
             before = json.loads(path.read_text())
+            ignored = HOW_NOT_WHAT | {"code", "resumed_with"}
             changed = sorted(
-                k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in HOW_NOT_WHAT
+                k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in ignored
             )
             if changed:
                 raise UsageError(
                     f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "
                     "use the same settings or --overwrite"
                 )
+            if before.get("code") != config["code"]:
+                if not allow_code_change:
+                    raise UsageError(
+                        f"cannot resume {self.path}: it was made by other code ({before.get('code', 'unrecorded')}, "
+                        f"now {config['code']}); --overwrite to recompute it as one version, or --allow-code-change"
+                    )
+                config["resumed_with"] = [*before.get("resumed_with", []), config["code"]]
+                config["code"] = before.get("code")
+            elif "resumed_with" in before:
+                config["resumed_with"] = before["resumed_with"]
         if self.writes:
             write_json(path, config)
 
@@ -127,14 +145,20 @@ class Run:
         write_text(path, "".join(line + "\n" for line in keep))
 
     def save_checkpoint(
-        self, name: str, module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]
+        self,
+        name: str,
+        module: nn.Module,
+        optimiser: torch.optim.Optimizer,
+        step: int,
+        meta: dict[str, Any],
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """The training state after ``step`` (see :mod:`orthoxfer.fit.checkpoint`); held as a copy, the latest per file."""
         if self._held is not None:
-            tensors, header = checkpoint_payload(module, optimiser, step, meta)
+            tensors, header = checkpoint_payload(module, optimiser, step, meta, extra)
             self._held.checkpoints[name] = ({k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}, header)
         elif self.writes:
-            self._save_checkpoint(name, *checkpoint_payload(module, optimiser, step, meta))
+            self._save_checkpoint(name, *checkpoint_payload(module, optimiser, step, meta, extra))
 
     def _save_checkpoint(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         save_artifact(self.file(name), CHECKPOINT, tensors, meta)

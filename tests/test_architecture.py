@@ -9,7 +9,7 @@ import orthoxfer
 
 ROOT = Path(orthoxfer.__file__).resolve().parent
 DATA_TABLES = {"orthoxfer.data.classnames"}  # class names and prompt templates: tables, not code
-MAX_LINES = 400
+MAX_LINES = 500  # counted as ruff formats them (120 columns, one argument a line where they do not fit)
 
 
 def module_name(path: Path) -> str:

@@ -223,3 +223,28 @@ def test_a_cached_source_vector_belongs_to_the_weights_it_was_fine_tuned_on(tmp_
     other_head = mini_pools.PrototypeHead(head.center, head.prototypes.flip(0), head.scale)  # same model, another head
     mini_source_vector(model, tasks[0], other_head, settings, tmp_path)
     assert len(list((tmp_path / "mini-vectors").iterdir())) == 3
+
+
+def test_no_validation_image_is_among_the_source_vectors_training_images(tmp_path, tasks, monkeypatch):
+    """Lambda, the step and the method are chosen on validation: the source vector must never have trained on it."""
+    import orthoxfer.suites.mini as mini_suite
+    from orthoxfer.fit.finetune import FinetuneSettings
+
+    seen = {}
+
+    def spy(model, train, settings, **kwargs):
+        (task,) = train.values()
+        seen[task.name] = task.images
+        return finetune(model, train, settings, **kwargs)
+
+    finetune = mini_suite.finetune
+    monkeypatch.setattr(mini_suite, "finetune", spy)
+    settings = FinetuneSettings(**mini_suite.defaults("micro")["finetune"])
+    model = pre.pretrained_model("a", MICRO, tmp_path / "models", progress=False)
+    for task in tasks[:2]:
+        head = mini_pools.task_head(model, task)
+        mini_suite.mini_source_vector(model, task, head, settings, tmp_path)
+        val = mini_pools.reserved(task)[1]
+        trained = _hashes(seen[task.name])
+        assert not trained & _hashes(task.train_images[val])
+        assert len(seen[task.name]) == len(task.train_labels) - len(val)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from orthoxfer.alignment.artifact import Alignment, LowRankU
+from orthoxfer.alignment.start import check_start, start_record
+from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.diagnostics import aggregate_by_scope
 from orthoxfer.fit import distributed
 from orthoxfer.problem.align_problem import AlignProblem, group_sites
@@ -28,6 +30,11 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
     strategy = strategy_class(settings.method)()
     for tv in problem.vectors.values():  # one d x d U per site: a rectangular site would be dropped or break a stack
         require_square({s: tv.shape(s) for s in tv.sites}, strategy.name)
+    selects = settings.select_every and "select_every" in {o.name for o in strategy.options}
+    missing = [t for t in problem.tasks if t not in (problem.validation or {})]
+    if selects and missing:  # before any minutes are spent
+        raise UsageError(f"--select-every needs validation data for every task; none for {missing[0]!r}")
+    check_start(problem, settings)
     sites = problem.aligned_sites(settings.sites)
     groups = group_sites(sites, settings.tie)
     names = [s.name for s in sites]
@@ -65,6 +72,7 @@ def align(problem: AlignProblem, settings: AlignSettings, run=None) -> Alignment
         "seed": settings.seed,
         "sites": names,
         "tasks": list(problem.tasks),
+        "start": start_record(problem, settings),
         **settings.extra,
         **records,
     }

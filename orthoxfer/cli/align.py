@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from orthoxfer.cli.common import command_suite, console, launch, reports_errors
+from orthoxfer.cli.common import VAL_FRACTION, command_suite, console, launch, reports_errors
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 if TYPE_CHECKING:
@@ -70,10 +70,8 @@ def _has_section(config: Path) -> bool:
         return False  # read_config reports it with the file name
 
 
-def summary_table(alignment, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("scope", "sites", "||dW|| ratio", "rank kept", "max ||U^TU-I||", "mean ||U-I||", "det<0"):
-        table.add_column(col, justify="left" if col == "scope" else "right")
+def summary_table(alignment, title: str) -> Grid:
+    table = Grid(title, ["scope", "sites", "||dW|| ratio", "rank kept", "max ||U^TU-I||", "mean ||U-I||", "det<0"])
     for scope, agg in alignment.meta["diagnostics"].items():
         table.add_row(
             scope,
@@ -93,7 +91,7 @@ def align_command(
         str,
         Opt(
             "--target",
-            help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini.",
+            help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
         ),
     ],
     task_vector: Annotated[
@@ -106,7 +104,14 @@ def align_command(
     steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
     warmup: Annotated[int | None, Opt("--warmup", help="Linear warm-up steps before cosine decay.")] = None,
     clip: Annotated[float | None, Opt("--clip", help="Gradient-norm clip (0: off).")] = None,
-    init: Annotated[str | None, Opt("--init", help="identity | procrustes (needs --source).")] = None,
+    init: Annotated[
+        str | None,
+        Opt(
+            "--init",
+            help="identity | procrustes (needs --source) | a transfer method (transfusion ...): carry the vectors "
+            "with it first, then align what it carried from U = I.",
+        ),
+    ] = None,
     mode: Annotated[str | None, Opt("--mode", help="joint (one U set for the summed vectors) | per-task.")] = None,
     tie: Annotated[str | None, Opt("--tie", help="site | block | model: how many sites share one U.")] = None,
     scale: Annotated[float | None, Opt("--scale", help="lambda: the target carries lambda * U^T dW U.")] = None,
@@ -115,7 +120,7 @@ def align_command(
         str | None,
         Opt(
             "--control",
-            help="norm | spectrum | other-task: align a control vector with the "
+            help="norm | spectrum | other-task (orbit: closed forms only): align a control vector with the "
             "same norms instead of each task vector, to measure the transfer gain.",
         ),
     ] = None,
@@ -159,16 +164,21 @@ def align_command(
 ) -> None:
     """Learn orthogonal U's that carry source task vectors into --target, from a few labelled examples.
 
-    Strategy-specific flags (--alpha, --retraction, --rotation-rank, ...) are those the
-    registered strategies declare.
+    Strategy-specific flags (--alpha, --retraction, --rotation-rank, --anchor, --select-every, ...)
+    are those the registered strategies declare; transfer flags (--transfusion-rounds, ...) set the
+    transfer an --init names. With --select-every the U's are scored on the suite's validation
+    sets (mini), or on a held-out part of each pool (paper), which then is not trained on.
 
     Writes alignment.safetensors, transferred.safetensors, metrics.jsonl,
     diagnostics.json (+ PNG plots) and config.json into --out.
     """
     from orthoxfer.alignment.align import align
+    from orthoxfer.alignment.start import start_from
     from orthoxfer.evaluation.diagnostics import diagnose, write_report
     from orthoxfer.problem.align_problem import AlignProblem
     from orthoxfer.runs import Run
+    from orthoxfer.transfers.registry import declared_options as transfer_options
+    from orthoxfer.transfers.registry import transfer_settings
     from orthoxfer.vectors.taskvector import TaskVector
 
     dev = launch(device)
@@ -190,8 +200,9 @@ def align_command(
         batch_size=batch_size,
         seed=seed,
         compile=compile,
-        **(strategy_options or {}),
+        **{k: v for k, v in (strategy_options or {}).items() if k not in transfer_options()},
     )
+    transfer_values = {k: v for k, v in (strategy_options or {}).items() if k in transfer_options()}
     settings = resolve_settings(config, flags, chosen.settings("align"))
     if settings.method == "procrustes" and settings.rotation_rank:
         raise UsageError(
@@ -203,15 +214,29 @@ def align_command(
         chosen.check(spec)
     vectors = load_vectors(task_vector, chosen.vector)
     if control is not None:
-        from orthoxfer.vectors.controls import control_vectors
+        from orthoxfer.strategies.registry import strategy_class
+        from orthoxfer.vectors.controls import control_vectors, valid_controls
 
+        if not valid_controls((control,), strategy_class(settings.method).fits_similarity):
+            raise UsageError(
+                f"--control {control}: {settings.method} fits U^T dW U to the vector and turns this control back "
+                "into it at U = Q^T; use spectrum (two independent rotations), norm or other-task"
+            )
         vectors = control_vectors(vectors, control, seed=settings.seed)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(vectors)
     provenance = {"target": target, "source": source, "suite": suite, "orthoxfer_version": __version__}
     settings = settings.replace(device=str(dev), extra=provenance | ({"control": control} if control else {}))
     run = Run(out, overwrite=overwrite, resume=resume)
+    carrying = transfer_settings(transfer_values, seed=settings.seed, device=str(dev))
     run.write_config(
-        {**settings.to_dict(), "task_vectors": task_vector, "tasks": names, **chosen.record, "control": control}
+        {
+            **settings.to_dict(),
+            "task_vectors": task_vector,
+            "tasks": names,
+            **chosen.record,
+            "control": control,
+            **({"transfer": carrying.options} if transfer_values else {}),
+        }
     )
 
     loaded = chosen.load(target, dev)
@@ -220,7 +245,9 @@ def align_command(
     pools = chosen.fewshot_tasks(loaded, names, shots_n, shots_per_class, settings.seed)
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
-    alignment = align(AlignProblem(loaded.model, vectors, pools, source_model), settings, run)
+    pools, validation = held_out(chosen, loaded, pools, settings)
+    vectors = start_from(settings.init, vectors, source_model, loaded.model, pools, carrying)
+    alignment = align(AlignProblem(loaded.model, vectors, pools, source_model, validation), settings, run)
     if not run.writes:  # another process of a torchrun launch: rank 0 writes what all of them found
         return
     alignment.save(run.file("alignment.safetensors"))
@@ -245,3 +272,17 @@ def align_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def held_out(suite, loaded, pools: dict[str, Any], settings) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pools to train on and, when the step is chosen on validation, where: the suite's own validation sets, or
+    else a held-out part of each pool (as ``baseline`` holds one out), which is then not trained on."""
+    from orthoxfer.strategies.registry import strategy_class
+
+    if not settings.select_every or "select_every" not in {o.name for o in strategy_class(settings.method).options}:
+        return pools, None
+    validation = suite.validation_sets(loaded, list(pools))
+    if validation is not None:
+        return pools, validation
+    parts = {name: pool.split(VAL_FRACTION, settings.seed) for name, pool in pools.items()}
+    return {n: p[0] for n, p in parts.items()}, {n: p[1] for n, p in parts.items()}

@@ -25,6 +25,8 @@ from orthoxfer.cli.vector import apply_command, vector_app
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
+# `orthoxfer --help` lists the commands in these panels, in this order
+TRANSFER, EVALUATE, BENCHMARK, MODELS = "Transfer", "Evaluate", "Benchmark and study", "Models and data"
 SPREADS = ("align", "bench")  # the commands that share their work across the processes of a torchrun launch
 
 
@@ -37,12 +39,18 @@ def version_command() -> None:
 def main_callback(
     ctx: typer.Context,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="Also show the warnings of torch, open_clip and other libraries.")
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Also show per-epoch validation lines and the warnings of torch, open_clip and other libraries.",
+        ),
     ] = False,
 ) -> None:
     """Library warnings shown only with --verbose; under torchrun, the commands that do not share their work refused (every process would do all of it)."""
     from orthoxfer.fit.distributed import launched
+    from orthoxfer.terminal import set_verbose
 
+    set_verbose(verbose)
     ctx.with_resource(library_warnings(shown=verbose))
     if launched() and ctx.invoked_subcommand not in SPREADS:
         raise UsageError(
@@ -60,23 +68,26 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(main_callback)
-    app.add_typer(data_app, name="data")
-    app.add_typer(baseline_app, name="baseline")
-    app.add_typer(vector_app, name="vector")
-    app.add_typer(mini_app, name="mini")
-    app.command("eval")(eval_command)
-    app.command("align")(with_strategy_options(align_command))
-    app.command("transfer")(with_strategy_options(transfer_command, transfers=True, strategies=False))
-    app.command("finetune")(finetune_command)
-    app.command("bench")(with_strategy_options(bench_command, transfers=True))
-    app.command("demo")(demo_command)
-    app.command("study")(with_strategy_options(study_command, transfers=True))
-    app.command("bench-speed")(bench_speed_command)
-    app.command("relate")(relate_command)
-    app.command("apply")(apply_command)
-    app.command("version")(version_command)
-    app.command("inspect")(inspect_command)
-    app.command("diagnose")(diagnose_command)
+    for name, command, panel in (
+        ("align", with_strategy_options(align_command, transfers=True), TRANSFER),
+        ("transfer", with_strategy_options(transfer_command, transfers=True, strategies=False), TRANSFER),
+        ("diagnose", diagnose_command, TRANSFER),
+        ("eval", eval_command, EVALUATE),
+        ("relate", relate_command, EVALUATE),
+        ("demo", demo_command, BENCHMARK),
+        ("bench", with_strategy_options(bench_command, transfers=True), BENCHMARK),
+        ("study", with_strategy_options(study_command, transfers=True), BENCHMARK),
+        ("bench-speed", bench_speed_command, BENCHMARK),
+        ("finetune", finetune_command, MODELS),
+        ("inspect", inspect_command, MODELS),
+        ("apply", apply_command, MODELS),
+        ("version", version_command, MODELS),
+    ):
+        app.command(name, rich_help_panel=panel)(command)
+    app.add_typer(baseline_app, name="baseline", rich_help_panel=EVALUATE)
+    app.add_typer(vector_app, name="vector", rich_help_panel=MODELS)
+    app.add_typer(mini_app, name="mini", rich_help_panel=MODELS)
+    app.add_typer(data_app, name="data", rich_help_panel=MODELS)
     return app
 
 

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import comma_floats, comma_list, command_suite, console, reports_errors, resolve_device
+from orthoxfer.cli.common import (
+    VAL_FRACTION,
+    comma_floats,
+    comma_list,
+    command_suite,
+    console,
+    reports_errors,
+    resolve_device,
+)
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 Opt = typer.Option
@@ -28,7 +36,10 @@ baseline_app = typer.Typer(
 
 Target = Annotated[
     str,
-    Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo; mini:b with --suite mini."),
+    Opt(
+        "--target",
+        help="Target model: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
+    ),
 ]
 DataRoot = Annotated[Path | None, Opt("--data-root", help="paper: folder holding the datasets (see `data check`).")]
 SuiteName = Annotated[str, Opt("--suite", help="paper (datasets under --data-root) | mini (offline).")]
@@ -52,7 +63,6 @@ CacheDir = Annotated[
 ]
 HeadsDir = Annotated[Path | None, Opt("--heads-dir", help="paper: zero-shot head cache.")]
 BatchSize = Annotated[int, Opt("--eval-batch-size", min=1, help="Images per evaluation batch.")]
-VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
 
 
 def _names(tasks: str | None, fallback: list[str] | None = None) -> list[str]:
@@ -88,9 +98,7 @@ def _pools(suite, loaded, names: list[str], shots: int, seed: int, val_fraction:
 def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: dict[str, Any]) -> None:
     results = {"baseline": baseline, "target": target, "accuracy": accuracy, **extra, "orthoxfer_version": __version__}
     write_json(run.file("results.json"), results)
-    table = Table(title=f"{baseline} baseline: {target}")
-    table.add_column("task")
-    table.add_column("top-1 %", justify="right")
+    table = Grid(f"{baseline} baseline: {target}", ["task", "top-1 %"])
     for name, value in accuracy.items():
         if name != "mean":
             table.add_row(name, f"{100 * value:.2f}")
@@ -243,6 +251,15 @@ def fewshot_ft_command(
             "0 (default) trains on exactly the images `align` gets.",
         ),
     ] = 0.0,
+    select_every: Annotated[
+        int | None,
+        Opt(
+            "--select-every",
+            min=0,
+            help="k > 0: score the held-out part (--val-fraction) at the start, every k steps and at the last "
+            "step, and keep the update that scored best (ties: the earliest); 0: the last step's.",
+        ),
+    ] = None,
     device: Device = "auto",
     out: Out = None,
     overwrite: Overwrite = False,
@@ -277,7 +294,14 @@ def fewshot_ft_command(
     }
     if config is not None:
         values.update(read_config(config, "fewshot_ft", FinetuneSettings))
-    flags = {"steps": steps, "lr": lr, "batch_size": batch_size, "augment": augment, "sites": sites}
+    flags = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "augment": augment,
+        "sites": sites,
+        "select_every": select_every,
+    }
     values.update({k: v for k, v in flags.items() if v is not None}, seed=seed)
     names = _names(tasks, list(chosen.task_names))
     run = Run(out or Path("runs/baseline-fewshot-ft"), overwrite=overwrite, resume=resume)
@@ -298,4 +322,5 @@ def fewshot_ft_command(
     train, validation = _pools(chosen, loaded, names, shots, seed, val_fraction)
     model, vector = fewshot_finetune(loaded.model, train, settings, run, validation)
     vector.save(run.file("task_vector.safetensors"))
-    _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps})
+    selection = {"selection": vector.meta["selection"]} if "selection" in vector.meta else {}
+    _finish(run, "target few-shot FT", target, evaluate(model, tests, dev), {"steps": settings.steps, **selection})

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -46,14 +46,32 @@ def bench_command(
         Opt(
             "--methods",
             help="Comma-separated methods: alignment strategies (penalty, riemannian, "
-            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus: images).",
+            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus, bico: images).",
         ),
     ] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,
-    controls: Annotated[str | None, Opt("--controls", help="Control rows: norm,spectrum,other-task.")] = None,
+    controls: Annotated[
+        str | None,
+        Opt(
+            "--controls",
+            help="Control rows: norm,spectrum,orbit,other-task (orbit only beside methods that do not fit U^T dW U).",
+        ),
+    ] = None,
     procrustes_init: Annotated[
         bool | None,
         Opt("--procrustes-init/--no-procrustes-init", help="Also each trained strategy started at procrustes."),
+    ] = None,
+    tune_from: Annotated[
+        str | None,
+        Opt(
+            "--tune-from",
+            help="Transfer-then-tune rows: few-shot FT started from the vector carried by each of these "
+            "(direct, or a transfer method such as transfusion); per-task mode.",
+        ),
+    ] = None,
+    auto: Annotated[
+        bool | None,
+        Opt("--auto/--no-auto", help="The auto row: per task, the row best on validation (per-task mode)."),
     ] = None,
     seeds: Annotated[
         int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")
@@ -107,6 +125,9 @@ def bench_command(
     ] = None,
     resume: Annotated[bool, Opt("--resume", help="Reuse rows already computed in --out.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    allow_code_change: Annotated[
+        bool, Opt("--allow-code-change", help="Resume rows made by other code (recorded in config.json).")
+    ] = False,
     cache_dir: Annotated[
         Path | None, Opt("--cache-dir", help="Where pre-trained mini models, their vectors and heads are cached.")
     ] = None,
@@ -142,6 +163,8 @@ def bench_command(
         "ties": comma_list(ties),
         "lrs": comma_floats(lrs, "--lrs"),
         "mode": mode,
+        "tune_from": comma_list(tune_from),
+        "auto": auto,
     }
     task_names = comma_list(tasks)
     settings = resolve_bench(
@@ -169,7 +192,7 @@ def bench_command(
         **models_record(suite, size),
         **settings.record(),
     }
-    run.write_config(resolved)
+    run.write_config(resolved, allow_code_change=allow_code_change)
     started = time.perf_counter()
     records, names, related = [], [], {}
     for seed in range(seeds):
@@ -231,7 +254,7 @@ def bench_command(
     files = write_results(run.path, summary, records, names, meta)
     for table in rich_tables(summary, names, meta["title"]):
         console.print(table)
-    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+    print_wrote(meta["seconds"], files)
 
 
 @reports_errors
@@ -247,7 +270,10 @@ def demo_command(
     ] = 1,
     controls: Annotated[
         str | None,
-        Opt("--controls", help="Control rows beside every method: norm,spectrum,other-task (default: none)."),
+        Opt(
+            "--controls",
+            help="Control rows beside every method: norm,spectrum,orbit,other-task (default: none; orbit skips the trained aligners).",
+        ),
     ] = None,
     pair: Annotated[
         str | None,
@@ -297,6 +323,7 @@ def demo_command(
         size=size,
         out=out,
         resume=True,
+        allow_code_change=True,  # the demo shows the table; config.json records which code made its rows
         cache_dir=cache_dir,
         controls=controls,
         ties=None,

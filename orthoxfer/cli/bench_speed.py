@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.cli.common import comma_list, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 
 Opt = typer.Option
 
@@ -17,11 +17,11 @@ Opt = typer.Option
 def print_table(report: dict[str, Any]) -> None:
     from orthoxfer.experiments.step_cost import number
 
-    table = Table(
-        title=f"step cost, {report['settings']['arch']}, batch {report['settings']['batch_size']}, {report['machine']['device']}"
+    table = Grid(
+        f"step cost, {report['settings']['arch']}, batch {report['settings']['batch_size']}, {report['machine']['device']}",
+        ["method", "vector", "s/step", "x floor", "GFLOP", "state MB", "step peak MB"],
+        keys=2,
     )
-    for col in ("method", "vector", "s/step", "x floor", "GFLOP", "state MB", "step peak MB"):
-        table.add_column(col, justify="left" if col in ("method", "vector") else "right")
     for r in report["rows"]:
         table.add_row(
             r["method"],

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 import typer
-from rich.console import Console
+from rich.text import Text
 
 from orthoxfer.errors import OrthoxferError, OrthoxferWarning, UsageError
+from orthoxfer.terminal import err, out, set_quiet
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 
     from orthoxfer.suites.base import Suite
 
-console = Console()
-err_console = Console(stderr=True)
+console = out  # markup and emoji off: names print as they are (orthoxfer.terminal.consoles)
+err_console = err
+VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,16 +54,21 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
+            _say(f"error{_rank()}", str(exc))
             raise typer.Exit(2) from None
         except OrthoxferError as exc:
-            err_console.print(f"[bold red]error{_rank()}:[/] {exc}", highlight=False, soft_wrap=True)
+            _say(f"error{_rank()}", str(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print(f"[bold red]interrupted{_rank()}[/]: finished artifacts and checkpoints stay on disk")
+            _say(f"interrupted{_rank()}", "finished artifacts and checkpoints stay on disk")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _say(label: str, message: str) -> None:
+    """One red label and the message as it is (a message quoting ``[x]`` or ``:b:`` keeps them), on one line."""
+    err_console.print(Text.assemble((f"{label}:", "bold red"), " ", message), soft_wrap=True)
 
 
 def _rank() -> str:
@@ -78,7 +85,8 @@ def launch(device: str) -> torch.device:
 
     joined = start(resolve_device(device))
     if not ranks().main:
-        console.quiet = rich.get_console().quiet = True  # commands' output and progress bars
+        set_quiet()  # commands' output and progress bars
+        rich.get_console().quiet = True
     return joined
 
 
@@ -120,6 +128,13 @@ def library_warnings(shown: bool) -> Iterator[None]:
             yield
         finally:
             logging.disable(previous)
+
+
+def print_wrote(seconds: float | None, files: list) -> None:
+    """``N s; wrote:`` and one file a line, never folded: a path stays whole to copy, and greps whole in a log."""
+    console.print((f"{seconds:.0f} s; " if seconds is not None else "") + "wrote:")
+    for f in files:
+        console.print(f"  {f}", soft_wrap=True)
 
 
 def print_json(data: object) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from orthoxfer.cli.common import reports_errors
+from orthoxfer.cli.common import console, reports_errors
+from orthoxfer.terminal import Grid
 
 data_app = typer.Typer(help="Inspect the local data root of the paper's eight datasets.", no_args_is_help=True)
 
@@ -32,23 +32,18 @@ def check(
     if as_json:
         typer.echo(json.dumps([{**asdict(c), "found": c.found} for c in checks], indent=2))
     else:
-        console = Console()
-        table = Table(title=f"datasets under {data_root}")
-        table.add_column("dataset")
-        table.add_column("status")
-        for split in SPLITS:
-            table.add_column(split, justify="right")
+        table = Grid(f"datasets under {data_root}", ["dataset", "status", *SPLITS])
         for c in checks:
-            status = "[green]found[/]" if c.found else "[red]missing[/]"
+            status = "found" if c.found else "missing"
             table.add_row(c.name, status, *(f"{c.counts[s]:,}" if s in c.counts else "-" for s in SPLITS))
         console.print(table)
         for c in checks:
             if not c.found:
-                console.print(f"\n[bold]{c.name}[/] missing: ", end="", highlight=False)
-                console.print(c.problem, highlight=False, soft_wrap=True, markup=False)
-                console.print(f"  expected under {data_root}:", highlight=False)
+                console.print()
+                console.print(Text.assemble((c.name, "bold"), " missing: ", c.problem or ""))
+                console.print(f"  expected under {data_root}:")
                 for line in c.layout.splitlines():
-                    console.print(f"    {line}", highlight=False, soft_wrap=True, markup=False)
-                console.print(f"  source: {c.source}", highlight=False, soft_wrap=True, markup=False)
+                    console.print(f"    {line}", soft_wrap=True)  # a layout line keeps its shape
+                console.print(f"  source: {c.source}")
     if not all(c.found for c in checks):
         raise typer.Exit(1)

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import comma_list, command_suite, reports_errors, resolve_device
+from orthoxfer.cli.common import comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 
@@ -21,7 +20,7 @@ def eval_command(
         str,
         typer.Option(
             "--model",
-            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo; "
+            help="ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo, a transformers CLIP folder; "
             "mini:a or mini:b with --suite mini.",
         ),
     ],
@@ -92,13 +91,13 @@ def eval_command(
     }
     write_json(out / "results.json", results)
 
-    table = Table(title=f"{loaded.spec}" + (f" + {scale:g} x {Path(task_vector).name}" if task_vector else ""))
-    for column in ("task", "top-1 %", "images", "skipped"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+    table = Grid(
+        f"{loaded.spec}" + (f" + {scale:g} x {Path(task_vector).name}" if task_vector else ""),
+        ["task", "top-1 %", "images", "skipped"],
+    )
     for name, s in scores.items():
         table.add_row(name, f"{100 * s.accuracy:.2f}", f"{s.total:,}", str(s.skipped))
     table.add_section()
     table.add_row("mean", f"{100 * accuracies['mean']:.2f}", "", "")
-    console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'results.json'}", highlight=False)
+    console.print(f"wrote {out / 'results.json'}")

@@ -56,7 +56,8 @@ def finetune_command(
     `embed` and `lora` train only the sites (LoRA stays factored); `full` trains every
     parameter of the image tower: its site deltas are aligned later, the rest is
     added unaligned. A held-out part of the train split is scored after every epoch
-    (validation.jsonl in --out).
+    (validation.jsonl in --out; the latest and best in the progress line; a line per
+    epoch with `orthoxfer --verbose finetune ...`).
     """
     from orthoxfer.fit.finetune import FinetuneSettings, finetune
     from orthoxfer.models.loading import load_model

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.cli.common import console, print_json, reports_errors
+from orthoxfer.terminal import Grid
 
 
 @reports_errors
@@ -34,9 +34,10 @@ def inspect_command(
     if as_json:
         print_json({"meta": tv.meta, "sites": rows, "total": total})
         return
-    table = Table(title=f"{task_vector}  ({tv.kind}, {', '.join(tv.meta.get('tasks', [])) or 'no task named'})")
-    for col in ("site", "shape", "kind", "||dW||_F", "rank"):
-        table.add_column(col, justify="left" if col == "site" else "right")
+    table = Grid(
+        f"{task_vector}  ({tv.kind}, {', '.join(tv.meta.get('tasks', [])) or 'no task named'})",
+        ["site", "shape", "kind", "||dW||_F", "rank"],
+    )
     for r in rows:
         table.add_row(r["site"], "x".join(map(str, r["shape"])), r["kind"], f"{r['norm']:.4g}", str(r["rank"]))
     table.add_section()

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from orthoxfer.artifacts import write_json
-from orthoxfer.cli.common import command_suite, console, print_json, reports_errors, resolve_device
+from orthoxfer.cli.common import command_suite, console, print_json, print_wrote, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 if TYPE_CHECKING:
@@ -247,9 +247,10 @@ def relate_command(
         print_json(results)
         return
 
-    table = Table(title=f"{loaded_source.spec} vs {loaded_target.spec} ({counted['images']} images)")
-    for column in ("layer", "procrustes residual", "CKA", "control residual", "control CKA"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
+    table = Grid(
+        f"{loaded_source.spec} vs {loaded_target.spec} ({counted['images']} images)",
+        ["layer", "procrustes residual", "CKA", "control residual", "control CKA"],
+    )
     for r in relations:
         table.add_row(
             r.layer, f"{r.procrustes_residual:.4f}", f"{r.cka:.4f}", f"{r.control_residual:.4f}", f"{r.control_cka:.4f}"
@@ -261,4 +262,4 @@ def relate_command(
         )
     if counted["skipped"]:
         console.print(f"skipped {counted['skipped']} unreadable image(s)")
-    console.print(f"wrote {out_json}, {out_png}", highlight=False)
+    print_wrote(None, [out_json, out_png])

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import comma_floats, comma_list, console, launch, reports_errors
+from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.version import __version__
 
@@ -38,8 +38,8 @@ def study_command(
         str,
         Opt(
             "--controls",
-            help="Control rows beside every method on every rung: norm,spectrum,"
-            "other-task; gains are paired against each, the plot uses the first.",
+            help="Control rows beside every method on every rung: norm,spectrum,orbit,"
+            "other-task (each method gets those valid for it); gains are paired against each, the plot uses the first.",
         ),
     ] = "spectrum",
     paper_controls: Annotated[
@@ -82,6 +82,9 @@ def study_command(
         bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods add rows only).")
     ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    allow_code_change: Annotated[
+        bool, Opt("--allow-code-change", help="Resume rows made by other code (recorded in each rung's config.json).")
+    ] = False,
     cache_dir: Annotated[
         Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")
     ] = None,
@@ -115,7 +118,7 @@ def study_command(
     chosen_controls = comma_list(controls)
     if not chosen_controls:
         raise UsageError(
-            "--controls needs at least one control (norm, spectrum, other-task): gains are measured against it"
+            "--controls needs at least one control (norm, spectrum, orbit, other-task): gains are measured against it"
         )
     dev = launch(device)
     choices = {
@@ -134,21 +137,25 @@ def study_command(
         for s in suites
     }
     plan = StudyPlan(
-        names, seeds, study_tasks, size, settings, dev, cache_dir, {PAPER_RUNG: comma_list(paper_controls) or ()}
+        names,
+        seeds,
+        study_tasks,
+        size,
+        settings,
+        dev,
+        cache_dir,
+        {PAPER_RUNG: comma_list(paper_controls) or ()},
+        allow_code_change,
     )
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    console.print(
-        f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds; "
-        f"tasks {', '.join(plan.tasks)}; in {run.path}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds")
+    console.print(f"tasks {', '.join(plan.tasks)}; in {run.path}")
     started = time.perf_counter()
     results = [
         run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
     ]
-    meta = {
+    meta: dict[str, Any] = {
         "title": "orthoxfer study: transfer gains over controls on the ladder of relatedness",
         "rungs": list(names),
         "seeds": seeds,
@@ -164,4 +171,4 @@ def study_command(
         "orthoxfer_version": __version__,
     }
     files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
-    console.print(f"{meta['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}", highlight=False, soft_wrap=True)
+    print_wrote(meta["seconds"], files)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from orthoxfer.cli.align import load_vectors
 from orthoxfer.cli.common import comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
+from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
 
 Opt = typer.Option
@@ -27,11 +27,15 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus (images).",
+            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico (images).",
         ),
     ],
     target: Annotated[
-        str, Opt("--target", help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo; mini:b with --suite mini.")
+        str,
+        Opt(
+            "--target",
+            help="Target model: ARCH:TAG, ARCH:/path, hf-hub:owner/repo, a transformers CLIP folder; mini:b with --suite mini.",
+        ),
     ],
     task_vector: Annotated[
         list[str],
@@ -67,7 +71,7 @@ def transfer_command(
         str | None,
         Opt(
             "--control",
-            help="norm | spectrum | other-task: carry a control vector instead, to measure the transfer gain.",
+            help="norm | spectrum | orbit | other-task: carry a control vector instead, to measure the transfer gain.",
         ),
     ] = None,
     data_root: Annotated[Path | None, Opt("--data-root", help="Folder holding the datasets (paper).")] = None,
@@ -164,10 +168,8 @@ def transfer_command(
     transferred.save(run.file("transferred.safetensors"))
     save_learnt(run.file("learnt.safetensors"), done, {"method": method, "target": target, "source": source})
     write_json(run.file("diagnostics.json"), {scope: d.diagnostics for scope, d in done.items()})
-    table = Table(title=f"{method} into {target}")
     keys = sorted({k for d in done.values() for k in d.diagnostics if "/" not in k})
-    for col in ("scope", *keys):
-        table.add_column(col, justify="left" if col == "scope" else "right")
+    table = Grid(f"{method} into {target}", ["scope", *keys])
     for scope, d in done.items():
         table.add_row(scope, *[f"{d.diagnostics[k]:.4g}" if k in d.diagnostics else "-" for k in keys])
     console.print(table)

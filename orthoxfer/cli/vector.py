@@ -1,4 +1,9 @@
-"""``orthoxfer vector from-checkpoints`` and ``orthoxfer apply``: task vectors from checkpoints, and models out of them."""
+"""``orthoxfer vector from-checkpoints`` and ``orthoxfer apply``: task vectors from checkpoints, and models out of them.
+
+Checkpoints come as open_clip state dicts, transformers CLIP folders or repositories
+(FusionBench's), or PEFT LoRA adapters; models go out as open_clip state dicts or
+transformers folders.
+"""
 
 from __future__ import annotations
 
@@ -23,26 +28,31 @@ CacheDir = Annotated[
 def from_checkpoints_command(
     base: Annotated[
         str,
-        Opt("--base", help="The pre-trained model fine-tuning started from: ARCH:TAG, ARCH:/path, hf-hub:owner/repo."),
+        Opt(
+            "--base",
+            help="The pre-trained model fine-tuning started from: ARCH:TAG, ARCH:/path, hf-hub:owner/repo, "
+            "or a transformers CLIP folder.",
+        ),
     ],
     finetuned: Annotated[
         str,
         Opt(
             "--finetuned",
-            help="The fine-tuned open_clip weights: .safetensors, .pt or .bin "
-            "(whole CLIP or image tower, any common key layout), or hf-hub:owner/repo/path.",
+            help="The fine-tuned weights: an open_clip .safetensors, .pt or .bin (whole CLIP or image tower, any "
+            "common key layout), a transformers CLIP folder (config.json + weights), a PEFT LoRA adapter folder "
+            "(read as a LoRA vector, factors kept), or hf-hub:owner/repo[/path] holding any of those.",
         ),
     ],
     out: Annotated[Path, Opt("--out", help="The task vector .safetensors to write.")],
     sites: Annotated[
-        str,
+        str | None,
         Opt(
             "--sites",
             help="attn | attn-qkv | attn-out | mlp | all | a glob over site names, or "
             "several joined by commas (mlp: the rectangular MLP weights, which only two-sided "
-            "methods such as theseus carry).",
+            "methods such as theseus carry). Default: attn; for a PEFT adapter, the layers it targets.",
         ),
-    ] = "attn",
+    ] = None,
     full: Annotated[
         bool, Opt("--full", help="Also carry every other changed image-tower parameter (added unaligned).")
     ] = False,
@@ -53,19 +63,30 @@ def from_checkpoints_command(
 ) -> None:
     """A task vector: fine-tuned minus base on the image tower's sites (and, with --full, its other parameters)."""
     from orthoxfer.models.loading import load_model
-    from orthoxfer.models.state_dicts import checkpoint_file, finetuned_model
-    from orthoxfer.vectors.taskvector import TaskVector
+    from orthoxfer.vectors.checkpoints import vector_from_checkpoint
 
+    if full and Path(finetuned, "adapter_config.json").is_file():  # before any model is loaded
+        raise UsageError(f"{finetuned} is a LoRA adapter: it changes no parameter but its factors; drop --full")
     loaded = load_model(base, cache_dir=cache_dir)
-    tuned = finetuned_model(checkpoint_file(finetuned, cache_dir), loaded.model)
-    meta = {"tasks": [task] if task else [], "base": base, "finetuned": finetuned, "architecture": loaded.arch}
-    vector = TaskVector.from_models(loaded.model, tuned, sites, full=full, meta=meta)
+    meta = {"tasks": [task] if task else [], "base": base, "architecture": loaded.arch}
+    vector = vector_from_checkpoint(loaded, finetuned, sites, full, cache_dir, meta)
+    lines = [_arch_line(base, loaded.open_clip_arch, loaded.quick_gelu)] if loaded.open_clip_arch else []
+    if "finetuned_open_clip_arch" in vector.meta:
+        m = vector.meta
+        what = f"{finetuned} ({m['finetuned_class']})"
+        lines.append(_arch_line(what, m["finetuned_open_clip_arch"], m["finetuned_quick_gelu"]))
+    if vector.meta.get("text_modules_left_out"):
+        left = vector.meta["text_modules_left_out"]
+        lines.append(f"note: {left} text-tower modules of the adapter left out (task vectors live in the image tower)")
     vector.check_finite()
     vector.save(out)
     norm = math.sqrt(sum(n * n for n in vector.norms().values()))
     extra = f", plus {len(vector.extra)} other parameters (unaligned)" if vector.extra else ""
+    lora = f", LoRA rank {vector.rank} (factors kept)" if vector.lora else ""
+    for line in lines:  # after success: a refusal stays one line
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(
-        f"wrote {out}: {len(vector.sites)} sites, ||dW||_F {norm:.4g}{extra}", highlight=False, soft_wrap=True
+        f"wrote {out}: {len(vector.sites)} sites{lora}, ||dW||_F {norm:.4g}{extra}", highlight=False, soft_wrap=True
     )
     if norm == 0:
         console.print(
@@ -73,23 +94,46 @@ def from_checkpoints_command(
         )
 
 
+def _arch_line(what: str, arch: str, quick_gelu: bool) -> str:
+    return f"{what}: open_clip architecture {arch} ({'QuickGELU' if quick_gelu else 'GELU'})"
+
+
 @reports_errors
 def apply_command(
     model: Annotated[
-        str, Opt("--model", help="The model to edit: ARCH:TAG, ARCH:/path, ARCH:none or hf-hub:owner/repo.")
+        str,
+        Opt(
+            "--model",
+            help="The model to edit: ARCH:TAG, ARCH:/path, ARCH:none, hf-hub:owner/repo or a transformers CLIP folder.",
+        ),
     ],
     task_vector: Annotated[
         list[Path], Opt("--task-vector", help="A task vector .safetensors; repeatable (added in turn).")
     ],
-    out: Annotated[Path, Opt("--out", help="The edited model's weights, an open_clip .safetensors state dict.")],
+    out: Annotated[
+        Path,
+        Opt(
+            "--out",
+            help="The edited model: an open_clip .safetensors state dict, or (--format transformers) a folder.",
+        ),
+    ],
     scale: Annotated[
         list[float] | None,
         Opt("--scale", help="lambda: once for every vector, or once per --task-vector in order (default 1)."),
     ] = None,
     cache_dir: CacheDir = None,
+    out_format: Annotated[
+        str,
+        Opt(
+            "--format",
+            help="open_clip (a state dict) | transformers (a CLIPVisionModelWithProjection folder: the image tower).",
+        ),
+    ] = "open_clip",
 ) -> None:
-    """Add task vectors to a model and write it as open_clip weights (open_clip.create_model(ARCH, pretrained=OUT))."""
-    from orthoxfer.models.loading import HUB, file_arch, load_model
+    """Add task vectors to a model and write it as open_clip weights (open_clip.create_model(ARCH, pretrained=OUT)),
+    or as a transformers CLIPVisionModelWithProjection folder (--format transformers)."""
+    from orthoxfer.models.hf_clip import HF_ARCH_PREFIX
+    from orthoxfer.models.loading import HUB, TRANSFORMERS, file_arch, load_model
     from orthoxfer.models.state_dicts import save_state_dict
     from orthoxfer.vectors.taskvector import TaskVector
 
@@ -98,13 +142,35 @@ def apply_command(
         scales *= len(task_vector)
     if len(scales) != len(task_vector):
         raise UsageError(f"give --scale once, or once per --task-vector ({len(task_vector)}), not {len(scales)} times")
+    if out_format not in ("open_clip", "transformers"):
+        raise UsageError(f"unknown --format {out_format!r}; use open_clip or transformers")
+    if out_format == "transformers":
+        from orthoxfer.models.hf_export import import_transformers
+
+        import_transformers()  # before any model is loaded: a missing extra is one line, at once
     vectors = [TaskVector.load(path) for path in task_vector]
     loaded = load_model(model, cache_dir=cache_dir)
     for vector in vectors:
         vector.check_fits(loaded.model)  # every vector fits before any is added
     for vector, s in zip(vectors, scales):
         vector.apply_to(loaded.model, s)
-    arch = file_arch(loaded.arch, loaded.quick_gelu) if loaded.arch != HUB else None
+    added = " + ".join(f"{s:g} x {p.name}" for s, p in zip(scales, task_vector))
+    if out_format == "transformers":
+        from orthoxfer.models.hf_export import write_vision_model
+
+        written = write_vision_model(loaded.model, out, loaded.mean, loaded.std)
+        console.print(
+            f"wrote {out}/: {loaded.spec} + {added} as a transformers {written}; load it with "
+            f"transformers.{written}.from_pretrained('{out}')",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    if loaded.arch in (HUB, TRANSFORMERS):  # a registered hf-clip-* config exists in this process only
+        known = loaded.open_clip_arch is not None and not loaded.open_clip_arch.startswith(HF_ARCH_PREFIX)
+        arch = loaded.open_clip_arch if known else None
+    else:
+        arch = file_arch(loaded.arch, loaded.quick_gelu)
     save_state_dict(
         loaded.model,
         out,
@@ -119,7 +185,6 @@ def apply_command(
     how = (
         f"open_clip.create_model('{arch}', pretrained='{out}'), or the model {arch}:{out}"
         if arch is not None
-        else f"open_clip.create_model('{loaded.spec}') and load_state_dict(safetensors.torch.load_file('{out}'))"
+        else f"load_state_dict(safetensors.torch.load_file('{out}')) into the open_clip model that {loaded.spec} builds"
     )
-    added = " + ".join(f"{s:g} x {p.name}" for s, p in zip(scales, task_vector))
     console.print(f"wrote {out}: {loaded.spec} + {added}; load it with {how}", highlight=False, soft_wrap=True)

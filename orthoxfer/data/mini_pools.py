@@ -10,6 +10,11 @@ Each task's training split is cut in three, the same for every seed and model:
   lambda and learning rate are chosen: far more images than a fifth of a small pool
   (about 5, which chose lambda = 0 for a perfect transfer on half the tasks);
 - the **rest**, from which each seed draws its few-shot pool.
+
+The source's task vectors are fine-tuned on everything but the validation set
+(:func:`source_training`): a lambda or step chosen there is chosen on images the vector
+never saw, as a control's is. The pools overlap the vector's training data, as the
+paper's few-shot images come from the split its source vectors were fine-tuned on.
 """
 
 from __future__ import annotations
@@ -99,6 +104,13 @@ def reserved(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         parts.append(np.sort(chosen))
         left = np.setdiff1d(left, chosen)
     return torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), torch.from_numpy(left)
+
+
+def source_training(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels a source task vector is fine-tuned on: the training split less the validation set."""
+    keep = torch.ones(len(task.train_labels), dtype=torch.bool)
+    keep[reserved(task)[1]] = False
+    return task.train_images[keep], task.train_labels[keep]
 
 
 def fewshot_pool(task: MiniTask, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

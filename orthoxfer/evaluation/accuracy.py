@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from orthoxfer.data.paper import CORRUPT
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import Pool, image_features, plain_batches
+from orthoxfer.terminal import stage_progress
 
 
 @dataclass
@@ -33,19 +33,8 @@ class Score:
         return self.correct / self.total if self.total else float("nan")
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def _score(
-    model: nn.Module, head: nn.Module, loader: Iterable, device: torch.device, progress: Progress, label: str
+    model: nn.Module, head: nn.Module, loader: Iterable, device: torch.device, progress: Any, label: str
 ) -> Score:
     total_batches = len(loader) if isinstance(loader, Sized) else None
     bar = progress.add_task(label, total=total_batches)
@@ -78,7 +67,7 @@ def evaluate_scores(
     models built or cached on the CPU are scored where the images go.
     """
     device = torch.device(device)
-    with evaluating(model, *(head for head, _ in tasks.values()), device=device), _progress(progress) as bars:
+    with evaluating(model, *(head for head, _ in tasks.values()), device=device), stage_progress(progress) as bars:
         return {name: _score(model, head, loader, device, bars, name) for name, (head, loader) in tasks.items()}
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 
 from orthoxfer.alignment.artifact import JOINT, Alignment
 from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.report.plots import pyplot, save_figure
+from orthoxfer.terminal import Grid
 from orthoxfer.vectors.taskvector import TaskVector
 
 COLUMNS = (
@@ -164,16 +164,20 @@ def write_report(
     return files
 
 
-def report_table(report: dict[str, Any]) -> Table:
-    """The per-site rows and the aggregate as one rich table."""
+def report_table(report: dict[str, Any]) -> Grid:
+    """The per-site rows and the aggregate as one table (split into parts where the width asks)."""
     oracle = "cosine_oracle_after" in report["aggregate"]
     identified = "identified_rank_min" in report["aggregate"]
-    table = Table(title=f"diagnostics: {report['strategy']} ({report['scope']})")
-    heads = ["site", "||dW|| before", "after", "ratio", "rank", "||U^TU-I||", "max|s-1|", "det", "||U-I||"]
+    heads = ["site", "||dW|| before", "||dW|| after", "ratio", "rank", "||U^TU-I||", "max|s-1|", "det", "||U-I||"]
     heads += ["identified rank", "cond(M)"] if identified else []
-    heads += ["cos oracle before", "after"] if oracle else []
-    for h in heads:
-        table.add_column(h, justify="left" if h == "site" else "right")
+    heads += ["cos oracle before", "cos oracle after"] if oracle else []
+    worst = "min identified rank, max cond(M), " if identified else ""
+    table = Grid(
+        f"diagnostics: {report['strategy']} ({report['scope']})",
+        heads,
+        caption=f"all sites: total ||dW||, max ||U^TU-I|| and |s-1|, {worst}mean ||U-I||"
+        + (" and cos oracle" if oracle else ""),
+    )
 
     def cells(r: dict[str, Any], name: str) -> list[str]:
         row = [
@@ -200,6 +204,5 @@ def report_table(report: dict[str, Any]) -> Table:
     for r in report["sites"]:
         table.add_row(*cells(r, r["site"]))
     table.add_section()
-    label = "all sites (max orth, mean ||U-I||" + (", min rank, max cond)" if identified else ")")
-    table.add_row(*cells(report["aggregate"], label))
+    table.add_row(*cells(report["aggregate"], "all sites"))
     return table

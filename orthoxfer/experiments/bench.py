@@ -6,9 +6,10 @@ few-shot fine-tuning), a lambda chosen on validation data (the suite's validatio
 the few-shot pools; never test), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
 so an interrupted benchmark resumes where it stopped.
 
-Controls (``norm``, ``spectrum``, ``other-task``) are the same methods applied to
-vectors that carry no knowledge of the task; **transfer gain** = accuracy(carried real
-vector) - accuracy(same method on the control).
+Controls (``norm``, ``spectrum``, ``orbit``, ``other-task``) are the same methods applied
+to vectors that carry no knowledge of the task; **transfer gain** = accuracy(carried real
+vector) - accuracy(same method on the control). A method only gets the controls valid for
+it (:func:`~orthoxfer.vectors.controls.valid_controls`: no ``orbit`` for the trained aligners).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from orthoxfer.alignment.artifact import rotate
 from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
-from orthoxfer.evaluation.baselines import SCALES, direct_addition, fewshot_finetune
+from orthoxfer.evaluation.baselines import SCALES, direct_addition
 from orthoxfer.evaluation.relate import relate
+from orthoxfer.experiments.auto import AUTO, choose
+from orthoxfer.experiments.tune import finetune_updates, transfer_then_tune
 from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
@@ -45,11 +48,15 @@ from orthoxfer.transfers.carry import carry
 from orthoxfer.transfers.registry import (
     TRANSFERS,
     check_method,
+    method_fits_similarity,
     method_needs,
     transfer_settings,
 )
-from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors
+from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors, valid_controls
 from orthoxfer.vectors.taskvector import TaskVector
+from orthoxfer.version import source_digest
+
+LR_GROWTH = 2  # a learning-rate grid whose largest rate wins grows by x3 steps, at most this many
 
 
 @dataclass(frozen=True)
@@ -57,38 +64,45 @@ class Row:
     """One line of the table."""
 
     kind: str  # embed | lora | "" (no task vector)
-    method: str  # target | finetune | direct | oracle | a strategy or transfer name
-    init: str = "identity"
+    method: str  # target | finetune | direct | oracle | tune | auto | a strategy or transfer name
+    init: str = "identity"  # an aligner's start; a tune row's start: direct or a transfer method
     control: str = ""  # "" = the real vector
     tie: str = "site"  # how many sites share one U (alignment rows only)
+    anchored: bool = False  # an aligner kept near its start (BenchConfig.anchor) with its step chosen on validation
 
     @property
     def needs(self) -> str:
         """The data the row's way of carrying saw beyond the vector: labels | images | none."""
         if self.method in ("target", "direct", "oracle"):
             return "none"
-        return "labels" if self.method == "finetune" else method_needs(self.method)
+        return "labels" if self.method in ("finetune", "tune", "auto") else method_needs(self.method)
 
     @property
     def id(self) -> str:
         parts = [self.kind or "none", self.method]
         parts += [f"tie-{self.tie}"] if self.tie != "site" else []
         parts += [f"init-{self.init}"] if self.init != "identity" else []
+        parts += ["anchored"] if self.anchored else []
         parts += [f"control-{self.control}"] if self.control else []
         return "_".join(parts)
 
     @property
     def label(self) -> str:
-        if self.method == "target":
-            return "target only"
-        if self.method == "finetune":
-            return "target few-shot FT"
+        if self.method in LABELS:
+            return LABELS[self.method]
         if self.method == "oracle":
             return f"{self.kind}, U = U* (ceiling)"
-        text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
+        if self.method == "tune":
+            text = f"{self.kind}, {'direct addition' if self.init == 'direct' else self.init} then few-shot FT"
+        else:
+            text = f"{self.kind}, " + ("direct addition" if self.method == "direct" else self.method)
         text += f" (tie {self.tie})" if self.tie != "site" else ""
-        text += " (init procrustes)" if self.init == "procrustes" else ""
+        text += f" (init {self.init})" if self.init != "identity" and self.method != "tune" else ""
+        text += " (anchored)" if self.anchored else ""
         return text + (f" [control: {self.control}]" if self.control else "")
+
+
+LABELS = {"target": "target only", "finetune": "target few-shot FT", AUTO: "auto (chosen on validation)"}
 
 
 @dataclass
@@ -108,6 +122,10 @@ class BenchConfig:
     align: AlignSettings = field(default_factory=AlignSettings)
     fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
+    anchored: tuple[str, ...] = ()  # starts (identity, procrustes, a transfer) of each trained method's anchored rows
+    anchor: dict[str, Any] = field(default_factory=dict)  # the anchored rows' settings (anchor, select_every)
+    tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
+    auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -121,6 +139,13 @@ class BenchConfig:
         for tie in self.ties:
             if tie not in CHOICES["tie"]:
                 raise UsageError(f"unknown tie {tie!r}; choose from {', '.join(CHOICES['tie'])}")
+        for start in self.tune_from:
+            if start != "direct" and start not in TRANSFERS:
+                raise UsageError(
+                    f"unknown start {start!r} for transfer-then-tune; choose direct or {', '.join(TRANSFERS)}"
+                )
+        if (self.auto or self.tune_from) and self.mode != "per-task":
+            raise UsageError("the auto and transfer-then-tune rows work per task: they need --mode per-task")
 
     def rows(self, planted: bool = False) -> list[Row]:
         """The table's rows; a planted target adds the ceiling row, the vector carried by the planted U*."""
@@ -134,16 +159,22 @@ class BenchConfig:
                 else tuple(m for m in self.methods if m in self.lora_methods or m in TRANSFERS)
             )
             for method in methods:
+                controls = valid_controls(self.controls, method_fits_similarity(method))
                 if method in TRANSFERS:  # no U: no init, no tie
-                    rows.extend(Row(kind, method, control=c) for c in ("", *self.controls))
+                    rows.extend(Row(kind, method, control=c) for c in ("", *controls))
                     continue
                 inits = ["identity"] + (["procrustes"] if self.procrustes_init and method != "procrustes" else [])
                 for tie in self.ties:
                     for init in inits:
                         rows.append(Row(kind, method, init, tie=tie))
                         if init == "identity":
-                            rows.extend(Row(kind, method, init, c, tie) for c in self.controls)
-        return rows
+                            rows.extend(Row(kind, method, init, c, tie) for c in controls)
+                if method_fits_similarity(method):
+                    for init in self.anchored:
+                        rows.extend(Row(kind, method, init, c, anchored=True) for c in ("", *controls))
+            for start in self.tune_from if kind == "embed" else ():
+                rows.extend(Row(kind, "tune", start, c) for c in ("", *self.controls))
+        return rows + ([Row("", AUTO)] if self.auto else [])
 
 
 def split_pools(
@@ -184,32 +215,51 @@ def _mean_diagnostics(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int) -> dict[str, Any]:
     """Compute one row; its record holds accuracies, the chosen lambda (and lr), diagnostics and wall time.
 
-    Trained rows (aligners and few-shot FT alike) try every learning rate of
-    ``config.lrs`` with the same steps and keep the one whose model scores best on the
-    validation part of the pools; only then is test data read, once.
+    Everything is chosen first (:func:`choose_row`); only then is test data read, once.
     """
     started = time.perf_counter()
+    models, record = choose_row(row, inputs, config, run, seed)
+    tested = time.perf_counter()
+    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
+    if row.method == "direct":  # the vector as fine-tuned (lambda = 1): on the same rung, the source's own accuracy
+        at_one = {t.name: inputs.vectors[row.kind][t.name].added_to_copy(inputs.target) for t in inputs.tasks}
+        record["accuracy_scale1"] = test_accuracy(at_one, inputs, config.align.device)
+    record["seconds"] = time.perf_counter() - started
+    record["seconds_test"] = time.perf_counter() - tested  # the rest is fitting and choosing lambda (seconds_choose)
+    return record
+
+
+def choose_row(
+    row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """One row's models (by task) and its record, everything in it chosen on validation; no test data is read.
+
+    Trained rows (aligners and few-shot FT alike) try every learning rate of
+    ``config.lrs`` with the same steps and keep the one whose model scores best on the
+    validation part of the pools; where the largest rate wins, the grid grows.
+    """
     train, val = split_pools(inputs, config.val_fraction, seed)
     record: dict[str, Any] = {
+        "code": source_digest(),
         "row": row.id,
         "label": row.label,
         **dataclasses.asdict(row),
         "needs": row.needs,
         "seed": seed,
     }
-    trained = row.method == "finetune" or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
-    grid = config.lrs if trained and config.lrs else (None,)
+    trained = row.method in ("finetune", "tune") or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
+    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [None]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
-    models, score, fields = fits[best]
+    while len(grid) > 1 and best == len(grid) - 1 and len(grid) < len(config.lrs) + LR_GROWTH:  # an edge choice
+        grid.append(3 * grid[-1])  # type: ignore[operator]
+        fits.append(_fit(row, inputs, config, run, seed, train, val, grid[-1], True))
+        best = max(range(len(fits)), key=lambda i: fits[i][1])
+    models, _, fields = fits[best]
     record.update(fields)
     if len(grid) > 1:
         record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
-    tested = time.perf_counter()
-    record["accuracy"] = test_accuracy(models, inputs, config.align.device)
-    record["seconds"] = time.perf_counter() - started
-    record["seconds_test"] = time.perf_counter() - tested  # the rest is fitting and choosing lambda (seconds_choose)
-    return record
+    return models, record
 
 
 def _fit(
@@ -231,18 +281,31 @@ def _fit(
     device = config.align.device
     folder = f"rows/{row.id}-seed{seed}" + (f"-lr{lr:g}" if own_folder else "")
     row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
-    if row.method == "target":
-        return dict.fromkeys(val, inputs.target), pool_accuracy(inputs.target, val, device)["mean"], {"scale": None}
-    if row.method == "finetune":
-        ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
-        model, _ = fewshot_finetune(inputs.target, train, ft, row_run, validation=val)
-        return dict.fromkeys(val, model), pool_accuracy(model, val, device)["mean"], {"scale": 1.0}
-    fields: dict[str, Any] = {}
     tasks = [t.name for t in inputs.tasks]
-    vectors = row_vectors(row, inputs, seed)
+    fields: dict[str, Any]
+    if row.method == "target":
+        scores = pool_accuracy(inputs.target, val, device)
+        fields = {"scale": None, "validation_score": {t: scores[t] for t in tasks}}
+        return dict.fromkeys(val, inputs.target), scores["mean"], fields
+    fields = {}
     per_task = config.mode == "per-task"
-    if not per_task:
-        vectors = {"joint": TaskVector.sum(vectors.values())}
+    ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
+    if row.method == "tune":
+        carried = row_vectors(row, inputs, seed)
+        if row.init != "direct":
+            settings = transfer_settings(config.transfer, seed=seed, device=device)
+            carried = {
+                k: d.vector for k, d in carry(row.init, carried, inputs.source, inputs.target, train, settings).items()
+            }
+        models, fields = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
+        fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
+        return models, sum(fields["validation_score"].values()) / len(tasks), fields
+    if row.method == "finetune":
+        vectors = finetune_updates(inputs.target, train, val, ft, row_run, per_task)
+    else:
+        vectors = row_vectors(row, inputs, seed)
+        if not per_task:
+            vectors = {"joint": TaskVector.sum(vectors.values())}
     if row.method == "oracle":
         planted = inputs.planted
         if planted is None:  # rows() adds the oracle row only for a planted target
@@ -265,7 +328,7 @@ def _fit(
         fields["diagnostics"] = _mean_diagnostics([d.diagnostics for d in done.values()])
         fields["transfer"] = {o.name: settings.options[o.name] for o in TRANSFERS[row.method].options}
         vectors = {k: d.vector for k, d in done.items()}
-    elif row.method != "direct":
+    elif row.method not in ("direct", "finetune"):
         aligning = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         aligning = aligning.replace(lr=lr) if lr is not None else aligning
         if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
@@ -293,6 +356,7 @@ def _fit(
     each = {t: direct_addition(inputs.target, vectors[t], {t: val[t]}, config.scales, device) for t in tasks}
     fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in each.items()}
     fields["scale"] = {t: c.scale for t, c in each.items()}
+    fields["validation_score"] = {t: c.validation[c.scale] for t, c in each.items()}
     fields["seconds_choose"] = time.perf_counter() - choosing
     score = sum(c.validation[c.scale] for c in each.values()) / len(tasks)
     return {t: c.model for t, c in each.items()}, score, fields
@@ -329,7 +393,21 @@ def run_bench(
                 continue
             progress(f"[{i}/{len(rows)}] {row.label} (seed {seed})")
             torch.manual_seed(seed)
-            record = run_row(row, inputs, config, run, seed)
+            if row.method == AUTO:  # chosen among this seed's rows on validation: nothing trained, no test read
+                seen = [r for r in records if r["seed"] == seed]
+                record = {
+                    "code": source_digest(),
+                    "row": row.id,
+                    "label": row.label,
+                    **dataclasses.asdict(row),
+                    "needs": row.needs,
+                    "seed": seed,
+                    "scale": None,
+                    "seconds": 0.0,
+                    **choose(seen, [t.name for t in inputs.tasks]),
+                }
+            else:
+                record = run_row(row, inputs, config, run, seed)
             if run.writes:
                 write_json(path, record)
             records.append(record)

@@ -15,7 +15,7 @@ run (minutes) cancels; its seconds per step are the median over rounds. The rows
   through target and source, one SVD per site), timed once per round;
 - ``activation``: the penalty strategy with the reference code's activation-side forward
   (:mod:`orthoxfer.experiments.activation_side`, a comparison point);
-- ``theseus``, ``gradfix-majority``, ``gradfix-mean``, ``transfusion``: one whole transfer of the
+- ``theseus``, ``gradfix-majority``, ``gradfix-mean``, ``transfusion``, ``bico``: one whole transfer of the
   dense vector by each transfer method (:mod:`orthoxfer.experiments.transfer_cost`; transfusion
   with one matching round, its cost per round of ``--transfusion-rounds``), timed once per round.
 
@@ -57,7 +57,6 @@ from orthoxfer.experiments.transfer_cost import (
 )
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
-from orthoxfer.fit.loop import progress_bar
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
 from orthoxfer.problem.tasks import FewShotTask
@@ -65,6 +64,7 @@ from orthoxfer.strategies.procrustes import procrustes_fit
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import AlignSettings
 from orthoxfer.strategies.trained import TrainedStrategy, identity_stacks
+from orthoxfer.terminal import stage_progress
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -336,7 +336,7 @@ def step_cost(
     for _ in range(warmup - 1):
         for row in rows:
             row.run()
-    with progress_bar() as bar:
+    with stage_progress() as bar:
         job = bar.add_task("step cost", total=steps, status="")
         for r in range(steps):
             order = others[r % len(others) :] + others[: r % len(others)] if others else []

@@ -68,6 +68,7 @@ class StudyPlan:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_dir: Path | None = None
     rung_controls: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    allow_code_change: bool = False  # resume rows made by other code (each rung's config.json records it)
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         for rung in self.rungs:
@@ -134,7 +135,7 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     suite, pair = rung_suite(rung)
     settings = plan.settings[suite]
     run = Run(out / rung, resume=True)
-    run.write_config(plan.rung_config(rung))
+    run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
     started = time.perf_counter()
     records, related = [], {}
     for seed in range(plan.seeds):

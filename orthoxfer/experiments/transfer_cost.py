@@ -7,7 +7,9 @@ and outputs of every site on the batch, then one polar factor per map (two per s
 per image with the majority vote and one in all with the mean vote, then the mask.
 ``transfusion``: one round of its data-free matching of the two towers' weights (head
 spectra, then each permutation by Hungarian assignment) and the relabelling; a transfer
-takes up to ``--transfusion-rounds`` rounds (its ``rounds`` diagnostic).
+takes up to ``--transfusion-rounds`` rounds (its ``rounds`` diagnostic). ``bico``: the
+inputs' statistics of both models, then one backward pass per ``--bico-grad-batch`` images
+in each model for the output side's gradients, and two polar factors per site.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # row name -> (transfer method,
     "gradfix-majority": ("gradfix", {"gradfix_vote": "majority"}),
     "gradfix-mean": ("gradfix", {"gradfix_vote": "mean"}),
     "transfusion": ("transfusion", {"transfusion_rounds": 1}),
+    "bico": ("bico", {}),
 }
 LABELS = {
     "theseus": "theseus (statistics and solves)",
     "gradfix-majority": "gradfix, majority vote (whole mask)",
     "gradfix-mean": "gradfix, mean vote (whole mask)",
     "transfusion": "transfusion (one matching round, relabelling)",
+    "bico": "bico (input statistics, a backward per 8 images in both models, solves)",
 }
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from orthoxfer.errors import UsageError
 from orthoxfer.fit import distributed
 from orthoxfer.fit.loop import run_steps
 from orthoxfer.fit.stepper import Stepper
@@ -163,8 +164,10 @@ class Transforms:
     whole step); the stacks are built only if something asks for them.
     """
 
-    def __init__(self, parts: list[nn.Module], stacks: list[torch.Tensor] | None = None) -> None:
-        self.parts, self._stacks = parts, stacks
+    def __init__(
+        self, parts: list[nn.Module], stacks: list[torch.Tensor] | None = None, starts: list[torch.Tensor] | None = None
+    ) -> None:
+        self.parts, self._stacks, self.starts = parts, stacks, starts
 
     def stacks(self) -> list[torch.Tensor]:
         if self._stacks is None:
@@ -178,6 +181,19 @@ class Transforms:
             return [factored_orthogonality_error(*p.factors()) for p in factored]
         return [orthogonality_error(s) for s in self.stacks()]
 
+    def start_distances(self) -> list[torch.Tensor]:
+        """``||U - U0||_F^2`` of every U, one tensor per group (what the ``anchor`` option weighs).
+
+        A low-rank ``U = U0 (I + L R^T)`` with U0 orthogonal (I or procrustes) is ``||L R^T||_F^2
+        = sum((L^T L) * (R^T R))``: k x k products, no d x d matrix.
+        """
+        factored = factored_parts(self.parts) if self._stacks is None else None
+        if factored is not None:
+            return [((lf.mT @ lf) * (rf.mT @ rf)).sum((-2, -1)) for lf, rf in (p.factors() for p in factored)]
+        if self.starts is None:
+            raise ValueError("the distance from the start needs the start stacks")
+        return [(s - s0).square().sum((-2, -1)) for s, s0 in zip(self.stacks(), self.starts)]
+
 
 class TransformStack(nn.Module):
     """The parameterisations of every group, one module so one optimiser and one checkpoint serve all."""
@@ -188,6 +204,17 @@ class TransformStack(nn.Module):
 
     def forward(self) -> list[torch.Tensor]:
         return [p() for p in self.parts]
+
+
+class WithWeights(nn.Module):
+    """An encoder run with some of its weights replaced (``torch.func.functional_call``), as one module to score."""
+
+    def __init__(self, encoder: nn.Module, overrides: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.encoder, self.overrides = encoder, overrides
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.encoder, self.overrides, (images,))
 
 
 class AlignStep(Stepper):
@@ -222,6 +249,8 @@ class AlignStep(Stepper):
         # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)
         self.factored_parts = factored_parts(self.module.parts)
         self.factored = self.factored_parts is not None
+        # U0, which the anchor measures a full U from (a factored U measures from its factors)
+        self.starts = None if self.factored or not settings.anchor else [u.to(self.device, torch.float32) for u in init]
         if self.factored_parts is not None:
             self.vectors = [
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
@@ -232,9 +261,17 @@ class AlignStep(Stepper):
         self.use_optimiser(strategy.optimiser(self.module, settings), settings.clip)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
+        transforms = Transforms(list(self.module.parts), None if self.factored else self.module(), self.starts)
         ce = F.cross_entropy(self.logits(x, head, transforms).float(), y)
-        return ce, self.strategy.regulariser(transforms, self.settings)
+        terms = [
+            t
+            for t in (
+                self.strategy.regulariser(transforms, self.settings),
+                self.strategy.anchoring(transforms, self.settings),
+            )
+            if t is not None
+        ]
+        return ce, sum(terms[1:], terms[0]) if terms else None
 
     def logits(self, x: torch.Tensor, head: nn.Module, transforms: Transforms) -> torch.Tensor:
         """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
@@ -245,6 +282,16 @@ class AlignStep(Stepper):
         overrides = param_overrides(self.model, self.sites, deltas, prefix="model.")
         with self.autocast:
             return head(functional_call(self.encoder, overrides, (x,)))
+
+    @torch.no_grad()
+    def carrying(self) -> nn.Module:
+        """The target carrying ``scale * U^T dW U`` at the current U's, for scoring: its weights swapped in, never copied."""
+        transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
+        if self.factored_parts is not None:  # the parts that ``transforms`` holds, as their factors
+            deltas = factored_deltas(self.groups, self.vectors, self.factored_parts)
+        else:
+            deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
+        return WithWeights(self.encoder, param_overrides(self.model, self.sites, deltas, prefix="model."))
 
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:
@@ -261,7 +308,17 @@ def train_transforms(
     run,
 ) -> Solution:
     step = AlignStep(strategy, problem, groups, init, settings)
-    run_steps(step, list(problem.tasks.values()), settings, run, problem.scope)
+    validate = None
+    if settings.select_every:
+        if not problem.validation:
+            raise UsageError(f"--select-every needs validation data for {problem.scope!r}; none was given")
+
+        def validate() -> dict[str, float]:  # per scope: a task alone, or joint: the mean over every task
+            from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
+
+            return accuracy.pool_accuracy(step.carrying(), problem.validation, step.device)
+
+    selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)
     with torch.no_grad():
         final: list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
         parts = step.factored_parts
@@ -272,4 +329,4 @@ def train_transforms(
             ]
         else:
             final = [s.detach().float().cpu() for s in step.module()]
-    return Solution(final, steps=settings.steps)
+    return Solution(final, steps=settings.steps, record={} if selection is None else {"selection": selection.record()})

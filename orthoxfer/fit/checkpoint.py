@@ -18,13 +18,19 @@ KIND = "checkpoint"
 
 
 def checkpoint_payload(
-    module: nn.Module, optimiser: torch.optim.Optimizer, step: int, meta: dict[str, Any]
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    step: int,
+    meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and header of a checkpoint (written with ``KIND`` by :meth:`orthoxfer.runs.Run.save_checkpoint`).
 
-    The tensors are the live state, not copies: write them before the next step.
+    ``extra``: entries of the caller's own (the step selection's best state), named apart
+    from ``module/`` and ``optim/``. The tensors are the live state, not copies: write them
+    before the next step.
     """
-    tensors = {f"module/{k}": v for k, v in module.state_dict().items()}
+    tensors = {**(extra or {}), **{f"module/{k}": v for k, v in module.state_dict().items()}}
     state = optimiser.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entry in state["state"].items():

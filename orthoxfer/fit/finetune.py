@@ -52,6 +52,7 @@ class FinetuneSettings:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
+    select_every: int = 0  # k > 0: the update of the step that scored best on validation (start, every k, last)
     device: str = "cpu"
     compile: bool = False  # torch.compile the model's forward (pays on GPU; see ImageEncoder)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +60,7 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        for name in ("lr", "weight_decay", "steps", "warmup", "clip", "rank", "lora_alpha"):
+        for name in ("lr", "weight_decay", "steps", "warmup", "clip", "rank", "lora_alpha", "select_every"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.batch_size <= 0 or (self.kind == "lora" and self.rank == 0):
@@ -158,10 +159,15 @@ def finetune(
 
     With one task this makes that task's vector on the source; with the aligners'
     few-shot tasks it is the paper's "Target w/ FT" baseline on exactly their images.
-    ``validation`` (held-out parts of the tasks' data) is scored after every epoch.
+    ``validation`` (held-out parts of the tasks' data) is scored after every epoch, or with
+    ``settings.select_every = k > 0`` at the start, every k steps and at the last step, and
+    the update that scored best is returned (ties: the earliest; the start is the zero
+    update), its step and the curve in ``meta["selection"]``.
     """
     if not tasks:
         raise UsageError("fine-tuning needs at least one task")
+    if settings.select_every and not validation:
+        raise UsageError("--select-every needs validation data; hold part of each pool out (--val-fraction)")
     sites = find_sites(model, settings.sites)
     for site in sites:
         if not torch.isfinite(read_site(model, site)).all():
@@ -177,7 +183,7 @@ def finetune(
     def validate(pools: Mapping[str, Pool]) -> dict[str, float]:
         return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), pools, step.device)
 
-    run_steps(
+    selection = run_steps(
         step,
         list(tasks.values()),
         settings,
@@ -185,4 +191,6 @@ def finetune(
         scope,
         functools.partial(validate, validation) if validation else None,
     )
+    if selection is not None:
+        meta["selection"] = selection.record()
     return step.module.task_vector(meta)

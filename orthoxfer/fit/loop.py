@@ -22,13 +22,15 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from orthoxfer.artifacts import load_artifact
 from orthoxfer.errors import OrthoxferError
-from orthoxfer.fit.checkpoint import load_checkpoint
+from orthoxfer.fit.checkpoint import KIND, restore_checkpoint
 from orthoxfer.fit.distributed import Ranks
+from orthoxfer.fit.select import StepSelection
 from orthoxfer.problem.tasks import Pool
+from orthoxfer.terminal import is_verbose, stage_progress
 
 
 class Diverged(OrthoxferError):
@@ -59,6 +61,7 @@ class LoopSettings(Protocol):
     seed: int
     log_every: int
     checkpoint_every: int
+    select_every: int  # 0: train to the last step; k > 0: the step chosen on validation (see fit.select)
 
 
 @functools.cache
@@ -115,17 +118,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-
-
 def task_batch(
     tasks: Sequence[Pool], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
 ):
@@ -158,23 +150,58 @@ def run_steps(
     run,
     scope: str,
     validate: Callable[[], dict[str, float]] | None = None,
-) -> None:
+) -> StepSelection | None:
     """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
 
     ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
-    epoch and after the last step; its scores go to ``validation.jsonl`` and the bar.
+    epoch and after the last step; its scores go to ``validation.jsonl`` and the
+    progress line (``val`` the latest mean, ``best`` the best and its step), and a line
+    per scoring is printed only under ``orthoxfer --verbose``: fifty of them drown a log.
+    With ``settings.select_every = k > 0`` it runs instead at the start, every k steps and
+    after the last step, and the module ends in the state whose ``mean`` scored best
+    (ties: the earliest); the returned :class:`~orthoxfer.fit.select.StepSelection` says
+    which step that was.
     """
     checkpoint = f"checkpoint-{scope}.safetensors"
+    selection = StepSelection(settings.select_every) if settings.select_every else None
+    if selection is not None and validate is None:
+        raise OrthoxferError(f"{stepper.name} [{scope}]: choosing the step on validation needs validation data")
     start = 0
     if run is not None and run.resume and run.file(checkpoint).exists():
-        start, _ = load_checkpoint(run.file(checkpoint), stepper.module, stepper.optimiser)
+        tensors, meta = load_artifact(run.file(checkpoint), KIND)
+        start, meta = restore_checkpoint(tensors, meta, stepper.module, stepper.optimiser)
+        if selection is not None:
+            selection.restore(tensors, meta)
         for name in ("metrics.jsonl", "validation.jsonl"):
             run.truncate_log(name, scope, start)
     epoch = epoch_steps(tasks, settings)
     for task in tasks:
         task.head.to(stepper.device)  # heads come from a cache on the CPU; a module moves in place
-    with progress_bar() as bar:
+    best: tuple[float, int] | None = None  # (mean validation accuracy, step)
+    status = shown = ""
+
+    def validated(done: int, bar) -> str:
+        nonlocal best
+        scores = validate()  # type: ignore[misc]
+        if run is not None:
+            run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
+        if best is None or scores["mean"] > best[0]:
+            best = (scores["mean"], done)
+        if is_verbose():
+            bar.console.print(
+                f"{stepper.name} [{scope}] step {done} (epoch {done / epoch:.3g}): validation accuracy "
+                + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            )
+        if selection is not None:
+            score = torch.tensor([scores["mean"]], dtype=torch.float64, device=stepper.device)
+            stepper.ranks.broadcast_([score])  # processes that share U's choose one step: rank 0's
+            selection.offer(done, score.item(), stepper.module)
+        return f"val {scores['mean']:.3f} best {best[0]:.3f}@{best[1]}"
+
+    with stage_progress() as bar:  # a live bar in a terminal, lines in a log
         job = bar.add_task(f"{stepper.name} [{scope}]", total=settings.steps, completed=start, status="")
+        if selection is not None and start == 0:
+            shown = validated(0, bar)  # the start itself is a candidate: training must beat it
         for step in range(start, settings.steps):
             task, x, y = task_batch(tasks, step, settings, stepper.device, stepper.ranks.part(settings.batch_size))
             factor = lr_factor(step, settings.warmup, settings.steps)
@@ -202,22 +229,18 @@ def run_steps(
                 }
                 if run is not None:
                     run.log(record)
-                status = "  ".join(f"{k} {record[k]:.4g}" for k in ("loss", "ce", "orth_error") if k in record)
-                bar.update(job, completed=done, status=status)
-            else:
-                bar.update(job, completed=done)
-            if validate is not None and (done % epoch == 0 or last):
-                scores = validate()
-                if run is not None:
-                    run.log(
-                        {"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl"
-                    )
-                bar.console.print(
-                    f"{stepper.name} [{scope}] epoch {done / epoch:.3g}: validation accuracy "
-                    + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-                    highlight=False,
-                )
+                status = " ".join(f"{k} {record[k]:.3g}" for k in ("loss", "orth_error") if k in record)
+            if validate is not None and (
+                selection.due(done, settings.steps) if selection is not None else done % epoch == 0 or last
+            ):
+                shown = validated(done, bar)
+            bar.update(job, completed=done, status=" ".join(p for p in (status, shown) if p))
             if save_now:
-                run.save_checkpoint(
-                    checkpoint, stepper.module, stepper.optimiser, done, {"scope": scope, "method": stepper.name}
-                )
+                meta = {"scope": scope, "method": stepper.name}
+                if selection is not None:
+                    meta["selection"] = selection.header()
+                extra = selection.tensors() if selection is not None else None
+                run.save_checkpoint(checkpoint, stepper.module, stepper.optimiser, done, meta, extra)
+    if selection is not None:
+        selection.choose(stepper.module)
+    return selection

@@ -115,6 +115,12 @@ def zero_shot_head(
     dataset) only makes the cache file readable; the digest decides a hit.
     """
     if isinstance(model, LoadedModel):
+        if not model.text_tower:
+            raise UsageError(
+                f"{model.spec} is a transformers vision model without a text tower, so it has no zero-shot heads: "
+                "evaluate its base (e.g. ViT-B-32:openai) plus a task vector made from it with `orthoxfer vector "
+                "from-checkpoints`, or give a CLIPModel"
+            )
         tokenizer = tokenizer or model.tokenizer
         key = key or model.identity
         model = model.model

@@ -1,4 +1,5 @@
-"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint``, ``ARCH:none`` or ``hf-hub:owner/repo``.
+"""Open_clip models named ``ARCH:TAG``, ``ARCH:/path/to/checkpoint``, ``ARCH:none``, ``hf-hub:owner/repo``, or a
+transformers CLIP folder.
 
 Two things are decided here, once. Each checkpoint runs with the activation it was
 trained with: open_clip's tag table says which tags used QuickGELU (``openai``,
@@ -11,7 +12,10 @@ first without any network access, the network is only tried when its host answer
 and a failure names the checkpoint, the file expected and the folder to put it in.
 ``HF_HUB_OFFLINE=1`` keeps every load off the network. An ``hf-hub:owner/repo`` model
 (open_clip's name for a repository holding ``open_clip_config.json`` and weights)
-follows the same rules through :mod:`orthoxfer.models.hub`.
+follows the same rules through :mod:`orthoxfer.models.hub`. A transformers CLIP (a folder
+with ``config.json``, or a repository holding one and no ``open_clip_config.json``) is
+converted on load into the open_clip architecture its config implies
+(:mod:`orthoxfer.models.hf_clip`), so every command takes FusionBench's checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import difflib
 import json
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -37,10 +40,12 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS
 from torch import nn
 
 from orthoxfer.errors import OrthoxferError, UsageError
-from orthoxfer.models import hub
+from orthoxfer.models import hf_build, hf_clip, hub
+from orthoxfer.models.archs import register_arch as register_arch  # its public name here too
 
 RANDOM = "none"
 HUB = "hf-hub"  # the arch of an hf-hub:owner/repo model; its tag is the repository
+TRANSFORMERS = "transformers"  # the arch of a transformers CLIP folder; its tag is the folder
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 # a tag's preprocessing settings -> the create_model_and_transforms arguments that force them
 _PREPROCESS_KEYS = {
@@ -67,10 +72,12 @@ class LoadedModel:
     std: tuple[float, float, float]
     quick_gelu: bool
     checkpoint: Path | None = None  # the weights file actually read
+    open_clip_arch: str | None = None  # a transformers checkpoint's open_clip architecture (the arch is "transformers")
+    text_tower: bool = True  # False for a vision-only transformers checkpoint: its text tower is random, no heads
 
     @property
     def spec(self) -> str:
-        return f"{self.arch}:{self.tag}"
+        return self.tag if self.arch == TRANSFORMERS else f"{self.arch}:{self.tag}"
 
     @property
     def identity(self) -> str:
@@ -83,28 +90,23 @@ class LoadedModel:
         base = f"{self.spec}:quick_gelu={self.quick_gelu}"
         if self.arch == HUB and self.checkpoint is not None:
             return f"{base}:{self.checkpoint.parent.name}"
-        if self.checkpoint is None or self.tag != str(self.checkpoint):
+        if self.checkpoint is None or (self.tag != str(self.checkpoint) and self.arch != TRANSFORMERS):
             return base
         stat = self.checkpoint.stat()
         return f"{base}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def register_arch(name: str, config: dict) -> None:
-    """Make a custom open_clip architecture (a model config dict) loadable as ``name:none`` or ``name:/path``.
-
-    Small CLIPs (tests, the offline suite) are real open_clip classes with their own
-    configs; registering one lets every ``ARCH:...`` code path serve them unchanged.
-    """
-    if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ValueError("an open_clip model config needs embed_dim, vision_cfg and text_cfg")
-    with tempfile.TemporaryDirectory() as folder:  # open_clip keeps the parsed config after the scan
-        path = Path(folder) / f"{name}.json"
-        path.write_text(json.dumps(config))
-        open_clip.add_model_config(path)
-
-
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``."""
+    """``"ARCH:TAG"`` -> ``(arch, tag)``, the arch checked against open_clip's configs; ``hf-hub:owner/repo`` -> ``("hf-hub", repo)``;
+    a transformers folder -> ``("transformers", folder)``."""
+    folder = Path(spec).expanduser()
+    if hf_clip.is_transformers_dir(folder):
+        return TRANSFORMERS, str(folder)
+    if (folder / hf_clip.ADAPTER_CONFIG).is_file():
+        raise UsageError(
+            f"{spec} is a PEFT adapter, not a model: make a LoRA task vector of it with `orthoxfer vector "
+            f"from-checkpoints --base BASE --finetuned {spec}` and add it to BASE with --task-vector"
+        )
     if spec.startswith(hub.PREFIX):
         repo, path = hub.parse(spec)
         if path is not None:
@@ -116,7 +118,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     arch, sep, source = spec.partition(":")
     if not sep or not arch or not source:
         raise UsageError(
-            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none or hf-hub:owner/repo (e.g. ViT-B-32:openai)"
+            f"model {spec!r} must be ARCH:TAG, ARCH:/path/to/checkpoint, ARCH:none, hf-hub:owner/repo or a transformers "
+            "CLIP folder holding config.json (e.g. ViT-B-32:openai)"
         )
     known = open_clip.list_models()
     if arch not in known:
@@ -281,8 +284,12 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     checkpoint: Path | None = None
     name, pp_kwargs = arch, {}
+    if arch == TRANSFORMERS:
+        return _load_transformers(spec, hf_clip.local_checkpoint(Path(source)), device)
     if arch == HUB:  # the repository's own config says architecture, activation and preprocessing
-        config = hub.hub_file(source, [HF_CONFIG_NAME], cache)
+        config = hub.hub_file(source, [HF_CONFIG_NAME, hf_clip.CONFIG], cache)
+        if config.name == hf_clip.CONFIG:  # a transformers repository (FusionBench's), not an open_clip one
+            return _load_transformers(spec, hf_clip.hub_checkpoint(source, config, cache), device)
         checkpoint = hub.hub_file(source, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache)
         name, tag = f"local-dir:{config.parent}", source
         quick_gelu = bool(json.loads(config.read_text()).get("model_cfg", {}).get("quick_gelu", False))
@@ -290,6 +297,10 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         tag, pp_tag = RANDOM, None
     elif _looks_like_path(source):
         checkpoint = Path(source).expanduser()
+        if hf_clip.is_transformers_dir(checkpoint):
+            raise UsageError(
+                f"{checkpoint} is a transformers folder: name it alone, without {arch}: (its config decides)"
+            )
         if not checkpoint.is_file():
             raise UsageError(f"checkpoint file {checkpoint} does not exist (model {spec})")
         tag, pp_tag = str(checkpoint), tag_of_file(arch, checkpoint)
@@ -333,4 +344,26 @@ def load_model(spec: str, cache_dir: Path | str | None = None, device: str | tor
         std=tuple(visual_cfg["std"]),
         quick_gelu=quick_gelu,
         checkpoint=checkpoint,
+    )
+
+
+def _load_transformers(spec: str, ckpt: hf_clip.HFCheckpoint, device: str | torch.device) -> LoadedModel:
+    """A transformers CLIP as the open_clip model its config implies (:mod:`orthoxfer.models.hf_build`)."""
+    arch, tag = (HUB, spec.removeprefix(hub.PREFIX)) if spec.startswith(hub.PREFIX) else (TRANSFORMERS, ckpt.where)
+    built = hf_build.build(ckpt, spec)
+    visual: Any = built.model.visual
+    size = visual.image_size
+    return LoadedModel(
+        model=built.model.to(device).eval(),
+        preprocess=built.preprocess,
+        tokenizer=built.tokenizer,
+        arch=arch,
+        tag=tag,
+        image_size=(size, size) if isinstance(size, int) else tuple(size),
+        mean=tuple(visual.preprocess_cfg["mean"]),
+        std=tuple(visual.preprocess_cfg["std"]),
+        quick_gelu=ckpt.config.quick_gelu,
+        checkpoint=ckpt.weights[0],
+        open_clip_arch=built.arch,
+        text_tower=ckpt.config.text is not None,
     )

@@ -36,8 +36,6 @@ from typing import Literal, get_args
 import open_clip
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact, write_json
@@ -51,6 +49,7 @@ from orthoxfer.fit.checkpoint import checkpoint_payload, restore_checkpoint
 from orthoxfer.models.shipped import read_shipped
 from orthoxfer.models.small import small_clip
 from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.terminal import err, stage_progress
 
 TRAIN_VERSION = 1  # bump whenever the training loop below changes what it produces
 KIND = "mini_model"
@@ -239,18 +238,8 @@ def pretrain(
     state = _resume(checkpoint, config, which, model, opt, g) if checkpoint is not None else None
     if state is not None:
         first_step, order, cursor, losses, spent = state
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        job = bar.add_task(
-            f"pre-training mini model {which.upper()}", total=config.steps, completed=first_step, loss="-"
-        )
+    with stage_progress(progress) as bar:
+        job = bar.add_task(f"pre-training mini model {which.upper()}", total=config.steps, completed=first_step)
         for step in range(first_step, config.steps):
             if cursor + config.batch_size > len(order):
                 order, cursor = torch.randperm(len(data.images), generator=g), 0
@@ -272,7 +261,7 @@ def pretrain(
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-            bar.update(job, advance=1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            bar.update(job, advance=1, status=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
                 tensors, meta = checkpoint_payload(
                     model,
@@ -311,7 +300,7 @@ def _resume(
         return None
     step, meta = restore_checkpoint(tensors, meta, model, opt)
     g.set_state(tensors["rng/batches"])
-    Console(stderr=True).print(f"mini model {which.upper()}: resuming pre-training at step {step} from {path}")
+    err.print(f"mini model {which.upper()}: resuming pre-training at step {step} from {path}")
     return step, tensors["data/order"], int(meta["cursor"]), list(meta["losses"]), float(meta["seconds"])
 
 
@@ -362,7 +351,7 @@ def pretrained_model(
     shipped it starts from a pre-trained A, never from a shipped image tower.
     """
     config = config or PretrainConfig()
-    console = Console(stderr=True, quiet=not progress)
+    say = err.print if progress else (lambda *args, **kwargs: None)
     start = recipe(config, which).start
     tensors, why = read_shipped(which, config.recipe_hash()) if shipped else (None, None)
     if tensors is not None:
@@ -377,7 +366,7 @@ def pretrained_model(
     begin = pretrained_model(start, config, root, progress, shipped=False) if start is not None else None
     partial = path.with_suffix(".partial.safetensors")
     if why is not None:
-        console.print(
+        say(
             f"mini model {which.upper()}: no shipped weights ({why}); pre-training it here, so results can "
             "differ slightly between machines"
         )
@@ -395,5 +384,5 @@ def pretrained_model(
             "logs": {**pretrain_logs(config, root), which: log},
         },
     )
-    console.print(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
+    say(f"mini model {which.upper()}: pre-trained in {log['seconds']:.0f} s, cached at {path}")
     return model

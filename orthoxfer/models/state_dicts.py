@@ -10,7 +10,10 @@ DDP, ``_orig_mod.`` from ``torch.compile``, ``model.`` from encoder wrappers), o
 inside the ``state_dict`` (or ``model``) entry of a training checkpoint. Task vectors
 live in the image tower, so only its keys are taken and checked against the base: a
 checkpoint of another architecture fails on its first mismatching key, with both
-shapes.
+shapes. A transformers CLIP (a folder with ``config.json``, or ``hf-hub:owner/repo`` holding
+one) is converted to open_clip names first (:mod:`orthoxfer.models.hf_clip`); a PEFT
+adapter is no model at all, and :func:`resolve_finetuned` says so for the caller to read
+it as a LoRA vector (:mod:`orthoxfer.vectors.peft_lora`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from torch import nn
 
 from orthoxfer.artifacts import save_artifact
 from orthoxfer.errors import OrthoxferError, UsageError
-from orthoxfer.models import hub
-from orthoxfer.models.loading import is_torchscript
+from orthoxfer.models import hf_clip, hub
+from orthoxfer.models.loading import LoadedModel, is_torchscript
 from orthoxfer.vectors.sites import default_root
 from orthoxfer.vectors.taskvector import MismatchError
 
@@ -89,6 +92,61 @@ def _tensors(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+OPEN_CLIP, TRANSFORMERS, PEFT = "open_clip", "transformers", "peft"
+
+
+def resolve_finetuned(value: str, cache_dir: Path | None = None) -> tuple[str, Path | hf_clip.HFCheckpoint]:
+    """What ``--finetuned`` names: ``("open_clip", file)``, ``("transformers", checkpoint)`` or ``("peft", folder)``.
+
+    ``hf-hub:owner/repo`` (no file) is whichever the repository holds, open_clip weights
+    first, then a transformers ``config.json``, then a PEFT ``adapter_config.json``.
+    """
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    local = Path(value).expanduser()
+    if local.is_dir():
+        if (local / hf_clip.ADAPTER_CONFIG).is_file():
+            return PEFT, local
+        if hf_clip.is_transformers_dir(local):
+            return TRANSFORMERS, hf_clip.local_checkpoint(local)
+        raise UsageError(
+            f"{local} is a folder without config.json or adapter_config.json: give a weights file, a transformers "
+            "CLIP folder or a PEFT adapter folder"
+        )
+    if value.startswith(hub.PREFIX) and hub.parse(value)[1] is None:
+        repo = hub.parse(value)[0]
+        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, hf_clip.CONFIG, hf_clip.ADAPTER_CONFIG]
+        found = hub.hub_file(repo, names, cache_dir)
+        if found.name == hf_clip.CONFIG:
+            return TRANSFORMERS, hf_clip.hub_checkpoint(repo, found, cache_dir)
+        if found.name == hf_clip.ADAPTER_CONFIG:  # its weights beside it, in the same snapshot folder
+            return PEFT, hub.hub_file(repo, list(hf_clip.ADAPTER_WEIGHTS), cache_dir).parent
+        return OPEN_CLIP, found
+    return OPEN_CLIP, checkpoint_file(value, cache_dir)
+
+
+def transformers_model(ckpt: hf_clip.HFCheckpoint, base: LoadedModel) -> nn.Module:
+    """A copy of the base whose image tower carries a transformers checkpoint's weights, converted.
+
+    A ``CLIPVisionModel`` has no projection: the base's stays (its delta is zero). A
+    checkpoint trained with another activation than the base runs cannot have been
+    fine-tuned from it, so that is refused before any difference is taken.
+    """
+    if ckpt.config.quick_gelu != base.quick_gelu:
+        act = {True: "QuickGELU", False: "GELU"}
+        raise MismatchError(
+            f"{ckpt.where} was trained with {act[ckpt.config.quick_gelu]} (hidden_act {ckpt.config.vision['hidden_act']}) "
+            f"and the base {base.spec} runs {act[base.quick_gelu]}: it was not fine-tuned from that base (OpenAI's "
+            "weights run QuickGELU: ViT-B-32:openai)"
+        )
+    state = {k: v for k, v in ckpt.open_clip_state().items() if k.startswith("visual.")}
+    if "visual.proj" not in state:
+        state["visual.proj"] = base.model.state_dict()["visual.proj"]
+    model = copy.deepcopy(base.model)
+    model.load_state_dict(check_tower(state, base.model, ckpt.where), strict=False)
+    return model
+
+
 def finetuned_tower(path: Path, base: nn.Module) -> dict[str, torch.Tensor]:
     """The image tower of the checkpoint at ``path``, keyed as ``base``'s parameters and checked against them."""
     try:
@@ -98,6 +156,11 @@ def finetuned_tower(path: Path, base: nn.Module) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - safetensors and torch raise many types for truncated or foreign files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise OrthoxferError(f"could not read {path} as a state dict ({reason})") from None
+    return check_tower(tensors, base, str(path))
+
+
+def check_tower(tensors: dict[str, torch.Tensor], base: nn.Module, path: str) -> dict[str, torch.Tensor]:
+    """The image-tower tensors among ``tensors``, keyed as ``base``'s; the first key or shape that differs is one line."""
     root = default_root(base)
     prefix = f"{root}." if root else ""
     state = base.state_dict()

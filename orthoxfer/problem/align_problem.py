@@ -7,7 +7,7 @@ sites of one width become one :class:`SiteGroup` whose U's are fitted as one sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -73,6 +73,9 @@ class ScopedProblem:
     sites: list[Site]
     source: nn.Module | None = None
     shared: bool = False
+    validation: dict[str, FewShotTask] = field(
+        default_factory=dict
+    )  # held out from ``tasks``: where the step is chosen
 
 
 @dataclass
@@ -80,12 +83,15 @@ class AlignProblem:
     """Everything a strategy may use: target, source task vectors by name, few-shot tasks, source model.
 
     In ``per-task`` mode the vectors are keyed by task name; in ``joint`` mode they are summed.
+    ``validation`` (task -> held-out data, never the few-shot pools themselves) is where
+    ``select_every`` scores the U's: a task's scope sees its own, ``joint`` all of them.
     """
 
     target: nn.Module
     vectors: dict[str, TaskVector]
     tasks: dict[str, FewShotTask]
     source: nn.Module | None = None
+    validation: dict[str, FewShotTask] | None = None
 
     def aligned_sites(self, selector: str) -> list[Site]:
         """The target's sites that the vectors carry and ``selector`` picks, after checking both are sane."""
@@ -117,10 +123,23 @@ class AlignProblem:
 
     def scoped(self, mode: str, sites: list[Site]) -> list[ScopedProblem]:
         vectors = self.restricted_vectors([s.name for s in sites])
+        validation = self.validation or {}
+        unknown = [t for t in validation if t not in self.tasks]
+        if unknown:
+            raise UsageError(
+                f"validation data for {unknown[0]!r}, which is not among the tasks ({', '.join(self.tasks)})"
+            )
         if mode == "joint":
             return [
                 ScopedProblem(
-                    "joint", self.target, TaskVector.sum(vectors.values()), self.tasks, sites, self.source, shared=True
+                    "joint",
+                    self.target,
+                    TaskVector.sum(vectors.values()),
+                    self.tasks,
+                    sites,
+                    self.source,
+                    shared=True,
+                    validation=dict(validation),
                 )
             ]
         missing = [t for t in self.tasks if t not in vectors]
@@ -130,5 +149,14 @@ class AlignProblem:
                 f"(vectors: {', '.join(vectors)})"
             )
         return [
-            ScopedProblem(t, self.target, vectors[t], {t: task}, sites, self.source) for t, task in self.tasks.items()
+            ScopedProblem(
+                t,
+                self.target,
+                vectors[t],
+                {t: task},
+                sites,
+                self.source,
+                validation={t: validation[t]} if t in validation else {},
+            )
+            for t, task in self.tasks.items()
         ]

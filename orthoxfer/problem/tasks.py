@@ -43,13 +43,13 @@ class ImageEncoder(nn.Module):
     def __init__(self, model: nn.Module, compiled: bool = False) -> None:
         super().__init__()
         self.model = model
-        self._features = torch.compile(self._eager) if compiled else self._eager
+        self._compiled = torch.compile(self._eager) if compiled else None
 
     def _eager(self, images: torch.Tensor) -> torch.Tensor:
         return image_features(self.model, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._features(images)
+        return self._eager(images) if self._compiled is None else self._compiled(images)
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

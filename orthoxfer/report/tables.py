@@ -14,11 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
 from scipy import stats
 
 from orthoxfer.artifacts import write_json, write_text
 from orthoxfer.report.plots import pyplot, save_figure
+from orthoxfer.terminal import Grid
 
 
 def interval(values: list[float]) -> tuple[float, float | None]:
@@ -136,18 +136,13 @@ def _columns(summary: list[dict[str, Any]], tasks: list[str]) -> tuple[list[str]
     return heads, rows
 
 
-def rich_tables(summary: list[dict[str, Any]], tasks: list[str], title: str) -> list[Table]:
-    """Two tables that fit a terminal: accuracy per task, then how each method got there."""
+def rich_tables(summary: list[dict[str, Any]], tasks: list[str], title: str) -> list[Grid]:
+    """Accuracy per task, then how each method got there; each splits its columns further where the width asks."""
     heads, rows = _columns(summary, tasks)
     split = len(tasks) + 2  # method, tasks, mean | the rest
     tables = []
     for name, cols in ((f"{title}: top-1 %", list(range(split))), ("diagnostics", [0, *range(split, len(heads))])):
-        table = Table(title=name)
-        for i in cols:
-            table.add_column(heads[i][:7] if 0 < i <= len(tasks) else heads[i], justify="left" if i == 0 else "right")
-        for r in rows:
-            table.add_row(*(r[i] for i in cols))
-        tables.append(table)
+        tables.append(Grid(name, [heads[i] for i in cols], [[r[i] for i in cols] for r in rows]))
     return tables
 
 

@@ -42,6 +42,9 @@ class Strategy(ABC):
         "labels"  # what data it fits U on: labels (few-shot cross-entropy) | images (activations only)
     )
     options: ClassVar[tuple[Option, ...]] = ()  # the settings of its own (flags, TOML keys, recorded in artifacts)
+    # it fits U in U^T dW U to the vector itself: a control in dW's orbit (Q^T dW Q) is undone at U = Q^T, so only
+    # controls outside the orbit measure it (orthoxfer.vectors.controls.valid_controls)
+    fits_similarity: ClassVar[bool] = False
 
     @abstractmethod
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:

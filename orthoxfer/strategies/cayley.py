@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from orthoxfer.strategies.linalg import cayley, cayley_lowrank, cayley_lowrank_factors, is_identity_stack
-from orthoxfer.strategies.trained import ROTATION_RANK, TrainedStrategy, rotation_rank
+from orthoxfer.strategies.trained import TRAINED_OPTIONS, TrainedStrategy, rotation_rank
 
 if TYPE_CHECKING:
     from orthoxfer.strategies.settings import AlignSettings
@@ -67,7 +67,7 @@ class LowRankCayley(nn.Module):
 class CayleyStrategy(TrainedStrategy):
     name = "cayley"
     exact = True
-    options = (ROTATION_RANK,)
+    options = TRAINED_OPTIONS
 
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
         k = rotation_rank(settings, init.shape[-1])

@@ -19,7 +19,7 @@ from torch import nn
 
 from orthoxfer.strategies.linalg import is_identity_stack
 from orthoxfer.strategies.options import Option
-from orthoxfer.strategies.trained import ROTATION_RANK, TrainedStrategy, rotation_rank
+from orthoxfer.strategies.trained import TRAINED_OPTIONS, TrainedStrategy, rotation_rank
 
 if TYPE_CHECKING:
     from orthoxfer.strategies.settings import AlignSettings
@@ -71,7 +71,7 @@ class LowRankFree(nn.Module):
 class PenaltyStrategy(TrainedStrategy):
     name = "penalty"
     exact = False
-    options = (ALPHA, PENALTY_FORM, ROTATION_RANK)
+    options = (ALPHA, PENALTY_FORM, *TRAINED_OPTIONS)
 
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
         k = rotation_rank(settings, init.shape[-1])

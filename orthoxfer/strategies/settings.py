@@ -22,7 +22,6 @@ from orthoxfer.strategies.registry import declared_options, strategy_class
 
 CHOICES = {
     "mode": ("joint", "per-task"),
-    "init": ("identity", "procrustes"),
     "tie": ("site", "block", "model"),
 }
 NON_NEGATIVE = ("lr", "weight_decay", "steps", "warmup", "clip", "log_every", "checkpoint_every", "shots", "augment")
@@ -40,7 +39,7 @@ class AlignSettings:
     batch_size: int = 32
     scale: float = 1.0  # lambda: the target carries scale * U^T dW U
     mode: str = "joint"
-    init: str = "identity"
+    init: str = "identity"  # identity | procrustes | a transfer method, composed (see orthoxfer.alignment.start)
     seed: int = 0
     tie: str = "site"
     sites: str = "attn"
@@ -79,7 +78,10 @@ class AlignSettings:
         raise AttributeError(f"{type(self).__name__!s} has no setting {name!r}")
 
     def __post_init__(self) -> None:
+        from orthoxfer.alignment.start import check_init  # it reads the transfer registry, which imports strategies
+
         strategy_class(self.method)
+        check_init(self.init)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(

@@ -4,12 +4,16 @@ A trained strategy says how U is parameterised (a small module whose ``forward``
 returns the stacked U's), which optimiser moves it, and what it adds to the loss; the
 shared step in :mod:`orthoxfer.fit.align_step` does batching, the materialised forward,
 schedules, clipping, logging, checkpoints and resume. Every trained strategy may start
-at the closed form (``init=procrustes``) and move inside a low-rank family
-(:data:`ROTATION_RANK`).
+at the closed form (``init=procrustes``) or from what a transfer carried
+(:mod:`orthoxfer.alignment.start`), move inside a low-rank family (:data:`ROTATION_RANK`),
+stay near its start (:data:`ANCHOR`, a prior: few labelled images should move U only
+as far as they must) and return the U's of the step that scored best on validation
+(:data:`SELECT_EVERY`, early stopping; :mod:`orthoxfer.fit.select`).
 """
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from typing import TYPE_CHECKING
 
@@ -35,10 +39,27 @@ ROTATION_RANK = Option(
     "instead of d^2); 0: a full U.",
     minimum=0,
 )
+ANCHOR = Option(
+    "anchor",
+    0.0,
+    "beta >= 0: adds beta * sum ||U - U0||_F^2 over every U, keeping U near its start U0 (identity, procrustes, "
+    "or the vector a transfer carried); inf: U stays at U0 (no training); 0: off.",
+    minimum=0,
+)
+SELECT_EVERY = Option(
+    "select_every",
+    0,
+    "k > 0: score the validation data at the start, every k steps and at the last step, and keep the U's "
+    "that scored best (ties: the earliest step); 0: keep the last step's U's.",
+    minimum=0,
+)
+TRAINED_OPTIONS = (ROTATION_RANK, ANCHOR, SELECT_EVERY)  # what every trained strategy declares besides its own
 
 
 class TrainedStrategy(Strategy):
     """U learned by gradient descent on cross-entropy of the target carrying ``scale * U^T dW U``."""
+
+    fits_similarity = True
 
     @abstractmethod
     def parameterise(self, init: torch.Tensor, settings: AlignSettings) -> nn.Module:
@@ -55,8 +76,16 @@ class TrainedStrategy(Strategy):
         """
         return None
 
+    def anchoring(self, transforms: Transforms, settings: AlignSettings) -> torch.Tensor | None:
+        """``anchor * sum ||U - U0||_F^2`` over every U (a prior at the start); None when off, so the step is unchanged."""
+        if not settings.anchor:
+            return None
+        return settings.anchor * torch.cat(transforms.start_distances()).sum()
+
     def solve(self, problem: ScopedProblem, groups: list[SiteGroup], settings: AlignSettings, run) -> Solution:
         init, record = initial_stacks(problem, groups, settings)
+        if math.isinf(settings.anchor):  # the limit of an ever stronger anchor: the start itself, exactly
+            return Solution(init, steps=0, record={**record, "frozen": True})
         solution = train_transforms(self, problem, groups, init, settings, run)
         solution.record.update(record)
         return solution

@@ -43,6 +43,7 @@ from orthoxfer.data.mini_pools import (
     mini_normalise,
     model_suite,
     shift_augment,
+    source_training,
     task_head,
     validation_set,
 )
@@ -176,19 +177,24 @@ def cache_dir(request: SuiteRequest) -> Path:
 def mini_source_vector(
     model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path
 ) -> TaskVector:
-    """The source's task vector for one mini task (fine-tuned on its whole train split), cached by everything that made it."""
+    """The source's task vector for one mini task, cached by everything that made it.
+
+    It is fine-tuned on the training split less the validation set, so that choices made
+    on validation (lambda, the step, the method) never see images the vector was trained on.
+    """
     record = {
         "model": tower_digest(model),
         "head": tensors_digest(head.state_dict()),
         "task": task.name,
         "data": DATA_VERSION,
         "train": train_key(settings),
+        "images": "train-less-validation",
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
     if path.is_file():
         return TaskVector.load(path)
-    train = FewShotTask(task.name, task.train_images, task.train_labels, head, augment=shift_augment(task.flip))
+    train = FewShotTask(task.name, *source_training(task), head, augment=shift_augment(task.flip))
     vector = finetune(
         model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name
     )

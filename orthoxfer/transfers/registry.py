@@ -12,12 +12,13 @@ from orthoxfer.errors import UsageError
 from orthoxfer.strategies.options import Option
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.transfers.base import NEEDS, Transfer, TransferSettings
+from orthoxfer.transfers.bico import BiCo
 from orthoxfer.transfers.gradfix import GradFix
 from orthoxfer.transfers.orthogonal_shift import OrthogonalShift
 from orthoxfer.transfers.theseus import Theseus
 from orthoxfer.transfers.transfusion import TransFusion
 
-TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus)}
+TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus, BiCo)}
 
 
 def register(cls: type[Transfer]) -> type[Transfer]:
@@ -47,6 +48,13 @@ def method_needs(name: str) -> str:
     """What data a method of either kind (a transfer or an alignment strategy) declares it needs."""
     check_method(name)
     return (TRANSFERS.get(name) or STRATEGIES[name]).needs
+
+
+def method_fits_similarity(name: str) -> bool:
+    """Whether a method fits ``U^T dW U`` to the vector (a trained aligner); transfers never do: they find their map
+    from the models, the images or the target's gradients, and cannot rotate a control back into the vector."""
+    check_method(name)
+    return name in STRATEGIES and STRATEGIES[name].fits_similarity
 
 
 def check_method(name: str) -> None:

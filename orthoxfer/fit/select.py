@@ -1,0 +1,83 @@
+"""The step chosen on validation (early stopping): keep the trained state that scored best on held-out data.
+
+Training on a few labelled images lowers their loss long after it stops helping
+anything else, and can leave a start that was already good (U = I on a pair where the
+vector carries). So the loop scores the validation data at the start (step 0, before
+any step), every ``every`` steps and at the last step; the state with the best mean
+score is kept (ties go to the earliest step: the start wins unless training beats it)
+and handed back at the end, with the step it came from and every score on the way.
+
+The best state travels in the run's checkpoints (tensors ``best/<name>`` beside the
+module's, the curve in the header), so a resumed run chooses exactly as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoxfer.errors import UsageError
+
+PREFIX = "best/"
+
+
+def rank(score: float) -> float:
+    """A score as selection compares it: NaN (a diverged state) below every number."""
+    return -math.inf if math.isnan(score) else score
+
+
+@dataclass
+class StepSelection:
+    """The best state seen so far (ties: the earliest step), and the validation curve that chose it."""
+
+    every: int
+    chosen_step: int | None = None
+    chosen_score: float = -math.inf
+    curve: list[list[float]] = field(default_factory=list)  # [step, mean validation accuracy], in step order
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether the state after ``done`` steps is scored: the start, every ``every`` steps, the last step."""
+        return done == 0 or done % self.every == 0 or done == total
+
+    def offer(self, done: int, score: float, module: nn.Module) -> None:
+        """Record ``score`` for the state after ``done`` steps; keep a copy of ``module``'s state if it is the best."""
+        self.curve.append([done, score])
+        if self.chosen_step is None or rank(score) > rank(self.chosen_score):
+            self.chosen_step, self.chosen_score = done, score
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def choose(self, module: nn.Module) -> None:
+        """Put the chosen state back into ``module``: what the run returns."""
+        if self.state:
+            module.load_state_dict(self.state)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The chosen state as checkpoint entries."""
+        return {PREFIX + k: v for k, v in self.state.items()}
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the tensors, for the checkpoint's header."""
+        return {
+            "every": self.every,
+            "chosen_step": self.chosen_step,
+            "chosen_score": self.chosen_score,
+            "curve": self.curve,
+        }
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint's selection (its header under ``meta["selection"]``)."""
+        header = meta.get("selection")
+        if header is None or header["every"] != self.every:
+            raise UsageError("the checkpoint was written without this step selection; resume with the same settings")
+        self.chosen_step, self.chosen_score, self.curve = header["chosen_step"], header["chosen_score"], header["curve"]
+        self.state = {k.removeprefix(PREFIX): v for k, v in tensors.items() if k.startswith(PREFIX)}
+
+    def record(self) -> dict[str, Any]:
+        """What an artifact records: the chosen step, its score, and the curve ``[[step, score], ...]``."""
+        return {"chosen_step": self.chosen_step, "chosen_score": self.chosen_score, "curve": self.curve}

@@ -1,0 +1,195 @@
+"""The step chosen on validation: a planted best step is picked, ties go to the start, resume chooses alike."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+from planted import planted
+from test_resume import Interrupting
+from test_train import colour_task
+from typer.testing import CliRunner
+
+import orthoxfer.evaluation.accuracy as accuracy
+import orthoxfer.fit.finetune as finetune_module
+from orthoxfer.alignment.align import align
+from orthoxfer.cli import app
+from orthoxfer.errors import UsageError
+from orthoxfer.fit.finetune import FinetuneSettings, finetune
+from orthoxfer.problem.align_problem import AlignProblem
+from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.runs import Run
+from orthoxfer.strategies.settings import AlignSettings
+from orthoxfer.vectors.taskvector import TaskVector
+
+
+def settings(method="penalty", **kw):
+    base = dict(method=method, sites="linear", steps=40, lr=5e-2, batch_size=16, augment=1, warmup=0, log_every=0)
+    return AlignSettings(**{**base, "select_every": 10, **kw})
+
+
+class Planted:
+    """A stand-in for pool_accuracy: the n-th call scores ``curve[n]``; keeps what each call scored."""
+
+    def __init__(self, curve=None, score=None):
+        self.curve, self.score, self.seen = curve, score, []
+
+    def __call__(self, model, tasks, device="cpu"):
+        weights = {k: v.detach().clone() for k, v in model.overrides.items()}
+        self.seen.append(weights)
+        value = self.curve[len(self.seen) - 1] if self.curve is not None else self.score(weights)
+        return {**dict.fromkeys(tasks, value), "mean": value}
+
+
+def carried(alignment, tv, target):
+    """``W + U^T dW U`` of every site, as the step's overrides name them."""
+    moved = alignment.apply(tv)
+    return {f"model.{s}": target.get_parameter(s) + moved.delta(s) for s in tv.sites}
+
+
+@pytest.mark.parametrize("method", ["penalty", "riemannian", "cayley"])
+def test_the_planted_best_step_is_chosen_and_its_u_returned(method, monkeypatch):
+    source, target, _, tv, task = planted(near_identity=0.3)
+    stub = Planted([0.1, 0.3, 0.9, 0.5, 0.2])  # steps 0, 10, 20, 30, 40
+    monkeypatch.setattr(accuracy, "pool_accuracy", stub)
+    problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task})
+    al = align(problem, settings(method))
+    chosen = al.meta["selection"]["joint"]
+    assert chosen["chosen_step"] == 20 and chosen["chosen_score"] == 0.9
+    assert [step for step, _ in chosen["curve"]] == [0, 10, 20, 30, 40] and al.meta["steps"] == 40
+    weights = carried(al, tv, target)
+    for key, w in weights.items():
+        assert torch.allclose(w, stub.seen[2][key], atol=1e-6)
+        assert not torch.allclose(w, stub.seen[4][key], atol=1e-4)  # the last step's U's were not returned
+
+
+def test_ties_go_to_the_start_so_a_perfect_start_survives_training():
+    """Target = source (U* = I): U = I scores 100% on validation, training cannot beat it, and I comes back exactly."""
+    source, target, _, tv, task = planted(near_identity=0.0)
+    train, val = task.split(0.25, 0)
+    problem = AlignProblem(target, {"toy": tv}, {"toy": train}, source, validation={"toy": val})
+    al = align(problem, settings("penalty", steps=20, select_every=5, lr=0.3))
+    assert al.meta["selection"]["joint"]["chosen_step"] == 0
+    assert al.meta["selection"]["joint"]["curve"][0] == [0, 1.0]
+    assert all(torch.equal(u, torch.eye(8)) for u in al.matrices().values())
+    moved = align(problem, settings("penalty", steps=20, select_every=0, lr=0.3))
+    assert "selection" not in moved.meta and any(not torch.equal(u, torch.eye(8)) for u in moved.matrices().values())
+
+
+def test_per_task_scopes_choose_on_their_own_validation(monkeypatch):
+    source, target, _, tv, task = planted(near_identity=0.3)
+    other = dataclasses.replace(task, name="other")
+    seen = []
+
+    def score(model, tasks, device="cpu"):
+        seen.append(list(tasks))
+        return {**dict.fromkeys(tasks, 0.5), "mean": 0.5}
+
+    monkeypatch.setattr(accuracy, "pool_accuracy", score)
+    problem = AlignProblem(
+        target, {"toy": tv, "other": tv}, {"toy": task, "other": other}, source, {"toy": task, "other": other}
+    )
+    al = align(problem, settings(steps=10, select_every=5, mode="per-task"))
+    assert seen == [["toy"]] * 3 + [["other"]] * 3
+    assert {s: r["chosen_step"] for s, r in al.meta["selection"].items()} == {"toy": 0, "other": 0}
+
+
+def test_resume_chooses_as_an_uninterrupted_run(monkeypatch, tmp_path):
+    """The best state lives in the checkpoint: a run cut after its best step still returns that step's U's."""
+    source, target, _, tv, task = planted(near_identity=0.3)
+    run_settings = settings("cayley", steps=30, select_every=5, checkpoint_every=10)
+    recorder = Planted([0.0] * 7)
+    monkeypatch.setattr(accuracy, "pool_accuracy", recorder)
+    align(AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task}), run_settings)
+    reference = recorder.seen[2]  # step 10
+
+    def closeness(weights):
+        return -sum((weights[k] - reference[k]).norm().item() for k in reference)
+
+    monkeypatch.setattr(accuracy, "pool_accuracy", Planted(score=closeness))
+    whole = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task}),
+        run_settings,
+        Run(tmp_path / "whole"),
+    )
+    broken = Interrupting(**{f.name: getattr(task, f.name) for f in dataclasses.fields(FewShotTask)}, fail_at=25)
+    with pytest.raises(KeyboardInterrupt):
+        align(
+            AlignProblem(target, {"toy": tv}, {"toy": broken}, source, validation={"toy": task}),
+            run_settings,
+            Run(tmp_path / "cut"),
+        )
+    resumed = align(
+        AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task}),
+        run_settings,
+        Run(tmp_path / "cut", resume=True),
+    )
+    assert whole.meta["selection"]["joint"]["chosen_step"] == 10
+    assert resumed.meta["selection"] == whole.meta["selection"]
+    assert all(torch.equal(resumed.matrices()[s], whole.matrices()[s]) for s in tv.sites)
+
+
+def test_selection_needs_validation_data():
+    source, target, _, tv, task = planted()
+    with pytest.raises(UsageError, match="--select-every needs validation data for every task; none for 'toy'"):
+        align(AlignProblem(target, {"toy": tv}, {"toy": task}, source), settings())
+    with pytest.raises(UsageError, match="not among the tasks"):
+        align(AlignProblem(target, {"toy": tv}, {"toy": task}, source, validation={"toy": task, "x": task}), settings())
+    with pytest.raises(UsageError, match="--select-every needs validation data"):
+        finetune(torch.nn.Linear(2, 2), {"toy": task}, FinetuneSettings(select_every=5))
+
+
+def ft_settings(**kw):
+    base = dict(kind="embed", lr=3e-3, weight_decay=0.0, steps=20, warmup=2, batch_size=32, log_every=0)
+    return FinetuneSettings(**{**base, "select_every": 5, **kw})
+
+
+class PlantedModels:
+    """pool_accuracy for fine-tuning: scores the n-th call ``curve[n]``, keeps each scored model's state."""
+
+    def __init__(self, curve):
+        self.curve, self.seen = curve, []
+
+    def __call__(self, model, tasks, device="cpu"):
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        value = self.curve[len(self.seen) - 1]
+        return {**dict.fromkeys(tasks, value), "mean": value}
+
+
+def test_finetuning_returns_the_update_of_the_planted_best_step(tiny, monkeypatch):
+    task = colour_task()
+    stub = PlantedModels([0.2, 0.4, 0.8, 0.8, 0.3])  # steps 0, 5, 10, 15, 20; the tie goes to step 10
+    monkeypatch.setattr(finetune_module, "pool_accuracy", stub)
+    tv = finetune(copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task})
+    assert tv.meta["selection"]["chosen_step"] == 10 and [s for s, _ in tv.meta["selection"]["curve"]] == [
+        0,
+        5,
+        10,
+        15,
+        20,
+    ]
+    tuned = tv.apply_to(copy.deepcopy(tiny)).state_dict()
+    assert all(torch.allclose(tuned[k], stub.seen[2][k], atol=1e-6) for k in tuned)
+    assert any(not torch.allclose(tuned[k], stub.seen[4][k], atol=1e-5) for k in tuned)
+
+
+def test_finetuning_keeps_the_start_when_training_only_hurts(tiny, monkeypatch):
+    monkeypatch.setattr(finetune_module, "pool_accuracy", PlantedModels([0.5, 0.4, 0.3, 0.2, 0.1]))
+    task = colour_task()
+    tv = finetune(copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task})
+    assert tv.meta["selection"]["chosen_step"] == 0
+    assert all(tv.delta(s).abs().max() == 0 for s in tv.sites)  # the zero update: the target itself
+
+
+def test_fewshot_ft_baseline_chooses_its_step_on_the_held_out_part(eurosat_run):
+    tmp_path, common, _ = eurosat_run
+    loop = ["--shots", "10", "--batch-size", "4", "--augment", "1", "--steps", "3", "--lr", "1e-3"]
+    args = ["baseline", "fewshot-ft", *common, "--tasks", "eurosat", *loop, "--select-every", "2"]
+    result = CliRunner().invoke(app, [*args, "--val-fraction", "0.3", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    selection = json.loads((tmp_path / "f" / "results.json").read_text())["selection"]
+    assert [step for step, _ in selection["curve"]] == [0, 2, 3] and selection["chosen_step"] in (0, 2, 3)
+    assert TaskVector.load(tmp_path / "f" / "task_vector.safetensors").meta["selection"] == selection
+    alone = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "g")])
+    assert alone.exit_code == 2 and "--select-every needs validation data" in alone.output
