@@ -73,6 +73,14 @@ def bench_command(
         bool | None,
         Opt("--auto/--no-auto", help="The auto row: per task, the row best on validation (per-task mode)."),
     ] = None,
+    anchored: Annotated[
+        str | None,
+        Opt(
+            "--anchored",
+            help="Anchored rows of each trained strategy, one per start given (identity, procrustes or a transfer "
+            "method): U kept near its start (anchor 1) and its step chosen on validation (every 10 steps).",
+        ),
+    ] = None,
     seeds: Annotated[
         int, Opt("--seeds", min=1, help="Repeat with seeds 0..N-1 (pre-training too on mini); mean and 95% interval.")
     ] = 1,
@@ -165,6 +173,7 @@ def bench_command(
         "mode": mode,
         "tune_from": comma_list(tune_from),
         "auto": auto,
+        "anchored": comma_list(anchored),
     }
     task_names = comma_list(tasks)
     settings = resolve_bench(

@@ -26,6 +26,7 @@ from torch import nn
 
 from orthoxfer.alignment.align import align
 from orthoxfer.alignment.artifact import rotate
+from orthoxfer.alignment.start import check_init, start_from
 from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
@@ -56,6 +57,8 @@ from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vecto
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import source_digest
 
+# an anchored row: beta ||U - U0||^2 keeps U near its start, and the step is chosen on validation every 10 steps
+ANCHORED = {"anchor": 1.0, "select_every": 10}
 LR_GROWTH = 2  # a learning-rate grid whose largest rate wins grows by x3 steps, at most this many
 
 
@@ -123,7 +126,7 @@ class BenchConfig:
     fewshot_ft: FinetuneSettings = field(default_factory=FinetuneSettings)
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
     anchored: tuple[str, ...] = ()  # starts (identity, procrustes, a transfer) of each trained method's anchored rows
-    anchor: dict[str, Any] = field(default_factory=dict)  # the anchored rows' settings (anchor, select_every)
+    anchor: dict[str, Any] = field(default_factory=lambda: dict(ANCHORED))  # the anchored rows' settings
     tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
     auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
 
@@ -139,6 +142,8 @@ class BenchConfig:
         for tie in self.ties:
             if tie not in CHOICES["tie"]:
                 raise UsageError(f"unknown tie {tie!r}; choose from {', '.join(CHOICES['tie'])}")
+        for init in self.anchored:
+            check_init(init)
         for start in self.tune_from:
             if start != "direct" and start not in TRANSFERS:
                 raise UsageError(
@@ -331,11 +336,17 @@ def _fit(
     elif row.method not in ("direct", "finetune"):
         aligning = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         aligning = aligning.replace(lr=lr) if lr is not None else aligning
+        aligning = aligning.replace(**config.anchor) if row.anchored else aligning
+        carrying = transfer_settings(config.transfer, seed=seed, device=device)
+        vectors = start_from(row.init, vectors, inputs.source, inputs.target, train, carrying)
         if per_task:  # the joint budget, shared out: each task's U's get its share of the steps
             aligning = aligning.replace(
                 steps=max(1, -(-aligning.steps // len(tasks))), warmup=aligning.warmup // len(tasks)
             )
-        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source), aligning, row_run)
+        validation = val if aligning.select_every else None  # the step is chosen there too
+        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source, validation), aligning, row_run)
+        if aligning.select_every:
+            fields["chosen_step"] = {s: v["chosen_step"] for s, v in alignment.meta["selection"].items()}
         if row_run.writes:
             alignment.save(row_run.file("alignment.safetensors"))
         reports = [alignment.meta["diagnostics"][scope] for scope in alignment.scopes]
