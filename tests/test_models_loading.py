@@ -132,6 +132,16 @@ def test_offline_error_names_checkpoint_file_and_folder(tmp_path, monkeypatch):
         load_model("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path)
 
 
+def test_a_tag_without_any_source_is_one_line_not_a_type_error(tmp_path, monkeypatch):
+    # the message read the Hugging Face file name of a tag that has no hf_hub and no url either: None[1]
+    real = oc_pretrained.get_pretrained_cfg
+    monkeypatch.setattr(
+        oc_pretrained, "get_pretrained_cfg", lambda arch, tag: {} if tag == "laion400m_e32" else real(arch, tag)
+    )
+    with pytest.raises(OrthoxferError, match=r"could not be downloaded \(no source\).*:/path/to/weights.pt"):
+        load_model("ViT-B-32:laion400m_e32", cache_dir=tmp_path)
+
+
 def test_usage_errors_list_the_choices(tmp_path):
     with pytest.raises(UsageError, match="did you mean ViT-B-32") as err:
         load_model("ViT-B32:openai")

@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from test_data_paper import make_eurosat
+from torch import nn
 from typer.testing import CliRunner
 
 from orthoxfer.cli import app
-from orthoxfer.errors import UsageError
+from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.evaluation.relate import RelationStats, compare, relate
 from orthoxfer.models.loading import register_arch
 from orthoxfer.models.small import small_clip, small_config
@@ -79,6 +80,39 @@ def test_running_sums_match_explicit_centring():
     torch.testing.assert_close(cxx, xc.T @ xc)
     torch.testing.assert_close(cyy, yc.T @ yc)
     torch.testing.assert_close(cxy, xc.T @ yc)
+
+
+class _Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.ln_1(x)
+
+
+class _Tower(nn.Module):
+    """An image tower of ``depth`` blocks whose forward runs only the first ``runs`` of them."""
+
+    def __init__(self, depth, runs):
+        super().__init__()
+        self.visual = nn.Module()
+        self.visual.transformer = nn.Module()
+        self.visual.transformer.resblocks = nn.ModuleList(_Block(3) for _ in range(depth))
+        self.runs = runs
+
+    def encode_image(self, images):
+        x = images.flatten(2).mT
+        for block in self.visual.transformer.resblocks[: self.runs]:
+            x = block(x)
+        return x.mean(1)
+
+
+def test_a_tower_whose_forward_skips_a_block_is_refused_by_name():
+    # the capture list started as None and kept a block's previous rows: a None or stale rows were read there
+    assert [r.depth for r in relate(_Tower(2, 2), _Tower(2, 2), images())] == [0, 1, 2]
+    with pytest.raises(OrthoxferError, match="target model's image forward did not pass through block 2"):
+        relate(_Tower(2, 2), _Tower(2, 1), images())
 
 
 def test_towers_of_different_width_are_refused(tiny):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from orthoxfer.artifacts import ArtifactError
+from orthoxfer.errors import UsageError
 from orthoxfer.models.small import small_clip
 from orthoxfer.vectors.sites import find_sites, read_site
 from orthoxfer.vectors.taskvector import MismatchError, TaskVector
@@ -50,6 +51,33 @@ def test_arithmetic(tiny_pair):
     assert total.meta["tasks"] == ["a", "a", "a"]
     n = a.norms()
     assert all(abs((2 * a).norms()[k] - 2 * n[k]) < 1e-6 for k in a.sites)
+
+
+def test_sum_of_vectors_refuses_none_and_matches_addition(tiny_pair):
+    # the builtin sum() of no vectors is the int 0, whose .save / .select / .meta fail far from the cause
+    with pytest.raises(UsageError, match="at least one"):
+        TaskVector.sum([])
+    with pytest.raises(UsageError):
+        TaskVector.sum(v for v in [])
+    base, tuned = tiny_pair
+    a = TaskVector.from_models(base, tuned, "attn", meta={"tasks": ["a"]})
+    b = a * 0.5
+    assert TaskVector.sum([a]) is a
+    total = TaskVector.sum(iter([a, b, a]))
+    assert all(torch.equal(total.delta(k), (a + b + a).delta(k)) for k in a.sites)
+    assert total.meta["tasks"] == ["a", "a", "a"]
+
+
+def test_sum_adds_extra_deltas_by_name(tiny_pair):
+    base, tuned = tiny_pair
+    a = TaskVector.from_models(base, tuned, "attn-qkv", full=True)
+    only = next(iter(a.extra))
+    b = TaskVector(dict(a.dense), extra={only: a.extra[only]})
+    total = TaskVector.sum([a, b])
+    assert list(total.extra) == list(a.extra)
+    assert torch.equal(total.extra[only], 2 * a.extra[only])
+    assert all(torch.equal(total.extra[k], a.extra[k]) for k in a.extra if k != only)
+    assert list(TaskVector.sum([b, a]).extra)[0] == only
 
 
 def test_lora_materialisation_norms_and_ranks(tiny):

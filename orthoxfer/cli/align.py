@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +17,9 @@ from orthoxfer.cli.common import VAL_FRACTION, command_suite, console, launch, r
 from orthoxfer.errors import UsageError
 from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
+
+if TYPE_CHECKING:
+    from orthoxfer.vectors.taskvector import TaskVector
 
 Opt = typer.Option
 
@@ -32,7 +35,7 @@ def parse_vector_args(values: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
-def load_vectors(values: list[str], read: Callable[[str], Any] | None = None) -> dict[str, Any]:
+def load_vectors(values: list[str], read: Callable[[str], TaskVector] | None = None) -> dict[str, TaskVector]:
     """Task vectors by name; ``read`` turns a value into a vector (a suite's, which also knows names such as ``mini:surfaces``)."""
     from orthoxfer.vectors.taskvector import TaskVector
 
@@ -59,7 +62,7 @@ def resolve_settings(config: Path | None, flags: dict[str, Any], defaults: dict[
 
 
 def _has_section(config: Path) -> bool:
-    import tomllib
+    from orthoxfer._toml import tomllib
 
     try:
         return isinstance(tomllib.loads(config.read_text()).get("align"), dict)
@@ -191,6 +194,7 @@ def align_command(
     from orthoxfer.runs import Run
     from orthoxfer.transfers.registry import declared_options as transfer_options
     from orthoxfer.transfers.registry import transfer_settings
+    from orthoxfer.vectors.taskvector import TaskVector
 
     dev = launch(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
@@ -276,7 +280,7 @@ def align_command(
     alignment.save(run.file("alignment.safetensors"))
 
     per_task = settings.mode != "joint"  # per-task and per-task-summed: each task its own U's
-    transferred = sum(
+    transferred = TaskVector.sum(
         alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items()
     )
     transferred.meta.update(
@@ -284,7 +288,7 @@ def align_command(
     )  # beside it
     transferred.save(run.file("transferred.safetensors"))
     for scope in alignment.scopes:
-        tv = sum(vectors.values()) if scope == "joint" else vectors[scope]
+        tv = TaskVector.sum(vectors.values()) if scope == "joint" else vectors[scope]
         report = diagnose(tv.select(alignment.sites), alignment, task=None if scope == "joint" else scope)
         write_report(report, tv.select(alignment.sites), alignment, run.path if scope == "joint" else run.path / scope)
     console.print(summary_table(alignment, f"{settings.method} alignment into {target}"))

@@ -175,6 +175,7 @@ def direct_command(
     from orthoxfer.evaluation.accuracy import evaluate
     from orthoxfer.evaluation.baselines import SCALES, direct_addition
     from orthoxfer.runs import Run
+    from orthoxfer.vectors.taskvector import TaskVector
 
     grid = comma_floats(scales, "--scales") or SCALES
     chosen_suite, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
@@ -197,7 +198,7 @@ def direct_command(
         }
     )
     loaded, tests = _prepare(chosen_suite, target, names, dev, eval_batch_size, shots, seed)
-    vector = sum(vectors.values())
+    vector = TaskVector.sum(vectors.values())
     vector.check_fits(loaded.model)
     validation = chosen_suite.validation_sets(loaded, names) if val_fraction is None else None
     chosen_on = "the suite's validation sets"

@@ -312,7 +312,7 @@ def bench_command(
     if not run.writes:  # another process of a torchrun launch: rank 0 writes the table
         return
     summary = summarise_rows(records, names)
-    meta = {
+    meta: dict[str, Any] = {
         "suite": suite,
         **({"pair": rung} if rung else {}),
         "source": inputs.source_name,

@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 import typer
 from rich.text import Text
@@ -36,18 +36,19 @@ console = out  # markup and emoji off: names print as they are (orthoxfer.termin
 err_console = err
 VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
 
-F = TypeVar("F", bound=Callable)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does: between atomic writes
 
 
-def reports_errors(fn: F) -> F:
+def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn orthoxfer errors into one line and an exit code; work already written stays on disk."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         try:
@@ -62,7 +63,7 @@ def reports_errors(fn: F) -> F:
             _say(f"interrupted{_rank()}", "finished artifacts and checkpoints stay on disk")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _say(label: str, message: str) -> None:
@@ -178,6 +179,12 @@ def command_suite(
     return open_suite(name, request)
 
 
+@overload
+def comma_list(text: str) -> tuple[str, ...]: ...
+@overload
+def comma_list(text: None) -> None: ...
+@overload
+def comma_list(text: str | None) -> tuple[str, ...] | None: ...
 def comma_list(text: str | None) -> tuple[str, ...] | None:
     """``"a, b,"`` -> ``("a", "b")``; None stays None (the option was not given)."""
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text is not None else None

@@ -40,7 +40,7 @@ def check(
         for c in checks:
             if not c.found:
                 console.print()
-                console.print(Text.assemble((c.name, "bold"), " missing: ", c.problem))
+                console.print(Text.assemble((c.name, "bold"), " missing: ", c.problem or ""))
                 console.print(f"  expected under {data_root}:")
                 for line in c.layout.splitlines():
                     console.print(f"    {line}", soft_wrap=True)  # a layout line keeps its shape

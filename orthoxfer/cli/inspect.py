@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,7 @@ def inspect_command(
 
     tv = TaskVector.load(task_vector)
     norms, ranks = tv.norms(), tv.ranks()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"site": s, "shape": list(tv.shape(s)), "kind": tv.kind, "norm": norms[s], "rank": ranks[s]} for s in tv.sites
     ]
     total = {

@@ -39,7 +39,7 @@ def pretrain_command(
     config, and otherwise pre-train and say so. Pre-training never reads a shipped file
     here: each model is made from its recipe. An interrupted run resumes where it stopped.
     """
-    from orthoxfer.models.pretrain import pretrained_model, recipe
+    from orthoxfer.models.pretrain import check_which, pretrained_model, recipe
     from orthoxfer.models.shipped import write_shipped
     from orthoxfer.suites.base import SuiteRequest
     from orthoxfer.suites.mini import SIZES, pretrain_config
@@ -51,7 +51,7 @@ def pretrain_command(
     for which in names:
         recipe(config, which)  # every name checked before minutes are spent
     for which in names:
-        model = pretrained_model(which, config, cache_dir, shipped=False)
+        model = pretrained_model(check_which(which), config, cache_dir, shipped=False)
         path = write_shipped(
             which, model, config.recipe_hash(), {"config": dataclasses.asdict(config), "key": config.key()}, out
         )

@@ -110,7 +110,7 @@ def mini_inputs(
 ) -> tuple:
     """Two of the mini suite's models and the images ``bench`` relates them on: in one batch, as ``bench`` does, unless
     ``batch_size`` splits them (the real pairing does not change; the shuffled control is drawn per batch)."""
-    from orthoxfer.data.mini import mini_tasks
+    from orthoxfer.data.mini import check_size, mini_tasks
     from orthoxfer.suites.mini import RELATE_PER_TASK, relate_images
 
     if images is not None:
@@ -120,7 +120,7 @@ def mini_inputs(
     suite = command_suite("mini", where, size=size, cache_dir=cache_dir)
     for spec in (source, target):  # both names before minutes of pre-training
         suite.check(spec)
-    pixels = relate_images(mini_tasks(size), suite.default_shots, seed)[:limit]
+    pixels = relate_images(mini_tasks(check_size(size)), suite.default_shots, seed)[:limit]
     described = (
         f"mini ({size}): up to {RELATE_PER_TASK} images of each task's {suite.default_shots}-shot pool (seed {seed})"
     )
@@ -194,8 +194,6 @@ def relate_command(
         raise UsageError("give --source and --target, or --pair for the mini suite's models")
     where = resolve_device(device)
     mini = source.startswith(PREFIX) or target.startswith(PREFIX)
-    if not mini and batch_size is None:
-        batch_size = 64
     if mini:
         loaded_source, loaded_target, batches, described, counted = mini_inputs(
             source, target, images, limit, batch_size, seed, where, size, cache_dir, workers
@@ -203,6 +201,7 @@ def relate_command(
     elif size != "full":
         raise UsageError("--size is for the mini models (mini:a, mini:b, ...)")
     else:
+        batch_size = 64 if batch_size is None else batch_size
         loaded_source, loaded_target, batches, described, counted = open_clip_inputs(
             source, target, images, limit, batch_size, seed, where, cache_dir, workers
         )

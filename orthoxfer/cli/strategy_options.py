@@ -45,6 +45,6 @@ def with_strategy_options(
 
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in added.items()]
     positional = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shared]
-    wrapper.__signature__ = signature.replace(parameters=positional + extra)  # type: ignore[attr-defined]
+    wrapper.__signature__ = signature.replace(parameters=positional + extra)  # type: ignore[attr-defined]  # typeshed's functions have no __signature__; inspect reads it
     wrapper.__annotations__ = {**{p.name: p.annotation for p in shared}, "return": hints.get("return"), **added}
     return wrapper

@@ -170,7 +170,7 @@ def study_command(
     results = [
         run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
     ]
-    meta = {
+    meta: dict[str, Any] = {
         "title": "orthoxfer study: transfer gains over controls on the ladder of relatedness",
         "rungs": list(names),
         "seeds": seeds,

@@ -103,6 +103,7 @@ def transfer_command(
     from orthoxfer.strategies.registry import STRATEGIES
     from orthoxfer.transfers.carry import carry, save_learnt
     from orthoxfer.transfers.registry import TRANSFERS, check_method, transfer_settings
+    from orthoxfer.vectors.taskvector import TaskVector
 
     check_method(method)
     if method in STRATEGIES:
@@ -159,10 +160,10 @@ def transfer_command(
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
     if mode == "joint":
-        vectors = {"joint": sum(vectors.values())}
+        vectors = {"joint": TaskVector.sum(vectors.values())}
     done = carry(method, vectors, source_model, loaded.model, pools, settings)
 
-    transferred = sum(d.vector for d in done.values())
+    transferred = TaskVector.sum(d.vector for d in done.values())
     transferred.meta.update(recommended_scale=scale, method=method, target=target, learnt="learnt.safetensors")
     transferred.save(run.file("transferred.safetensors"))
     save_learnt(run.file("learnt.safetensors"), done, {"method": method, "target": target, "source": source})

@@ -178,6 +178,7 @@ def fewshot_task(
         loaded, unreadable = _read_pool(train, missing, workers)
         pool.update(loaded)
         skipped |= unreadable
+    height, width = pool[indices[0]][0].shape[-2:]
     return FewShotTask(
         name=train.name,
         images=torch.stack([pool[i][0] for i in indices]),
@@ -185,5 +186,5 @@ def fewshot_task(
         head=head,
         mean=model.mean,
         std=model.std,
-        augment=augmentation(recipe, tuple(pool[indices[0]][0].shape[-2:])),
+        augment=augmentation(recipe, (height, width)),
     )

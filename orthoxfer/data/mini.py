@@ -45,7 +45,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ from orthoxfer.data.image_ops import background, crop_task, jitter, per_class, s
 from orthoxfer.errors import UsageError
 
 Size = Literal["full", "micro"]
+_SIZE_NAMES: dict[str, Size] = {name: name for name in get_args(Size)}
 TASK_NAMES = ("mnist", "housenumbers", "pictograms", "textures", "surfaces", "relief", "scenes", "coins")
 
 # per-split image counts: (train, test). "full" keeps evaluation of all 8 tasks at 4,000 test images
@@ -216,7 +217,7 @@ def _pictograms(rng: np.random.Generator, n_train: int, n_test: int) -> TaskPart
             k = per_class(n, len(_ICONS), label)
             out[split].extend(render(label) for _ in range(k))
             out[split + 1].extend([label] * k)
-    return *out, _ICON_NAMES, False, tuple(f"{i}.png" for i in _ICONS)  # type: ignore[return-value]
+    return *out, _ICON_NAMES, False, tuple(f"{i}.png" for i in _ICONS)
 
 
 def _textures(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -229,7 +230,7 @@ def _textures(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
     }
     images = {k: open_rgb(skimage(f)) for k, f in files.items()}
     parts = crop_task(rng, images, n_train, n_test, side=(0.25, 0.5), turns=True, strength=0.35)
-    return *parts, tuple(files), True, tuple(files.values())  # type: ignore[return-value]
+    return *parts, tuple(files), True, tuple(files.values())
 
 
 def _surfaces(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -242,7 +243,7 @@ def _surfaces(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
     images = {k: open_rgb(skimage(f)) for k, f in files.items()}
     windows = {"retina": (0.25, 0.25, 0.75, 0.75)}  # inside the fundus, not its black surround
     parts = crop_task(rng, images, n_train, n_test, side=(0.04, 0.1), turns=True, strength=0.45, windows=windows)
-    return *parts, tuple(files), True, tuple(files.values())  # type: ignore[return-value]
+    return *parts, tuple(files), True, tuple(files.values())
 
 
 def _relief_maps() -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +307,7 @@ def _relief(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
             out[split + 1].append(label)
         if any(wanted):
             raise DataError(f"relief task: could not draw enough {names[wanted.index(max(wanted))]} windows")
-    return *out, names, True, ("topobathy.npz", "jacksboro_fault_dem.npz")  # type: ignore[return-value]
+    return *out, names, True, ("topobathy.npz", "jacksboro_fault_dem.npz")
 
 
 def _scenes(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -323,7 +324,7 @@ def _scenes(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
     }
     images = {k: open_rgb(p) for k, p in files.items()}
     parts = crop_task(rng, images, n_train, n_test, side=(0.3, 0.6), turns=False, strength=0.3)
-    return *parts, tuple(files), True, tuple(p.name for p in files.values())  # type: ignore[return-value]
+    return *parts, tuple(files), True, tuple(p.name for p in files.values())
 
 
 def _coins(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
@@ -352,7 +353,7 @@ def _coins(rng: np.random.Generator, n_train: int, n_test: int) -> TaskParts:
             k = per_class(n, len(names), label)
             out[split].extend(view(label) for _ in range(k))
             out[split + 1].extend([label] * k)
-    return *out, names, True, ("coins.png",)  # type: ignore[return-value]
+    return *out, names, True, ("coins.png",)
 
 
 _BUILDERS: dict[str, tuple[str, Callable[[np.random.Generator, int, int], TaskParts]]] = {
@@ -389,6 +390,13 @@ def mini_task(name: str, size: Size = "full") -> MiniTask:
         flip=flip,
         sources=sources,
     )
+
+
+def check_size(size: str) -> Size:
+    """``size`` as one of the mini sizes, or a one-line UsageError naming them."""
+    if size not in _SIZE_NAMES:
+        raise UsageError(f"unknown mini size {size!r}; use {' or '.join(_SIZE_NAMES)}")
+    return _SIZE_NAMES[size]
 
 
 def mini_tasks(size: Size = "full", names: Sequence[str] = TASK_NAMES) -> list[MiniTask]:

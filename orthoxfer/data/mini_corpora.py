@@ -87,7 +87,7 @@ def _dead_leaves(rng: np.random.Generator, n: int, shape: str, layers: int = 40,
     colours = _hsv_to_rgb(hue, sat, rng.uniform(0.15, 1.0, (n, layers)))  # (n, layers, 3)
     aspect = np.sqrt(rng.uniform(0.4, 2.5, (n, layers)))
     base = _hsv_to_rgb(hue0, np.full(n, 0.3), np.full(n, 0.5))[:, None, :]
-    colours = torch.from_numpy(np.concatenate([base, colours], 1).astype(np.float32))  # index 0: the ground
+    palette = torch.from_numpy(np.concatenate([base, colours], 1).astype(np.float32))  # index 0: the ground
     t = {
         k: torch.from_numpy(v.astype(np.float32))[:, :, None, None]
         for k, v in {"r": r, "cx": cx, "cy": cy, "aspect": aspect}.items()
@@ -102,7 +102,7 @@ def _dead_leaves(rng: np.random.Generator, n: int, shape: str, layers: int = 40,
         else:
             mask = (dx.abs() < t["r"][:, k] * t["aspect"][:, k]) & (dy.abs() < t["r"][:, k] / t["aspect"][:, k])
         top.masked_fill_(mask, k + 1)
-    canvas = torch.gather(colours, 1, top.view(n, -1, 1).expand(-1, -1, 3)).view(n, res, res, 3)
+    canvas = torch.gather(palette, 1, top.view(n, -1, 1).expand(-1, -1, 3)).view(n, res, res, 3)
     return canvas.numpy()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -66,15 +67,21 @@ def shift_augment(flip: bool, pad: int = 2) -> Callable[[torch.Tensor], torch.Te
     as much as the small model's training step.
     """
 
-    def augment(images: torch.Tensor) -> torch.Tensor:
-        out = random_shift(images, pad=pad)
-        if flip:
+    return _ShiftAugment(flip, pad)
+
+
+@dataclass(frozen=True)
+class _ShiftAugment:
+    flip: bool
+    pad: int
+    batched: ClassVar[bool] = True  # FewShotTask.batch hands it the whole batch
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = random_shift(images, pad=self.pad)
+        if self.flip:
             mirror = torch.rand(len(out)) < 0.5
             out[mirror] = out[mirror].flip(-1)
         return out.round().to(torch.uint8)
-
-    augment.batched = True  # type: ignore[attr-defined]
-    return augment
 
 
 HEAD_PER_CLASS = 2

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,7 +375,7 @@ def make_loader(
     start (tens of ms), paid again every time a small test set is scored.
     """
     if workers is None:
-        workers = min(8, os.cpu_count() or 1) if len(data) > batch_size else 0
+        workers = min(8, os.cpu_count() or 1) if isinstance(data, Sized) and len(data) > batch_size else 0
     return DataLoader(
         data,
         batch_size=batch_size,

@@ -8,7 +8,7 @@ left out of the accuracy and counted, never fatal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from torch import nn
 
 from orthoxfer.data.paper import CORRUPT
 from orthoxfer.models.modes import evaluating
-from orthoxfer.problem.tasks import FewShotTask, image_features, plain_batches
+from orthoxfer.problem.tasks import Pool, image_features, plain_batches
 from orthoxfer.terminal import stage_progress
 
 
@@ -36,7 +36,7 @@ class Score:
 def _score(
     model: nn.Module, head: nn.Module, loader: Iterable, device: torch.device, progress: Any, label: str
 ) -> Score:
-    total_batches = len(loader) if hasattr(loader, "__len__") else None
+    total_batches = len(loader) if isinstance(loader, Sized) else None
     bar = progress.add_task(label, total=total_batches)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = torch.zeros((), dtype=torch.int64, device=device)
@@ -93,8 +93,6 @@ def accuracy(model: nn.Module, head: nn.Module, loader: Iterable, device: str | 
     return evaluate_scores(model, {"task": (head, loader)}, device, progress=False)["task"].accuracy
 
 
-def pool_accuracy(
-    model: nn.Module, tasks: Mapping[str, FewShotTask], device: str | torch.device = "cpu"
-) -> dict[str, float]:
+def pool_accuracy(model: nn.Module, tasks: Mapping[str, Pool], device: str | torch.device = "cpu") -> dict[str, float]:
     """Accuracy on held-out parts of few-shot pools or train splits: the only data settings are chosen on."""
     return evaluate(model, {n: (t.head, plain_batches(t, 256)) for n, t in tasks.items()}, device, progress=False)

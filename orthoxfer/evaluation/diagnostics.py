@@ -121,7 +121,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def aggregate_by_scope(alignment: Alignment, vectors: dict[str, TaskVector]) -> dict[str, Any]:
     """The aggregate of every scope of an alignment (joint: the summed vectors)."""
     if JOINT in alignment.transforms:
-        return {JOINT: diagnose(sum(vectors.values()), alignment)["aggregate"]}
+        return {JOINT: diagnose(TaskVector.sum(vectors.values()), alignment)["aggregate"]}
     return {scope: diagnose(vectors[scope], alignment, task=scope)["aggregate"] for scope in alignment.scopes}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from orthoxfer.errors import UsageError
+from orthoxfer.errors import OrthoxferError, UsageError
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import image_features
 from orthoxfer.report.plots import pyplot, save_figure
@@ -138,14 +138,16 @@ def compare(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return stats.metrics()
 
 
-def residual_blocks(model: nn.Module) -> nn.ModuleList:
+def residual_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     """The image tower's residual blocks (``model.visual.transformer.resblocks``), or a UsageError."""
     try:
         blocks = model.get_submodule("visual.transformer.resblocks")
     except AttributeError:
+        blocks = None
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
         raise UsageError(
             f"{type(model).__name__} has no visual.transformer.resblocks; relate needs an open_clip ViT image tower"
-        ) from None
+        )
     return blocks
 
 
@@ -155,7 +157,12 @@ def tower_shape(model: nn.Module) -> tuple[int, int]:
     transformer = model.get_submodule("visual.transformer")
     width = getattr(transformer, "width", None)
     if width is None:
-        width = blocks[0].ln_1.normalized_shape[0]
+        ln_1 = blocks[0].get_submodule("ln_1")
+        if not isinstance(ln_1, nn.LayerNorm):
+            raise UsageError(
+                f"{type(model).__name__}'s image tower names no width and has no LayerNorm ln_1 to read it"
+            )
+        width = ln_1.normalized_shape[0]
     return int(width), len(blocks)
 
 
@@ -198,6 +205,18 @@ def capture_stream(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
         yield seen
 
 
+def _filled(seen: list[torch.Tensor | None], which: str) -> list[torch.Tensor]:
+    """What one forward captured at every depth; a depth it never reached is refused, not read as None or as the
+    previous batch's rows."""
+    missing = [layer_name(k) for k, t in enumerate(seen) if t is None]
+    if missing:
+        raise OrthoxferError(
+            f"the {which} model's image forward did not pass through {', '.join(missing)} of "
+            "visual.transformer.resblocks; relate reads the residual stream there"
+        )
+    return [t for t in seen if t is not None]
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -236,11 +255,13 @@ def relate(
     generator = torch.Generator().manual_seed(seed)
     with evaluating(source, target), capture_stream(source) as xs, capture_stream(target) as xt:
         for batch in _batches(images):
+            xs[:], xt[:] = [None] * len(xs), [None] * len(xt)
             image_features(source, (source_transform(batch) if source_transform else batch).to(_device(source)))
             image_features(target, (target_transform(batch) if target_transform else batch).to(_device(target)))
+            seen_s, seen_t = _filled(xs, "source"), _filled(xt, "target")
             where = _device(target) if _device(target).type != "mps" else torch.device("cpu")  # no float64 on MPS
-            perm = torch.randperm(xt[0].shape[0], generator=generator).to(where)  # one shuffle per batch
-            for k, (x, y) in enumerate(zip(xs, xt)):
+            perm = torch.randperm(seen_t[0].shape[0], generator=generator).to(where)  # one shuffle per batch
+            for k, (x, y) in enumerate(zip(seen_s, seen_t)):
                 x, y = x.to(where), y.to(where)
                 stats[k].update(x, y, y[perm])
     relations = []

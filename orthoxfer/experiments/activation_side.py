@@ -16,7 +16,7 @@ and the benchmark compares the two formulations and nothing else. Only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -55,7 +55,7 @@ class ActivationSideAttention(nn.Module):
 
 
 @contextmanager
-def swapped(model: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[None]:
+def swapped(model: nn.Module, replacements: Mapping[str, nn.Module]) -> Iterator[None]:
     """Put ``replacements`` (by module path) into ``model`` for the duration of a forward."""
     originals = {}
     for path, module in replacements.items():
@@ -81,17 +81,24 @@ class ActivationSideStep(AlignStep):
                 raise UsageError(f"the activation-side comparison covers attention sites only, not {site.name}")
             parts.setdefault(site.block, {})[site.part] = i
         self.blocks = {
-            path: ActivationSideAttention(self.model.get_submodule(path), p, self.contribution)
-            for path, p in parts.items()
+            path: ActivationSideAttention(self._attention(path), p, self.contribution) for path, p in parts.items()
         }
         self.updates: list[tuple[torch.Tensor, ...]] = []  # per site: dW, or LoRA's (A, B) with dW^T = A^T B^T
         for vec in self.vectors:
-            self.updates += (
-                [(dw,) for dw in vec.dw.unbind(0)]
-                if vec.dw is not None
-                else list(zip(vec.a.unbind(0), vec.b.unbind(0)))
-            )
+            if vec.dw is not None:
+                self.updates += [(dw,) for dw in vec.dw.unbind(0)]
+            else:
+                a, b = vec.factors()
+                self.updates += list(zip(a.unbind(0), b.unbind(0)))
         self.current: list[torch.Tensor] = []
+
+    def _attention(self, path: str) -> nn.MultiheadAttention:
+        mha = self.model.get_submodule(path)
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise UsageError(
+                f"the activation-side comparison needs torch's MultiheadAttention at {path}, not {type(mha).__name__}"
+            )
+        return mha
 
     def contribution(self, site: int, x: torch.Tensor) -> torch.Tensor:
         """``((x U^T) dW^T) U``: the site's update applied to its input, three activation-sized matmuls."""

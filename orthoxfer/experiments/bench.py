@@ -319,11 +319,12 @@ def _fit(
     folder = f"rows/{row.id}-seed{seed}" + (f"-lr{lr:g}" if own_folder else "")
     row_run = Run(run.file(folder), resume=True)  # resumes a row cut off mid-training
     tasks = [t.name for t in inputs.tasks]
+    fields: dict[str, Any]
     if row.method == "target":
         scores = pool_accuracy(inputs.target, val, device) if val else {}
         fields = {"scale": None, **({"validation_score": {t: scores[t] for t in tasks}} if val else {})}
         return dict.fromkeys(tasks, inputs.target), scores.get("mean", math.nan), fields
-    fields: dict[str, Any] = {}
+    fields = {}
     per_task = config.mode == "per-task"  # each task its own model; per-task-summed ends in one, as joint does
     ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
     if row.method == "tune":
@@ -343,9 +344,12 @@ def _fit(
         if config.mode == "joint" and config.reference_lora_sum and row.kind == "lora" and not row.control:
             vectors = {"joint": reference_lora_sum([vectors[t] for t in tasks])}  # the code's bug, on request
         elif config.mode == "joint":
-            vectors = {"joint": sum(vectors.values())}
+            vectors = {"joint": TaskVector.sum(list(vectors.values()))}
     if row.method == "oracle":
-        vectors = {k: rotate(v, inputs.planted) for k, v in vectors.items()}
+        planted = inputs.planted
+        if planted is None:  # rows() adds the oracle row only for a planted target
+            raise UsageError("the oracle row needs a planted target: it carries the vector by the planted U*")
+        vectors = {k: rotate(v, planted) for k, v in vectors.items()}
     elif row.method in TRANSFERS:
         settings = transfer_settings(config.transfer, seed=seed, device=device)
         # the training parts only: lambda is chosen on val; joint rows were summed above
@@ -364,18 +368,18 @@ def _fit(
         fields["transfer"] = {o.name: settings.options[o.name] for o in TRANSFERS[row.method].options}
         vectors = {k: d.vector for k, d in done.items()}
     elif row.method not in ("direct", "finetune"):
-        settings = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
-        settings = settings.replace(lr=lr) if lr is not None else settings
-        settings = settings.replace(**config.anchor) if row.anchored else settings
+        aligning = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
+        aligning = aligning.replace(lr=lr) if lr is not None else aligning
+        aligning = aligning.replace(**config.anchor) if row.anchored else aligning
         carrying = transfer_settings(config.transfer, seed=seed, device=device)
         vectors = start_from(row.init, vectors, inputs.source, inputs.target, train, carrying)
         if config.mode != "joint":  # the joint budget, shared out: each task's U's get its share of the steps
-            settings = settings.replace(
-                steps=max(1, -(-settings.steps // len(tasks))), warmup=settings.warmup // len(tasks)
+            aligning = aligning.replace(
+                steps=max(1, -(-aligning.steps // len(tasks))), warmup=aligning.warmup // len(tasks)
             )
-        validation = val if settings.select_every else None  # the step is chosen there too
-        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source, validation), settings, row_run)
-        if settings.select_every:
+        validation = val if aligning.select_every else None  # the step is chosen there too
+        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source, validation), aligning, row_run)
+        if aligning.select_every:
             fields["chosen_step"] = {s: v["chosen_step"] for s, v in alignment.meta["selection"].items()}
         if row_run.writes:
             alignment.save(row_run.file("alignment.safetensors"))
@@ -387,25 +391,22 @@ def _fit(
         vectors = {
             k: alignment.apply(v.select(alignment.sites), task=None if k == "joint" else k) for k, v in vectors.items()
         }
-    if (
-        config.mode == "per-task-summed" and "joint" not in vectors
-    ):  # every task's carried vector in one model: W + sum_i U_i^T dW_i U_i
-        vectors = {"joint": sum(vectors[t] for t in tasks)}
+    if config.mode == "per-task-summed" and "joint" not in vectors:  # one model: W + sum_i U_i^T dW_i U_i
+        vectors = {"joint": TaskVector.sum([vectors[t] for t in tasks])}
     choosing = time.perf_counter()
     if not per_task:
         chosen = _scaled(inputs.target, vectors["joint"], val, config.scales, device)
         fields.update(_chosen_fields(chosen))
         fields["seconds_choose"] = time.perf_counter() - choosing
         return dict.fromkeys(tasks, chosen.model), chosen.validation.get(chosen.scale, math.nan), fields
-    chosen = {t: _scaled(inputs.target, vectors[t], {t: val[t]} if val else {}, config.scales, device) for t in tasks}
+    each = {t: _scaled(inputs.target, vectors[t], {t: val[t]} if val else {}, config.scales, device) for t in tasks}
     if val:
-        fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()}
-    fields["scale"] = {t: c.scale for t, c in chosen.items()}
-    if val:
-        fields["validation_score"] = {t: c.validation[c.scale] for t, c in chosen.items()}
+        fields["validation"] = {t: {str(k): v for k, v in c.validation.items()} for t, c in each.items()}
+        fields["validation_score"] = {t: c.validation[c.scale] for t, c in each.items()}
+    fields["scale"] = {t: c.scale for t, c in each.items()}
     fields["seconds_choose"] = time.perf_counter() - choosing
-    score = sum(c.validation.get(c.scale, math.nan) for c in chosen.values()) / len(tasks)
-    return {t: c.model for t, c in chosen.items()}, score, fields
+    score = sum(c.validation.get(c.scale, math.nan) for c in each.values()) / len(tasks)
+    return {t: c.model for t, c in each.items()}, score, fields
 
 
 def _score(model: nn.Module, val: dict[str, FewShotTask], device: str) -> float:

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -63,10 +63,15 @@ from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.strategies.procrustes import procrustes_fit
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.strategies.settings import AlignSettings
-from orthoxfer.strategies.trained import identity_stacks
+from orthoxfer.strategies.trained import TrainedStrategy, identity_stacks
 from orthoxfer.terminal import stage_progress
 from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
+
+if TYPE_CHECKING:
+    from open_clip import CLIP  # untyped: its towers' attributes (image_size, output_dim) are read as they are
+
+    from orthoxfer.transfers.base import Transferred
 from orthoxfer.version import __version__
 
 TRAINED = {
@@ -100,7 +105,9 @@ class PeakMemory:
     libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.bytes, self.base = device, None, None
+        self.device = device
+        self.bytes: int | None = None
+        self.base: int | None = None
 
     def __enter__(self) -> PeakMemory:
 
@@ -122,8 +129,11 @@ class PeakMemory:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if self.base is None:  # no procfs
+            return
+        if self.device.type == "cuda":
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        elif self.base is not None:
+        else:
             self.bytes = _status_kb("VmHWM") * 1024 - self.base
 
 
@@ -134,7 +144,15 @@ def _status_kb(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def build_models(arch: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+def trained_strategy(name: str) -> TrainedStrategy:
+    """A strategy that has a step to time; the closed-form ones are timed as a whole solve instead."""
+    strategy = STRATEGIES[name]()
+    if not isinstance(strategy, TrainedStrategy):
+        raise UsageError(f"{name} is solved in closed form: it has no step to time")
+    return strategy
+
+
+def build_models(arch: str, device: torch.device) -> tuple[CLIP, CLIP]:
     """Target and source of one architecture with random weights (timing does not depend on the values)."""
     import open_clip
 
@@ -223,7 +241,7 @@ def build_rows(
             for name in [m for m in methods if m in TRAINED]:
                 method = name.split("-")[0]
                 s = settings.replace(method=method, rotation_rank=k, **TRAINED[name])
-                step = AlignStep(STRATEGIES[method](), problem, groups, identity_stacks(groups), s)
+                step = AlignStep(trained_strategy(method), problem, groups, identity_stacks(groups), s)
                 rows.append(step_row(name + (f" rank {k}" if k else ""), label, step, trained=True))
         if "activation" in methods:
             s = settings.replace(method="penalty")
@@ -238,16 +256,13 @@ def build_rows(
             result[:] = procrustes_fit(problem, groups, s)[0]
 
         rows.append(TimedRow("procrustes", "-", solve, lambda: sum(t.numel() * t.element_size() for t in result)))
-    done: dict = {}
+    done: dict[str, Transferred] = {}
+
+    def transfer_row(name: str, transfer: Callable[[], Transferred]) -> TimedRow:
+        return TimedRow(name, "-", lambda: done.update({name: transfer()}), lambda: learnt_bytes(done.get(name)))
+
     for name, transfer in transfer_runs(methods, task_vector(sites, "dense", rank), source, target, task, device):
-        rows.append(
-            TimedRow(
-                name,
-                "-",
-                lambda name=name, transfer=transfer: done.update({name: transfer()}),
-                lambda name=name: learnt_bytes(done.get(name)),
-            )
-        )
+        rows.append(transfer_row(name, transfer))
     d = sites[0].dim
     meta = {"sites": len(sites), "d": d, "dense_rotation_gflop": 10 * d**3 * len(sites) / 1e9}
     return rows, meta

@@ -14,17 +14,19 @@ in each model for the output side's gradients, and two polar factors per site.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from orthoxfer.problem.tasks import FewShotTask
-from orthoxfer.transfers.base import Transferred
+from orthoxfer.transfers.base import Transfer, Transferred, TransferSettings
 from orthoxfer.transfers.registry import TRANSFERS, transfer_settings
 from orthoxfer.vectors.taskvector import TaskVector
 
-ROWS = {  # row name -> (transfer method, its options)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # row name -> (transfer method, its options)
     "theseus": ("theseus", {}),
     "gradfix-majority": ("gradfix", {"gradfix_vote": "majority"}),
     "gradfix-mean": ("gradfix", {"gradfix_vote": "mean"}),
@@ -44,18 +46,26 @@ def transfer_runs(
     names: list[str], vector: TaskVector, source: nn.Module, target: nn.Module, task: FewShotTask, device: torch.device
 ) -> list[tuple[str, Callable[[], Transferred]]]:
     """``(row name, one whole transfer)`` for each of ``names`` that is a row of :data:`ROWS`, in that order."""
-    runs = []
+    runs: list[tuple[str, Callable[[], Transferred]]] = []
     for name in (n for n in names if n in ROWS):
         method, options = ROWS[name]
         settings = transfer_settings(options, device=str(device))
-        # a fresh instance per run: transfusion keeps its matching per model pair, and each timed run must redo it
         runs.append(
-            (
-                name,
-                lambda cls=TRANSFERS[method], s=settings: cls().transfer(vector, source, target, {task.name: task}, s),
-            )
+            (name, functools.partial(_transfer_once, TRANSFERS[method], vector, source, target, task, settings))
         )
     return runs
+
+
+def _transfer_once(
+    cls: type[Transfer],
+    vector: TaskVector,
+    source: nn.Module,
+    target: nn.Module,
+    task: FewShotTask,
+    settings: TransferSettings,
+) -> Transferred:
+    # a fresh instance per run: transfusion keeps its matching per model pair, and each timed run must redo it
+    return cls().transfer(vector, source, target, {task.name: task}, settings)
 
 
 def learnt_bytes(result: Transferred | None) -> int:

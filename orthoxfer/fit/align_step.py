@@ -29,8 +29,9 @@ since its float32 copy accumulates the gradients. ``fp32`` keeps
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +74,16 @@ class StackedVector:
         dw = torch.stack([tv.delta(n) for n in names]).float() * scale
         return cls(dw=dw.to(device))
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` of a LoRA stack; a stack without ``dw`` is built with both."""
+        if self.a is None or self.b is None:
+            raise AssertionError("a stacked vector holds dw or both LoRA factors")
+        return self.a, self.b
+
     @property
     def dtype(self) -> torch.dtype:
         """The precision the rotation runs in: U is cast to it, its gradient comes back in U's own."""
-        return (self.dw if self.dw is not None else self.a).dtype
+        return (self.dw if self.dw is not None else self.factors()[0]).dtype
 
     def to(self, dtype: torch.dtype) -> StackedVector:
         return StackedVector(*(None if t is None else t.to(dtype) for t in (self.dw, self.a, self.b)))
@@ -86,15 +93,17 @@ class StackedVector:
         u = u.to(self.dtype)
         if self.dw is not None:
             return rotate_dense(u, self.dw)
-        return (u.mT @ self.b) @ (self.a @ u)
+        a, b = self.factors()
+        return (u.mT @ b) @ (a @ u)
 
     def rotated_factored(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``U^T dW U`` for ``U = I + L R^T``, never forming U (see :func:`rotate_factored`)."""
         left, right = left.to(self.dtype), right.to(self.dtype)
         if self.dw is not None:
             return rotate_factored(self.dw, left, right)
-        ub = torch.baddbmm(self.b, right, left.mT @ self.b)  # U^T B
-        au = torch.baddbmm(self.a, self.a @ left, right.mT)  # A U
+        a, b = self.factors()
+        ub = torch.baddbmm(b, right, left.mT @ b)  # U^T B
+        au = torch.baddbmm(a, a @ left, right.mT)  # A U
         return ub @ au
 
     @torch.no_grad()
@@ -102,7 +111,30 @@ class StackedVector:
         """The vector moved once by a fixed start ``U0`` (``U0^T dW U0``), so ``U = U0 (I + L R^T)`` needs only the factors."""
         if self.dw is not None:
             return StackedVector(dw=base.mT @ self.dw @ base)
-        return StackedVector(a=self.a @ base, b=base.mT @ self.b)
+        a, b = self.factors()
+        return StackedVector(a=a @ base, b=base.mT @ b)
+
+
+class Factored(Protocol):
+    """A low-rank parameterisation ``U = U0 (I + L R^T)``: its start ``U0`` (None for I) and its factors."""
+
+    base: torch.Tensor | None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def is_factored(part: nn.Module) -> TypeGuard[Factored]:
+    return hasattr(part, "factors")
+
+
+def factored_parts(parts: Iterable[nn.Module]) -> list[Factored] | None:
+    """The parts as low-rank parameterisations, or None unless every one is (the step then rotates in O(d^2 k))."""
+    out: list[Factored] = []
+    for part in parts:
+        if not is_factored(part):
+            return None
+        out.append(part)
+    return out
 
 
 def site_deltas(
@@ -119,9 +151,7 @@ def site_deltas(
     ]
 
 
-def factored_deltas(
-    groups: list[SiteGroup], vectors: list[StackedVector], parts: list[nn.Module]
-) -> list[torch.Tensor]:
+def factored_deltas(groups: list[SiteGroup], vectors: list[StackedVector], parts: list[Factored]) -> list[torch.Tensor]:
     """As :func:`site_deltas` for low-rank parameterisations ``U = U0 (I + L R^T)``, from their factors only.
 
     ``vectors`` must already be carried by each part's ``U0`` (:meth:`StackedVector.carried_by`).
@@ -154,8 +184,9 @@ class Transforms:
 
     def orthogonality_errors(self) -> list[torch.Tensor]:
         """``||U^T U - I||_F`` of every U, one tensor per group."""
-        if self._stacks is None and all(hasattr(p, "factors") for p in self.parts):
-            return [factored_orthogonality_error(*p.factors()) for p in self.parts]
+        factored = factored_parts(self.parts) if self._stacks is None else None
+        if factored is not None:
+            return [factored_orthogonality_error(*p.factors()) for p in factored]
         return [orthogonality_error(s) for s in self.stacks()]
 
     def start_distances(self) -> list[torch.Tensor]:
@@ -164,8 +195,9 @@ class Transforms:
         A low-rank ``U = U0 (I + L R^T)`` with U0 orthogonal (I or procrustes) is ``||L R^T||_F^2
         = sum((L^T L) * (R^T R))``: k x k products, no d x d matrix.
         """
-        if self._stacks is None and all(hasattr(p, "factors") for p in self.parts):
-            return [((lf.mT @ lf) * (rf.mT @ rf)).sum((-2, -1)) for lf, rf in (p.factors() for p in self.parts)]
+        factored = factored_parts(self.parts) if self._stacks is None else None
+        if factored is not None:
+            return [((lf.mT @ lf) * (rf.mT @ rf)).sum((-2, -1)) for lf, rf in (p.factors() for p in factored)]
         if self.starts is None:
             raise ValueError("the distance from the start needs the start stacks")
         return [(s - s0).square().sum((-2, -1)) for s, s0 in zip(self.stacks(), self.starts)]
@@ -207,6 +239,8 @@ class AlignStep(Stepper):
     same steps; alone, a step communicates nothing.
     """
 
+    module: TransformStack
+
     def __init__(
         self,
         strategy: TrainedStrategy,
@@ -226,13 +260,14 @@ class AlignStep(Stepper):
         self.module = TransformStack([strategy.parameterise(u.to(self.device), settings) for u in init]).to(self.device)
         self.ranks.broadcast_(self.module.state_dict().values())  # before anything is derived from a start U0
         # low-rank parameterisations expose U = U0 (I + L R^T): the step then costs O(d^2 k), not O(d^3)
-        self.factored = all(hasattr(p, "factors") for p in self.module.parts)
+        self.factored_parts = factored_parts(self.module.parts)
+        self.factored = self.factored_parts is not None
         # U0, which the anchor measures a full U from (a factored U measures from its factors)
         self.starts = None if self.factored or not settings.anchor else [u.to(self.device, torch.float32) for u in init]
-        if self.factored:
+        if self.factored_parts is not None:
             self.vectors = [
                 v if p.base is None else v.carried_by(p.base[g.index] if g.tied else p.base)
-                for v, p, g in zip(self.vectors, self.module.parts, groups)
+                for v, p, g in zip(self.vectors, self.factored_parts, groups)
             ]
         if bf16(self.device, settings.precision):  # the rotation runs at the model's precision (module docstring)
             self.vectors = [v.to(torch.bfloat16) for v in self.vectors]
@@ -253,8 +288,8 @@ class AlignStep(Stepper):
 
     def logits(self, x: torch.Tensor, head: nn.Module, transforms: Transforms) -> torch.Tensor:
         """The target's logits with every site carrying its rotated delta (U maths in float32, the model autocast)."""
-        if self.factored:
-            deltas = factored_deltas(self.groups, self.vectors, transforms.parts)
+        if self.factored_parts is not None:  # the parts that ``transforms`` holds, as their factors
+            deltas = factored_deltas(self.groups, self.vectors, self.factored_parts)
         else:
             deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
         overrides = param_overrides(self.model, self.sites, deltas, prefix="model.")
@@ -265,8 +300,8 @@ class AlignStep(Stepper):
     def carrying(self) -> nn.Module:
         """The target carrying ``scale * U^T dW U`` at the current U's, for scoring: its weights swapped in, never copied."""
         transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
-        if self.factored:
-            deltas = factored_deltas(self.groups, self.vectors, transforms.parts)
+        if self.factored_parts is not None:  # the parts that ``transforms`` holds, as their factors
+            deltas = factored_deltas(self.groups, self.vectors, self.factored_parts)
         else:
             deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
         return WithWeights(self.encoder, param_overrides(self.model, self.sites, deltas, prefix="model."))
@@ -298,8 +333,13 @@ def train_transforms(
 
     selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)
     with torch.no_grad():
-        if step.factored and all(p.base is None for p in step.module.parts):  # U = I + L R^T: keep the factors
-            final = [tuple(f.detach().float().cpu() for f in p.factors()) for p in step.module.parts]
+        final: list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+        parts = step.factored_parts
+        if parts is not None and all(p.base is None for p in parts):  # U = I + L R^T: keep the factors
+            final = [
+                (left.detach().float().cpu(), right.detach().float().cpu())
+                for left, right in (p.factors() for p in parts)
+            ]
         else:
             final = [s.detach().float().cpu() for s in step.module()]
     return Solution(final, steps=settings.steps, record={} if selection is None else {"selection": selection.record()})

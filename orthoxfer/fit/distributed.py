@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -147,9 +146,12 @@ def spread(items: list[T], run: Run | None) -> Iterator[T]:
     same order, and a resumed run finds the checkpoints of every finished round.
     """
     for _, mine in rounds(items):
-        with nullcontext() if run is None else run.holding() as held:
+        if run is None:
             if mine is not None:
                 yield mine
-        if run is not None:
-            for writes in all_gather(held)[1:]:
-                run.replay(writes)
+            continue
+        with run.holding() as held:
+            if mine is not None:
+                yield mine
+        for writes in all_gather(held)[1:]:
+            run.replay(writes)

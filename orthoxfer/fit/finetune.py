@@ -12,7 +12,9 @@ is a :class:`~orthoxfer.vectors.taskvector.TaskVector` without any subtraction o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import pool_accuracy
 from orthoxfer.fit.loop import adamw, run_steps
 from orthoxfer.fit.stepper import Stepper
-from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.problem.tasks import Pool
 from orthoxfer.vectors.sites import Site, default_root, find_sites, param_overrides, read_site
 from orthoxfer.vectors.taskvector import TaskVector
 
@@ -128,6 +130,7 @@ class FinetuneStep(Stepper):
     """One AdamW step on the update of the sites; the model itself stays frozen."""
 
     name = "finetune"  # each process that fine-tunes does so alone, on whole batches (ranks: SOLO)
+    module: SiteUpdates
 
     def __init__(self, model: nn.Module, sites: list[Site], settings: FinetuneSettings) -> None:
         super().__init__(model, settings.device, settings.compile)
@@ -146,11 +149,11 @@ class FinetuneStep(Stepper):
 
 def finetune(
     model: nn.Module,
-    tasks: dict[str, FewShotTask],
+    tasks: Mapping[str, Pool],
     settings: FinetuneSettings,
     run=None,
     scope: str = "finetune",
-    validation: dict[str, FewShotTask] | None = None,
+    validation: Mapping[str, Pool] | None = None,
 ) -> TaskVector:
     """Fine-tune ``model``'s sites on ``tasks`` (cycled, as the aligners see them) and return the update.
 
@@ -177,10 +180,17 @@ def finetune(
         **settings.extra,
     }
 
-    def validate() -> dict[str, float]:
-        return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), validation, step.device)
+    def validate(pools: Mapping[str, Pool]) -> dict[str, float]:
+        return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), pools, step.device)
 
-    selection = run_steps(step, list(tasks.values()), settings, run, scope, validate if validation else None)
+    selection = run_steps(
+        step,
+        list(tasks.values()),
+        settings,
+        run,
+        scope,
+        functools.partial(validate, validation) if validation else None,
+    )
     if selection is not None:
         meta["selection"] = selection.record()
     return step.module.task_vector(meta)

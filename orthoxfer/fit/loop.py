@@ -18,7 +18,7 @@ import ctypes
 import functools
 import math
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -29,7 +29,7 @@ from orthoxfer.errors import OrthoxferError
 from orthoxfer.fit.checkpoint import KIND, restore_checkpoint
 from orthoxfer.fit.distributed import Ranks
 from orthoxfer.fit.select import StepSelection
-from orthoxfer.problem.tasks import FewShotTask
+from orthoxfer.problem.tasks import Pool
 from orthoxfer.terminal import is_verbose, stage_progress
 
 
@@ -38,7 +38,9 @@ class Diverged(OrthoxferError):
 
 
 class Stepper(Protocol):
-    module: nn.Module
+    @property
+    def module(self) -> nn.Module: ...  # read only here, so a stepper may hold a narrower module
+
     optimiser: torch.optim.Optimizer
     device: torch.device
     name: str
@@ -117,7 +119,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def task_batch(
-    tasks: list[FewShotTask], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
+    tasks: Sequence[Pool], step: int, settings: LoopSettings, device: torch.device, part: slice = slice(None)
 ):
     """The task, images and labels of ``step`` (its ``part`` of them): a function of (seed, step) only.
 
@@ -135,7 +137,7 @@ def task_batch(
     return task, x[part].to(device, non_blocking=True), y[part].to(device, non_blocking=True)
 
 
-def epoch_steps(tasks: list[FewShotTask], settings: LoopSettings) -> int:
+def epoch_steps(tasks: Sequence[Pool], settings: LoopSettings) -> int:
     """Steps in which every task's pool (times its augmented copies) has been visited once."""
     longest = max(len(t.labels) for t in tasks) * max(1, settings.augment)
     return len(tasks) * math.ceil(longest / settings.batch_size)
@@ -143,7 +145,7 @@ def epoch_steps(tasks: list[FewShotTask], settings: LoopSettings) -> int:
 
 def run_steps(
     stepper: Stepper,
-    tasks: list[FewShotTask],
+    tasks: Sequence[Pool],
     settings: LoopSettings,
     run,
     scope: str,

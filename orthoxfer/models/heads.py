@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ def heads_cache_dir(cache_dir: Path | str | None = None) -> Path:
 class ZeroShotHead(nn.Module):
     """Frozen ``logits = scale * normalize(features) @ W.T`` with unit-norm class rows ``W`` (C, D)."""
 
+    weight: torch.Tensor
+    logit_scale: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, logit_scale: float) -> None:
         super().__init__()
         # buffers, not parameters: they follow .to(device) but no optimiser ever sees them
@@ -53,6 +57,25 @@ class ZeroShotHead(nn.Module):
         return self.logit_scale.to(features.dtype) * features @ self.weight.to(features.dtype).T
 
 
+class TextTower(Protocol):
+    """What a head is computed from: a CLIP's text encoder and logit scale (open_clip ships no types)."""
+
+    logit_scale: torch.Tensor
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+
+def text_tower(model: nn.Module) -> TextTower:
+    """``model`` as a CLIP with a text tower, or a one-line error for a module without one."""
+    if not callable(getattr(model, "encode_text", None)) or not isinstance(
+        getattr(model, "logit_scale", None), torch.Tensor
+    ):
+        raise UsageError(
+            f"{type(model).__name__} has no text tower (encode_text, logit_scale): a zero-shot head needs a CLIP"
+        )
+    return cast(TextTower, model)
+
+
 @torch.no_grad()  # not inference_mode: inference tensors could not be saved for a later backward through the head
 def text_head(
     model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
@@ -61,13 +84,14 @@ def text_head(
     if not classnames or not templates:
         raise ValueError("a zero-shot head needs at least one class name and one template")
     device = next(model.parameters()).device
+    clip = text_tower(model)
     prompts = [t.format(c) for c in classnames for t in templates]
     embeddings = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(prompts[start : start + batch_size]).to(device)
-        embeddings.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        embeddings.append(F.normalize(clip.encode_text(tokens).float(), dim=-1))
     per_class = torch.cat(embeddings).view(len(classnames), len(templates), -1).mean(dim=1)
-    return ZeroShotHead(F.normalize(per_class, dim=-1).cpu(), model.logit_scale.exp().item())
+    return ZeroShotHead(F.normalize(per_class, dim=-1).cpu(), clip.logit_scale.exp().item())
 
 
 def _slug(text: str) -> str:

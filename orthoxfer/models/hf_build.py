@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import open_clip
 import torch
@@ -26,7 +28,7 @@ from orthoxfer.models import hf_clip
 @dataclass
 class Built:
     model: nn.Module
-    preprocess: object
+    preprocess: Callable[[Any], torch.Tensor]  # open_clip's eval transform: PIL image -> tensor
     tokenizer: object
     arch: str  # the open_clip architecture name
 

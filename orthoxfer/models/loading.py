@@ -26,7 +26,7 @@ import logging
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,9 @@ class LoadedModel:
     """A model ready for evaluation plus everything needed to feed it images and text."""
 
     model: nn.Module  # in eval mode, on the requested device
-    preprocess: object  # PIL image -> normalised float tensor (open_clip's eval transform)
+    preprocess: (
+        Callable[[Any], torch.Tensor] | None
+    )  # PIL image -> normalised float tensor (open_clip's eval transform); None: a model that takes tensors only (mini)
     tokenizer: object  # list[str] -> token ids
     arch: str
     tag: str  # a pretrained tag, "none", the checkpoint path, or (arch hf-hub) the repository
@@ -235,7 +237,7 @@ def _missing_message(arch: str, tag: str, cfg: dict, cache_dir: Path | None, why
             f"{'or ' if places else ''}put {hf[0]}/{hf[1][-1]} in the Hugging Face cache {hub.cache_folder(cache_dir)} "
             f"({hub.fetch_command(hf[0], hf[1][-1], cache_dir)})"
         )
-    name = os.path.basename(url) if url else hf[1][-1]  # type: ignore[index]
+    name = os.path.basename(url) if url else hf[1][-1] if hf else "weights.pt"  # a tag may name neither source
     return (
         f"checkpoint {arch}:{tag} is not cached and could not be downloaded ({why}): "
         f"{', '.join(places)}; or use the model spec {file_arch(arch, bool(cfg.get('quick_gelu', False)))}:/path/to/{name}"

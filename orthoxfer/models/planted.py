@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from orthoxfer.models.tower_axes import RESIDUAL, permute_param, tower_blocks
+from orthoxfer.models.tower_axes import RESIDUAL, block_attention, permute_param, tower_blocks
 from orthoxfer.vectors.sites import find_sites
 
 
@@ -41,7 +41,8 @@ def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[st
     refused by name.
     """
     blocks = tower_blocks(getattr(source, "visual", None), "the positive control")
-    dim, heads = source.visual.class_embedding.shape[0], blocks[0].attn.num_heads
+    dim = source.get_parameter("visual.class_embedding").shape[0]
+    heads = block_attention(blocks[0], "the positive control").num_heads
     g = torch.Generator().manual_seed(seed)
     perm = block_permutation(dim, heads, g)
     perms = {RESIDUAL: perm}
@@ -50,12 +51,12 @@ def planted_target(source: nn.Module, seed: int = 0) -> tuple[nn.Module, dict[st
             {
                 f"qk/{i}": perm,
                 f"vo/{i}": perm,
-                f"hidden/{i}": torch.randperm(block.mlp.c_fc.weight.shape[0], generator=g),
+                f"hidden/{i}": torch.randperm(block.get_parameter("mlp.c_fc.weight").shape[0], generator=g),
             }
         )
     target = copy.deepcopy(source)
     with torch.no_grad():
-        for name, param in target.visual.named_parameters():
+        for name, param in target.get_submodule("visual").named_parameters():
             param.copy_(permute_param(name, param, perms))
     u_star = torch.eye(dim)[perm].T  # U* = P^T with P = I[perm]
     return target, {site.name: u_star for site in find_sites(target, "attn") if site.dim == dim}

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import open_clip
 import torch
@@ -140,6 +140,16 @@ RECIPES: dict[str, Callable[[PretrainConfig], Recipe]] = {
 }
 
 
+_WHICH: dict[str, Which] = {name: name for name in get_args(Which)}
+
+
+def check_which(name: str) -> Which:
+    """``name`` as one of the mini models, or a one-line UsageError naming them."""
+    if name not in _WHICH:
+        raise UsageError(f"unknown mini model {name!r}; choose {', '.join(RECIPES)}")
+    return _WHICH[name]
+
+
 def recipe(config: PretrainConfig, which: str) -> Recipe:
     if which not in RECIPES:
         raise UsageError(f"unknown mini model {which!r}; choose {', '.join(RECIPES)}")
@@ -223,7 +233,8 @@ def pretrain(
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data.images), generator=g)
-    cursor, losses, began, spent, first_step = 0, [], time.perf_counter(), 0.0, 0
+    losses: list[float] = []
+    cursor, began, spent, first_step = 0, time.perf_counter(), 0.0, 0
     state = _resume(checkpoint, config, which, model, opt, g) if checkpoint is not None else None
     if state is not None:
         first_step, order, cursor, losses, spent = state

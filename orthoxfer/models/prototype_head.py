@@ -22,6 +22,9 @@ from orthoxfer.errors import UsageError
 class PrototypeHead(nn.Module):
     """Image features -> logits: ``scale * cos(centre(f), prototype_c)``; buffers only, nothing trains."""
 
+    center: torch.Tensor
+    prototypes: torch.Tensor
+
     def __init__(self, center: torch.Tensor, prototypes: torch.Tensor, scale: float = 16.0) -> None:
         super().__init__()
         self.register_buffer("center", center)

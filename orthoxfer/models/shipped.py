@@ -66,5 +66,5 @@ def write_shipped(
         "torch": torch.__version__,
         **record,
     }
-    save_artifact(path, KIND, dict(model.visual.state_dict()), meta)
+    save_artifact(path, KIND, dict(model.get_submodule("visual").state_dict()), meta)
     return path

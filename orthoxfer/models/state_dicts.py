@@ -45,8 +45,8 @@ def checkpoint_file(value: str, cache_dir: Path | None = None) -> Path:
     if value.startswith(hub.PREFIX):
         from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-        repo, path = hub.parse(value)
-        return hub.hub_file(repo, [path] if path else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache_dir)
+        repo, inner = hub.parse(value)
+        return hub.hub_file(repo, [inner] if inner else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache_dir)
     path = Path(value).expanduser()
     if not path.is_file():
         raise UsageError(

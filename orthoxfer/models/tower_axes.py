@@ -65,13 +65,20 @@ def param_axes(name: str) -> tuple[Axis, ...]:
     )
 
 
+def _one_space(axis: Axis) -> str | None:
+    """An axis that :func:`param_axes` never cuts in chunks (only a first axis is ever cut)."""
+    if isinstance(axis, tuple):
+        raise AssertionError(f"an axis past the first is cut in chunks of spaces {axis}; param_axes never does that")
+    return axis
+
+
 def pieces(name: str, value: torch.Tensor) -> list[tuple[torch.Tensor, tuple[str | None, ...]]]:
     """``value`` cut where its first axis holds several spaces (q | k | v), each piece with one space per axis."""
     axes = param_axes(name)
     first = axes[0]
     if isinstance(first, tuple):
-        return [(chunk, (space, *axes[1:])) for chunk, space in zip(value.chunk(len(first)), first)]
-    return [(value, axes)]  # type: ignore[list-item]
+        return [(chunk, (space, *map(_one_space, axes[1:]))) for chunk, space in zip(value.chunk(len(first)), first)]
+    return [(value, tuple(map(_one_space, axes)))]
 
 
 def site_axes(site: Site, param: str) -> tuple[str | None, ...]:
@@ -79,8 +86,8 @@ def site_axes(site: Site, param: str) -> tuple[str | None, ...]:
     axes = param_axes(param)
     first = axes[0]
     if isinstance(first, tuple):
-        return (first[site.start // (site.stop - site.start)], *axes[1:])  # type: ignore[return-value]
-    return axes  # type: ignore[return-value]
+        return (first[site.start // (site.stop - site.start)], *map(_one_space, axes[1:]))
+    return tuple(map(_one_space, axes))
 
 
 def permute_axes(value: torch.Tensor, axes: tuple[str | None, ...], perms: Perms) -> torch.Tensor:
@@ -102,3 +109,13 @@ def tower_blocks(tower: torch.nn.Module | None, what: str) -> torch.nn.ModuleLis
     if blocks is None or not len(blocks):
         raise UsageError(f"{what} needs an open_clip model with a ViT image tower (model.visual.transformer)")
     return blocks
+
+
+def block_attention(block: torch.nn.Module, what: str) -> torch.nn.MultiheadAttention:
+    """A residual block's attention: torch's MultiheadAttention, whose packed q|k|v rows :func:`param_axes` names."""
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, torch.nn.MultiheadAttention):
+        raise UsageError(
+            f"{what} needs blocks whose attention is torch's MultiheadAttention (open_clip's ViT), not {type(attn).__name__}"
+        )
+    return attn

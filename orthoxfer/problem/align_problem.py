@@ -134,7 +134,7 @@ class AlignProblem:
                 ScopedProblem(
                     "joint",
                     self.target,
-                    sum(vectors.values()),
+                    TaskVector.sum(vectors.values()),
                     self.tasks,
                     sites,
                     self.source,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -43,11 +43,13 @@ class ImageEncoder(nn.Module):
     def __init__(self, model: nn.Module, compiled: bool = False) -> None:
         super().__init__()
         self.model = model
-        if compiled:
-            self.forward = torch.compile(self.forward)
+        self._compiled = torch.compile(self._eager) if compiled else None
+
+    def _eager(self, images: torch.Tensor) -> torch.Tensor:
+        return image_features(self.model, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return image_features(self.model, images)
+        return self._eager(images) if self._compiled is None else self._compiled(images)
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -55,6 +57,21 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - m) / s
+
+
+class Pool(Protocol):
+    """What training and scoring read of a task: a :class:`FewShotTask`, a :class:`SplitTask` or a :class:`TaskPart`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def head(self) -> nn.Module: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+
+    def batch(self, index: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -90,13 +107,14 @@ class FewShotTask:
 
     def split(self, val_fraction: float, seed: int) -> tuple[FewShotTask, FewShotTask]:
         """A train/validation split of the pool, for choosing settings without touching test data."""
-        return tuple(  # type: ignore[return-value]
+        train, val = (
             FewShotTask(self.name, self.images[p], self.labels[p], self.head, self.mean, self.std, self.augment)
             for p in split_order(len(self.labels), val_fraction, seed)
         )
+        return train, val
 
 
-def plain_batches(task: FewShotTask | SplitTask | TaskPart, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def plain_batches(task: Pool, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A pool (or any task with the ``labels`` and ``batch`` contract) whole and in order, un-augmented: what
     evaluation and activation statistics see."""
     return [task.batch(index, augment=False) for index in torch.arange(len(task.labels)).split(batch_size)]
@@ -148,7 +166,8 @@ class SplitTask:
 
     def split(self, val_fraction: float, seed: int) -> tuple[TaskPart, TaskPart]:
         """Train and held-out parts, as views: the split is never copied into memory."""
-        return tuple(TaskPart(self, p) for p in split_order(len(self.data.targets), val_fraction, seed))  # type: ignore[return-value]
+        train, val = split_order(len(self.data.targets), val_fraction, seed)
+        return TaskPart(self, train), TaskPart(self, val)
 
 
 @dataclass

@@ -94,7 +94,8 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
 
     def per_seed(row_id: str) -> list[float] | None:
         values = [acc.get((row_id, s)) for s in seeds]
-        return None if None in values else values  # type: ignore[return-value]
+        found = [v for v in values if v is not None]
+        return found if len(found) == len(values) else None
 
     last = [layers[-1]["cka"] for layers in result.relatedness.values() if layers]
     entry: dict[str, Any] = {
@@ -113,9 +114,9 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
     for name, row in BASELINES.items():
         if (values := per_seed(row.id)) is not None:
             entry["baselines"][name] = stat(values)
-    scale1 = [by_seed.get("accuracy_scale1", {}).get("mean") for by_seed in _records(result, "embed_direct", seeds)]
-    if scale1 and None not in scale1:
-        entry["baselines"]["direct_scale1"] = stat(scale1)  # type: ignore[arg-type]
+    at_one = [r["accuracy_scale1"]["mean"] for r in _records(result, "embed_direct", seeds) if "accuracy_scale1" in r]
+    if at_one and len(at_one) == len(seeds):
+        entry["baselines"]["direct_scale1"] = stat(at_one)
     entry["transferability"] = transferability(result, seeds)
     ft = per_seed(Row("", "finetune").id)
     family: list[dict[str, Any]] = []

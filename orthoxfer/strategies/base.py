@@ -9,6 +9,7 @@ A strategy only says how U is found, and declares the settings of its own
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 class Solution:
     """Per group, the fitted U stack (or, for ``U = I + L R^T``, the stacks of L and R); plus anything to record."""
 
-    stacks: list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+    stacks: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     steps: int = 0
     record: dict = field(default_factory=dict)
 

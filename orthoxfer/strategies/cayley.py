@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 
 class CayleyMatrix(nn.Module):
+    base: torch.Tensor | None  # a buffer; None when U0 = I
+
     def __init__(self, init: torch.Tensor) -> None:
         super().__init__()
         init = init.float()
@@ -42,6 +44,8 @@ class CayleyMatrix(nn.Module):
 
 class LowRankCayley(nn.Module):
     """U = U0 C(A B^T - B A^T), A, B of shape (n, d, k); forward builds the (n, d, d) stack in O(d^2 k)."""
+
+    base: torch.Tensor | None  # a buffer; None when U0 = I
 
     def __init__(self, init: torch.Tensor, rank: int) -> None:
         super().__init__()

@@ -46,6 +46,8 @@ class FreeMatrix(nn.Module):
 class LowRankFree(nn.Module):
     """U = U0 + A B^T, A, B of shape (n, d, k); forward builds the (n, d, d) stack in O(d^2 k)."""
 
+    base: torch.Tensor | None  # a buffer; None when U0 = I
+
     def __init__(self, init: torch.Tensor, rank: int) -> None:
         super().__init__()
         n, d, _ = init.shape

@@ -78,6 +78,8 @@ class StiefelPoint(nn.Module):
 class LowRankStiefel(nn.Module):
     """U = U0 (I + Q (R - I) Q^T), Q on St(d, k), R on O(k); forward builds the (n, d, d) stack in O(d^2 k)."""
 
+    base: torch.Tensor | None  # a buffer; None when U0 = I
+
     def __init__(self, init: torch.Tensor, rank: int, retraction: str) -> None:
         super().__init__()
         init = init.float()

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from orthoxfer._toml import tomllib
 from orthoxfer.errors import UsageError
 from orthoxfer.strategies.registry import declared_options, strategy_class
 

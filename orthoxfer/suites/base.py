@@ -79,9 +79,15 @@ class SuiteRequest:
 class Suite(Protocol):
     """A suite as the single-run commands use it; :func:`orthoxfer.suites.open_suite` opens one from a request."""
 
-    name: str
-    task_names: tuple[str, ...]
-    default_shots: int
+    # read-only here: a suite may hold them as class constants
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def task_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def default_shots(self) -> int: ...
 
     @property
     def record(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +37,7 @@ from torch import nn
 
 from orthoxfer.cache import cache_root
 from orthoxfer.data.bundled import DATA_VERSION, IMAGE_SIZE
-from orthoxfer.data.mini import TASK_NAMES, MiniTask, mini_task, mini_tasks
+from orthoxfer.data.mini import TASK_NAMES, MiniTask, Size, check_size, mini_task, mini_tasks
 from orthoxfer.data.mini_pools import (
     fewshot_pool,
     mini_normalise,
@@ -50,7 +50,7 @@ from orthoxfer.data.mini_pools import (
 from orthoxfer.errors import UsageError
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
 from orthoxfer.models.loading import LoadedModel
-from orthoxfer.models.pretrain import RECIPES, PretrainConfig, pretrained_model
+from orthoxfer.models.pretrain import RECIPES, PretrainConfig, Which, check_which, pretrained_model
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.runs import HOW_NOT_WHAT
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest, SuiteTask
@@ -60,7 +60,7 @@ PREFIX = "mini:"
 MODELS = tuple(RECIPES)  # a, b, seed, release
 SIZES = ("full", "micro")
 # the ladder of relatedness: pair -> the target model (A is always the source)
-PAIRS: dict[str, str] = {
+PAIRS: dict[str, Which] = {
     "same": "a",  # the source itself: direct addition must reach the source's fine-tuned accuracy
     "release": "release",  # the source with its pre-training continued on corpus b: a new release
     "seed": "seed",  # the source's corpus, another seed: the Git Re-Basin setting
@@ -209,7 +209,7 @@ def tower_digest(model: nn.Module) -> str:
     A config key would not do: the same config gives the shipped A on one run and a
     locally pre-trained A (other kernels, other weights) on another.
     """
-    return tensors_digest(model.visual.state_dict())
+    return tensors_digest(model.get_submodule("visual").state_dict())
 
 
 def tensors_digest(state: dict[str, torch.Tensor]) -> str:
@@ -239,7 +239,8 @@ def suite_inputs(
 ) -> tuple[list[SuiteTask], dict, torch.Tensor]:
     """The target's tasks (pools with its own heads, test sets), the source's vectors (fine-tuned on the source's
     heads) and the images the pair is related on."""
-    tasks = mini_tasks(request.size) if request.tasks is None else mini_tasks(request.size, request.tasks)
+    size = check_size(request.size)
+    tasks = mini_tasks(size) if request.tasks is None else mini_tasks(size, request.tasks)
     on_source = model_suite(source, tasks, shots=request.shots, seed=request.seed)
     on_target = model_suite(target, tasks, shots=request.shots, seed=request.seed)
     cache = cache_dir(request)
@@ -293,8 +294,8 @@ class MiniSuite:
         return cls(request)
 
     @property
-    def size(self) -> str:
-        return self.request.size
+    def size(self) -> Size:
+        return check_size(self.request.size)
 
     @functools.cached_property
     def pretrain(self) -> PretrainConfig:
@@ -332,15 +333,15 @@ class MiniSuite:
             *(["--cache-dir", str(given)] if given is not None else []),
         ]
 
-    def check(self, spec: str) -> str:
+    def check(self, spec: str) -> Which:
         """Which model ``spec`` names, before any minutes are spent on pre-training or fine-tuning."""
         which = spec.removeprefix(PREFIX) if spec.startswith(PREFIX) else None
-        if which not in MODELS:
+        if which is None or which not in MODELS:
             raise UsageError(
                 f"the mini suite's models are mini:a (the source of its vectors), mini:b, mini:seed and "
                 f"mini:release, not {spec!r}"
             )
-        return which
+        return check_which(which)
 
     def load(self, spec: str, device: str | torch.device = "cpu") -> LoadedModel:
         """``mini:a``, ``mini:b``, ``mini:seed`` or ``mini:release``: the pre-trained model, from the cache or pre-trained
@@ -402,7 +403,7 @@ class MiniSuite:
         workers: int | None = None,
         shots: int | None = None,
         seed: int = 0,
-    ) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    ) -> dict[str, tuple[nn.Module, Iterable]]:
         """Each task's test split with the model's head (from the task's head set; ``shots`` and ``seed`` draw no pool here)."""
         return {
             t.name: (task_head(model.model, t), mini_test(t.test_images, t.test_labels, batch_size)()) for t in data

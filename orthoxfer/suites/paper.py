@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import tomllib
 import torch
 from torch import nn
 
+from orthoxfer._toml import tomllib
 from orthoxfer.data.fewshot import fewshot_task, paper_augmentation, pixel_transform
 from orthoxfer.data.paper import ImageSplit, dataset, load_split, make_loader
 from orthoxfer.errors import UsageError
@@ -82,7 +83,7 @@ def paper_test_sets(
     heads_dir: Path | str | None = None,
 ) -> dict[str, tuple[nn.Module, Iterable]]:
     """Test loaders with ``model``'s preprocessing and its own zero-shot heads (computed before any vector is added)."""
-    sets = {}
+    sets: dict[str, tuple[nn.Module, Iterable]] = {}
     for name, split in splits.items():
         split.transform = model.preprocess
         sets[name] = (paper_head(model, name, heads_dir), make_loader(split, batch_size, device, workers))
@@ -117,17 +118,16 @@ def build(request: SuiteRequest) -> SuiteInputs:
         ("--data-root", request.data_root),
         ("--vectors", request.vectors_dir),
     )
-    missing = [flag for flag, value in given if value is None]
-    if missing:
-        raise UsageError(f"--suite paper needs {', '.join(missing)}")
-    if request.pair is not None:
-        raise UsageError("--pair is for --suite mini; --suite paper relates the --source and --target it is given")
     source_spec, target_spec, data_root, vectors_dir = (
         request.source,
         request.target,
         request.data_root,
         request.vectors_dir,
     )
+    if source_spec is None or target_spec is None or data_root is None or vectors_dir is None:
+        raise UsageError(f"--suite paper needs {', '.join(flag for flag, value in given if value is None)}")
+    if request.pair is not None:
+        raise UsageError("--pair is for --suite mini; --suite paper relates the --source and --target it is given")
     names, shots, seed, kinds, device = (
         list(request.tasks or TASKS),
         request.shots,
@@ -140,8 +140,8 @@ def build(request: SuiteRequest) -> SuiteInputs:
     target = load_model(target_spec, cache_dir=cache_dir, device=device, force_gelu=request.reference_gelu)
     pools = paper_fewshot_tasks(target, names, data_root, shots, None, seed, heads_dir, request.augmentation)
     paths = {(kind, name): Path(vectors_dir) / f"{name}-{kind}.safetensors" for kind in kinds for name in pools}
-    missing = [key for key, path in paths.items() if not path.is_file()]
-    for chunk, mine in distributed.rounds(missing):
+    to_make = [key for key, path in paths.items() if not path.is_file()]
+    for chunk, mine in distributed.rounds(to_make):
         made = None
         if mine is not None:
             kind, name = mine
@@ -151,6 +151,8 @@ def build(request: SuiteRequest) -> SuiteInputs:
                 source.model, {name: train}, source_ft.replace(kind=kind, device=str(device), extra=meta), scope=name
             )
         for key, vector in zip(chunk, distributed.all_gather(made)):
+            if vector is None:  # each key of a round is some process's own, which made it
+                raise AssertionError(f"no process fine-tuned {key}")
             if distributed.ranks().main:
                 vector.save(paths[key])
     distributed.barrier()  # every vector is on disk before any process reads one
@@ -158,7 +160,7 @@ def build(request: SuiteRequest) -> SuiteInputs:
     tasks = []
     for name, pool in pools.items():
         split = load_split(name, data_root, "test", transform=target.preprocess)
-        tasks.append(SuiteTask(name, pool, (pool.head, lambda split=split: make_loader(split, 256, device))))
+        tasks.append(SuiteTask(name, pool, (pool.head, functools.partial(make_loader, split, 256, device))))
     return SuiteInputs("paper", source_spec, target_spec, source.model, target.model, tasks, vectors)
 
 
@@ -180,6 +182,12 @@ class PaperSuite:
         if request.size != "full":
             raise UsageError("--size is for --suite mini")
         return cls(request)
+
+    @property
+    def data_root(self) -> Path:
+        if self.request.data_root is None:  # open() refuses this; a suite made another way is told the same
+            raise UsageError("--data-root is needed for --suite paper")
+        return self.request.data_root
 
     def settings(self, section: str) -> dict[str, Any]:
         """The suite's tables (``paper.toml``: the paper's lr 1e-5, batch 128, 100 shots x 10 views, alpha 1,
@@ -215,11 +223,10 @@ class PaperSuite:
     def fewshot_tasks(
         self, model: LoadedModel, names: Sequence[str], shots: int | None, shots_per_class: int | None, seed: int
     ) -> dict[str, FewShotTask]:
-        data_root = self.request.data_root
         return paper_fewshot_tasks(
             model,
             list(names),
-            data_root,
+            self.data_root,
             shots,
             shots_per_class,
             seed,
@@ -232,7 +239,7 @@ class PaperSuite:
         return None
 
     def test_data(self, names: Sequence[str]) -> dict[str, ImageSplit]:
-        return paper_test_splits(list(names), self.request.data_root)
+        return paper_test_splits(list(names), self.data_root)
 
     def test_sets(
         self,

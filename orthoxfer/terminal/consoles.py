@@ -23,14 +23,14 @@ class PlainConsole(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
-        dims = Console.size.fget(self)
+        dims = super().size
         if self._width is None and not self.is_terminal and "COLUMNS" not in self._environ:
             return ConsoleDimensions(min(dims.width, LOG_WIDTH), dims.height)
         return dims
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # mypy types a property with a setter as overloaded; fset exists
 
 
 out = PlainConsole()  # results: tables, "wrote ..." lines

@@ -62,7 +62,7 @@ class Grid:
         parts.append(current)
         return parts
 
-    def tables(self, width: int) -> Iterator[Table]:
+    def tables(self, width: int) -> Iterator[Table | Text]:
         parts = self.parts(width)
         if not parts:
             yield from self._records()
@@ -80,7 +80,7 @@ class Grid:
                 table.add_row(*(Text(row[i]) for i in cols))
             yield table
 
-    def _records(self) -> Iterator[Table]:
+    def _records(self) -> Iterator[Table | Text]:
         """Narrower than a key and one value: one two-column table per row, titled by its keys."""
         yield Text(self.title)
         for row in self.rows:

@@ -159,8 +159,8 @@ def fit_maps(moments: dict[str, Moments], rtol: float) -> tuple[dict[str, torch.
     """
     maps: dict[str, torch.Tensor] = {}
     identified = total = 0
-    for dim in dict.fromkeys(m.cross.shape[0] for m in moments.values()):
-        keys = [k for k, m in moments.items() if m.cross.shape[0] == dim]
+    for dim in dict.fromkeys(m.matrix(centre=False).shape[0] for m in moments.values()):
+        keys = [k for k, m in moments.items() if m.matrix(centre=False).shape[0] == dim]
         for start in range(0, len(keys), SOLVE):
             chunk = keys[start : start + SOLVE]
             fit = polar_transform(torch.stack([moments[k].matrix(False) for k in chunk]), rtol)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from orthoxfer.errors import UsageError
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.tasks import FewShotTask, ImageEncoder
 from orthoxfer.strategies.options import Option
@@ -104,13 +105,17 @@ def descent_signs(
         samples = _samples(pools, settings.gradfix_shots, settings.seed, device)
         one_by_one = settings.gradfix_vote == "majority"
         total = sum(len(labels) for _, labels, _ in samples)
-        tally, passes = 0, 0  # a running sum: one vote per image would hold a vector's worth per image
+        tally: TaskVector | None = None  # a running sum: one vote per image would hold a vector's worth per image
+        passes = 0
         for images, labels, head in samples:
             for x, y in zip(images.split(1), labels.split(1)) if one_by_one else [(images, labels)]:
                 g = gradients(
                     x, y, head, 1 if one_by_one else total
                 )  # mean vote: -g of the mean loss, summed over tasks
-                tally, passes = tally + (per_tensor(lambda t: torch.sign(-t), g) if one_by_one else -g), passes + 1
+                vote = per_tensor(lambda t: torch.sign(-t), g) if one_by_one else -g
+                tally, passes = vote if tally is None else tally + vote, passes + 1
+    if tally is None:
+        raise UsageError("gradfix needs at least one labelled image to vote with; the pools hold none")
     return per_tensor(lambda t: torch.sign(t).cpu(), tally), passes
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoxfer.alignment.artifact import rotate
+from orthoxfer.errors import OrthoxferError
 from orthoxfer.models.modes import evaluating
 from orthoxfer.problem.capture import capture_inputs
 from orthoxfer.problem.tasks import image_features, pool_images
@@ -65,20 +66,22 @@ SOLVE = 16  # maps per batched SVD: at 4d = 3072 (ViT-B/32's MLP) 16 of them and
 class Moments:
     """Running ``X_T^T X_S`` over tokens, each side's sum and the count: the cross-covariance, centred or not."""
 
-    cross: torch.Tensor = None  # set by the first add
-    sum_t: torch.Tensor = None
-    sum_s: torch.Tensor = None
+    cross: torch.Tensor | None = None  # set by the first add
+    sum_t: torch.Tensor | None = None
+    sum_s: torch.Tensor | None = None
     count: int = 0
 
     def add(self, xt: torch.Tensor, xs: torch.Tensor) -> None:
         xt, xs = xt.double(), xs.double()
-        parts = [xt.T @ xs, xt.sum(0), xs.sum(0)]
-        if self.count:
-            parts = [a + b for a, b in zip((self.cross, self.sum_t, self.sum_s), parts)]
-        self.cross, self.sum_t, self.sum_s = parts
+        cross, sum_t, sum_s = xt.T @ xs, xt.sum(0), xs.sum(0)
+        if self.cross is not None and self.sum_t is not None and self.sum_s is not None:
+            cross, sum_t, sum_s = self.cross + cross, self.sum_t + sum_t, self.sum_s + sum_s
+        self.cross, self.sum_t, self.sum_s = cross, sum_t, sum_s
         self.count += len(xt)
 
     def matrix(self, centre: bool) -> torch.Tensor:
+        if self.cross is None or self.sum_t is None or self.sum_s is None:
+            raise OrthoxferError("theseus saw no activations at a site: its pools hold no image")
         if not centre:
             return self.cross
         return self.cross - torch.outer(self.sum_t, self.sum_s) / self.count
@@ -136,8 +139,8 @@ def site_moments(
 def fit_maps(moments: dict[str, Moments], centre: bool, rtol: float) -> dict[str, torch.Tensor]:
     """The orthogonal map of every key (float32, on the CPU): batched polar factors, ``SOLVE`` maps of one width at a time."""
     maps: dict[str, torch.Tensor] = {}
-    for dim in dict.fromkeys(m.cross.shape[0] for m in moments.values()):
-        keys = [k for k, m in moments.items() if m.cross.shape[0] == dim]
+    for dim in dict.fromkeys(m.matrix(centre=False).shape[0] for m in moments.values()):
+        keys = [k for k, m in moments.items() if m.matrix(centre=False).shape[0] == dim]
         for start in range(0, len(keys), SOLVE):
             chunk = keys[start : start + SOLVE]
             fit = polar_transform(torch.stack([moments[k].matrix(centre) for k in chunk]), rtol)

@@ -85,7 +85,8 @@ class TransFusion(Transfer):
         if key not in self._matched:
             root = default_root(target)
             towers = [m.get_submodule(root) if root else m for m in (source, target)]
-            self._matched[key] = (source, target, match_towers(*towers, settings.transfusion_rounds, settings.device))
+            matched = match_towers(towers[0], towers[1], settings.transfusion_rounds, settings.device)
+            self._matched[key] = (source, target, matched)
         return self._matched[key][2]
 
     def transfer(

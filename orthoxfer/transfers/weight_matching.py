@@ -28,7 +28,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from orthoxfer.models.tower_axes import RESIDUAL, Perms, permute_axes, pieces, tower_blocks
+from orthoxfer.models.tower_axes import RESIDUAL, Perms, block_attention, permute_axes, pieces, tower_blocks
 from orthoxfer.vectors.taskvector import MismatchError
 
 Piece = tuple[torch.Tensor, torch.Tensor, tuple[str | None, ...]]  # target part, source part, the space of each axis
@@ -59,11 +59,11 @@ def head_spectra(in_proj: torch.Tensor, out_proj: torch.Tensor, heads: int) -> t
 def _tower_pieces(source: nn.Module, target: nn.Module, device: torch.device) -> list[Piece]:
     src = {n: p.detach().to(device, torch.float32) for n, p in source.named_parameters()}
     out = []
-    for name, t in target.named_parameters():
-        if name not in src or src[name].shape != t.shape:
+    for name, param in target.named_parameters():
+        if name not in src or src[name].shape != param.shape:
             found = tuple(src[name].shape) if name in src else "none"
-            raise MismatchError(f"parameter {name!r}: target shape {tuple(t.shape)}, source shape {found}")
-        t = t.detach().to(device, torch.float32)
+            raise MismatchError(f"parameter {name!r}: target shape {tuple(param.shape)}, source shape {found}")
+        t = param.detach().to(device, torch.float32)
         out += [(pt, ps, axes) for (pt, axes), (ps, _) in zip(pieces(name, t), pieces(name, src[name]))]
     return out
 
@@ -103,15 +103,16 @@ def match_towers(source: nn.Module, target: nn.Module, rounds: int, device: torc
     sizes = {axis: t.shape[dim] for t, _, axes in parts for dim, axis in enumerate(axes) if axis is not None}
     heads: dict[str, torch.Tensor] = {}
     for i, pair in enumerate(zip(blocks, tower_blocks(source, "transfusion"))):
+        attns = [block_attention(b, "transfusion") for b in pair]
         spectra = [
             head_spectra(
-                b.attn.in_proj_weight.detach().to(device, torch.float32),
-                b.attn.out_proj.weight.detach().to(device, torch.float32),
-                b.attn.num_heads,
+                a.in_proj_weight.detach().to(device, torch.float32),
+                a.out_proj.weight.detach().to(device, torch.float32),
+                a.num_heads,
             )
-            for b in pair
+            for a in attns
         ]
-        heads[f"qk/{i}"] = heads[f"vo/{i}"] = assignment(torch.cdist(*spectra), maximize=False)
+        heads[f"qk/{i}"] = heads[f"vo/{i}"] = assignment(torch.cdist(spectra[0], spectra[1]), maximize=False)
     order = [RESIDUAL, *(f"{kind}/{i}" for i in range(len(blocks)) for kind in ("hidden", "qk", "vo"))]
     perms: Perms = {}
     for done in range(1, rounds + 1):  # noqa: B007 (how many rounds ran is returned)

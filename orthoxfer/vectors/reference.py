@@ -40,8 +40,8 @@ def reference_lora_sum(vectors: Sequence[TaskVector]) -> TaskVector:
             raise UsageError("--reference-lora-sum needs LoRA vectors of one start: the same sites, scale and seed")
     lora = {}
     for i, site in enumerate(first.sites):
-        a = start[i] + sum(v.lora[site][0].float() - start[i] for v in vectors)
-        b = sum(v.lora[site][1].float() for v in vectors)
+        a = start[i] + torch.stack([v.lora[site][0].float() - start[i] for v in vectors]).sum(0)
+        b = torch.stack([v.lora[site][1].float() for v in vectors]).sum(0)
         lora[site] = (a, b)
     return TaskVector(
         lora=lora,

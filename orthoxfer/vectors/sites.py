@@ -164,8 +164,14 @@ def write_site(model: nn.Module, site: Site, value: torch.Tensor) -> None:
     read_site(model, site).copy_(value)
 
 
+def matrix_shape(t: torch.Tensor) -> tuple[int, int]:
+    """The (rows, columns) of a site's matrix; anything that is not 2-D is refused here, not further on."""
+    rows, cols = t.shape
+    return rows, cols
+
+
 def site_shapes(model: nn.Module, sites: list[Site]) -> dict[str, tuple[int, int]]:
-    return {s.name: tuple(read_site(model, s).shape) for s in sites}
+    return {s.name: matrix_shape(read_site(model, s)) for s in sites}
 
 
 @functools.lru_cache(maxsize=64)

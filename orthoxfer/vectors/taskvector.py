@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact
-from orthoxfer.errors import OrthoxferError
-from orthoxfer.vectors.sites import Site, find_sites, read_site, sites_by_name
+from orthoxfer.errors import OrthoxferError, UsageError
+from orthoxfer.vectors.sites import Site, find_sites, matrix_shape, read_site, sites_by_name
 from orthoxfer.version import __version__
 
 KIND = "task_vector"
@@ -59,7 +59,7 @@ class TaskVector:
         if self.lora:
             a, b = self.lora[site]
             return (b.shape[0], a.shape[1])
-        return tuple(self.dense[site].shape)
+        return matrix_shape(self.dense[site])
 
     def delta(self, site: str) -> torch.Tensor:
         """The dense d x d update of one site."""
@@ -103,7 +103,9 @@ class TaskVector:
         if not isinstance(other, TaskVector):
             return NotImplemented
         self._check_same_sites(other)
-        extra = {k: self.extra.get(k, 0) + other.extra.get(k, 0) for k in {**self.extra, **other.extra}}
+        extra = dict(self.extra)
+        for k, t in other.extra.items():
+            extra[k] = extra[k] + t if k in extra else t
         tasks = list(self.meta.get("tasks", [])) + list(other.meta.get("tasks", []))
         meta = self._meta(tasks=tasks)
         if self.lora and other.lora:
@@ -117,6 +119,18 @@ class TaskVector:
         return TaskVector({s: self.delta(s) + other.delta(s) for s in self.sites}, extra=extra, meta=meta)
 
     __radd__ = __add__
+
+    @classmethod
+    def sum(cls, vectors: Iterable[TaskVector]) -> TaskVector:
+        """The sum of one or more vectors. The builtin ``sum()`` of none is the int 0, which fails later
+        (``.save``, ``.select``) far from the cause; this refuses it where it happens."""
+        items = list(vectors)
+        if not items:
+            raise UsageError("no task vector to add up: at least one is needed")
+        total = items[0]
+        for tv in items[1:]:
+            total = total + tv
+        return total
 
     def __mul__(self, c: float) -> TaskVector:
         if not isinstance(c, (int, float)):
@@ -216,7 +230,7 @@ class TaskVector:
                     if d.any():
                         extra[name] = d.clone()
         dtype = next(iter(dense.values())).dtype
-        m = {"kind": "dense", "rank": None, "dtype": str(dtype).removeprefix("torch."), "tasks": []}
+        m: dict[str, Any] = {"kind": "dense", "rank": None, "dtype": str(dtype).removeprefix("torch."), "tasks": []}
         m.update(meta or {})
         return cls(dense, extra=extra, meta=m)
 
