@@ -157,10 +157,10 @@ def test_the_default_study_runs_the_evidence_protocol(monkeypatch, tmp_path):
     assert plan.seeds == 5 and config["fewshot_ft"]["select_every"] == 10
     rows = plan.settings["mini"].bench.rows()
     ids = {r.id for r in plan.bench("release").rows()}
-    assert {"embed_penalty_anchored", "embed_cayley_init-transfusion_anchored", "embed_tune_init-direct"} <= ids
+    assert {"embed_penalty_anchored", "embed_cayley_anchored", "embed_tune_init-direct"} <= ids
     assert {"embed_tune_init-transfusion", "none_auto", "embed_penalty_anchored_control-spectrum"} <= ids
     assert not any(r.control == "orbit" and r.method == "penalty" for r in rows)
-    assert config["bench"]["anchored"] == ["identity", "transfusion"] and config["bench"]["auto"] is True
+    assert config["bench"]["anchored"] == ["identity"] and config["bench"]["auto"] is True
 
 
 def test_bad_rungs_are_refused_in_one_line(tmp_path):

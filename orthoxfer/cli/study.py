@@ -63,7 +63,7 @@ def study_command(
             "--anchored",
             help="Starts of each trained strategy's anchored rows (identity, procrustes, a transfer); '' for none.",
         ),
-    ] = "identity,transfusion",
+    ] = "identity",
     tune_from: Annotated[
         str,
         Opt("--tune-from", help="Starts of the transfer-then-tune rows (direct, a transfer); '' for none."),
