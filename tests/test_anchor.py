@@ -29,7 +29,7 @@ def test_a_strong_anchor_keeps_u_near_the_start_and_inf_keeps_it_there(method, l
     eye = dict.fromkeys(tv.sites, torch.eye(8))
     free = distance_from(align(problem, settings(method, lr=lr)), eye)
     held = distance_from(align(problem, settings(method, lr=lr, anchor=1e4)), eye)
-    assert free > 0.1 and held < 0.01 * free
+    assert free > 0.1 and held < 0.02 * free  # Adam-like normalised steps hover about lr per entry around U0
     frozen = align(problem, settings(method, lr=lr, anchor=float("inf")))
     assert all(torch.equal(u, torch.eye(8)) for u in frozen.matrices().values())
     assert frozen.meta["frozen"] == {"joint": True} and frozen.meta["settings"]["anchor"] == float("inf")

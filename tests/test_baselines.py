@@ -40,7 +40,7 @@ def test_python_baselines(tiny):
     model, vector = baselines.fewshot_finetune(tiny, {"colour": train}, settings("embed", steps=20))
     assert acc(model, pool) > acc(tiny, pool) and acc(vector.added_to_copy(tiny), pool) == acc(model, pool)
     before = copy.deepcopy(tiny.state_dict())
-    chosen = baselines.direct_addition(tiny, vector, {"colour": val}, scales=(0.0, 1.0))
+    chosen = baselines.direct_addition(tiny, vector, {"colour": val}, scales=(0.0, 1.0), limit=1.0)  # no growth
     assert (
         set(chosen.validation) == {0.0, 1.0} and chosen.scale == 1.0 and chosen.validation[1.0] > chosen.validation[0.0]
     )

@@ -8,6 +8,7 @@ weight decay) is the shipped one.
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -17,6 +18,7 @@ from test_data_paper import MAKERS
 from typer.testing import CliRunner
 
 import orthoxfer.experiments.bench as bench_module
+import orthoxfer.experiments.tune as tune_module
 from orthoxfer.alignment.artifact import Alignment
 from orthoxfer.cli import app
 from orthoxfer.evaluation.baselines import SCALES
@@ -106,15 +108,15 @@ def run_bench(root: Path, arch: str, config: str, out: str, patch: pytest.Monkey
     return {p.stem.removesuffix("-seed0"): json.loads(p.read_text()) for p in rows.glob("*.json")}
 
 
-def spy(patch: pytest.MonkeyPatch, name: str, calls: list):
-    """Record the arguments of ``bench``'s ``name`` and call through."""
-    real = getattr(bench_module, name)
+def spy(patch: pytest.MonkeyPatch, name: str, calls: list, module: Any = bench_module):
+    """Record the arguments of ``module``'s ``name`` (bench's by default) and call through."""
+    real = getattr(module, name)
 
     def recorded(*args, **kwargs):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    patch.setattr(bench_module, name, recorded)
+    patch.setattr(module, name, recorded)
 
 
 def refuse(patch: pytest.MonkeyPatch, name: str):
@@ -131,7 +133,7 @@ def test_text_protocol_trains_on_every_image_reads_no_validation_and_sums_eight_
         refuse(patch, "pool_accuracy")  # scoring validation pools: never, with lambda fixed and nothing held out
         refuse(patch, "direct_addition")  # choosing lambda: never
         spy(patch, "align", aligned)
-        spy(patch, "fewshot_finetune", tuned)
+        spy(patch, "fewshot_finetune", tuned, tune_module)
         spy(patch, "test_accuracy", tested)
         rows = run_bench(root, arch, "paper-text.toml", "text", patch)
     assert set(rows) == {"none_target", "none_finetune", "embed_direct", "embed_penalty"}
@@ -144,7 +146,7 @@ def test_text_protocol_trains_on_every_image_reads_no_validation_and_sums_eight_
         assert "validation" not in row and row["scale"] in (None, 1.0)
     alignment = Alignment.load(root / "text" / "rows" / "embed_penalty-seed0" / "alignment.safetensors")
     assert alignment.scopes == TASKS  # eight per-task U sets ...
-    models, inputs, _ = tested[3][0]  # target, finetune, direct, penalty: the rows' order
+    models, inputs, _ = tested[4][0]  # target, finetune, direct (at its lambda, then at 1), penalty
     assert len({id(m) for m in models.values()}) == 1  # ... carried into ONE model scored on all eight tasks
     model = next(iter(models.values()))
     carried = sum(

@@ -247,8 +247,8 @@ def fewshot_ft_command(
         float,
         Opt(
             "--val-fraction",
-            help="Hold out this part of each pool for per-epoch validation; "
-            "0 (default) trains on exactly the images `align` gets.",
+            help="Hold out this part of each pool for validation; 0 (default) trains on exactly the images "
+            "`align` gets and validates on the suite's validation sets where it has them (mini).",
         ),
     ] = 0.0,
     select_every: Annotated[
@@ -256,7 +256,7 @@ def fewshot_ft_command(
         Opt(
             "--select-every",
             min=0,
-            help="k > 0: score the held-out part (--val-fraction) at the start, every k steps and at the last "
+            help="k > 0: score the validation data at the start, every k steps and at the last "
             "step, and keep the update that scored best (ties: the earliest); 0: the last step's.",
         ),
     ] = None,
@@ -320,6 +320,8 @@ def fewshot_ft_command(
     loaded, tests = _prepare(chosen, target, names, dev, eval_batch_size, shots, seed)
     settings = FinetuneSettings(**values, device=str(dev), extra={"target": target, "orthoxfer_version": __version__})
     train, validation = _pools(chosen, loaded, names, shots, seed, val_fraction)
+    if validation is None:  # nothing held out: the suite's own validation sets where it has them (mini)
+        validation = chosen.validation_sets(loaded, names)
     model, vector = fewshot_finetune(loaded.model, train, settings, run, validation)
     vector.save(run.file("task_vector.safetensors"))
     selection = {"selection": vector.meta["selection"]} if "selection" in vector.meta else {}

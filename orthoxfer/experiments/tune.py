@@ -44,7 +44,7 @@ def finetune_updates(
     alone with its share of the budget, in a run folder of its own) or ``joint`` (every pool, the whole budget)."""
     if not per_task:
         model = start if isinstance(start, nn.Module) else start["joint"]
-        return {"joint": fewshot_finetune(model, train, settings, run, validation=val)[1]}
+        return {"joint": fewshot_finetune(model, train, settings, run, validation=val or None)[1]}
     share = task_share(settings, len(train))
     updates = {}
     for t in train:
