@@ -291,7 +291,7 @@ def test_demo_passes_the_pair_and_gives_it_its_own_folder(monkeypatch):
     # test_bench checks bench sets it from --tasks); --tasks all: the eight
     assert runner.invoke(app, ["demo"]).exit_code == 0 and runner.invoke(app, ["demo", "--tasks", "all"]).exit_code == 0
     assert [(c["tasks"], c["steps"], c["kinds"]) for c in calls[2:]] == [
-        ("housenumbers,scenes,pictograms,coins", None, "embed"),
+        ("housenumbers,scenes,relief,pictograms", None, "embed"),
         (",".join(TASK_NAMES), None, "embed"),
     ]
 

@@ -73,7 +73,7 @@ def study_command(
         str | None,
         Opt(
             "--tasks",
-            help="Comma-separated tasks (default: the four with most headroom: housenumbers, scenes, pictograms, coins).",
+            help="Comma-separated tasks (default: the four with most headroom on validation: housenumbers, scenes, relief, pictograms).",
         ),
     ] = None,
     config: Annotated[Path | None, Opt("--config", help="TOML settings, as bench reads them; flags override.")] = None,
