@@ -33,8 +33,8 @@ def _mypy(path: Path, cache: Path) -> subprocess.CompletedProcess:
 def test_the_ci_script_runs_every_check_after_the_tests():
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     checks = [
-        "ruff check orthoxfer tests benchmarks",
-        "ruff format --check orthoxfer tests benchmarks",
+        "ruff check orthoxfer tests benchmarks mkdocs_hooks",
+        "ruff format --check orthoxfer tests benchmarks mkdocs_hooks",
         "mypy orthoxfer",
     ]
     assert all(c in lines for c in checks)
