@@ -216,3 +216,21 @@ def test_cli_usage_errors_exit_2_in_one_line(tmp_path, tiny_arch, folder):
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_transferability_check_measures_the_data_free_transfers_on_validation(tmp_path):
+    """On ``same`` (the target is the source) transfusion's matching is the identity: it carries exactly what direct
+    addition does; each gain is over target only at a lambda chosen on validation, 0 included, so never below 0."""
+    from orthoxfer.cli import app
+
+    args = ["relate", "--pair", "same", "--size", "micro", "--tasks", "mnist", "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "transferability mnist: target only" in result.output
+    found = json.loads((tmp_path / "r" / "relate.json").read_text())["transferability"]["mnist"]
+    assert found["direct"]["gain"] >= 0 and found["best_gain"] == max(
+        found["direct"]["gain"], found["transfusion"]["gain"]
+    )
+    assert found["transfusion"]["gain"] == pytest.approx(found["direct"]["gain"])
+    quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q"), "--device", "cpu", "--json"])
+    assert quiet.exit_code == 0 and "transferability mnist" not in quiet.output

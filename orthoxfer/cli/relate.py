@@ -157,6 +157,14 @@ def relate_command(
         ),
     ] = None,
     size: Annotated[str, typer.Option("--size", help="mini models: full | micro.")] = "full",
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks",
+            help="mini models: also the transferability check on these tasks (comma-separated): the validation "
+            "gain of direct addition and transfusion over target only, before any training.",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Images compared.")] = 256,
     batch_size: Annotated[
         int | None,
@@ -240,6 +248,12 @@ def relate_command(
         "layers": [r.to_dict() for r in relations],
         "orthoxfer_version": __version__,
     }
+    if tasks:
+        if not mini:
+            raise UsageError("--tasks (the transferability check) is for the mini models; use --pair")
+        results["transferability"] = mini_transferability(
+            tasks, loaded_source, loaded_target, size, cache_dir, where, quiet=as_json
+        )
     out_json, out_png = out / "relate.json", out / "relate.png"
     write_json(out_json, results)
     plot_relations(relations, out_png, title=f"{loaded_source.spec} vs {loaded_target.spec}")
@@ -263,3 +277,24 @@ def relate_command(
     if counted["skipped"]:
         console.print(f"skipped {counted['skipped']} unreadable image(s)")
     print_wrote(None, [out_json, out_png])
+
+
+def mini_transferability(
+    tasks: str, source, target, size: str, cache_dir: Path | None, device, quiet: bool = False
+) -> dict:
+    """The transferability check on mini tasks: model A's vectors, the target's validation sets."""
+    from orthoxfer.evaluation.transferability import transferability
+    from orthoxfer.suites.base import SuiteRequest
+    from orthoxfer.suites.mini import PREFIX, MiniSuite
+
+    suite = MiniSuite.open(SuiteRequest(size=size, cache_dir=cache_dir, device=device))
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    vectors = {t: suite.vector(PREFIX + t) for t in names}
+    found = transferability(target.model, vectors, suite.validation_sets(target, names), source.model, device)
+    for task, row in found.items() if not quiet else ():
+        console.print(
+            f"transferability {task}: target only {100 * row['target']:.1f}; gain on validation: "
+            + ", ".join(f"{m} {100 * row[m]['gain']:+.1f}" for m in ("direct", "transfusion") if m in row),
+            highlight=False,
+        )
+    return found
