@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from orthoxfer.errors import UsageError
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.strategies.options import Option
-from orthoxfer.vectors.sites import read_site
+from orthoxfer.vectors.sites import Site, read_site
 from orthoxfer.vectors.taskvector import TaskVector
 
 NEEDS = ("labels", "images", "none")  # labelled few-shot pools | unlabelled images | no data at all
@@ -79,6 +79,27 @@ def require_pools(
     if not pools:
         raise UsageError(f"{what} needs the target's {data}")
     return pools
+
+
+class ActivationInputs(NamedTuple):
+    """What a transport that reads both models' activations on the target's images needs, checked once."""
+
+    source: nn.Module
+    sites: list[Site]
+    device: torch.device
+    pools: dict[str, FewShotTask]
+
+
+def activation_inputs(
+    what: str, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
+) -> ActivationInputs:
+    """The source, the vector's sites (checked against both models), the device and the pools' images, or a
+    one-line UsageError naming what is missing."""
+    source = require_source(source, what)
+    sites = vector.check_fits(target)
+    vector.check_fits(source)
+    images = require_pools(pools, what, "images (the pools' images; their labels are not read)")
+    return ActivationInputs(source, sites, torch.device(settings.device), images)
 
 
 def model_tensors(model: nn.Module, vector: TaskVector) -> TaskVector:

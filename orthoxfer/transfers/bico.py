@@ -47,9 +47,8 @@ from orthoxfer.transfers.base import (
     Transfer,
     Transferred,
     TransferSettings,
+    activation_inputs,
     norm_ratio,
-    require_pools,
-    require_source,
 )
 from orthoxfer.transfers.theseus import SOLVE, Moments
 from orthoxfer.vectors.sites import Site
@@ -182,15 +181,11 @@ class BiCo(Transfer):
     def transfer(
         self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
-        source = require_source(source, self.name)
-        sites = vector.check_fits(target)
-        vector.check_fits(source)
-        device = torch.device(settings.device)
-        pools = require_pools(pools, self.name, "images (the pools' images; their labels are not read)")
+        source, sites, device, images = activation_inputs(self.name, vector, source, target, pools, settings)
         with evaluating(target, source, device=device):
-            inputs = input_moments(target, source, sites, pool_images(pools.values(), BATCH, device))
+            inputs = input_moments(target, source, sites, pool_images(images.values(), BATCH, device))
             ins, in_identified = fit_maps(inputs, settings.bico_rtol)
-            grad_batches = pool_images(pools.values(), settings.bico_grad_batch, device)
+            grad_batches = pool_images(images.values(), settings.bico_grad_batch, device)
             outs, out_identified = fit_maps(
                 output_moments(target, source, sites, grad_batches, ins), settings.bico_rtol
             )

@@ -43,9 +43,8 @@ from orthoxfer.transfers.base import (
     Transfer,
     Transferred,
     TransferSettings,
+    activation_inputs,
     norm_ratio,
-    require_pools,
-    require_source,
 )
 from orthoxfer.vectors.sites import Site, read_site, sites_by_name
 from orthoxfer.vectors.taskvector import TaskVector
@@ -157,12 +156,8 @@ class Theseus(Transfer):
     def transfer(
         self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
-        source = require_source(source, self.name)
-        sites = vector.check_fits(target)
-        vector.check_fits(source)
-        device = torch.device(settings.device)
-        pools = require_pools(pools, self.name, "images (the pools' images; their labels are not read)")
-        batches = pool_images(pools.values(), BATCH, device)
+        source, sites, device, images = activation_inputs(self.name, vector, source, target, pools, settings)
+        batches = pool_images(images.values(), BATCH, device)
         with evaluating(target, source, device=device):
             moments = site_moments(target, source, sites, batches)
         maps = fit_maps(moments, settings.theseus_centre, settings.theseus_rtol)
