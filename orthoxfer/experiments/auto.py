@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orthoxfer.errors import UsageError
+
 AUTO = "auto"
 
 
@@ -23,7 +25,9 @@ def choose(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
     """Per task the candidate with the best validation score (ties: the first row of the table) and its test accuracy."""
     candidates = [r for r in records if is_candidate(r)]
     if not candidates:
-        raise ValueError("auto needs rows with per-task validation scores (per-task mode) to choose among")
+        raise UsageError(
+            "auto chooses on validation scores and no row has any: hold validation data out (--val-fraction)"
+        )
     chosen = {t: max(candidates, key=lambda r: r["validation_score"][t]) for t in tasks}
     accuracy = {t: chosen[t]["accuracy"][t] for t in tasks}
     return {

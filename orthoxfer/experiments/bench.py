@@ -35,7 +35,7 @@ from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.evaluation.baselines import SCALES, Scaled, direct_addition
 from orthoxfer.evaluation.relate import relate
 from orthoxfer.experiments.auto import AUTO, choose
-from orthoxfer.experiments.tune import finetune_updates, transfer_then_tune
+from orthoxfer.experiments.tune import finetune_updates, task_share, transfer_then_tune
 from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
@@ -266,6 +266,18 @@ def run_row(row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: 
     return record
 
 
+def record_head(row: Row, seed: int) -> dict[str, Any]:
+    """What every row's record starts with: the code that made it, the row and the seed."""
+    return {
+        "code": source_digest(),
+        "row": row.id,
+        "label": row.label,
+        **dataclasses.asdict(row),
+        "needs": row.needs,
+        "seed": seed,
+    }
+
+
 def choose_row(
     row: Row, inputs: SuiteInputs, config: BenchConfig, run: Run, seed: int
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
@@ -276,14 +288,7 @@ def choose_row(
     validation part of the pools; where the largest rate wins, the grid grows.
     """
     train, val = split_pools(inputs, config.val_fraction, seed)
-    record: dict[str, Any] = {
-        "code": source_digest(),
-        "row": row.id,
-        "label": row.label,
-        **dataclasses.asdict(row),
-        "needs": row.needs,
-        "seed": seed,
-    }
+    record = record_head(row, seed)
     trained = row.method in ("finetune", "tune") or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
     grid: list[float | None] = list(config.lrs) if trained and config.lrs else [None]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
@@ -327,13 +332,10 @@ def _fit(
     fields = {}
     per_task = config.mode == "per-task"  # each task its own model; per-task-summed ends in one, as joint does
     ft = config.fewshot_ft.replace(seed=seed, device=device, **({"lr": lr} if lr is not None else {}))
+    carrying = transfer_settings(config.transfer, seed=seed, device=device)
     if row.method == "tune":
-        carried = row_vectors(row, inputs, seed)
-        if row.init != "direct":
-            settings = transfer_settings(config.transfer, seed=seed, device=device)
-            carried = {
-                k: d.vector for k, d in carry(row.init, carried, inputs.source, inputs.target, train, settings).items()
-            }
+        start = "identity" if row.init == "direct" else row.init  # direct: the vector as it is
+        carried = start_from(start, row_vectors(row, inputs, seed), inputs.source, inputs.target, train, carrying)
         models, fields = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
         fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
         return models, sum(fields["validation_score"].values()) / len(tasks), fields
@@ -351,9 +353,8 @@ def _fit(
             raise UsageError("the oracle row needs a planted target: it carries the vector by the planted U*")
         vectors = {k: rotate(v, planted) for k, v in vectors.items()}
     elif row.method in TRANSFERS:
-        settings = transfer_settings(config.transfer, seed=seed, device=device)
         # the training parts only: lambda is chosen on val; joint rows were summed above
-        done = carry(row.method, vectors, inputs.source, inputs.target, train, settings)
+        done = carry(row.method, vectors, inputs.source, inputs.target, train, carrying)
         if (
             inputs.planted is not None
         ):  # two-sided maps (learnt["in/<site>"], learnt["out/<site>"]) against the planted U*
@@ -365,18 +366,15 @@ def _fit(
                 if sides[0].keys() & inputs.planted.keys():
                     d.diagnostics["recovery_error"] = sum(recovery_error(maps, inputs.planted) for maps in sides) / 2
         fields["diagnostics"] = _mean_diagnostics([d.diagnostics for d in done.values()])
-        fields["transfer"] = {o.name: settings.options[o.name] for o in TRANSFERS[row.method].options}
+        fields["transfer"] = {o.name: carrying.options[o.name] for o in TRANSFERS[row.method].options}
         vectors = {k: d.vector for k, d in done.items()}
     elif row.method not in ("direct", "finetune"):
         aligning = config.align.replace(method=row.method, init=row.init, tie=row.tie, seed=seed, mode=config.mode)
         aligning = aligning.replace(lr=lr) if lr is not None else aligning
         aligning = aligning.replace(**config.anchor) if row.anchored else aligning
-        carrying = transfer_settings(config.transfer, seed=seed, device=device)
         vectors = start_from(row.init, vectors, inputs.source, inputs.target, train, carrying)
         if config.mode != "joint":  # the joint budget, shared out: each task's U's get its share of the steps
-            aligning = aligning.replace(
-                steps=max(1, -(-aligning.steps // len(tasks))), warmup=aligning.warmup // len(tasks)
-            )
+            aligning = task_share(aligning, len(tasks))
         validation = val if aligning.select_every else None  # the step is chosen there too
         alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source, validation), aligning, row_run)
         if aligning.select_every:
@@ -407,11 +405,6 @@ def _fit(
     fields["seconds_choose"] = time.perf_counter() - choosing
     score = sum(c.validation.get(c.scale, math.nan) for c in each.values()) / len(tasks)
     return {t: c.model for t, c in each.items()}, score, fields
-
-
-def _score(model: nn.Module, val: dict[str, FewShotTask], device: str) -> float:
-    """Mean accuracy on the validation pools; NaN where there are none (nothing is chosen then)."""
-    return pool_accuracy(model, val, device)["mean"] if val else math.nan
 
 
 def _scaled(target: nn.Module, vector: TaskVector, val: dict[str, FewShotTask], scales, device: str) -> Scaled:
@@ -467,12 +460,7 @@ def run_bench(
             if row.method == AUTO:  # chosen among this seed's rows on validation: nothing trained, no test read
                 seen = [r for r in records if r["seed"] == seed]
                 record = {
-                    "code": source_digest(),
-                    "row": row.id,
-                    "label": row.label,
-                    **dataclasses.asdict(row),
-                    "needs": row.needs,
-                    "seed": seed,
+                    **record_head(row, seed),
                     "scale": None,
                     "seconds": 0.0,
                     **choose(seen, [t.name for t in inputs.tasks]),

@@ -14,7 +14,7 @@ anchored aligner must beat. At lambda = 0 it is few-shot FT.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
@@ -27,8 +27,21 @@ from orthoxfer.vectors.taskvector import TaskVector
 Pools = dict[str, FewShotTask]
 
 
-def task_share(settings: FinetuneSettings, tasks: int) -> FinetuneSettings:
-    """One task's share of a joint budget: its steps and warm-up divided by the number of tasks (rounded up)."""
+B = TypeVar("B", bound="Budget")
+
+
+class Budget(Protocol):
+    """Settings with a step budget: few-shot FT's and the aligners' alike."""
+
+    steps: int
+    warmup: int
+
+    def replace(self: B, **changes: Any) -> B: ...
+
+
+def task_share(settings: B, tasks: int) -> B:
+    """One task's share of a joint budget (few-shot FT's or an aligner's): steps and warm-up divided by the number of
+    tasks, steps rounded up."""
     return settings.replace(steps=max(1, -(-settings.steps // tasks)), warmup=settings.warmup // tasks)
 
 

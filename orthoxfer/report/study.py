@@ -44,6 +44,10 @@ BASELINES = {
 }
 
 
+BASELINE_METHODS = ("target", "finetune", "direct", "oracle")
+EXTRA = ("tune", "auto")  # rows that are not a method of their own: transfer-then-tune, auto
+
+
 def stat(values: list[float]) -> dict[str, Any]:
     """Mean, 95% half-width (None for one seed) and the values it came from."""
     mean, half = interval(values)
@@ -139,10 +143,6 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
     holm(family)
     entry["detectable_gain"] = detectable_gain(family, len(seeds))
     return entry
-
-
-BASELINE_METHODS = ("target", "finetune", "direct", "oracle")
-EXTRA = ("tune", "auto")  # rows that are not a method of their own: transfer-then-tune, auto
 
 
 def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str, Any]]:
