@@ -121,7 +121,7 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
     at_one = [r["accuracy_scale1"]["mean"] for r in _records(result, "embed_direct", seeds) if "accuracy_scale1" in r]
     if at_one and len(at_one) == len(seeds):
         entry["baselines"]["direct_scale1"] = stat(at_one)
-    entry["transferability"] = transferability(result, seeds)
+    entry["transferability"] = recorded_transferability(result, seeds)
     ft = per_seed(Row("", "finetune").id)
     family: list[dict[str, Any]] = []
     for row_id, record in by_id.items():
@@ -150,7 +150,7 @@ def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str
     return [found[s] for s in seeds if s in found]
 
 
-def transferability(result: RungResult, seeds: list[int]) -> dict[str, Any] | None:
+def recorded_transferability(result: RungResult, seeds: list[int]) -> dict[str, Any] | None:
     """Per seed, the best validation gain of a data-free transfer (direct addition, transfusion) over target only,
     mean over tasks: the check a user runs in seconds, before any training."""
     target = {r["seed"]: r for r in _records(result, "none_target", seeds)}
