@@ -142,6 +142,33 @@ def test_lr_grid_is_chosen_on_validation_for_aligners_and_fewshot_ft_alike(micro
     assert "lr" not in run_row(Row("embed", "procrustes"), inputs, config, run, seed=0)
 
 
+def test_a_config_sets_the_anchored_rows_beta_and_a_rate_per_method_and_the_rows_use_them(micro_run, tmp_path):
+    import torch
+
+    from orthoxfer.errors import UsageError
+    from orthoxfer.experiments import bench_settings
+    from orthoxfer.experiments.bench import Row, run_row
+    from orthoxfer.runs import Run
+
+    root, _, _ = micro_run
+    config = tmp_path / "chosen.toml"
+    config.write_text("[bench]\nanchor = 10.0\n[bench.rates]\npenalty = 0.02\nfinetune = 0.005\n")
+    settings = bench_settings.resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=2)
+    assert settings.bench.anchor == {"anchor": 10.0, "select_every": 10}  # the interval kept where not given
+    assert settings.record()["bench"]["rates"] == {"penalty": 0.02, "finetune": 0.005}  # in config.json: resume sees it
+    bench = settings.bench
+    bench.align.steps = bench.fewshot_ft.steps = 2
+    inputs, _ = spied_inputs(root)
+    run = Run(tmp_path / "run")
+    assert run_row(Row("embed", "penalty"), inputs, bench, run, seed=0)["lr"] == 0.02
+    assert run_row(Row("", "finetune"), inputs, bench, run, seed=0)["lr"] == 0.005
+    assert "lr" not in run_row(Row("embed", "direct"), inputs, bench, run, seed=0)
+    for bad in ("procrustes = 0.1", "penalty = -1.0", "nonsense = 0.1"):
+        config.write_text(f"[bench.rates]\n{bad}\n")
+        with pytest.raises(UsageError, match="not a positive rate of a trained method"):
+            bench_settings.resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=2)
+
+
 def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_run, tmp_path):
     root, args, _ = micro_run
     one = [a.replace("mnist,coins", "mnist").replace("norm", "other-task") for a in args]

@@ -134,6 +134,9 @@ class BenchConfig:
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
     anchored: tuple[str, ...] = ()  # starts (identity, procrustes, a transfer) of each trained method's anchored rows
     anchor: dict[str, Any] = field(default_factory=lambda: dict(ANCHORED))  # the anchored rows' settings
+    # a learning rate per trained method (a strategy, finetune, tune), chosen once on validation where one rate does
+    # not fit every method; the others, and every method when --lrs gives a grid, as the grid or the set one
+    rates: dict[str, float] = field(default_factory=dict)
     tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
     auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
 
@@ -160,6 +163,12 @@ class BenchConfig:
             raise UsageError("the auto and transfer-then-tune rows work per task: they need --mode per-task")
         if not self.scales:
             raise UsageError("--scales needs at least one lambda")
+        for method, rate in self.rates.items():
+            if not _trained(method) or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+                raise UsageError(
+                    f"rates: {method} = {rate!r} is not a positive rate of a trained method"
+                    f" ({', '.join(m for m in ('finetune', 'tune', *STRATEGIES) if _trained(m))})"
+                )
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.reference_lora_sum and self.mode != "joint":
@@ -289,8 +298,8 @@ def choose_row(
     """
     train, val = split_pools(inputs, config.val_fraction, seed)
     record = record_head(row, seed)
-    trained = row.method in ("finetune", "tune") or issubclass(STRATEGIES.get(row.method, Strategy), TrainedStrategy)
-    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [None]
+    trained = _trained(row.method)
+    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rates.get(row.method)]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
     while len(grid) > 1 and best == len(grid) - 1 and len(grid) < len(config.lrs) + LR_GROWTH:  # an edge choice
@@ -301,7 +310,14 @@ def choose_row(
     record.update(fields)
     if len(grid) > 1:
         record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
+    elif grid[0] is not None:
+        record["lr"] = grid[0]
     return models, record
+
+
+def _trained(method: str) -> bool:
+    """Whether a row of ``method`` trains with a learning rate (few-shot FT, transfer-then-tune, a trained aligner)."""
+    return method in ("finetune", "tune") or issubclass(STRATEGIES.get(method, Strategy), TrainedStrategy)
 
 
 def _fit(

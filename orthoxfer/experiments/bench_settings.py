@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from orthoxfer.evaluation.baselines import SCALES
-from orthoxfer.experiments.bench import BenchConfig
+from orthoxfer.experiments.bench import ANCHORED, BenchConfig
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.strategies.settings import AlignSettings, read_config
 from orthoxfer.suites import default_tables
@@ -38,6 +38,9 @@ class BenchTable:
 
     scales: tuple = SCALES  # the lambda grid; one value fixes lambda
     val_fraction: float = HELD_OUT  # 0: nothing held out (then one lambda and one lr)
+    anchor: float = ANCHORED["anchor"]  # beta of the anchored rows (chosen on validation: study-v2/select-anchor)
+    select_every: int = ANCHORED["select_every"]  # the anchored rows' validation interval
+    rates: dict = dataclasses.field(default_factory=dict)  # [bench.rates]: a learning rate per trained method
 
 
 @dataclass
@@ -101,6 +104,9 @@ def resolve_bench(
         chosen[key] = value if chosen.get(key) is None else chosen[key]
     if chosen.get("scales") is not None:
         chosen["scales"] = tuple(float(s) for s in chosen["scales"])
+    anchored = {k: chosen.pop(k) for k in ANCHORED if k in chosen}  # the table's keys, one BenchConfig field
+    if anchored:
+        chosen["anchor"] = {**ANCHORED, **anchored}
     if chosen.get("val_fraction") is None:  # held out only where something is chosen on it
         grid = (chosen.get("scales") or SCALES, chosen.get("lrs") or ())
         chosen["val_fraction"] = HELD_OUT if len(grid[0]) > 1 or len(grid[1]) > 1 else 0.0
