@@ -1,0 +1,116 @@
+"""The anchored rows' beta, chosen once on validation before the study runs its seeds.
+
+An anchored row adds beta * sum ||U - U0||^2 to a trained strategy's loss and keeps the
+step that scores best on validation. beta is a setting, so it is chosen as every setting
+is: on validation data (the suite's validation sets, which the source vectors never saw),
+never on test. Per rung of the study (seed 0, the study's tasks and settings, the rates of
+``--config``), each trained strategy's anchored row from the identity is fitted at each
+beta of the grid and scored on validation (:func:`orthoxfer.experiments.bench.choose_row`
+reads no test data); the beta with the best mean over rungs and strategies wins (ties:
+the smaller). The choice goes into the study's config as ``[bench] anchor``. Resumable:
+entries already in ``--out`` are kept; the rows' checkpoints live under ``--work``.
+
+    python benchmarks/select_anchor.py --config configs/study-v2.toml \\
+        --out benchmarks/results/study-v2/select-anchor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from orthoxfer.artifacts import write_json
+from orthoxfer.experiments.bench import Row, choose_row
+from orthoxfer.experiments.bench_settings import resolve_bench
+from orthoxfer.experiments.step_cost import machine
+from orthoxfer.experiments.study import MODEL_SEED, STUDY_TASKS, rung_suite
+from orthoxfer.runs import Run
+from orthoxfer.strategies.registry import STRATEGIES
+from orthoxfer.suites import build_suite
+from orthoxfer.suites.base import SuiteRequest
+from orthoxfer.transfers.registry import method_fits_similarity
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="The study's settings (its [bench.rates] above all).")
+    parser.add_argument("--betas", default="0.1,1,10")
+    parser.add_argument("--rungs", default="same,release,seed,data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="full", help="full | micro (seconds; a smoke test of this script)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study-v2/select-anchor.json"))
+    parser.add_argument("--work", default="runs/select-anchor", help="Run folder for the rows' checkpoints.")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    betas = [float(b) for b in args.betas.split(",")]
+    methods = tuple(m for m in STRATEGIES if method_fits_similarity(m))  # the trained strategies that take an anchor
+    done = json.loads(args.out.read_text())["validation"] if args.out.exists() else {}
+    started = time.perf_counter()
+    settings = resolve_bench(
+        "mini",
+        args.size,
+        device,
+        args.config,
+        choices={"kinds": ("embed",), "anchored": ("identity",)},
+        tasks=len(STUDY_TASKS),
+    )
+    for rung in args.rungs.split(","):
+        suite, pair = rung_suite(rung)
+        request = SuiteRequest(
+            seed=args.seed,
+            model_seed=MODEL_SEED,
+            shots=settings.shots,
+            size=args.size,
+            pair=pair,
+            tasks=STUDY_TASKS,
+            kinds=("embed",),
+            source_ft=settings.source_ft,
+        )
+        inputs = build_suite(suite, request)
+        for beta in betas:
+            config = dataclasses.replace(settings.bench, anchor={**settings.bench.anchor, "anchor": beta})
+            for method in methods:
+                key = f"{rung}/{beta:g}/{method}"
+                if key in done:
+                    continue
+                torch.manual_seed(args.seed)
+                row = Row("embed", method, "identity", anchored=True)
+                _, record = choose_row(
+                    row, inputs, config, Run(f"{args.work}/{rung}/beta{beta:g}", resume=True), args.seed
+                )
+                scores = record["validation_score"]
+                done[key] = {"mean": sum(scores.values()) / len(scores), **scores, "step": record["chosen_step"]}
+                print(key, round(100 * done[key]["mean"], 1), flush=True)
+                _write(args, settings.record(), betas, len(methods), done, started, device)
+    _write(args, settings.record(), betas, len(methods), done, started, device)
+
+
+def _write(args, record, betas, methods: int, done, started, device) -> None:
+    """The results so far (an interrupted run keeps them) and, once every entry is in, the chosen beta."""
+    means, complete = {}, True
+    for beta in betas:
+        entries = [v["mean"] for k, v in done.items() if k.split("/")[1] == f"{beta:g}"]
+        means[f"{beta:g}"] = sum(entries) / len(entries) if entries else None
+        complete = complete and len(entries) == methods * len(args.rungs.split(","))
+    chosen = max(betas, key=lambda b: (means[f"{b:g}"], -b)) if complete else None  # ties: the smaller beta
+    write_json(
+        args.out,
+        {
+            "validation": done,
+            "mean_by_beta": means,
+            "chosen": chosen,
+            "seed": args.seed,
+            "settings": record,
+            "seconds": time.perf_counter() - started,
+            "machine": machine(device),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
