@@ -98,7 +98,14 @@ def align_command(
         list[str],
         Opt("--task-vector", help="Source task vector (NAME=PATH or PATH; mini:<task> with --suite mini); repeatable."),
     ],
-    method: Annotated[str | None, Opt("--method", help="penalty | riemannian | cayley | procrustes.")] = None,
+    method: Annotated[
+        str | None,
+        Opt(
+            "--method",
+            help="penalty | riemannian | cayley | procrustes | auto (per task, the candidate best on validation: "
+            "each start kept, and penalty trained from each, anchored; within --budget).",
+        ),
+    ] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate of U.")] = None,
     weight_decay: Annotated[float | None, Opt("--weight-decay", help="Decay on U's parameters (default 0).")] = None,
     steps: Annotated[int | None, Opt("--steps", help="Optimiser steps.")] = None,
@@ -175,6 +182,15 @@ def align_command(
         Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache."),
     ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
+    budget: Annotated[
+        int | None,
+        Opt(
+            "--budget",
+            min=1,
+            help="--method auto: optimiser steps per task its trained candidates share by successive halving "
+            "(default: --steps times their number).",
+        ),
+    ] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Learn orthogonal U's that carry source task vectors into --target, from a few labelled examples.
@@ -184,12 +200,17 @@ def align_command(
     transfer an --init names. With --select-every the U's are scored on the suite's validation
     sets (mini), or on a held-out part of each pool (paper), which then is not trained on.
 
+    With --method auto each task gets the candidate that scores best on that validation data
+    (docs/methods.md); every candidate's score and the choice go into the artifacts' metadata.
+
     Writes alignment.safetensors, transferred.safetensors, metrics.jsonl,
     diagnostics.json (+ PNG plots) and config.json into --out.
     """
     from orthoxfer.alignment.align import align
     from orthoxfer.alignment.start import start_from
     from orthoxfer.evaluation.diagnostics import diagnose, write_report
+    from orthoxfer.experiments.auto import AUTO
+    from orthoxfer.experiments.auto_alone import AutoInputs, auto_table
     from orthoxfer.problem.align_problem import AlignProblem
     from orthoxfer.runs import Run
     from orthoxfer.transfers.registry import declared_options as transfer_options
@@ -198,8 +219,13 @@ def align_command(
 
     dev = launch(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
+    auto = method == AUTO
+    if auto and (init is not None or mode not in (None, "per-task")):
+        raise UsageError("--method auto tries every start per task itself: drop --init and --mode")
+    if budget is not None and not auto:
+        raise UsageError("--budget is --method auto's: drop it, or use --steps")
     flags = dict(
-        method=method,
+        method=None if auto else method,
         lr=lr,
         weight_decay=weight_decay,
         steps=steps,
@@ -221,6 +247,7 @@ def align_command(
     )
     transfer_values = {k: v for k, v in (strategy_options or {}).items() if k in transfer_options()}
     settings = resolve_settings(config, flags, chosen.settings("align"))
+    settings = settings.replace(mode="per-task") if auto else settings
     if settings.augmentation != "suite":  # the pools' recipe is the suite's to apply
         chosen = command_suite(
             suite,
@@ -231,11 +258,11 @@ def align_command(
             heads_dir=heads_dir,
             augmentation=settings.augmentation,
         )
-    if settings.method == "procrustes" and settings.rotation_rank:
+    if settings.method == "procrustes" and settings.rotation_rank and not auto:
         raise UsageError(
             "--rotation-rank shapes a trained U (penalty, riemannian, cayley); procrustes is closed form: drop it"
         )
-    if (settings.method == "procrustes" or settings.init == "procrustes") and source is None:
+    if (settings.method == "procrustes" or settings.init == "procrustes") and source is None and not auto:
         raise UsageError(f"{'init=procrustes' if settings.init == 'procrustes' else 'procrustes'} needs --source")
     for spec in filter(None, (target, source)):
         chosen.check(spec)
@@ -258,6 +285,7 @@ def align_command(
     run.write_config(
         {
             **settings.to_dict(),
+            **({"method": AUTO, "budget": budget} if auto else {}),
             "task_vectors": task_vector,
             "tasks": names,
             **chosen.record,
@@ -272,30 +300,45 @@ def align_command(
     pools = chosen.fewshot_tasks(loaded, names, shots_n, shots_per_class, settings.seed)
     canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
-    pools, validation = held_out(chosen, loaded, pools, settings)
-    vectors = start_from(settings.init, vectors, source_model, loaded.model, pools, carrying)
-    alignment = align(AlignProblem(loaded.model, vectors, pools, source_model, validation), settings, run)
+    scales = dict.fromkeys(vectors, 1.0)  # auto: each task's lambda, chosen on validation, carried in the vector
+    if auto:
+        from orthoxfer.experiments.auto_align import auto_align
+
+        pools, val = validation_split(chosen, loaded, pools, settings.seed, "--method auto")
+        inputs = AutoInputs(loaded.model, source_model, vectors, pools, val, carrying, run)
+        alignment, vectors, record = auto_align(inputs, settings, budget)
+        scales = record["scale"]
+    else:
+        pools, validation = held_out(chosen, loaded, pools, settings)
+        vectors = start_from(settings.init, vectors, source_model, loaded.model, pools, carrying)
+        alignment = align(AlignProblem(loaded.model, vectors, pools, source_model, validation), settings, run)
     if not run.writes:  # another process of a torchrun launch: rank 0 writes what all of them found
         return
     alignment.save(run.file("alignment.safetensors"))
 
     per_task = settings.mode != "joint"  # per-task and per-task-summed: each task its own U's
     transferred = TaskVector.sum(
-        alignment.apply(tv.select(alignment.sites), task=name if per_task else None) for name, tv in vectors.items()
+        alignment.apply(tv.select(alignment.sites), task=name if per_task else None) * scales[name]
+        for name, tv in vectors.items()
     )
     transferred.meta.update(
-        recommended_scale=settings.scale, alignment="alignment.safetensors", target=target
-    )  # beside it
+        recommended_scale=1.0 if auto else settings.scale,
+        alignment="alignment.safetensors",  # beside it
+        target=target,
+        **({"auto": alignment.meta["auto"]} if auto else {}),
+    )
     transferred.save(run.file("transferred.safetensors"))
     for scope in alignment.scopes:
         tv = TaskVector.sum(vectors.values()) if scope == "joint" else vectors[scope]
         report = diagnose(tv.select(alignment.sites), alignment, task=None if scope == "joint" else scope)
         write_report(report, tv.select(alignment.sites), alignment, run.path if scope == "joint" else run.path / scope)
-    console.print(summary_table(alignment, f"{settings.method} alignment into {target}"))
+    if auto:
+        console.print(auto_table(alignment.meta["auto"], "auto: validation accuracy % (lambda); * chosen"))
+    console.print(summary_table(alignment, f"{AUTO if auto else settings.method} alignment into {target}"))
     console.print(
         f"wrote {run.path}/ (alignment, transferred task vector, metrics, diagnostics)\n"
         f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
-        f"--scale {settings.scale:g} --tasks {','.join(pools)}",
+        f"--scale {1.0 if auto else settings.scale:g} --tasks {','.join(pools)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -308,8 +351,19 @@ def held_out(suite, loaded, pools: dict[str, Any], settings) -> tuple[dict[str, 
 
     if not settings.select_every or "select_every" not in {o.name for o in strategy_class(settings.method).options}:
         return pools, None
+    return validation_split(suite, loaded, pools, settings.seed, "--select-every")
+
+
+def validation_split(
+    suite, loaded, pools: dict[str, Any], seed: int, why: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pools to train on and the validation data ``why`` (a flag) chooses on: the suite's own validation sets, or
+    else a held-out part of each pool, which is then not trained on; one line where a pool is too small to hold out."""
     validation = suite.validation_sets(loaded, list(pools))
     if validation is not None:
         return pools, validation
-    parts = {name: pool.split(VAL_FRACTION, settings.seed) for name, pool in pools.items()}
+    try:
+        parts = {name: pool.split(VAL_FRACTION, seed) for name, pool in pools.items()}
+    except UsageError as exc:
+        raise UsageError(f"{why} chooses on validation data and the suite has none of its own: {exc}") from None
     return {n: p[0] for n, p in parts.items()}, {n: p[1] for n, p in parts.items()}

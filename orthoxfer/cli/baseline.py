@@ -110,6 +110,22 @@ def _finish(run, baseline: str, target: str, accuracy: dict[str, float], extra: 
     console.print(f"wrote {run.file('results.json')}", highlight=False)
 
 
+def fewshot_defaults(suite) -> dict[str, Any]:
+    """Few-shot FT's settings for ``suite``: the batches `align` would draw (same steps, batch size, augmentation),
+    then the suite's ``fewshot_ft`` table (the optimiser)."""
+    from orthoxfer.strategies.settings import AlignSettings
+
+    loop = AlignSettings(**suite.settings("align"))
+    return {
+        "kind": "embed",
+        "steps": loop.steps,
+        "warmup": loop.warmup,
+        "batch_size": loop.batch_size,
+        "augment": loop.augment,
+        **suite.settings("fewshot_ft"),
+    }
+
+
 @baseline_app.command("target")
 @reports_errors
 def target_command(
@@ -277,21 +293,11 @@ def fewshot_ft_command(
     from orthoxfer.evaluation.baselines import fewshot_finetune
     from orthoxfer.fit.finetune import FinetuneSettings
     from orthoxfer.runs import Run
-    from orthoxfer.strategies.settings import AlignSettings, read_config
+    from orthoxfer.strategies.settings import read_config
 
     chosen, dev = _suite(suite, data_root, size, device, cache_dir, heads_dir)
     shots = shots if shots is not None else chosen.default_shots
-    loop = AlignSettings(
-        **chosen.settings("align")
-    )  # the batches `align` would draw: same steps, batch size, augmentation (and --seed)
-    values: dict[str, Any] = {
-        "kind": "embed",
-        "steps": loop.steps,
-        "warmup": loop.warmup,
-        "batch_size": loop.batch_size,
-        "augment": loop.augment,
-        **chosen.settings("fewshot_ft"),
-    }
+    values = fewshot_defaults(chosen)
     if config is not None:
         values.update(read_config(config, "fewshot_ft", FinetuneSettings))
     flags = {

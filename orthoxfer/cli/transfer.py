@@ -27,7 +27,9 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico (images).",
+            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico "
+            "(images) | auto (per task, the candidate best on validation: direct, transfusion, few-shot FT, "
+            "transfer-then-tune; within --budget).",
         ),
     ],
     target: Annotated[
@@ -94,23 +96,44 @@ def transfer_command(
         Path | None, Opt("--cache-dir", help="Weights cache (paper), or the mini suite's cache.")
     ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
+    budget: Annotated[
+        int | None,
+        Opt(
+            "--budget",
+            min=1,
+            help="--method auto: optimiser steps per task its trained candidates share by successive halving "
+            "(default: few-shot FT's steps times their number).",
+        ),
+    ] = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Carry source task vectors into --target with a transfer method; writes transferred.safetensors, learnt.safetensors,
-    diagnostics.json and config.json into --out. Method flags (--gradfix-shots, --theseus-centre, ...) are generated."""
+    diagnostics.json and config.json into --out. Method flags (--gradfix-shots, --theseus-centre, ...) are generated.
+
+    --method auto scores its candidates on the suite's validation sets (mini) or a held-out part of each pool (paper),
+    never on test, and writes each task's chosen vector at its lambda; every score and the choice go into the
+    transferred vector's metadata."""
     from orthoxfer.artifacts import write_json
+    from orthoxfer.experiments.auto import AUTO
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
     from orthoxfer.transfers.carry import carry, save_learnt
     from orthoxfer.transfers.registry import TRANSFERS, check_method, transfer_settings
     from orthoxfer.vectors.taskvector import TaskVector
 
-    check_method(method)
+    auto = method == AUTO
+    if not auto:
+        check_method(method)
     if method in STRATEGIES:
         raise UsageError(f"{method} is an alignment strategy: use `orthoxfer align --method {method}`")
     if mode not in ("per-task", "joint"):
         raise UsageError(f"unknown mode {mode!r}; use per-task or joint")
-    if TRANSFERS[method].needs == "none" and (shots is not None or shots_per_class is not None):
+    if auto and (mode != "per-task" or scale != 1.0):
+        raise UsageError("--method auto chooses per task and on validation, lambda too: drop --mode and --scale")
+    if budget is not None and not auto:
+        raise UsageError("--budget is --method auto's: drop it")
+    needs_data = auto or TRANSFERS[method].needs != "none"
+    if not needs_data and (shots is not None or shots_per_class is not None):
         raise UsageError(f"{method} reads no data: drop --shots / --shots-per-class")
     dev = resolve_device(device)
     chosen = command_suite(suite, dev, size=size, cache_dir=cache_dir, data_root=data_root, heads_dir=heads_dir)
@@ -143,13 +166,13 @@ def transfer_command(
         "tasks": names,
         "task_vectors": task_vector,
         "transfer": settings.options,
+        **({"budget": budget} if auto else {}),
         "orthoxfer_version": __version__,
     }
     run.write_config({**record, **chosen.record})
 
     loaded = chosen.load(target, dev)
     source_model = chosen.load(source, dev).model if source else None
-    needs_data = TRANSFERS[method].needs != "none"
     pools = (
         chosen.fewshot_tasks(
             loaded, names, None if shots_per_class else shots or chosen.default_shots, shots_per_class, seed
@@ -161,10 +184,16 @@ def transfer_command(
     vectors = {canonical.get(k.lower(), k): v for k, v in vectors.items()}
     if mode == "joint":
         vectors = {"joint": TaskVector.sum(vectors.values())}
-    done = carry(method, vectors, source_model, loaded.model, pools, settings)
+    choice: dict[str, Any] = {}  # auto: every candidate's validation score and the choice
+    if auto:
+        done, choice["auto"] = _auto(chosen, loaded, source_model, vectors, pools, settings, seed, dev, run, budget)
+    else:
+        done = carry(method, vectors, source_model, loaded.model, pools, settings)
 
     transferred = TaskVector.sum(d.vector for d in done.values())
-    transferred.meta.update(recommended_scale=scale, method=method, target=target, learnt="learnt.safetensors")
+    transferred.meta.update(
+        recommended_scale=scale, method=method, target=target, learnt="learnt.safetensors", **choice
+    )
     transferred.save(run.file("transferred.safetensors"))
     save_learnt(run.file("learnt.safetensors"), done, {"method": method, "target": target, "source": source})
     write_json(run.file("diagnostics.json"), {scope: d.diagnostics for scope, d in done.items()})
@@ -172,7 +201,8 @@ def transfer_command(
     table = Grid(f"{method} into {target}", ["scope", *keys])
     for scope, d in done.items():
         table.add_row(scope, *[f"{d.diagnostics[k]:.4g}" if k in d.diagnostics else "-" for k in keys])
-    console.print(table)
+    if keys:  # auto's direct addition learns nothing and measures nothing
+        console.print(table)
     console.print(
         f"wrote {run.path}/ (transferred task vector, what {method} learnt, diagnostics)\n"
         f"evaluate: orthoxfer eval {' '.join(chosen.flags)} --model {target} --task-vector {run.file('transferred.safetensors')} "
@@ -180,3 +210,19 @@ def transfer_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _auto(suite, loaded, source, vectors, pools, settings, seed: int, device, run, budget: int | None):
+    """``--method auto``: each task's chosen candidate carried at its lambda, and the record (printed here)."""
+    from orthoxfer.cli.align import validation_split
+    from orthoxfer.cli.baseline import fewshot_defaults
+    from orthoxfer.experiments.auto_alone import AutoInputs, auto_table
+    from orthoxfer.experiments.auto_transfer import auto_transfer
+    from orthoxfer.fit.finetune import FinetuneSettings
+
+    train, val = validation_split(suite, loaded, pools, seed, "--method auto")
+    inputs = AutoInputs(loaded.model, source, vectors, train, val, settings, run)
+    finetuning = FinetuneSettings(**fewshot_defaults(suite), seed=seed, device=str(device))
+    done, record = auto_transfer(inputs, finetuning, budget)
+    console.print(auto_table(record, "auto: validation accuracy % (lambda); * chosen"))
+    return done, record

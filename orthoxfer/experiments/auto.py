@@ -9,6 +9,7 @@ carry no task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orthoxfer.errors import UsageError
@@ -28,7 +29,8 @@ def choose(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
         raise UsageError(
             "auto chooses on validation scores and no row has any: hold validation data out (--val-fraction)"
         )
-    chosen = {t: max(candidates, key=lambda r: r["validation_score"][t]) for t in tasks}
+    best = best_per_task({r["row"]: r["validation_score"] for r in candidates}, tasks)
+    chosen = {t: next(r for r in candidates if r["row"] == best[t]) for t in tasks}
     accuracy = {t: chosen[t]["accuracy"][t] for t in tasks}
     return {
         "chosen": {t: chosen[t]["row"] for t in tasks},
@@ -36,3 +38,9 @@ def choose(records: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
         "validation_score": {t: chosen[t]["validation_score"][t] for t in tasks},
         "accuracy": {**accuracy, "mean": sum(accuracy.values()) / len(tasks)},
     }
+
+
+def best_per_task(scores: Mapping[str, Mapping[str, float]], tasks: Sequence[str]) -> dict[str, str]:
+    """Per task the candidate (``scores``: candidate -> task -> validation score, in the order ties go) that scored
+    best; ties go to the earlier candidate, the cheaper one where candidates are listed cheapest first."""
+    return {t: max(scores, key=lambda name: scores[name][t]) for t in tasks}

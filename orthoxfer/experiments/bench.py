@@ -352,7 +352,7 @@ def _fit(
     if row.method == "tune":
         start = "identity" if row.init == "direct" else row.init  # direct: the vector as it is
         carried = start_from(start, row_vectors(row, inputs, seed), inputs.source, inputs.target, train, carrying)
-        models, fields = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
+        models, fields, _ = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
         fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
         return models, sum(fields["validation_score"].values()) / len(tasks), fields
     if row.method == "finetune":  # per task in per-task mode; else multi-task, one model (the paper's "w/ FT")

@@ -75,10 +75,11 @@ def transfer_then_tune(
     settings: FinetuneSettings,
     scales: tuple[float, ...],
     run: Run,
-) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, TaskVector]]:
     """Per task: the carried vector at the lambda chosen on validation, then few-shot FT from there.
 
-    Returns each task's model and what to record (the start's lambda and validation scores).
+    Returns each task's model, what to record (the start's lambda and validation scores)
+    and each task's few-shot update (what the model carries beyond ``lambda * carried``).
     """
     device = settings.device
     chosen = {t: direct_addition(target, carried[t], {t: val[t]}, scales, device) for t in train}
@@ -88,4 +89,4 @@ def transfer_then_tune(
         "scale": {t: c.scale for t, c in chosen.items()},
         "start_validation": {t: {str(k): v for k, v in c.validation.items()} for t, c in chosen.items()},
     }
-    return models, fields
+    return models, fields, updates
