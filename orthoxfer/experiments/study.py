@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from orthoxfer.errors import UsageError
-from orthoxfer.experiments.bench import BenchConfig, relatedness, run_bench
+from orthoxfer.experiments.bench import BenchConfig, relatedness
+from orthoxfer.experiments.bench_run import run_bench
 from orthoxfer.experiments.bench_settings import BenchSettings
 from orthoxfer.runs import Run
 from orthoxfer.suites import build_suite, models_record
