@@ -1,10 +1,12 @@
-"""`orthoxfer align` and `bench` under torchrun: two CPU processes talking through gloo.
+"""`orthoxfer align`, `bench` and `study` under torchrun: two CPU processes talking through gloo.
 
 ``per-task`` deals the tasks to the processes and must write, byte for byte, the run
 folder one process writes, also when it resumes a run cut off mid-task. ``joint``
 shares every batch and averages gradients: its U's are one process's up to float32
-rounding (the sums run in another order). One-process references run in this process
-on one thread, as each torchrun process does (OMP_NUM_THREADS=1), so they compute alike.
+rounding (the sums run in another order). ``study`` deals its rows to the processes and
+must write the rows and the summary of one process. One-process references run in this
+process on one thread, as each torchrun process does (OMP_NUM_THREADS=1), so they
+compute alike.
 """
 
 import json
@@ -215,6 +217,47 @@ def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_th
         assert (b["accuracy"], b["scale"]) == (a["accuracy"], a["scale"]), a["row"]
 
 
+TIMING = ("seconds", "seconds_test", "seconds_choose", "row_seconds")
+
+
+def untimed(record):
+    """A study's JSON less what the clock, the machine and the number of processes decide."""
+    if isinstance(record, dict):
+        return {k: untimed(v) for k, v in record.items() if k not in (*TIMING, "machine", "processes")}
+    return [untimed(v) for v in record] if isinstance(record, list) else record
+
+
+def test_study_under_torchrun_deals_its_rows_and_writes_the_summary_of_one_process(tmp_path, one_thread):
+    (tmp_path / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")  # source vectors in seconds
+    args = [
+        "study",
+        *("--config", str(tmp_path / "fast.toml"), "--size", "micro", "--steps", "1", "--tasks", "mnist"),
+        *("--rungs", "data", "--methods", "orthogonal-shift", "--paper-controls", "", "--seeds", "2"),
+        *("--anchored", "", "--tune-from", "", "--cache-dir", str(one_thread), "--device", "cpu"),
+    ]
+    one = runner.invoke(app, [*args, "--out", str(tmp_path / "one")])  # also caches the models and vectors
+    assert one.exit_code == 0, one.output
+    done = torchrun(*args, "--out", str(tmp_path / "two"), cache=one_thread)
+    # six rows a seed: the five other than auto dealt out (rank 1 takes the 2nd and 4th), then auto, which chooses
+    # among them
+    assert (
+        done.stdout.count("dealt to rank 1") == 4 and "data: [6/6] auto (chosen on validation) (seed 1)" in done.stdout
+    )
+
+    assert sorted(files(tmp_path / "two" / "data")) == sorted(files(tmp_path / "one" / "data"))
+    rows = sorted(p.name for p in (tmp_path / "one" / "data" / "rows").glob("*.json"))
+    assert len(rows) == 12
+    for name in rows:  # the same seeds, the same rows
+        one_row, two_row = (json.loads((tmp_path / run / "data" / "rows" / name).read_text()) for run in ("one", "two"))
+        assert untimed(two_row) == untimed(one_row), name
+    first, second = (json.loads((tmp_path / run / "study.json").read_text()) for run in ("one", "two"))
+    assert (first["meta"]["processes"], second["meta"]["processes"]) == (1, 2)
+    assert untimed(second) == untimed(first)
+    assert (tmp_path / "two" / "data" / "config.json").read_text() == (
+        tmp_path / "one" / "data" / "config.json"
+    ).read_text()
+
+
 def test_shares_of_a_batch_and_commands_that_do_not_share(monkeypatch):
     assert [Ranks(r, 2).part(8) for r in (0, 1)] == [slice(0, 4), slice(4, 8)]
     assert Ranks().part(5) == slice(0, 5)
@@ -223,4 +266,7 @@ def test_shares_of_a_batch_and_commands_that_do_not_share(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     refused = runner.invoke(app, ["version"])
     assert refused.exit_code == 2 and "Traceback" not in refused.output
-    assert refused.output.strip() == "error: `orthoxfer version` runs in one process; under torchrun use align or bench"
+    assert (
+        refused.output.strip()
+        == "error: `orthoxfer version` runs in one process; under torchrun use align, bench or study"
+    )

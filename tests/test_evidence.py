@@ -9,7 +9,8 @@ from test_bench import spied_inputs
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation import baselines
 from orthoxfer.experiments.auto import choose
-from orthoxfer.experiments.bench import BenchConfig, Row, run_bench, run_row
+from orthoxfer.experiments.bench import BenchConfig, Row, run_row
+from orthoxfer.experiments.bench_run import run_bench
 from orthoxfer.runs import Run
 
 

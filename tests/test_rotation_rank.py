@@ -246,7 +246,7 @@ def test_align_cli_refuses_bad_rotation_ranks_in_one_line(align_setup, extra, me
 
 
 def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypatch):
-    import orthoxfer.experiments.bench
+    import orthoxfer.experiments.bench_run
     import orthoxfer.suites
 
     seen = {}
@@ -259,7 +259,7 @@ def test_bench_cli_passes_rotation_rank_to_the_align_settings(tmp_path, monkeypa
         raise Stop
 
     monkeypatch.setattr(orthoxfer.suites, "build_suite", lambda *args: SimpleNamespace(tasks=[], relate_images=None))
-    monkeypatch.setattr(orthoxfer.experiments.bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(orthoxfer.experiments.bench_run, "run_bench", fake_run_bench)
     result = runner.invoke(
         app, ["bench", "--suite", "mini", "--rotation-rank", "4", "--device", "cpu", "--out", str(tmp_path / "b")]
     )

@@ -233,3 +233,47 @@ def test_planted_rung_has_its_ceiling_row_and_gains_are_paired_means_with_t_inte
     assert "gradfix" not in rung["methods"]  # no rows, no entry
     assert rung["last_block_cka"]["mean"] == pytest.approx((0.7 + 0.7 + 0.9) / 3)
     assert data["ceiling"]["mean"] == pytest.approx(sum(real) / 3) and rung["row_seconds"] == 12.0
+
+
+def test_width_selects_models_of_that_width_built_on_first_use(tmp_path):
+    from orthoxfer.experiments.study import check_models_built
+    from orthoxfer.models.pretrain import PretrainConfig
+    from orthoxfer.suites.mini import models_record
+
+    narrow = dataclasses.replace(PretrainConfig.micro(), width=16)
+    settings = {"mini": resolve_bench("mini", "micro", torch.device("cpu"), choices={"methods": METHODS})}
+    plan = StudyPlan(("data",), 1, ("mnist",), "micro", settings, cache_dir=tmp_path / "cache", width=16)
+    with pytest.raises(UsageError, match="width-16 models a, b are not pre-trained yet.*--width 16 --size micro"):
+        check_models_built(plan)  # under torchrun: pre-trained first, in one process
+    assert (
+        plan.rung_config("data")["pretrain_recipe"] == narrow.recipe_hash() != models_record("micro")["pretrain_recipe"]
+    )
+    (tmp_path / "fast.toml").write_text("[finetune]\nsteps = 3\nwarmup = 1\n")
+    args = ["study", "--config", str(tmp_path / "fast.toml"), "--size", "micro", "--steps", "1", "--tasks", "mnist"]
+    args += [
+        "--rungs",
+        "data",
+        "--methods",
+        ",".join(METHODS),
+        "--paper-controls",
+        "",
+        "--seeds",
+        "1",
+        "--anchored",
+        "",
+    ]
+    args += ["--tune-from", "", "--no-auto", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--width", "16", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "study.json").read_text())["meta"]["width"] == 16
+    assert (
+        json.loads((tmp_path / "out" / "data" / "config.json").read_text())["pretrain_recipe"] == narrow.recipe_hash()
+    )
+    assert {p.name for p in (tmp_path / "cache" / "mini" / narrow.key()).glob("model_*")} == {
+        "model_a.safetensors",
+        "model_b.safetensors",
+    }
+    check_models_built(plan)  # now they are
+    refused = runner.invoke(app, [*args, "--width", "12", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "width 12 must be a positive multiple of the head width 8" in refused.output
+    assert not (tmp_path / "no").exists()

@@ -27,7 +27,7 @@ from orthoxfer.version import __version__
 
 # `orthoxfer --help` lists the commands in these panels, in this order
 TRANSFER, EVALUATE, BENCHMARK, MODELS = "Transfer", "Evaluate", "Benchmark and study", "Models and data"
-SPREADS = ("align", "bench")  # the commands that share their work across the processes of a torchrun launch
+SPREADS = ("align", "bench", "study")  # the commands that share their work across the processes of a torchrun launch
 
 
 def version_command() -> None:
@@ -54,7 +54,8 @@ def main_callback(
     ctx.with_resource(library_warnings(shown=verbose))
     if launched() and ctx.invoked_subcommand not in SPREADS:
         raise UsageError(
-            f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; under torchrun use {' or '.join(SPREADS)}"
+            f"`orthoxfer {ctx.invoked_subcommand}` runs in one process; "
+            f"under torchrun use {', '.join(SPREADS[:-1])} or {SPREADS[-1]}"
         )
 
 

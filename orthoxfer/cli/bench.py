@@ -202,7 +202,8 @@ def bench_command(
     --gradfix-vote, --transfusion-rounds) set that option for every row that reads it.
     """
     from orthoxfer.artifacts import write_json
-    from orthoxfer.experiments.bench import relatedness, run_bench
+    from orthoxfer.experiments.bench import relatedness
+    from orthoxfer.experiments.bench_run import run_bench
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
     from orthoxfer.runs import Run

@@ -21,6 +21,14 @@ def pretrain_command(
         str, typer.Option("--models", help="Comma-separated: a, b, seed, release (the ladder's models).")
     ] = "a,b,seed,release",
     size: Annotated[str, typer.Option("--size", help="full (the demo's) | micro (tests).")] = "full",
+    width: Annotated[
+        int | None,
+        typer.Option(
+            "--width",
+            help="The image tower's width, everything else of the recipe equal (heads of the same width, more of "
+            "them); default the size's own, 128 at full size (the shipped models').",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -38,6 +46,8 @@ def pretrain_command(
     demo and bench --suite mini load a shipped file wherever its recipe hash matches their
     config, and otherwise pre-train and say so. Pre-training never reads a shipped file
     here: each model is made from its recipe. An interrupted run resumes where it stopped.
+    A width other than 128 is a recipe of its own (its hash, its cache folder, its files
+    model_<which>_w<width>.safetensors): study --width uses it.
     """
     from orthoxfer.models.pretrain import check_which, pretrained_model, recipe
     from orthoxfer.models.shipped import write_shipped
@@ -46,13 +56,18 @@ def pretrain_command(
 
     if size not in SIZES:
         raise UsageError(f"unknown size {size!r}; use {' or '.join(SIZES)}")
-    config = pretrain_config(SuiteRequest(size=size, seed=0))
+    config = pretrain_config(SuiteRequest(size=size, seed=0, width=width))
     names = comma_list(models) or ()
     for which in names:
         recipe(config, which)  # every name checked before minutes are spent
     for which in names:
         model = pretrained_model(check_which(which), config, cache_dir, shipped=False)
         path = write_shipped(
-            which, model, config.recipe_hash(), {"config": dataclasses.asdict(config), "key": config.key()}, out
+            which,
+            config.width,
+            model,
+            config.recipe_hash(),
+            {"config": dataclasses.asdict(config), "key": config.key()},
+            out,
         )
         console.print(f"mini model {which}: shipped as {path} (recipe {config.recipe_hash()})")

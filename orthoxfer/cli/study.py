@@ -86,6 +86,14 @@ def study_command(
     ] = None,
     shots: Annotated[int | None, Opt("--shots", help="Few-shot images per task (default: as bench).")] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; for smoke tests).")] = "full",
+    width: Annotated[
+        int | None,
+        Opt(
+            "--width",
+            help="The pre-trained models' width (default: the shipped 128; micro's own at --size micro); another "
+            "width's models are pre-trained on first use and cached (hours at full size: `mini pretrain --width`).",
+        ),
+    ] = None,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[
         Path, Opt("--out", help="Study folder: one bench run folder per rung, and the study's files.")
@@ -107,7 +115,8 @@ def study_command(
     Each rung's rows are a bench run in --out/<rung>/ (rows stored as they finish); the
     study writes study.json, study.md and gain_vs_cka.png (gain against the rung's
     last-block CKA, per method). Strategy and transfer flags (--alpha, --gradfix-shots ...)
-    set that option for every row that reads it, as on bench.
+    set that option for every row that reads it, as on bench. Under torchrun each seed's
+    rows are dealt to the processes and the summary is the one a single process writes.
     """
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.experiments.step_cost import machine
@@ -116,10 +125,12 @@ def study_command(
         PAPER_RUNG,
         STUDY_TASKS,
         StudyPlan,
+        check_models_built,
         check_rungs,
         run_rung,
         rung_suite,
     )
+    from orthoxfer.fit import distributed
     from orthoxfer.report.study import summarise_study, write_study
     from orthoxfer.runs import Run
     from orthoxfer.strategies.registry import STRATEGIES
@@ -161,7 +172,10 @@ def study_command(
         cache_dir,
         {PAPER_RUNG: comma_list(paper_controls) or ()},
         allow_code_change,
+        width,
     )
+    if distributed.launched():
+        check_models_built(plan)
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
     console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds")
@@ -177,13 +191,16 @@ def study_command(
         "model_seed": MODEL_SEED,
         "tasks": list(plan.tasks),
         "size": size,
+        "width": plan.width,
         "methods": list(chosen_methods),
         "controls": list(chosen_controls),
         "rung_controls": {r: list(plan.controls(r)) for r in names},
         "settings": {r: plan.rung_config(r) for r in names},
         "machine": machine(dev),
+        "processes": distributed.ranks().size,
         "seconds": time.perf_counter() - started,
         "orthoxfer_version": __version__,
     }
-    files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
-    print_wrote(meta["seconds"], files)
+    if run.writes:
+        files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
+        print_wrote(meta["seconds"], files)

@@ -5,7 +5,7 @@ the target (nothing, an alignment strategy, a transfer method such as ``gradfix`
 few-shot fine-tuning), a lambda chosen on validation data (the suite's validation set, or a held-out part of
 the few-shot pools; never test) or fixed (a grid of one, as the paper's text fixes it at 1: then no pool is held out
 and no validation image is read), then top-1 accuracy on each task's test split. Each row is stored in the run folder as soon as it is done,
-so an interrupted benchmark resumes where it stopped.
+so an interrupted benchmark resumes where it stopped (:mod:`orthoxfer.experiments.bench_run` runs them).
 
 Controls (``norm``, ``spectrum``, ``orbit``, ``other-task``) are the same methods applied
 to vectors that carry no knowledge of the task; **transfer gain** = accuracy(carried real
@@ -16,27 +16,22 @@ it (:func:`~orthoxfer.vectors.controls.valid_controls`: no ``orbit`` for the tra
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from orthoxfer.alignment.align import align
 from orthoxfer.alignment.artifact import rotate
 from orthoxfer.alignment.start import check_init, start_from
-from orthoxfer.artifacts import write_json
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.evaluation.baselines import SCALES, Scaled, direct_addition
 from orthoxfer.evaluation.relate import relate
-from orthoxfer.experiments.auto import AUTO, choose
+from orthoxfer.experiments.auto import AUTO
 from orthoxfer.experiments.tune import finetune_updates, task_share, transfer_then_tune
-from orthoxfer.fit import distributed
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
 from orthoxfer.problem.align_problem import AlignProblem
@@ -55,7 +50,7 @@ from orthoxfer.transfers.registry import (
     method_needs,
     transfer_settings,
 )
-from orthoxfer.vectors.controls import CONTROLS, check_task_count, control_vectors, valid_controls
+from orthoxfer.vectors.controls import CONTROLS, control_vectors, valid_controls
 from orthoxfer.vectors.reference import reference_lora_sum
 from orthoxfer.vectors.taskvector import TaskVector
 from orthoxfer.version import source_digest
@@ -447,43 +442,3 @@ def relatedness(inputs: SuiteInputs, seed: int) -> list[dict[str, Any]] | None:
     if inputs.relate_images is None:
         return None
     return [r.to_dict() for r in relate(inputs.source, inputs.target, inputs.relate_images, seed=seed)]
-
-
-def run_bench(
-    inputs: SuiteInputs, config: BenchConfig, run: Run, seeds: list[int], progress: Callable[[str], None] = print
-) -> list[dict]:
-    """Every row for every seed, reusing rows already stored in the run folder.
-
-    Which rows are stored is read before any is computed: under torchrun every process
-    must compute the same rows (they meet in each row's alignment), whenever rank 0
-    writes its records.
-    """
-    check_task_count(config.controls, len(inputs.tasks))
-    config.check_validation(held_out=any(t.val is None for t in inputs.tasks))
-    records = []
-    rows = config.rows(planted=inputs.planted is not None)
-    for seed in seeds:
-        paths = [run.file(f"rows/{row.id}-seed{seed}.json") for row in rows]
-        stored = [path.exists() for path in paths]
-        distributed.barrier()
-        for i, (row, path, reuse) in enumerate(zip(rows, paths, stored), 1):
-            if reuse:
-                records.append(json.loads(path.read_text()))
-                progress(f"[{i}/{len(rows)}] {row.label} (seed {seed}): reused")
-                continue
-            progress(f"[{i}/{len(rows)}] {row.label} (seed {seed})")
-            torch.manual_seed(seed)
-            if row.method == AUTO:  # chosen among this seed's rows on validation: nothing trained, no test read
-                seen = [r for r in records if r["seed"] == seed]
-                record = {
-                    **record_head(row, seed),
-                    "scale": None,
-                    "seconds": 0.0,
-                    **choose(seen, [t.name for t in inputs.tasks]),
-                }
-            else:
-                record = run_row(row, inputs, config, run, seed)
-            if run.writes:
-                write_json(path, record)
-            records.append(record)
-    return records

@@ -4,7 +4,13 @@ Each rung is a bench run folder of its own (``<out>/<rung>/``, rows stored one b
 so a study cut off anywhere resumes at the row it stopped at. Every seed redraws the
 few-shot pools and reseeds the alignment and the controls, but keeps the one shipped
 pre-trained pair (``SuiteRequest.model_seed = 0``): the intervals are over what a user
-of that pair would see, not over pre-training.
+of that pair would see, not over pre-training. ``width`` picks the pre-trained models'
+width (the shipped 128 by default); models of another width are pre-trained once and cached.
+
+Under torchrun each seed's rows are dealt to the processes
+(:func:`orthoxfer.experiments.bench_run.deal_rows`), each row computed by one process alone
+and stored in the rung's folder; every process then reads every row back, so rank 0
+writes the summary one process would.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 import torch
 
 from orthoxfer.errors import UsageError
-from orthoxfer.experiments.bench import BenchConfig, relatedness, run_bench
+from orthoxfer.experiments.bench import BenchConfig, relatedness
+from orthoxfer.experiments.bench_run import run_bench
 from orthoxfer.experiments.bench_settings import BenchSettings
+from orthoxfer.fit import distributed
+from orthoxfer.models.pretrain import is_built
 from orthoxfer.runs import Run
 from orthoxfer.suites import build_suite, models_record
 from orthoxfer.suites.base import SuiteRequest
-from orthoxfer.suites.mini import HEADROOM_TASKS, PAIRS
+from orthoxfer.suites.mini import HEADROOM_TASKS, PAIRS, pretrain_config
 from orthoxfer.vectors.controls import check_task_count
 
 RUNGS = (*PAIRS, "planted")  # the mini ladder, and the planted suite as a positive-control rung
@@ -69,8 +78,10 @@ class StudyPlan:
     cache_dir: Path | None = None
     rung_controls: dict[str, tuple[str, ...]] = field(default_factory=dict)
     allow_code_change: bool = False  # resume rows made by other code (each rung's config.json records it)
+    width: int | None = None  # the pre-trained models' width; None: the size's own (the shipped 128 at full size)
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
+        self.width = pretrain_config(SuiteRequest(size=self.size, width=self.width)).width  # resolved and checked
         for rung in self.rungs:
             check_task_count(
                 self.controls(rung),
@@ -113,9 +124,24 @@ class StudyPlan:
             "tasks": list(self.tasks),
             "shots": self.settings[suite].shots,
             "size": self.size,
-            **models_record(suite, self.size),
+            **models_record(suite, self.size, self.width),
             **record,
         }
+
+
+def check_models_built(plan: StudyPlan) -> None:
+    """Under torchrun the rungs' pre-trained models must exist before the launch: rank 0 pre-training one (hours at a
+    larger width) would keep the other processes waiting at a barrier past its timeout."""
+    config = pretrain_config(SuiteRequest(size=plan.size, width=plan.width, model_seed=MODEL_SEED))
+    needed = dict.fromkeys(["a", *(PAIRS[pair] for rung in plan.rungs if (pair := rung_suite(rung)[1]) is not None)])
+    missing = [which for which in needed if not is_built(which, config, plan.cache_dir)]
+    if missing:
+        flags = f" --size {plan.size}" if plan.size != "full" else ""
+        flags += f" --cache-dir {plan.cache_dir}" if plan.cache_dir is not None else ""
+        raise UsageError(
+            f"the width-{config.width} models {', '.join(missing)} are not pre-trained yet; under torchrun make them "
+            f"first, in one process: orthoxfer mini pretrain --models {','.join(missing)} --width {config.width}{flags}"
+        )
 
 
 @dataclass
@@ -131,7 +157,11 @@ class RungResult:
 
 
 def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], None]) -> RungResult:
-    """One rung's rows for every seed, in ``out/<rung>``, reusing the rows stored there."""
+    """One rung's rows for every seed, in ``out/<rung>``, reusing the rows stored there.
+
+    Rank 0 builds each seed's inputs first: the source vectors it fine-tunes and caches
+    the others read, instead of fine-tuning them again into the same files.
+    """
     suite, pair = rung_suite(rung)
     settings = plan.settings[suite]
     run = Run(out / rung, resume=True)
@@ -144,6 +174,7 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
             model_seed=MODEL_SEED,
             shots=settings.shots,
             size=plan.size,
+            width=plan.width,
             pair=pair,
             tasks=plan.tasks,
             kinds=settings.bench.kinds,
@@ -151,9 +182,12 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
             device=plan.device,
             cache_dir=plan.cache_dir,
         )
-        inputs = build_suite(suite, request)
+        with distributed.main_first():
+            inputs = build_suite(suite, request)
         related[str(seed)] = relatedness(inputs, seed) or []
-        records += run_bench(inputs, plan.bench(rung), run, [seed], progress=lambda msg: progress(f"{rung}: {msg}"))
+        records += run_bench(
+            inputs, plan.bench(rung), run, [seed], progress=lambda msg: progress(f"{rung}: {msg}"), deal=True
+        )
     names = [t.name for t in inputs.tasks]
     return RungResult(
         rung,

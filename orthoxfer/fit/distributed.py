@@ -15,6 +15,9 @@ Two ways to share the work, one per alignment mode:
   (:meth:`Ranks.part`); gradients are averaged across processes after each backward
   (:meth:`Ranks.average_`), so each step moves the U's as one step on the whole batch.
 
+Work dealt out whole (the study's rows, one process each) runs :func:`alone`: inside it
+this process is the only one, so nothing it calls meets the others.
+
 Rank 0 writes the run folder; the others only read it (see :class:`orthoxfer.runs.Run`).
 Objects are exchanged with ``all_gather_object`` (pickle), only between the processes
 of one launch; nothing read from disk is ever unpickled.
@@ -25,6 +28,8 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -80,13 +85,37 @@ class Ranks:
 
 
 SOLO = Ranks()
+_ALONE: ContextVar[bool] = ContextVar("alone", default=False)
 
 
 def ranks() -> Ranks:
-    """The processes of this launch (:data:`SOLO` outside torchrun)."""
-    if dist.is_available() and dist.is_initialized():
+    """The processes of this launch (:data:`SOLO` outside torchrun, and inside :func:`alone`)."""
+    if dist.is_available() and dist.is_initialized() and not _ALONE.get():
         return Ranks(dist.get_rank(), dist.get_world_size())
     return SOLO
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this process works as the only one (:func:`ranks` is :data:`SOLO`): no barrier, gather or shared batch
+    waits for processes busy with other work, and the runs it opens are its own to write."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block before the others do: what it makes and caches there (a source vector), the others
+    then read instead of making it again, at the same time, into the same files."""
+    main = ranks().main
+    if not main:
+        barrier()
+    yield
+    if main:
+        barrier()
 
 
 def launched() -> bool:

@@ -47,7 +47,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.fit.checkpoint import KIND as CHECKPOINT
 from orthoxfer.fit.checkpoint import checkpoint_payload, restore_checkpoint
 from orthoxfer.models.shipped import read_shipped
-from orthoxfer.models.small import small_clip
+from orthoxfer.models.small import default_head_width, small_clip
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.terminal import err, stage_progress
 
@@ -60,6 +60,10 @@ Which = Literal["a", "b", "seed", "release"]
 class PretrainConfig:
     """Everything that decides the two pre-trained models (the cache key hashes all of it).
 
+    ``width`` alone moves the models along the width ladder: the heads keep their width
+    (``head_width``, so a wider model has more of them) and everything else stays, depth,
+    corpora, images seen, batch and schedule.
+
     The default sees 320,000 images per model (5,000 steps of 64 over a corpus of
     163,840): about 23 minutes a model on two idle CPU cores (about 235 training images/s
     for this 0.8M-parameter image tower and its text tower), which is why the four are
@@ -68,6 +72,7 @@ class PretrainConfig:
     """
 
     width: int = 128
+    head_width: int = 32
     layers: int = 4
     patch_size: int = 4
     embed_dim: int = 64
@@ -87,6 +92,7 @@ class PretrainConfig:
         """A few steps on a few images of a tiny model: for tests, in seconds."""
         return cls(
             width=32,
+            head_width=8,
             layers=2,
             embed_dim=16,
             text_width=32,
@@ -103,8 +109,10 @@ class PretrainConfig:
                 f"pre-training needs steps >= 1 and 2 <= batch_size <= corpus_size "
                 f"(got steps={self.steps}, batch_size={self.batch_size}, corpus_size={self.corpus_size})"
             )
-        if self.width % max(8, self.width // 4) or IMAGE_SIZE % self.patch_size:
-            raise UsageError(f"width {self.width} and patch size {self.patch_size} do not fit a {IMAGE_SIZE} px ViT")
+        if self.head_width < 1 or self.width < self.head_width or self.width % self.head_width:
+            raise UsageError(f"width {self.width} must be a positive multiple of the head width {self.head_width}")
+        if IMAGE_SIZE % self.patch_size:
+            raise UsageError(f"patch size {self.patch_size} does not divide the {IMAGE_SIZE} px images")
 
     def key(self) -> str:
         """A hash of everything that produced the models: this config, data and code versions (the cache's key)."""
@@ -115,7 +123,12 @@ class PretrainConfig:
         return _digest(self._recipe())
 
     def _recipe(self) -> dict:
-        return {"config": dataclasses.asdict(self), "data_version": DATA_VERSION, "train_version": TRAIN_VERSION}
+        """What the hashes cover; ``head_width`` only where it differs from the rule every model was built with
+        before it was a setting, so that the shipped models keep their hash."""
+        config = dataclasses.asdict(self)
+        if self.head_width == default_head_width(self.width):
+            del config["head_width"]
+        return {"config": config, "data_version": DATA_VERSION, "train_version": TRAIN_VERSION}
 
 
 def _digest(record: dict) -> str:
@@ -161,6 +174,7 @@ def build_model(config: PretrainConfig, which: Which) -> open_clip.CLIP:
     return small_clip(
         seed=recipe(config, which).seed,
         width=config.width,
+        head_width=config.head_width,
         layers=config.layers,
         image_size=IMAGE_SIZE,
         patch_size=config.patch_size,
@@ -337,6 +351,13 @@ def _load(path: Path, config: PretrainConfig, which: Which) -> open_clip.CLIP | 
     return model.eval()
 
 
+def is_built(which: Which, config: PretrainConfig, cache_dir: Path | str | None = None) -> bool:
+    """Whether :func:`pretrained_model` finds model ``which`` shipped or cached, so that asking for it pre-trains nothing."""
+    if read_shipped(which, config.width, config.recipe_hash())[0] is not None:
+        return True
+    return _load(_paths(cache_root(cache_dir), config, which)[0], config, which) is not None
+
+
 def pretrained_model(
     which: Which,
     config: PretrainConfig | None = None,
@@ -353,7 +374,7 @@ def pretrained_model(
     config = config or PretrainConfig()
     say = err.print if progress else (lambda *args, **kwargs: None)
     start = recipe(config, which).start
-    tensors, why = read_shipped(which, config.recipe_hash()) if shipped else (None, None)
+    tensors, why = read_shipped(which, config.width, config.recipe_hash()) if shipped else (None, None)
     if tensors is not None:
         model = build_model(config, which)
         model.load_state_dict({**model.state_dict(), **tensors}, strict=True)

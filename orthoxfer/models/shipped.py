@@ -13,6 +13,11 @@ pre-training only; a shipped model's text tower is its seeded, untrained init. T
 covers what decides the weights (the config, the corpora's data version, the training
 loop's version) but not the library versions, since the point is the same weights
 under any torch.
+
+Each width has its own files: the first shipped width's (:data:`FIRST_WIDTH`) keep the
+names they were shipped under, ``model_<which>.safetensors``; another width's carry it,
+``model_<which>_w<width>.safetensors``, so that models of several widths can ship side by
+side and writing one never replaces another.
 """
 
 from __future__ import annotations
@@ -28,21 +33,23 @@ from orthoxfer.artifacts import ArtifactError, load_artifact, save_artifact
 SHIPPED = Path(__file__).parent / "mini_weights"  # package data (pyproject's package-data)
 KIND = "mini_shipped_model"
 PREFIX = "visual."
+FIRST_WIDTH = 128  # the width shipped first: its files' names carry no width
 
 
-def shipped_file(which: str, folder: Path | None = None) -> Path:
-    return (folder or SHIPPED) / f"model_{which}.safetensors"
+def shipped_file(which: str, width: int, folder: Path | None = None) -> Path:
+    suffix = "" if width == FIRST_WIDTH else f"_w{width}"
+    return (folder or SHIPPED) / f"model_{which}{suffix}.safetensors"
 
 
 def read_shipped(
-    which: str, recipe_hash: str, folder: Path | None = None
+    which: str, width: int, recipe_hash: str, folder: Path | None = None
 ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """Model ``which``'s shipped image tower (keys under ``visual.``) if its recipe hash matches, and else why not.
 
     Returns ``(tensors, None)`` on a match, ``(None, reason)`` otherwise; the reason is
     for the user (a missing file is the usual one for a config nobody shipped).
     """
-    path = shipped_file(which, folder)
+    path = shipped_file(which, width, folder)
     if not path.is_file():
         return None, f"no shipped file {path.name}"
     try:
@@ -55,10 +62,16 @@ def read_shipped(
 
 
 def write_shipped(
-    which: str, model: torch.nn.Module, recipe_hash: str, record: dict[str, Any], folder: Path | None = None
+    which: str,
+    width: int,
+    model: torch.nn.Module,
+    recipe_hash: str,
+    record: dict[str, Any],
+    folder: Path | None = None,
 ) -> Path:
-    """Write ``model``'s image tower as the shipped model ``which``, with its recipe hash and how it was made."""
-    path = shipped_file(which, folder)
+    """Write ``model``'s image tower as the shipped model ``which`` of ``width``, with its recipe hash and how it was
+    made."""
+    path = shipped_file(which, width, folder)
     meta = {
         "recipe_hash": recipe_hash,
         "which": which,

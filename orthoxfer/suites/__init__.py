@@ -35,9 +35,9 @@ def default_tables(name: str, size: str = "full", tasks: int | None = None) -> d
     return _entry(name).defaults(size, tasks)
 
 
-def models_record(name: str, size: str = "full") -> dict[str, Any]:
+def models_record(name: str, size: str = "full", width: int | None = None) -> dict[str, Any]:
     """What a run's config.json records of the models suite ``name`` builds itself (nothing for the paper's)."""
-    return _entry(name).models(size)
+    return _entry(name).models(size, width)
 
 
 def _check_augmentation(name: str, request: SuiteRequest) -> None:

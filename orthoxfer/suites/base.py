@@ -61,6 +61,7 @@ class SuiteRequest:
     # repeats draws and alignments on the one shipped pair)
     shots: int = 100
     size: str = "full"  # mini and planted: full | micro
+    width: int | None = None  # mini and planted: the pre-trained models' width; None: the size's own (128 at full)
     pair: str | None = None  # mini: the rung of the ladder of relatedness (suites.mini.PAIRS); None = data
     tasks: tuple[str, ...] | None = None  # None: the suite's own list
     kinds: tuple[str, ...] = ("embed", "lora")
@@ -133,10 +134,11 @@ class Suite(Protocol):
 @dataclass(frozen=True)
 class SuiteEntry:
     """A registered suite: its builder, its settings tables by size, (if single commands can name it) its opener, and
-    what identifies the models it builds itself (for a run's config.json: a run resumed after they changed would mix
-    rows of two pairs). ``defaults`` takes the size and the number of tasks run (None: all the suite's)."""
+    what identifies the models it builds itself, by size and width (for a run's config.json: a run resumed after they
+    changed would mix rows of two pairs). ``defaults`` takes the size and the number of tasks run (None: all the
+    suite's)."""
 
     build: Callable[[SuiteRequest], SuiteInputs]
     defaults: Callable[[str, int | None], dict[str, dict[str, Any]]]
     open: Callable[[SuiteRequest], Suite] | None = None
-    models: Callable[[str], dict[str, Any]] = lambda size: {}
+    models: Callable[[str, int | None], dict[str, Any]] = lambda size, width: {}

@@ -138,16 +138,18 @@ def default_shots(size: str) -> int:
 
 
 def pretrain_config(request: SuiteRequest) -> PretrainConfig:
-    """The pre-training of this request's size, seeded by its model seed (A with 2 seed, B with 2 seed + 1)."""
+    """The pre-training of this request's size and width (None: the size's own), seeded by its model seed (A with
+    2 seed, B with 2 seed + 1)."""
     base = PretrainConfig.micro() if request.size == "micro" else PretrainConfig()
     seed = request.seed if request.model_seed is None else request.model_seed
-    return dataclasses.replace(base, seed_a=2 * seed, seed_b=2 * seed + 1)
+    width = base.width if request.width is None else request.width
+    return dataclasses.replace(base, width=width, seed_a=2 * seed, seed_b=2 * seed + 1)
 
 
-def models_record(size: str) -> dict[str, str]:
-    """The recipe of the demo's pre-trained models (their seeds follow from it): a bench or study resumed after the
-    shipped models changed must refuse, not mix rows of two pairs."""
-    return {"pretrain_recipe": pretrain_config(SuiteRequest(size=size)).recipe_hash()}
+def models_record(size: str, width: int | None = None) -> dict[str, str]:
+    """The recipe of the demo's pre-trained models (their seeds follow from it; it holds the width): a bench or study
+    resumed after the shipped models changed, or at another width, must refuse, not mix rows of two pairs."""
+    return {"pretrain_recipe": pretrain_config(SuiteRequest(size=size, width=width)).recipe_hash()}
 
 
 def check_pair(pair: str | None) -> str:
