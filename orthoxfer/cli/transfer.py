@@ -27,7 +27,8 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico (images).",
+            help="A transfer method: gradfix, gradfix-pool (labels) | orthogonal-shift, transfusion, transfusion-reference "
+            "(no data) | theseus, bico, direct-residual (images).",
         ),
     ],
     target: Annotated[
