@@ -46,7 +46,8 @@ def bench_command(
         Opt(
             "--methods",
             help="Comma-separated methods: alignment strategies (penalty, riemannian, "
-            "cayley, procrustes) and transfer methods (gradfix: labels; orthogonal-shift, transfusion: no data; theseus, bico: images).",
+            "cayley, procrustes) and transfer methods (gradfix, gradfix-pool: labels; orthogonal-shift, transfusion, "
+            "transfusion-reference: no data; theseus, bico, direct-residual: images).",
         ),
     ] = None,
     kinds: Annotated[str | None, Opt("--kinds", help="Task-vector kinds: embed,lora.")] = None,

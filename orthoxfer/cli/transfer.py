@@ -27,9 +27,9 @@ def transfer_command(
         str,
         Opt(
             "--method",
-            help="A transfer method: gradfix (labels) | orthogonal-shift, transfusion (no data) | theseus, bico "
-            "(images) | auto (per task, the candidate best on validation: direct, transfusion, few-shot FT, "
-            "transfer-then-tune; within --budget).",
+            help="A transfer method: gradfix, gradfix-pool (labels) | orthogonal-shift, transfusion, "
+            "transfusion-reference (no data) | theseus, bico, direct-residual (images) | auto (per task, the "
+            "candidate best on validation: direct, transfusion, few-shot FT, transfer-then-tune; within --budget).",
         ),
     ],
     target: Annotated[

@@ -8,9 +8,17 @@ sign is a per-sample majority vote of sign(-g_i) (one backward per image: the re
 default) or the sign of the mean gradient (one backward per task). The images come
 from the training part of the target's few-shot pools only, so lambda can still be
 chosen on the validation part. The mask is per entry of dW: LoRA vectors are densified.
+
+``gradfix-pool`` votes with every image of those training parts instead of
+``--gradfix-shots`` per class: the reference's 2 shots per class is its own protocol,
+but in a table where every other row sees the whole pool it would leave GradFix with
+less data than its rivals. A registered variant, not an option value, so both rows
+stand side by side with their own controls and seeds.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +57,9 @@ VOTE = Option(
 )
 
 
-def per_class_sample(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
-    """Indices of ``shots`` items per class (all of a class that has fewer), drawn with ``seed``."""
+def per_class_sample(labels: torch.Tensor, shots: int | None, seed: int) -> torch.Tensor:
+    """Indices of ``shots`` items per class (all of a class that has fewer; every item with ``None``), drawn with
+    ``seed``."""
     g = torch.Generator().manual_seed(seed)
     chosen = []
     for c in torch.unique(labels).tolist():
@@ -86,7 +95,7 @@ class _Gradients:
         return TaskVector(dense, extra=dict(zip(self.extra_deltas, grads[len(self.sites) :])))
 
 
-def _samples(pools: dict[str, FewShotTask], shots: int, seed: int, device: torch.device) -> list[tuple]:
+def _samples(pools: dict[str, FewShotTask], shots: int | None, seed: int, device: torch.device) -> list[tuple]:
     """(images, labels, head) of each task's sampled images: un-augmented, on ``device``."""
     out = []
     for i, pool in enumerate(pools.values()):
@@ -96,13 +105,18 @@ def _samples(pools: dict[str, FewShotTask], shots: int, seed: int, device: torch
 
 
 def descent_signs(
-    target: nn.Module, vector: TaskVector, pools: dict[str, FewShotTask], settings: TransferSettings
+    target: nn.Module,
+    vector: TaskVector,
+    pools: dict[str, FewShotTask],
+    settings: TransferSettings,
+    shots: int | None,
 ) -> tuple[TaskVector, int]:
-    """sign(-g) estimated on every tensor ``vector`` carries (0 where the vote ties), and the backward passes it took."""
+    """sign(-g) estimated on every tensor ``vector`` carries (0 where the vote ties) from ``shots`` images per class
+    (``None``: every image), and the backward passes it took."""
     device = torch.device(settings.device)
     with evaluating(target, *(pool.head for pool in pools.values()), device=device):
         gradients = _Gradients(target, vector, device)
-        samples = _samples(pools, settings.gradfix_shots, settings.seed, device)
+        samples = _samples(pools, shots, settings.seed, device)
         one_by_one = settings.gradfix_vote == "majority"
         total = sum(len(labels) for _, labels, _ in samples)
         tally: TaskVector | None = None  # a running sum: one vote per image would hold a vector's worth per image
@@ -123,12 +137,16 @@ class GradFix(Transfer):
     name = "gradfix"
     needs = "labels"
     rectangular = True  # entry by entry: any shape
-    options = (SHOTS, VOTE)
+    options: ClassVar[tuple[Option, ...]] = (SHOTS, VOTE)
+
+    def shots(self, settings: TransferSettings) -> int | None:
+        """Images per class that vote (``None``: every image of the pools)."""
+        return settings.gradfix_shots
 
     def transfer(
         self, vector: TaskVector, source: nn.Module | None, target: nn.Module, pools: Pools, settings: TransferSettings
     ) -> Transferred:
-        signs, passes = descent_signs(target, vector, require_pools(pools, self.name), settings)
+        signs, passes = descent_signs(target, vector, require_pools(pools, self.name), settings, self.shots(settings))
         mask = per_tensor(lambda t, sign: torch.sign(t) * sign.to(t) > 0, vector, signs)
         result = per_tensor(lambda t, keep: t * keep, vector, mask)
         learnt = {
@@ -138,3 +156,13 @@ class GradFix(Transfer):
         kept = sum(int(m.sum()) for m in learnt.values()) / sum(m.numel() for m in learnt.values())
         diagnostics = {"kept_fraction": kept, "norm_ratio": norm_ratio(result, vector), "backward_passes": passes}
         return Transferred(result, learnt=learnt, diagnostics=diagnostics)
+
+
+class GradFixPool(GradFix):
+    """GradFix voting with every image of the pools' training part (see the module docstring)."""
+
+    name = "gradfix-pool"
+    options = (VOTE,)
+
+    def shots(self, settings: TransferSettings) -> int | None:
+        return None

@@ -1,5 +1,10 @@
 """The transfer registry: name -> class; :func:`register` adds one from anywhere.
 
+A variant of a method as its reference runs it (``transfusion-reference``,
+``gradfix-pool``) is a subclass with a name and options of its own, registered like any
+method: it then gets its own bench and study rows, controls and seeds, and its rows
+record the settings it read.
+
 Method names share one namespace with the alignment strategies (a bench row is named
 by its method), so a transfer may not take a strategy's name.
 """
@@ -13,12 +18,25 @@ from orthoxfer.strategies.options import Option
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.transfers.base import NEEDS, Transfer, TransferSettings
 from orthoxfer.transfers.bico import BiCo
-from orthoxfer.transfers.gradfix import GradFix
+from orthoxfer.transfers.direct_residual import DirectResidual
+from orthoxfer.transfers.gradfix import GradFix, GradFixPool
 from orthoxfer.transfers.orthogonal_shift import OrthogonalShift
 from orthoxfer.transfers.theseus import Theseus
-from orthoxfer.transfers.transfusion import TransFusion
+from orthoxfer.transfers.transfusion import TransFusion, TransFusionReference
 
-TRANSFERS: dict[str, type[Transfer]] = {cls.name: cls for cls in (GradFix, OrthogonalShift, TransFusion, Theseus, BiCo)}
+TRANSFERS: dict[str, type[Transfer]] = {
+    cls.name: cls
+    for cls in (
+        GradFix,
+        GradFixPool,
+        OrthogonalShift,
+        TransFusion,
+        TransFusionReference,
+        Theseus,
+        BiCo,
+        DirectResidual,
+    )
+}
 
 
 def register(cls: type[Transfer]) -> type[Transfer]:
