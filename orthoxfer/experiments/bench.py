@@ -57,7 +57,7 @@ from orthoxfer.version import source_digest
 
 # an anchored row: beta ||U - U0||^2 keeps U near its start, and the step is chosen on validation every 10 steps
 ANCHORED = {"anchor": 1.0, "select_every": 10}
-LR_GROWTH = 2  # a learning-rate grid whose largest rate wins grows by x3 steps, at most this many
+LR_GROWTH = 2  # a learning-rate grid whose edge rate wins grows past it by x3 (or /3) steps, at most this many
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,8 @@ def choose_row(
 
     Trained rows (aligners and few-shot FT alike) try every learning rate of
     ``config.lrs`` with the same steps and keep the one whose model scores best on the
-    validation part of the pools; where the largest rate wins, the grid grows.
+    validation part of the pools; where the largest rate wins, or the smallest outright, the grid grows past it
+    (x3 or /3, up to ``LR_GROWTH`` rates more).
     """
     train, val = split_pools(inputs, config.val_fraction, seed)
     record = record_head(row, seed)
@@ -297,9 +298,10 @@ def choose_row(
     grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rates.get(row.method)]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
-    while len(grid) > 1 and best == len(grid) - 1 and len(grid) < len(config.lrs) + LR_GROWTH:  # an edge choice
-        grid.append(3 * grid[-1])  # type: ignore[operator]
-        fits.append(_fit(row, inputs, config, run, seed, train, val, grid[-1], True))
+    while (end := _edge_won(best, [f[1] for f in fits], len(config.lrs) + LR_GROWTH)) is not None:
+        lr = 3 * grid[-1] if end == "up" else grid[0] / 3  # type: ignore[operator]
+        fit = _fit(row, inputs, config, run, seed, train, val, lr, True)
+        grid, fits = (grid + [lr], fits + [fit]) if end == "up" else ([lr, *grid], [fit, *fits])
         best = max(range(len(fits)), key=lambda i: fits[i][1])
     models, _, fields = fits[best]
     record.update(fields)
@@ -308,6 +310,17 @@ def choose_row(
     elif grid[0] is not None:
         record["lr"] = grid[0]
     return models, record
+
+
+def _edge_won(best: int, scores: list[float], most: int) -> str | None:
+    """Which end of a learning-rate grid its choice sits on, so the grid grows past it ("up": the largest rate;
+    "down": the smallest, which must beat its neighbour outright since ties go to the smaller rate); None: an inner
+    choice, one rate, or the grid already ``most`` long."""
+    if len(scores) < 2 or len(scores) >= most:
+        return None
+    if best == len(scores) - 1:
+        return "up"
+    return "down" if best == 0 and scores[0] > scores[1] else None
 
 
 def _trained(method: str) -> bool:
