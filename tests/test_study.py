@@ -65,7 +65,14 @@ def stored_mean(out, rung, row, seed):
 def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
     root, _, result = study
     out = root / "out"
-    for name in ("study.json", "study.md", "gain_vs_cka.png", "same/config.json", "data/config.json"):
+    for name in (
+        "study.json",
+        "study.md",
+        "gain_vs_cka.png",
+        "gain_vs_transferability.png",
+        "same/config.json",
+        "data/config.json",
+    ):
         assert (out / name).is_file(), name
     assert "orthoxfer study: 22 rows = rows per seed (same 5, data 6) x 2 seeds" in result.output
     assert "data: [6/6] embed, orthogonal-shift [control: norm] (seed 1)" in result.output
@@ -101,6 +108,8 @@ def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
     at_one = [json.loads((out / "same" / "rows" / f"embed_direct-seed{s}.json").read_text()) for s in (0, 1)]
     assert data["ceiling"]["per_seed"] == [r["accuracy_scale1"]["mean"] for r in at_one]  # the source fine-tuned
     assert data["ceiling"]["at_validation_lambda"] == same["baselines"]["direct"]
+    check = data["transferability_check"]  # same carries, data does not: one mnist value per rung and seed
+    assert check["pairs"] == 2 and {v["task"] for v in check["values"]} == {"mnist"}
     md = (out / "study.md").read_text()
     assert "| same | mini:a | 1.00 |" in md and "| data |" in md and "orthogonal-shift | " in md
     assert json.loads((out / "same" / "config.json").read_text())["model_seed"] == 0

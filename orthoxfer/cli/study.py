@@ -113,8 +113,9 @@ def study_command(
     """Transfer gains over controls on every rung: embed vectors, every method beside its controls, the baselines.
 
     Each rung's rows are a bench run in --out/<rung>/ (rows stored as they finish); the
-    study writes study.json, study.md and gain_vs_cka.png (gain against the rung's
-    last-block CKA, per method). Strategy and transfer flags (--alpha, --gradfix-shots ...)
+    study writes study.json, study.md, gain_vs_cka.png and gain_vs_transferability.png
+    (gain against the rung's last-block CKA, and against its transferability, per
+    method), and whether one transferability threshold separates the rungs. Strategy and transfer flags (--alpha, --gradfix-shots ...)
     set that option for every row that reads it, as on bench. Under torchrun each seed's
     rows are dealt to the processes and the summary is the one a single process writes.
     """

@@ -1,4 +1,4 @@
-"""The study's rows -> paired transfer gains per rung and method, study.json, study.md and gain_vs_cka.png.
+"""The study's rows -> paired transfer gains per rung and method: study.json, study.md and two plots.
 
 A gain is paired by seed: on each seed, the mean accuracy of a method's row on the
 real vector minus the same method's row on the control vector (same pools, same
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from scipy import stats
 from orthoxfer.artifacts import write_json, write_text
 from orthoxfer.experiments.bench import Row
 from orthoxfer.report.plots import pyplot, save_figure
+from orthoxfer.report.separation import separation, separation_markdown
 from orthoxfer.report.tables import interval
 
 if TYPE_CHECKING:
@@ -152,24 +154,28 @@ def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str
 
 def recorded_transferability(result: RungResult, seeds: list[int]) -> dict[str, Any] | None:
     """Per seed, the best validation gain of a data-free transfer (direct addition, transfusion) over target only,
-    mean over tasks: the check a user runs in seconds, before any training."""
+    mean over tasks: the check a user runs in seconds, before any training. ``per_task`` holds each task's best
+    gain per seed (in ``seeds``' order): what :mod:`orthoxfer.report.separation` reads."""
     target = {r["seed"]: r for r in _records(result, "none_target", seeds)}
-    free = [_records(result, row_id, seeds) for row_id in ("embed_direct", "embed_transfusion")]
-    gains = []
+    free = [
+        r
+        for row_id in ("embed_direct", "embed_transfusion")
+        for r in _records(result, row_id, seeds)
+        if "validation_score" in r
+    ]
+    means: list[float] = []
+    per_task: dict[str, list[float]] = {}
     for s in seeds:
         if s not in target or "validation_score" not in target[s]:
             return None
         base = target[s]["validation_score"]
-        per_method = [
-            statistics.mean(r["validation_score"][t] - base[t] for t in base)
-            for records in free
-            for r in records
-            if r["seed"] == s and "validation_score" in r
-        ]
-        if not per_method:
+        gains = [{t: r["validation_score"][t] - base[t] for t in base} for r in free if r["seed"] == s]
+        if not gains:
             return None
-        gains.append(max(per_method))
-    return stat(gains)
+        means.append(max(statistics.mean(g.values()) for g in gains))
+        for t in base:
+            per_task.setdefault(t, []).append(max(g[t] for g in gains))
+    return {**stat(means), "per_task": per_task}
 
 
 def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -189,14 +195,23 @@ def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def summarise_study(results: list[RungResult], methods: list[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Everything study.json holds: the meta (settings, machine, time), every rung's summary, the ceiling."""
-    rungs = [summarise_rung(r, methods, list(range(meta["seeds"]))) for r in results]
-    return {"meta": {**meta, "seeds": list(range(meta["seeds"]))}, "rungs": rungs, "ceiling": ceiling(rungs)}
+    seeds = list(range(meta["seeds"]))
+    rungs = [summarise_rung(r, methods, seeds) for r in results]
+    return {
+        "meta": {**meta, "seeds": seeds},
+        "rungs": rungs,
+        "ceiling": ceiling(rungs),
+        "transferability_check": separation(rungs, seeds),
+    }
 
 
-def _pts(s: dict[str, Any] | None) -> str:
+def points(s: dict[str, Any] | None, sign: bool = False) -> str:
+    """A :func:`stat` in points: ``mean ± half-width`` (``+`` on a positive mean where ``sign``: a gain), ``-`` for none."""
     if s is None:
         return "-"
-    return f"{100 * s['mean']:.1f}" + (f" ± {100 * s['ci95']:.1f}" if s["ci95"] is not None else "")
+    return f"{100 * s['mean']:{'+' if sign else ''}.1f}" + (
+        f" ± {100 * s['ci95']:.1f}" if s["ci95"] is not None else ""
+    )
 
 
 def _gain(value: float | None) -> str:
@@ -225,8 +240,8 @@ def markdown(study: dict[str, Any]) -> str:
         b = r["baselines"]
         roof = b.get("oracle") or top  # the planted rung has its own: U = U*
         lines.append(
-            f"| {r['rung']} | {r['target']} | {_cka(r)} | {_pts(r.get('transferability'))} | "
-            f"{_pts(b.get('target'))} | {_pts(b.get('finetune'))} | {_pts(b.get('direct'))} | {_pts(roof)} | "
+            f"| {r['rung']} | {r['target']} | {_cka(r)} | {points(r.get('transferability'))} | "
+            f"{points(b.get('target'))} | {points(b.get('finetune'))} | {points(b.get('direct'))} | {points(roof)} | "
             f"{_gain(r.get('detectable_gain'))} |"
         )
     lines += [
@@ -240,8 +255,8 @@ def markdown(study: dict[str, Any]) -> str:
             ft = m.get("vs_fewshot_ft")
             for control, c in m["controls"].items() or [("-", None)]:
                 lines.append(
-                    f"| {r['rung']} | {method} | {_pts(m['accuracy'])} | {_pts(ft)} | {_p(ft)} | {control} | "
-                    f"{_pts(c and c['accuracy'])} | {_pts(c and c['gain'])} | {_p(c and c['gain'])} |"
+                    f"| {r['rung']} | {method} | {points(m['accuracy'])} | {points(ft)} | {_p(ft)} | {control} | "
+                    f"{points(c and c['accuracy'])} | {points(c and c['gain'])} | {_p(c and c['gain'])} |"
                 )
     lines += [
         "",
@@ -255,55 +270,79 @@ def markdown(study: dict[str, Any]) -> str:
         f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).",
         "",
     ]
+    if study.get("transferability_check"):
+        lines += separation_markdown(study["transferability_check"])
     return "\n".join(lines)
 
 
-def plot_gains(study: dict[str, Any], path: Path) -> None:
-    """Transfer gain against the rung's last-block CKA, one marker series per method, 95% error bars."""
+def _last_block_cka(rung: dict[str, Any]) -> float | None:
+    return rung["last_block_cka"]["mean"] if rung["last_block_cka"] else None
+
+
+def _transferability(rung: dict[str, Any]) -> float | None:
+    return 100 * rung["transferability"]["mean"] if rung.get("transferability") else None
+
+
+def plot_gains(
+    study: dict[str, Any],
+    path: Path,
+    x: Callable[[dict[str, Any]], float | None],
+    xlabel: str,
+    threshold: float | None = None,
+) -> None:
+    """Transfer gain against a rung's x-value (``x``; rungs without one are left out), one marker series per method,
+    95% error bars; ``threshold``, where given, a vertical line."""
     plt = pyplot()
     control = study["meta"]["controls"][0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rungs = [r for r in study["rungs"] if r["last_block_cka"]]
-    methods = list(dict.fromkeys(m for r in rungs for m in r["methods"]))
+    rungs = [(v, r) for r in study["rungs"] if (v := x(r)) is not None]
+    methods = list(dict.fromkeys(m for _, r in rungs for m in r["methods"]))
     markers = "osD^vP*Xh<>"
-    xs = [r["last_block_cka"]["mean"] for r in rungs]
+    xs = [v for v, _ in rungs]
     step = 0.01 * ((max(xs) - min(xs)) or 1.0) if xs else 0.0  # methods side by side at one rung
     for i, method in enumerate(methods):
         offset = step * (i - (len(methods) - 1) / 2)
         points = [
-            (r["last_block_cka"]["mean"] + offset, r["methods"][method]["controls"][control]["gain"])
-            for r in rungs
+            (v + offset, r["methods"][method]["controls"][control]["gain"])
+            for v, r in rungs
             if control in r["methods"].get(method, {}).get("controls", {})
         ]
         if points:
             ax.errorbar(
-                [x for x, _ in points],
+                [p for p, _ in points],
                 [100 * g["mean"] for _, g in points],
                 yerr=[100 * (g["ci95"] or 0.0) for _, g in points],
                 fmt=markers[i % len(markers)],
                 capsize=3,
                 label=method,
             )
-    for r in rungs:
-        ax.annotate(
-            r["rung"],
-            (r["last_block_cka"]["mean"], 1.0),
-            xycoords=("data", "axes fraction"),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    for v, r in rungs:
+        ax.annotate(r["rung"], (v, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set(xlabel="last-block CKA between source and target", ylabel=f"transfer gain vs {control} control (points)")
+    if threshold is not None:
+        ax.axvline(threshold, color="gray", lw=0.8, ls=":", label="separating threshold")
+    ax.set(xlabel=xlabel, ylabel=f"transfer gain vs {control} control (points)")
     if ax.get_lines() or ax.collections:
         ax.legend(fontsize=7, loc="best")
     save_figure(fig, path, dpi=120)
 
 
 def write_study(out: Path, study: dict[str, Any]) -> list[Path]:
-    """study.json, study.md and gain_vs_cka.png under ``out``, each written atomically."""
-    files = [out / "study.json", out / "study.md", out / "gain_vs_cka.png"]
+    """study.json, study.md, gain_vs_cka.png and gain_vs_transferability.png under ``out``, each written atomically.
+
+    The second plot is the first's against what a user can measure on their own pair before any training (the
+    rung's mean transferability), with the separating threshold of the per-task values where there is one.
+    """
+    files = [out / "study.json", out / "study.md", out / "gain_vs_cka.png", out / "gain_vs_transferability.png"]
     write_json(files[0], study)
     write_text(files[1], markdown(study))
-    plot_gains(study, files[2])
+    plot_gains(study, files[2], _last_block_cka, "last-block CKA between source and target")
+    separating = study.get("transferability_check")
+    plot_gains(
+        study,
+        files[3],
+        _transferability,
+        "transferability: validation gain of the best data-free transfer over target only (points)",
+        100 * separating["threshold"] if separating else None,
+    )
     return files
