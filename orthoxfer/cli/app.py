@@ -20,6 +20,7 @@ from orthoxfer.cli.mini import mini_app
 from orthoxfer.cli.relate import relate_command
 from orthoxfer.cli.strategy_options import with_strategy_options
 from orthoxfer.cli.study import study_command
+from orthoxfer.cli.study_widths import study_widths_command
 from orthoxfer.cli.transfer import transfer_command
 from orthoxfer.cli.vector import apply_command, vector_app
 from orthoxfer.errors import UsageError
@@ -78,6 +79,7 @@ def build_app() -> typer.Typer:
         ("demo", demo_command, BENCHMARK),
         ("bench", with_strategy_options(bench_command, transfers=True), BENCHMARK),
         ("study", with_strategy_options(study_command, transfers=True), BENCHMARK),
+        ("study-widths", study_widths_command, BENCHMARK),
         ("bench-speed", bench_speed_command, BENCHMARK),
         ("finetune", finetune_command, MODELS),
         ("inspect", inspect_command, MODELS),
