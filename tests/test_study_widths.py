@@ -102,6 +102,7 @@ def test_the_command_prints_fitting_tables_and_writes_its_files(folders, tmp_pat
         ("empty", "no study.json in"),
         ("same width", "are both width 128: give one study folder per width"),
         ("no width", "records no width"),
+        ("not json", "is not a study summary"),
     ],
 )
 def test_bad_folders_are_refused_in_one_line(tmp_path, case, message):
@@ -111,6 +112,10 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, case, message):
         second.mkdir()
     elif case == "same width":
         second = write(tmp_path / "b", study(128, 0.01))
+    elif case == "not json":
+        second = tmp_path / "b"
+        second.mkdir()
+        (second / "study.json").write_text('{"meta": ')  # cut off
     else:
         data = study(64, 0.0)
         del data["meta"]["width"]

@@ -112,12 +112,14 @@ def study_command(
 ) -> None:
     """Transfer gains over controls on every rung: embed vectors, every method beside its controls, the baselines.
 
-    Each rung's rows are a bench run in --out/<rung>/ (rows stored as they finish); the
-    study writes study.json, study.md, gain_vs_cka.png and gain_vs_transferability.png
-    (gain against the rung's last-block CKA, and against its transferability, per
-    method), and whether one transferability threshold separates the rungs. Strategy and transfer flags (--alpha, --gradfix-shots ...)
-    set that option for every row that reads it, as on bench. Under torchrun each seed's
-    rows are dealt to the processes and the summary is the one a single process writes.
+    Each rung's rows are a bench run in --out/<rung>/ (rows stored as they
+    finish); the study writes study.json, study.md, gain_vs_cka.png and
+    gain_vs_transferability.png (gain against the rung's last-block CKA, and
+    against its transferability, per method), and whether one
+    transferability threshold separates the rungs. Strategy and transfer
+    flags (--alpha, --gradfix-shots ...) set that option for every row that
+    reads it, as on bench. Under torchrun each seed's rows are dealt to the
+    processes and the summary is the one a single process writes.
     """
     from orthoxfer.experiments.bench_settings import resolve_bench
     from orthoxfer.experiments.step_cost import machine

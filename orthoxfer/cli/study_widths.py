@@ -24,13 +24,14 @@ def study_widths_command(
         Path, typer.Option("--out", help="Where widths.json, widths.md and gain_vs_width.png are written.")
     ] = Path("benchmarks/results/study-widths"),
 ) -> None:
-    """Transfer gain against model width: per rung and method the gain over its control, 95% interval, per width.
+    """Transfer gain against model width: per rung and method, the gain over its control, 95% interval.
 
-    Reads each folder's study.json (one width each, the same tasks); prints a table per
-    rung and the regime's checks per width on the data rung (few-shot FT >= target only
-    + 10, direct addition within 1.5 of target only, ceiling >= few-shot FT + 10; the
-    ceiling needs the same rung), and writes widths.json, widths.md and gain_vs_width.png
-    (one panel per rung) under --out.
+    Reads each folder's study.json (one width each, the same tasks). Prints
+    a table per rung and the regime's checks per width on the data rung
+    (few-shot FT >= target only + 10, direct addition within 1.5 of target
+    only, ceiling >= few-shot FT + 10; the ceiling needs the same rung).
+    Writes widths.json, widths.md and gain_vs_width.png (one panel per
+    rung) under --out.
     """
     from orthoxfer.report.widths import grids, load_studies, summarise_widths, write_widths
 

@@ -56,7 +56,10 @@ def load_studies(folders: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
         path = folder / "study.json"
         if not path.is_file():
             raise UsageError(f"no study.json in {folder}: make one with `orthoxfer study --width W --out {folder}`")
-        study = json.loads(path.read_text())
+        try:
+            study = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not a study summary: {exc}") from None
         if study.get("meta", {}).get("width") is None:
             raise UsageError(
                 f"{path} records no width (made before `study --width`): rewrite it with its `orthoxfer study` "
