@@ -34,7 +34,11 @@ def main() -> None:
         for rung in RUNGS:
             for path in sorted((folder / rung / "rows").glob("*-seed0.json")):
                 record = json.loads(path.read_text())
-                if record.get("lr_validation"):
+                plain = not record["control"] and not record.get("anchored") and record["kind"] in ("", "embed")
+                plain = (
+                    plain and record.get("init", "identity") in ("", "identity") and record.get("tie") in ("", "site")
+                )
+                if plain and record.get("lr_validation"):  # the method's own row: not a control's, nor a variant's
                     tried[record["method"]].setdefault(rung, {}).update(record["lr_validation"])
     chosen, means = {}, {}
     for method, by_rung in tried.items():

@@ -49,7 +49,6 @@ def main() -> None:
     device = torch.device("cpu")
     betas = [float(b) for b in args.betas.split(",")]
     methods = tuple(m for m in STRATEGIES if method_fits_similarity(m))  # the trained strategies that take an anchor
-    done = json.loads(args.out.read_text())["validation"] if args.out.exists() else {}
     started = time.perf_counter()
     settings = resolve_bench(
         "mini",
@@ -59,6 +58,15 @@ def main() -> None:
         choices={"kinds": ("embed",), "anchored": ("identity",)},
         tasks=len(STUDY_TASKS),
     )
+    if settings.bench.mode != "per-task":
+        raise SystemExit("the anchored rows are chosen per task: the config must leave [align] mode per-task")
+    made = {"settings": settings.record(), "size": args.size, "seed": args.seed}
+    done = {}
+    if args.out.exists():  # resume only what the same settings made
+        previous = json.loads(args.out.read_text())
+        if {k: previous.get(k) for k in made} != made:
+            raise SystemExit(f"{args.out} holds a selection made with other settings, size or seed: give another --out")
+        done = previous["validation"]
     for rung in args.rungs.split(","):
         suite, pair = rung_suite(rung)
         request = SuiteRequest(
@@ -81,22 +89,22 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 row = Row("embed", method, "identity", anchored=True)
                 _, record = choose_row(
-                    row, inputs, config, Run(f"{args.work}/{rung}/beta{beta:g}", resume=True), args.seed
+                    row, inputs, config, Run(f"{args.work}/{args.size}/{rung}/beta{beta:g}", resume=True), args.seed
                 )
                 scores = record["validation_score"]
                 done[key] = {"mean": sum(scores.values()) / len(scores), **scores, "step": record["chosen_step"]}
                 print(key, round(100 * done[key]["mean"], 1), flush=True)
-                _write(args, settings.record(), betas, len(methods), done, started, device)
-    _write(args, settings.record(), betas, len(methods), done, started, device)
+                _write(args, made, betas, len(methods), done, started, device)
+    _write(args, made, betas, len(methods), done, started, device)
 
 
-def _write(args, record, betas, methods: int, done, started, device) -> None:
+def _write(args, made, betas, methods: int, done, started, device) -> None:
     """The results so far (an interrupted run keeps them) and, once every entry is in, the chosen beta."""
-    means, complete = {}, True
+    means, complete, rungs = {}, True, args.rungs.split(",")
     for beta in betas:
-        entries = [v["mean"] for k, v in done.items() if k.split("/")[1] == f"{beta:g}"]
+        entries = [v["mean"] for k, v in done.items() if k.split("/")[0] in rungs and k.split("/")[1] == f"{beta:g}"]
         means[f"{beta:g}"] = sum(entries) / len(entries) if entries else None
-        complete = complete and len(entries) == methods * len(args.rungs.split(","))
+        complete = complete and len(entries) == methods * len(rungs)
     chosen = max(betas, key=lambda b: (means[f"{b:g}"], -b)) if complete else None  # ties: the smaller beta
     write_json(
         args.out,
@@ -104,8 +112,8 @@ def _write(args, record, betas, methods: int, done, started, device) -> None:
             "validation": done,
             "mean_by_beta": means,
             "chosen": chosen,
-            "seed": args.seed,
-            "settings": record,
+            "rungs": rungs,
+            **made,
             "seconds": time.perf_counter() - started,
             "machine": machine(device),
         },

@@ -30,7 +30,7 @@ def test_separable_rungs_give_no_errors_and_a_threshold_between_the_groups():
     check = separation(rungs, [0, 1])
     assert check["misclassified_pairs"] == check["misclassified_values"] == 0 and check["misclassified"] == []
     assert check["between"] == [0.05, 0.12] and check["threshold"] == pytest.approx(0.085)
-    assert check["pairs"] == 4
+    assert check["pairs"] == 4 and check["held_out_misclassified_pairs"] == 0  # each seed's cut separates the other
     assert {"task": "digits", "seed": 1, "rungs": {"same": 0.45, "release": 0.18, "data": 0.00, "seed": 0.04}} in check[
         "values"
     ]
@@ -47,6 +47,8 @@ def test_overlapping_rungs_report_each_pair_the_threshold_gets_wrong():
     assert check["misclassified_pairs"] == 1 and check["pairs"] == 4
     assert check["misclassified"] == [{"task": "cars", "seed": 1, "rungs": ["release"]}]  # one value wrong, not two
     assert check["between"] == [0.05, 0.10] and check["misclassified_values"] == 1
+    # left out, each seed meets the other's cut (0.06 from seed 0, 0.115 from seed 1): cars fails on both seeds
+    assert check["held_out_misclassified_pairs"] == 2
 
 
 def test_no_check_without_both_groups_or_per_task_values():

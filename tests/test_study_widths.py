@@ -103,6 +103,7 @@ def test_the_command_prints_fitting_tables_and_writes_its_files(folders, tmp_pat
         ("same width", "are both width 128: give one study folder per width"),
         ("no width", "records no width"),
         ("not json", "is not a study summary"),
+        ("not a summary", "is not a study summary (no meta or rungs)"),
     ],
 )
 def test_bad_folders_are_refused_in_one_line(tmp_path, case, message):
@@ -116,6 +117,10 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, case, message):
         second = tmp_path / "b"
         second.mkdir()
         (second / "study.json").write_text('{"meta": ')  # cut off
+    elif case == "not a summary":
+        second = tmp_path / "b"
+        second.mkdir()
+        (second / "study.json").write_text("[1, 2]")  # JSON, but not what study writes
     else:
         data = study(64, 0.0)
         del data["meta"]["width"]

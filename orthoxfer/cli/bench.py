@@ -79,7 +79,8 @@ def bench_command(
         Opt(
             "--anchored",
             help="Anchored rows of each trained strategy, one per start given (identity, procrustes or a transfer "
-            "method): U kept near its start (anchor 1) and its step chosen on validation (every 10 steps).",
+            "method): U kept near its start (beta: [bench] anchor) and its step chosen on validation (every "
+            "[bench] select_every steps).",
         ),
     ] = None,
     seeds: Annotated[

@@ -73,7 +73,9 @@ def candidates(inputs: AutoInputs, settings: AlignSettings) -> list[Candidate[Al
         return Candidate(name, trained, fit, needs_source=start != "identity")
 
     kept = [candidate(s, s, {"method": ALIGNERS[0], "anchor": math.inf}, False) for s in STARTS]
-    trained = [candidate(f"{m}-from-{s}", s, {"method": m, **ANCHORED}, True) for m in ALIGNERS for s in STARTS]
+    # the anchored rows' defaults (beta chosen on validation), or what the command's --anchor / --select-every say
+    near = {k: getattr(settings, k) or default for k, default in ANCHORED.items()}
+    trained = [candidate(f"{m}-from-{s}", s, {"method": m, **near}, True) for m in ALIGNERS for s in STARTS]
     return kept + trained
 
 

@@ -129,8 +129,9 @@ class BenchConfig:
     transfer: dict[str, Any] = field(default_factory=dict)  # the transfer methods' declared options (gradfix_shots ...)
     anchored: tuple[str, ...] = ()  # starts (identity, procrustes, a transfer) of each trained method's anchored rows
     anchor: dict[str, Any] = field(default_factory=lambda: dict(ANCHORED))  # the anchored rows' settings
-    # a learning rate per trained method (a strategy, finetune, tune), chosen once on validation where one rate does
-    # not fit every method; the others, and every method when --lrs gives a grid, as the grid or the set one
+    # a learning rate per trained method (a strategy, finetune, tune: see rate()), chosen once on validation where
+    # one rate does not fit every method; the others, and every method when --lrs gives a grid, as the grid or the
+    # set one
     rates: dict[str, float] = field(default_factory=dict)
     tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
     auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
@@ -168,6 +169,11 @@ class BenchConfig:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.reference_lora_sum and self.mode != "joint":
             raise UsageError("--reference-lora-sum reproduces the released code's joint sum: use --mode joint")
+
+    def rate(self, method: str) -> float | None:
+        """A method's own learning rate (None: the one its settings table sets); transfer-then-tune, few-shot FT
+        started from a carried vector, takes few-shot FT's unless given its own."""
+        return self.rates.get(method, self.rates.get("finetune") if method == "tune" else None)
 
     @property
     def chooses(self) -> bool:
@@ -295,7 +301,7 @@ def choose_row(
     train, val = split_pools(inputs, config.val_fraction, seed)
     record = record_head(row, seed)
     trained = _trained(row.method)
-    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rates.get(row.method)]
+    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rate(row.method)]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
     while (end := _edge_won(best, [f[1] for f in fits], len(config.lrs) + LR_GROWTH)) is not None:
@@ -307,8 +313,9 @@ def choose_row(
     record.update(fields)
     if len(grid) > 1:
         record["lr"], record["lr_validation"] = grid[best], {f"{lr:g}": f[1] for lr, f in zip(grid, fits)}
-    elif grid[0] is not None:
-        record["lr"] = grid[0]
+    elif trained:  # the rate it ran with: its own, else the one its settings table sets
+        few_shot = row.method in ("finetune", "tune")
+        record["lr"] = grid[0] if grid[0] is not None else (config.fewshot_ft if few_shot else config.align).lr
     return models, record
 
 

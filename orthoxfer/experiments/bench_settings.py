@@ -2,8 +2,9 @@
 
 They resolve as the suite's defaults <- a TOML config (tables ``[finetune]`` for source
 vectors, ``[align]`` with the pools' ``shots``, ``augmentation`` and the ``mode``,
-``[fewshot_ft]``, ``[bench]`` with the lambda grid ``scales`` and the held-out
-``val_fraction``; other tables are left to other commands) <- flags. The held-out
+``[fewshot_ft]``, ``[bench]`` with the lambda grid ``scales``, the held-out
+``val_fraction``, the anchored rows' ``anchor`` and ``select_every`` and a rate per
+trained method in ``[bench.rates]``; other tables are left to other commands) <- flags. The held-out
 fraction, unless set, is 0.2 where something is chosen on it (more than one lambda or
 learning rate) and 0 where nothing is (one lambda: fixed, as the paper's text fixes it).
 Keeping this in one place keeps the study's rows the rows ``bench`` would compute with

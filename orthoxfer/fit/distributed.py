@@ -26,6 +26,7 @@ of one launch; nothing read from disk is ever unpickled.
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from orthoxfer.runs import Run
 
 T = TypeVar("T")
+
+
+# how long a collective waits for the others: a study's rows are dealt out whole, so at the end of a seed's deal one
+# process waits for the rest of another's share (hours on a CPU), longer than the backends' defaults (gloo 30 min)
+WAIT = datetime.timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -136,9 +142,9 @@ def start(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=WAIT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=WAIT)
     atexit.register(dist.destroy_process_group)
     return device
 

@@ -60,6 +60,12 @@ def load_studies(folders: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
             study = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path} is not a study summary: {exc}") from None
+        if not isinstance(study, dict) or not isinstance(study.get("meta"), dict) or not study.get("rungs"):
+            raise UsageError(
+                f"{path} is not a study summary (no meta or rungs): give the folder `orthoxfer study` wrote"
+            )
+        if "tasks" not in study["meta"]:
+            raise UsageError(f"{path} records no tasks: rewrite it with its `orthoxfer study` command and --resume")
         if study.get("meta", {}).get("width") is None:
             raise UsageError(
                 f"{path} records no width (made before `study --width`): rewrite it with its `orthoxfer study` "
