@@ -1,15 +1,16 @@
-"""Each trained method's learning rate, chosen once on validation from the selection runs, for every seed after.
+"""Each trained method's learning rate on each rung, chosen once on validation from the selection runs.
 
 The selection runs are bench runs on seed 0, one per rung, whose trained rows tried a
 grid of rates (``--lrs``; the grid grows past an edge that wins) and recorded each rate's
-mean validation accuracy (``lr_validation``; no test data enters it). A user does not know
-which rung their pair is on, so one rate per method serves every rung: the rate with the
-best validation mean over the rungs, among the rates every rung tried (ties: the
-smaller). Writes ``--out`` (JSON) and prints the ``[bench.rates]`` table for the study's
-config.
+mean validation accuracy (``lr_validation``; no test data enters it). A rate chosen on a
+pair's own validation data is what a user with that pair would choose, and the best rate
+differs along the ladder, so each rung gets its own: the rate with the best validation
+accuracy there (ties: the smaller). Writes ``--out`` (JSON) and prints the
+``[study.rates.<rung>]`` tables for the study's config (transfer-then-tune takes few-shot
+FT's rate).
 
-    python benchmarks/choose_rates.py benchmarks/results/study-v2/select-lr \\
-        benchmarks/results/study-v2/select-ft --out benchmarks/results/study-v2/select-rates.json
+    python benchmarks/choose_rates.py benchmarks/results/study-v2/select-lr \
+        benchmarks/results/study-v2/select-low --out benchmarks/results/study-v2/select-rates.json
 """
 
 from __future__ import annotations
@@ -40,19 +41,16 @@ def main() -> None:
                 )
                 if plain and record.get("lr_validation"):  # the method's own row: not a control's, nor a variant's
                     tried[record["method"]].setdefault(rung, {}).update(record["lr_validation"])
-    chosen, means = {}, {}
+    chosen: dict[str, dict[str, float]] = {}
     for method, by_rung in tried.items():
-        if set(by_rung) != set(RUNGS):
-            raise SystemExit(f"{method}: selection rows for {sorted(by_rung)} only; every rung ({', '.join(RUNGS)})")
-        common = set.intersection(*(set(r) for r in by_rung.values()))
-        means[method] = {r: sum(by_rung[g][r] for g in RUNGS) / len(RUNGS) for r in sorted(common, key=float)}
-        chosen[method] = float(max(means[method], key=lambda r: (means[method][r], -float(r))))
-    write_json(
-        args.out, {"chosen": chosen, "validation_mean": means, "tried": tried, "runs": [str(p) for p in args.runs]}
-    )
-    print("[bench.rates]")
-    for method, rate in chosen.items():
-        print(f"{method} = {rate:g}  # validation mean over rungs: {100 * means[method][f'{rate:g}']:.1f}")
+        for rung, scores in by_rung.items():
+            best = max(scores, key=lambda r: (scores[r], -float(r)))
+            chosen.setdefault(rung, {})[method] = float(best)
+    write_json(args.out, {"chosen": chosen, "tried": tried, "runs": [str(p) for p in args.runs]})
+    for rung in RUNGS:
+        print(f"[study.rates.{rung}]")
+        for method, rate in sorted(chosen.get(rung, {}).items()):
+            print(f"{method} = {rate:g}  # validation {100 * tried[method][rung][f'{rate:g}']:.1f}")
 
 
 if __name__ == "__main__":

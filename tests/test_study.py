@@ -286,3 +286,24 @@ def test_width_selects_models_of_that_width_built_on_first_use(tmp_path):
     refused = runner.invoke(app, [*args, "--width", "12", "--out", str(tmp_path / "no")])
     assert refused.exit_code == 2 and "width 12 must be a positive multiple of the head width 8" in refused.output
     assert not (tmp_path / "no").exists()
+
+
+def test_a_rung_takes_its_own_rates_over_the_suites_and_its_config_json_records_them(tmp_path):
+    from orthoxfer.experiments.study import rung_rates
+
+    config = tmp_path / "rates.toml"
+    config.write_text("[bench.rates]\npenalty = 0.01\n[study.rates.same]\npenalty = 0.003\nfinetune = 0.001\n")
+    settings = {"mini": resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=1)}
+    plan = StudyPlan(("same", "data"), 1, ("mnist",), "micro", settings, rung_rates=rung_rates(config))
+    assert plan.bench("same").rates == {"penalty": 0.003, "finetune": 0.001}
+    assert plan.bench("data").rates == {"penalty": 0.01}
+    assert plan.rung_config("same")["bench"]["rates"] == {"penalty": 0.003, "finetune": 0.001}  # resume sees a change
+    assert plan.rung_config("data")["bench"]["rates"] == {"penalty": 0.01}
+    assert rung_rates(None) == {}
+    for bad, message in (
+        ("[study.rates.nowhere]\npenalty = 0.1\n", "must be a table of rates of a rung"),
+        ("[study.rates.same]\nprocrustes = 0.1\n", "not a positive rate of a trained method"),
+    ):
+        config.write_text(bad)
+        with pytest.raises(UsageError, match=message):
+            StudyPlan(("same",), 1, ("mnist",), "micro", settings, rung_rates=rung_rates(config)).bench("same")

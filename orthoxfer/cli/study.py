@@ -131,6 +131,7 @@ def study_command(
         check_models_built,
         check_rungs,
         run_rung,
+        rung_rates,
         rung_suite,
     )
     from orthoxfer.fit import distributed
@@ -176,6 +177,7 @@ def study_command(
         {PAPER_RUNG: comma_list(paper_controls) or ()},
         allow_code_change,
         width,
+        rung_rates(config),
     )
     if distributed.launched():
         check_models_built(plan)

@@ -31,6 +31,7 @@ from orthoxfer.experiments.bench_settings import BenchSettings
 from orthoxfer.fit import distributed
 from orthoxfer.models.pretrain import is_built
 from orthoxfer.runs import Run
+from orthoxfer.strategies.settings import read_config
 from orthoxfer.suites import build_suite, models_record
 from orthoxfer.suites.base import SuiteRequest
 from orthoxfer.suites.mini import HEADROOM_TASKS, PAIRS, pretrain_config
@@ -52,6 +53,27 @@ def check_rungs(rungs: tuple[str, ...]) -> tuple[str, ...]:
             f"unknown rung {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(RUNGS)}"
         )
     return rungs
+
+
+@dataclass
+class StudyTable:
+    """The ``[study]`` table of a config: what differs by rung. ``[study.rates.<rung>]`` gives a rung its own
+    learning rate per trained method, over ``[bench.rates]``: a rate chosen on a pair's validation data is what a
+    user with that pair would choose, and the best rate differs along the ladder (on ``same`` a step away from the
+    start only loses, on ``seed`` a long walk wins)."""
+
+    rates: dict = field(default_factory=dict)
+
+
+def rung_rates(config: Path | None) -> dict[str, dict[str, float]]:
+    """``[study.rates.<rung>]`` of ``config`` (empty without one), each rung checked by name."""
+    rates = read_config(config, "study", StudyTable).get("rates", {}) if config is not None else {}
+    for rung, table in rates.items():
+        if rung not in RUNGS or not isinstance(table, dict):
+            raise UsageError(
+                f"config file {config}: [study.rates.{rung}] must be a table of rates of a rung ({', '.join(RUNGS)})"
+            )
+    return rates
 
 
 def rung_suite(rung: str) -> tuple[str, str | None]:
@@ -79,6 +101,7 @@ class StudyPlan:
     rung_controls: dict[str, tuple[str, ...]] = field(default_factory=dict)
     allow_code_change: bool = False  # resume rows made by other code (each rung's config.json records it)
     width: int | None = None  # the pre-trained models' width; None: the size's own (the shipped 128 at full size)
+    rung_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # [study.rates.<rung>], over [bench.rates]
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         self.width = pretrain_config(SuiteRequest(size=self.size, width=self.width)).width  # resolved and checked
@@ -98,8 +121,10 @@ class StudyPlan:
         )
 
     def bench(self, rung: str) -> BenchConfig:
-        """The bench settings of ``rung``'s rows: its suite's, with the rung's controls."""
-        return dataclasses.replace(self.settings[rung_suite(rung)[0]].bench, controls=self.controls(rung))
+        """The bench settings of ``rung``'s rows: its suite's, with the rung's controls and rates."""
+        suite = self.settings[rung_suite(rung)[0]].bench
+        rates = {**suite.rates, **self.rung_rates.get(rung, {})}
+        return dataclasses.replace(suite, controls=self.controls(rung), rates=rates)
 
     def rows(self, rung: str) -> int:
         """Rows one seed of ``rung`` computes (planted adds its ceiling row)."""
@@ -117,6 +142,8 @@ class StudyPlan:
         suite, pair = rung_suite(rung)
         record = self.settings[suite].record()
         record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
+        if self.bench(rung).rates:  # the rung's own, where it has them
+            record["bench"]["rates"] = self.bench(rung).rates
         return {
             "suite": suite,
             **({"pair": pair} if pair else {}),
