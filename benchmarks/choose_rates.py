@@ -20,7 +20,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from orthoxfer.artifacts import write_json
+from orthoxfer.artifacts import write_json, write_text
 
 RUNGS = ("same", "release", "seed", "data")
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="Selection folders, each with one bench run per rung.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study-v2/select-rates.json"))
+    parser.add_argument("--config-out", type=Path, help="Also write the rates as a config's [study.rates] tables.")
     args = parser.parse_args()
     tried: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)  # method -> rung -> rate -> validation
     for folder in args.runs:
@@ -47,10 +48,15 @@ def main() -> None:
             best = max(scores, key=lambda r: (scores[r], -float(r)))
             chosen.setdefault(rung, {})[method] = float(best)
     write_json(args.out, {"chosen": chosen, "tried": tried, "runs": [str(p) for p in args.runs]})
+    lines = []
     for rung in RUNGS:
-        print(f"[study.rates.{rung}]")
+        lines.append(f"[study.rates.{rung}]")
         for method, rate in sorted(chosen.get(rung, {}).items()):
-            print(f"{method} = {rate:g}  # validation {100 * tried[method][rung][f'{rate:g}']:.1f}")
+            lines.append(f"{method} = {rate:g}  # validation {100 * tried[method][rung][f'{rate:g}']:.1f}")
+    print("\n".join(lines))
+    if args.config_out is not None:
+        head = "# Each trained method's rate per rung, chosen on seed 0's validation by benchmarks/choose_rates.py\n"
+        write_text(args.config_out, head + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

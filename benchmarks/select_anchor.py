@@ -3,8 +3,8 @@
 An anchored row adds beta * sum ||U - U0||^2 to a trained strategy's loss and keeps the
 step that scores best on validation. beta is a setting, so it is chosen as every setting
 is: on validation data (the suite's validation sets, which the source vectors never saw),
-never on test. Per rung of the study (seed 0, the study's tasks and settings, the rates of
-``--config``), each trained strategy's anchored row from the identity is fitted at each
+never on test. Per rung of the study (seed 0, the study's tasks and settings, each rung's
+rates from ``--config``: ``[bench.rates]`` and ``[study.rates.<rung>]``), each trained strategy's anchored row from the identity is fitted at each
 beta of the grid and scored on validation (:func:`orthoxfer.experiments.bench.choose_row`
 reads no test data); the beta with the best mean over rungs and strategies wins (ties:
 the smaller). The choice goes into the study's config as ``[bench] anchor``. Resumable:
@@ -28,7 +28,7 @@ from orthoxfer.artifacts import write_json
 from orthoxfer.experiments.bench import Row, choose_row
 from orthoxfer.experiments.bench_settings import resolve_bench
 from orthoxfer.experiments.step_cost import machine
-from orthoxfer.experiments.study import MODEL_SEED, STUDY_TASKS, rung_suite
+from orthoxfer.experiments.study import MODEL_SEED, STUDY_TASKS, rung_rates, rung_suite
 from orthoxfer.runs import Run
 from orthoxfer.strategies.registry import STRATEGIES
 from orthoxfer.suites import build_suite
@@ -38,7 +38,7 @@ from orthoxfer.transfers.registry import method_fits_similarity
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="The study's settings (its [bench.rates] above all).")
+    parser.add_argument("--config", type=Path, help="The study's settings (its rates above all).")
     parser.add_argument("--betas", default="0.1,1,10")
     parser.add_argument("--rungs", default="same,release,seed,data")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,14 +60,16 @@ def main() -> None:
     )
     if settings.bench.mode != "per-task":
         raise SystemExit("the anchored rows are chosen per task: the config must leave [align] mode per-task")
-    made = {"settings": settings.record(), "size": args.size, "seed": args.seed}
+    rungs = args.rungs.split(",")
+    rates = {rung: {**settings.bench.rates, **rung_rates(args.config).get(rung, {})} for rung in rungs}
+    made = {"settings": settings.record(), "rates": rates, "size": args.size, "seed": args.seed}
     done = {}
     if args.out.exists():  # resume only what the same settings made
         previous = json.loads(args.out.read_text())
         if {k: previous.get(k) for k in made} != made:
             raise SystemExit(f"{args.out} holds a selection made with other settings, size or seed: give another --out")
         done = previous["validation"]
-    for rung in args.rungs.split(","):
+    for rung in rungs:
         suite, pair = rung_suite(rung)
         request = SuiteRequest(
             seed=args.seed,
@@ -81,7 +83,8 @@ def main() -> None:
         )
         inputs = build_suite(suite, request)
         for beta in betas:
-            config = dataclasses.replace(settings.bench, anchor={**settings.bench.anchor, "anchor": beta})
+            anchor = {**settings.bench.anchor, "anchor": beta}
+            config = dataclasses.replace(settings.bench, anchor=anchor, rates=rates[rung])  # the study's rung's rates
             for method in methods:
                 key = f"{rung}/{beta:g}/{method}"
                 if key in done:
