@@ -8,7 +8,8 @@ rates from ``--config``: ``[bench.rates]`` and ``[study.rates.<rung>]``), each t
 beta of the grid and scored on validation (:func:`orthoxfer.experiments.bench.choose_row`
 reads no test data); the beta with the best mean over rungs and strategies wins (ties:
 the smaller). The choice goes into the study's config as ``[bench] anchor``. Resumable:
-entries already in ``--out`` are kept; the rows' checkpoints live under ``--work``.
+entries already in ``--out`` are kept (and ``--merge`` adds those another process made for
+other rungs); the rows' checkpoints live under ``--work``.
 
     python benchmarks/select_anchor.py --config configs/study-v2.toml \\
         --out benchmarks/results/study-v2/select-anchor.json
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--size", default="full", help="full | micro (seconds; a smoke test of this script)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study-v2/select-anchor.json"))
     parser.add_argument("--work", default="runs/select-anchor", help="Run folder for the rows' checkpoints.")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="Selections of some rungs (made alike) to add."
+    )
     args = parser.parse_args()
     device = torch.device("cpu")
     betas = [float(b) for b in args.betas.split(",")]
@@ -69,6 +73,12 @@ def main() -> None:
         if {k: previous.get(k) for k in made} != made:
             raise SystemExit(f"{args.out} holds a selection made with other settings, size or seed: give another --out")
         done = previous["validation"]
+    for path in args.merge:  # another process's rungs, made with the same settings at the same rungs' rates
+        part = json.loads(path.read_text())
+        same = all(part[k] == made[k] for k in ("settings", "size", "seed"))
+        if not same or any(part["rates"][r] != rates.get(r) for r in part["rates"]):
+            raise SystemExit(f"{path} was made with other settings, rates, size or seed: it cannot be merged")
+        done.update(part["validation"])
     for rung in rungs:
         suite, pair = rung_suite(rung)
         request = SuiteRequest(
