@@ -142,8 +142,9 @@ class StudyPlan:
         suite, pair = rung_suite(rung)
         record = self.settings[suite].record()
         record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
-        if self.bench(rung).rates:  # the rung's own, where it has them
-            record["bench"]["rates"] = self.bench(rung).rates
+        rates = self.bench(rung).rates
+        if rates:  # the rung's own, where it has them
+            record["bench"]["rates"] = rates
         return {
             "suite": suite,
             **({"pair": pair} if pair else {}),
