@@ -18,8 +18,9 @@ from torch.func import functional_call
 
 from orthoxfer.alignment.artifact import rotate
 from orthoxfer.cli.bench_speed import bench_speed_command
+from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
-from orthoxfer.experiments.step_cost import METHODS, TRAINED
+from orthoxfer.experiments.step_cost import METHODS, TRAINED, build_models, mini_width
 from orthoxfer.experiments.transfer_cost import ROWS as TRANSFER_ROWS
 from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
@@ -425,3 +426,14 @@ def test_bench_speed_compile_times_every_row_compiled(tmp_path, compiled):
         r["gflop"] is None for r in report["rows"]
     )
     assert "through torch.compile" in (tmp_path / "step_cost-cpu-compiled.md").read_text()
+
+
+def test_mini_architecture_names_build_the_width_ladders_models():
+    """``mini-w<W>`` is the mini recipe at width W (heads 32 wide, so more of them); A and B differ in their init."""
+    assert (mini_width("mini"), mini_width("mini-w64"), mini_width("ViT-B-32")) == (128, 64, None)
+    a, b = build_models("mini-w64", torch.device("cpu"))
+    block = a.visual.transformer.resblocks[0].attn
+    assert (block.embed_dim, block.num_heads) == (64, 2)
+    assert not torch.equal(block.in_proj_weight, b.visual.transformer.resblocks[0].attn.in_proj_weight)
+    with pytest.raises(UsageError, match="multiple of the head width"):
+        build_models("mini-w40", torch.device("cpu"))

@@ -44,7 +44,12 @@ def bench_speed_command(
     warmup: Annotated[int, Opt("--warmup", help="Untimed rounds first (the first also counts FLOPs).")] = 1,
     device: Annotated[str, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     arch: Annotated[
-        str, Opt("--arch", help="open_clip architecture (random weights), or 'tiny' for the test model.")
+        str,
+        Opt(
+            "--arch",
+            help="open_clip architecture (random weights), 'tiny' for the test model, or 'mini-w<width>' for the mini "
+            "suite's at that width (mini alone: 128).",
+        ),
     ] = "ViT-B-32",
     out: Annotated[Path, Opt("--out", help="Folder for step_cost-<device>[-compiled].json and .md.")] = Path(
         "benchmarks/results"
