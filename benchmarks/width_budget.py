@@ -61,7 +61,7 @@ def align_step_seconds(width: int, rounds: int, warmup: int) -> dict[str, float]
 
 
 def budget(widths: list[int], short: int, long: int, rounds: int, seed_seconds: float | None) -> dict:
-    per_width = {}
+    per_width: dict[str, dict] = {}
     for width in widths:
         step = pretrain_step_seconds(width, short, long)
         align = align_step_seconds(width, rounds, warmup=2)
