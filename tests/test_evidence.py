@@ -116,6 +116,20 @@ def test_a_resume_under_other_code_is_refused_unless_allowed(tmp_path, monkeypat
     assert written["code"]["source"] != "other"
 
 
+def test_the_code_digest_ignores_what_only_reads_rows(tmp_path):
+    """A summary fixed after a long study leaves its rows' digest as it was; a change that computes rows does not."""
+    from orthoxfer.version import digest_of
+
+    for name in ("report/study.py", "fit/loop.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    before = digest_of(tmp_path)
+    (tmp_path / "report" / "study.py").write_text("x = 2\n")
+    assert digest_of(tmp_path) == before
+    (tmp_path / "fit" / "loop.py").write_text("x = 2\n")
+    assert digest_of(tmp_path) != before
+
+
 def test_tune_and_auto_need_per_task_mode():
     with pytest.raises(UsageError, match="per-task"):
         BenchConfig(mode="joint", auto=True)

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -108,8 +110,9 @@ def test_study_writes_its_files_with_gains_paired_from_the_stored_rows(study):
     at_one = [json.loads((out / "same" / "rows" / f"embed_direct-seed{s}.json").read_text()) for s in (0, 1)]
     assert data["ceiling"]["per_seed"] == [r["accuracy_scale1"]["mean"] for r in at_one]  # the source fine-tuned
     assert data["ceiling"]["at_validation_lambda"] == same["baselines"]["direct"]
-    check = data["transferability_check"]  # same carries, data does not: one mnist value per rung and seed
-    assert check["pairs"] == 2 and {v["task"] for v in check["values"]} == {"mnist"}
+    check = data["transferability_check"]  # same carries, data does not: one mnist value per rung
+    assert check["tasks"] == 1 and [v["task"] for v in check["values"]] == ["mnist"]
+    assert check["seed_spread"] == 0.0  # the data-free transfers read no pools: every seed scores them alike
     md = (out / "study.md").read_text()
     assert "| same | mini:a | 1.00 |" in md and "| data |" in md and "orthogonal-shift | " in md
     assert json.loads((out / "same" / "config.json").read_text())["model_seed"] == 0
@@ -229,7 +232,7 @@ def test_planted_rung_has_its_ceiling_row_and_gains_are_paired_means_with_t_inte
         {"0": layers, "1": layers, "2": [{"cka": 0.9}]},
         3.0,
     )
-    data = summarise_study([result], ["cayley", "gradfix"], {"seeds": 3})
+    data = summarise_study([result], ["cayley", "gradfix"], {"seeds": [0, 1, 2]})
     rung = data["rungs"][0]
     gain = rung["methods"]["cayley"]["controls"]["spectrum"]["gain"]
     mean, half = interval([0.10, 0.15, 0.05])
@@ -301,9 +304,61 @@ def test_a_rung_takes_its_own_rates_over_the_suites_and_its_config_json_records_
     assert plan.rung_config("data")["bench"]["rates"] == {"penalty": 0.01}
     assert rung_rates(None) == {}
     for bad, message in (
-        ("[study.rates.nowhere]\npenalty = 0.1\n", "must be a table of rates of a rung"),
+        ("[study.rates.nowhere]\npenalty = 0.1\n", "names 'nowhere', not a rung"),
+        ("[study.rates]\nsame = 0.1\n", "must be a table of rates"),
         ("[study.rates.same]\nprocrustes = 0.1\n", "not a positive rate of a trained method"),
+        ('[study.rates.same]\n"penalty/nothing" = 0.1\n', "or of its rows on a control"),
     ):
         config.write_text(bad)
         with pytest.raises(UsageError, match=message):
             StudyPlan(("same",), 1, ("mnist",), "micro", settings, rung_rates=rung_rates(config)).bench("same")
+
+
+def test_a_control_row_takes_its_own_rate_and_a_rung_its_own_beta_and_seeds_start_past_the_chosen_one(tmp_path):
+    """A rate chosen for the real vector would handicap its control; a beta that keeps U home pays only where home
+    carries the vector; seeds past the selection's own leave no seed that chose its settings."""
+    from orthoxfer.experiments.study import rung_anchors, rung_rates
+
+    config = tmp_path / "study.toml"
+    config.write_text(
+        '[bench]\nanchor = 0.1\n[study.rates.same]\npenalty = 0.003\n"penalty/spectrum" = 0.03\n'
+        "[study.anchors]\nsame = 10.0\ndata = 0\n"
+    )
+    settings = {"mini": resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=1)}
+    plan = StudyPlan(
+        ("same", "release", "data"),
+        2,
+        ("mnist",),
+        "micro",
+        settings,
+        rung_rates=rung_rates(config),
+        rung_anchors=rung_anchors(config),
+        first_seed=1,
+    )
+    same = plan.bench("same")
+    assert same.rate("penalty") == 0.003 and same.rate("penalty", "spectrum") == 0.03
+    assert same.rate("penalty", "norm") == 0.003  # no rate of its own: the method's
+    assert same.rate("tune", "spectrum") == same.rate("finetune") is None  # the suite's own
+    assert [plan.bench(r).anchor["anchor"] for r in ("same", "release", "data")] == [10.0, 0.1, 0]
+    assert plan.rung_config("same")["bench"]["anchor"]["anchor"] == 10.0  # a resume sees a change
+    assert plan.seed_list() == [1, 2]
+    config.write_text("[study.anchors]\nsame = -1\n")
+    with pytest.raises(UsageError, match="must be a beta >= 0"):
+        rung_anchors(config)
+
+
+def test_a_difference_without_seed_variation_is_not_tested_and_power_is_at_holms_strictest_level():
+    from scipy import stats
+
+    from orthoxfer.report.study import detectable_gain, holm, paired
+
+    steady = paired([0.5, 0.5, 0.5], [0.4, 0.4, 0.4])  # rows that draw nothing from the seed: no p-value to give
+    assert steady["p"] is None and steady["untested"] and steady["mean"] == pytest.approx(0.1)
+    varied = [paired([0.5, 0.6, 0.55], [0.4, 0.42, 0.47]), paired([0.5, 0.52, 0.49], [0.5, 0.5, 0.5])]
+    family = [steady, *varied]
+    holm(family)
+    assert "p_holm" not in steady and all("p_holm" in t for t in varied)
+    sd = statistics.median(statistics.stdev(t["per_seed"]) for t in varied)
+    expected = (stats.t.ppf(1 - 0.05 / 2 / 2, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)  # two tested: 5% / 2
+    assert detectable_gain(family, 3) == pytest.approx(expected)
+    assert detectable_gain([steady], 3) is None

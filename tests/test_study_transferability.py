@@ -28,27 +28,29 @@ def test_separable_rungs_give_no_errors_and_a_threshold_between_the_groups():
         rung("planted", {"cars": [0.90, 0.90], "digits": [0.90, 0.90]}),  # not on the ladder: left out
     ]
     check = separation(rungs, [0, 1])
-    assert check["misclassified_pairs"] == check["misclassified_values"] == 0 and check["misclassified"] == []
-    assert check["between"] == [0.05, 0.12] and check["threshold"] == pytest.approx(0.085)
-    assert check["pairs"] == 4 and check["held_out_misclassified_pairs"] == 0  # each seed's cut separates the other
-    assert {"task": "digits", "seed": 1, "rungs": {"same": 0.45, "release": 0.18, "data": 0.00, "seed": 0.04}} in check[
-        "values"
-    ]
+    assert check["misclassified_tasks"] == check["misclassified_values"] == 0 and check["misclassified"] == []
+    # a task's value is its mean over seeds: seed's cars 0.035 and release's cars 0.135 are the neighbours
+    assert check["between"] == pytest.approx([0.035, 0.135]) and check["threshold"] == pytest.approx(0.085)
+    assert check["tasks"] == 2 and check["held_out_misclassified_tasks"] == 0  # each task's cut separates the other
+    assert check["seed_spread"] == pytest.approx(0.05)
+    digits = next(v for v in check["values"] if v["task"] == "digits")
+    assert digits["rungs"] == pytest.approx({"same": 0.475, "release": 0.19, "data": 0.015, "seed": 0.015})
 
 
-def test_overlapping_rungs_report_each_pair_the_threshold_gets_wrong():
+def test_overlapping_rungs_report_each_task_the_threshold_gets_wrong():
     rungs = [
         rung("same", {"cars": [0.40, 0.30], "digits": [0.50, 0.45]}),
-        rung("release", {"cars": [0.10, 0.03], "digits": [0.20, 0.18]}),  # cars seed 1 carries less than ...
+        rung("release", {"cars": [0.03, 0.03], "digits": [0.20, 0.18]}),  # cars carries less than ...
         rung("data", {"cars": [0.01, 0.00], "digits": [0.02, 0.00]}),
-        rung("seed", {"cars": [0.02, 0.05], "digits": [0.01, 0.04]}),  # ... cars seed 1 here, which does not
+        rung("seed", {"cars": [0.05, 0.05], "digits": [0.01, 0.04]}),  # ... cars here, where it does not
     ]
     check = separation(rungs, [0, 1])
-    assert check["misclassified_pairs"] == 1 and check["pairs"] == 4
-    assert check["misclassified"] == [{"task": "cars", "seed": 1, "rungs": ["release"]}]  # one value wrong, not two
-    assert check["between"] == [0.05, 0.10] and check["misclassified_values"] == 1
-    # left out, each seed meets the other's cut (0.06 from seed 0, 0.115 from seed 1): cars fails on both seeds
-    assert check["held_out_misclassified_pairs"] == 2
+    assert check["misclassified_tasks"] == 1 and check["tasks"] == 2
+    assert check["misclassified"] == [{"task": "cars", "rungs": ["release"]}]  # one value wrong, not two
+    assert check["between"] == pytest.approx([0.05, 0.19]) and check["misclassified_values"] == 1
+    # left out, cars meets digits' cut (0.1075: release 0.03 below it) and digits meets cars' (0.2: release 0.19
+    # below it): both fail, which the in-sample count hides
+    assert check["held_out_misclassified_tasks"] == 2
 
 
 def test_no_check_without_both_groups_or_per_task_values():
@@ -88,7 +90,7 @@ def test_the_summary_reads_per_task_values_from_the_rows_and_writes_the_check_an
     ]
     meta = {
         "title": "synthetic",
-        "seeds": 2,
+        "seeds": [0, 1],
         "tasks": list(TASKS),
         "model_seed": 0,
         "controls": ["spectrum"],
@@ -102,11 +104,12 @@ def test_the_summary_reads_per_task_values_from_the_rows_and_writes_the_check_an
     assert release["per_task"]["digits"] == pytest.approx([0.1, 0.1])
     assert release["per_seed"] == pytest.approx([0.075, 0.125])  # direct's task-mean on both seeds
     check = study["transferability_check"]
-    assert check["misclassified_pairs"] == 0 and check["between"] == pytest.approx([0.04, 0.1])
+    # tasks' means over seeds: data's cars 0.01, digits 0.02; release's cars 0.125, digits 0.1
+    assert check["misclassified_tasks"] == 0 and check["between"] == pytest.approx([0.02, 0.1])
     files = write_study(tmp_path, study)
     assert [f.name for f in files] == ["study.json", "study.md", "gain_vs_cka.png", "gain_vs_transferability.png"]
     assert all(f.stat().st_size > 0 for f in files)
-    assert json.loads(files[0].read_text())["transferability_check"]["threshold"] == pytest.approx(0.07)
+    assert json.loads(files[0].read_text())["transferability_check"]["threshold"] == pytest.approx(0.06)
     md = files[1].read_text()
-    assert "| cars | 1 | +15.0 | +2.0 | yes |" in md
-    assert "Threshold +7.00 points (midway between +4.00 and +10.00): 4 of 4 (task, seed) pairs separated" in md
+    assert "| cars | +12.5 | +1.0 | yes |" in md
+    assert "Threshold +6.00 points (midway between +2.00 and +10.00): 2 of 2 tasks separated" in md

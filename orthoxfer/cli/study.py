@@ -54,9 +54,19 @@ def study_command(
         Opt(
             "--seeds",
             min=1,
-            help="Seeds 0..N-1: few-shot draw, alignment and controls (the pre-trained pair stays the shipped one).",
+            help="How many seeds, from --first-seed on: few-shot draw, alignment and controls (the pre-trained pair "
+            "stays the shipped one).",
         ),
     ] = 5,
+    first_seed: Annotated[
+        int,
+        Opt(
+            "--first-seed",
+            min=0,
+            help="The first seed: past the one the config's rates and betas were chosen on, so that no seed's pools "
+            "chose its own settings.",
+        ),
+    ] = 0,
     anchored: Annotated[
         str,
         Opt(
@@ -131,6 +141,7 @@ def study_command(
         check_models_built,
         check_rungs,
         run_rung,
+        rung_anchors,
         rung_rates,
         rung_suite,
     )
@@ -178,12 +189,16 @@ def study_command(
         allow_code_change,
         width,
         rung_rates(config),
+        rung_anchors(config),
+        first_seed,
     )
     if distributed.launched():
         check_models_built(plan)
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
-    console.print(f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds")
+    console.print(
+        f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds ({first_seed}..{first_seed + seeds - 1})"
+    )
     console.print(f"tasks {', '.join(plan.tasks)}; in {run.path}")
     started = time.perf_counter()
     results = [
@@ -192,7 +207,7 @@ def study_command(
     meta: dict[str, Any] = {
         "title": "orthoxfer study: transfer gains over controls on the ladder of relatedness",
         "rungs": list(names),
-        "seeds": seeds,
+        "seeds": plan.seed_list(),
         "model_seed": MODEL_SEED,
         "tasks": list(plan.tasks),
         "size": size,

@@ -159,21 +159,34 @@ class BenchConfig:
             raise UsageError("the auto and transfer-then-tune rows work per task: they need --mode per-task")
         if not self.scales:
             raise UsageError("--scales needs at least one lambda")
-        for method, rate in self.rates.items():
-            if not _trained(method) or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+        for key, rate in self.rates.items():
+            method, _, control = key.partition("/")
+            if (
+                not _trained(method)
+                or (control and control not in CONTROLS)
+                or not isinstance(rate, (int, float))
+                or isinstance(rate, bool)
+                or rate <= 0
+            ):
                 raise UsageError(
-                    f"rates: {method} = {rate!r} is not a positive rate of a trained method"
-                    f" ({', '.join(m for m in ('finetune', 'tune', *STRATEGIES) if _trained(m))})"
+                    f"rates: {key} = {rate!r} is not a positive rate of a trained method"
+                    f" ({', '.join(m for m in ('finetune', 'tune', *STRATEGIES) if _trained(m))}),"
+                    f" or of its rows on a control ('<method>/<control>', controls {', '.join(CONTROLS)})"
                 )
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.reference_lora_sum and self.mode != "joint":
             raise UsageError("--reference-lora-sum reproduces the released code's joint sum: use --mode joint")
 
-    def rate(self, method: str) -> float | None:
+    def rate(self, method: str, control: str = "") -> float | None:
         """A method's own learning rate (None: the one its settings table sets); transfer-then-tune, few-shot FT
-        started from a carried vector, takes few-shot FT's unless given its own."""
-        return self.rates.get(method, self.rates.get("finetune") if method == "tune" else None)
+        started from a carried vector, takes few-shot FT's unless given its own.
+
+        A row on a control takes ``<method>/<control>`` where given: a rate chosen on the real vector's validation
+        suits the real vector, and a control run at it would measure how ill the rate fits the control beside what
+        the vector carries. Without one it takes the method's."""
+        own = self.rates.get(method, self.rates.get("finetune") if method == "tune" else None)
+        return self.rates.get(f"{method}/{control}", own) if control else own
 
     @property
     def chooses(self) -> bool:
@@ -301,7 +314,7 @@ def choose_row(
     train, val = split_pools(inputs, config.val_fraction, seed)
     record = record_head(row, seed)
     trained = _trained(row.method)
-    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rate(row.method)]
+    grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rate(row.method, row.control)]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
     while (end := _edge_won(best, [f[1] for f in fits], len(config.lrs) + LR_GROWTH)) is not None:

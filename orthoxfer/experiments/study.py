@@ -33,7 +33,7 @@ from orthoxfer.models.pretrain import is_built
 from orthoxfer.runs import Run
 from orthoxfer.strategies.settings import read_config
 from orthoxfer.suites import build_suite, models_record
-from orthoxfer.suites.base import SuiteRequest
+from orthoxfer.suites.base import SuiteInputs, SuiteRequest
 from orthoxfer.suites.mini import HEADROOM_TASKS, PAIRS, pretrain_config
 from orthoxfer.vectors.controls import check_task_count
 
@@ -60,20 +60,38 @@ class StudyTable:
     """The ``[study]`` table of a config: what differs by rung. ``[study.rates.<rung>]`` gives a rung its own
     learning rate per trained method, over ``[bench.rates]``: a rate chosen on a pair's validation data is what a
     user with that pair would choose, and the best rate differs along the ladder (on ``same`` a step away from the
-    start only loses, on ``seed`` a long walk wins)."""
+    start only loses, on ``seed`` a long walk wins). ``[study.anchors]`` gives a rung its anchored rows' beta, over
+    ``[bench] anchor``, for the same reason: keeping U near a start pays only where the start carries the vector."""
 
     rates: dict = field(default_factory=dict)
+    anchors: dict = field(default_factory=dict)
+
+
+def _study_table(config: Path | None, key: str) -> dict[str, Any]:
+    """``[study.<key>]`` of ``config`` (empty without one), its keys checked as rung names."""
+    table = read_config(config, "study", StudyTable).get(key, {}) if config is not None else {}
+    for rung in table:
+        if rung not in RUNGS:
+            raise UsageError(f"config file {config}: [study.{key}] names {rung!r}, not a rung ({', '.join(RUNGS)})")
+    return table
 
 
 def rung_rates(config: Path | None) -> dict[str, dict[str, float]]:
-    """``[study.rates.<rung>]`` of ``config`` (empty without one), each rung checked by name."""
-    rates = read_config(config, "study", StudyTable).get("rates", {}) if config is not None else {}
+    """``[study.rates.<rung>]`` of ``config``, each a table of rates."""
+    rates = _study_table(config, "rates")
     for rung, table in rates.items():
-        if rung not in RUNGS or not isinstance(table, dict):
-            raise UsageError(
-                f"config file {config}: [study.rates.{rung}] must be a table of rates of a rung ({', '.join(RUNGS)})"
-            )
+        if not isinstance(table, dict):
+            raise UsageError(f"config file {config}: [study.rates.{rung}] must be a table of rates")
     return rates
+
+
+def rung_anchors(config: Path | None) -> dict[str, float]:
+    """``[study.anchors]`` of ``config``: a rung's anchored rows' beta (0 keeps the step selection alone)."""
+    anchors = _study_table(config, "anchors")
+    for rung, beta in anchors.items():
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
+            raise UsageError(f"config file {config}: [study.anchors] {rung} = {beta!r} must be a beta >= 0")
+    return anchors
 
 
 def rung_suite(rung: str) -> tuple[str, str | None]:
@@ -102,6 +120,8 @@ class StudyPlan:
     allow_code_change: bool = False  # resume rows made by other code (each rung's config.json records it)
     width: int | None = None  # the pre-trained models' width; None: the size's own (the shipped 128 at full size)
     rung_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # [study.rates.<rung>], over [bench.rates]
+    rung_anchors: dict[str, float] = field(default_factory=dict)  # [study.anchors], over [bench] anchor
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (past the seed the settings were chosen on)
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         self.width = pretrain_config(SuiteRequest(size=self.size, width=self.width)).width  # resolved and checked
@@ -121,10 +141,11 @@ class StudyPlan:
         )
 
     def bench(self, rung: str) -> BenchConfig:
-        """The bench settings of ``rung``'s rows: its suite's, with the rung's controls and rates."""
+        """The bench settings of ``rung``'s rows: its suite's, with the rung's controls, rates and anchor."""
         suite = self.settings[rung_suite(rung)[0]].bench
         rates = {**suite.rates, **self.rung_rates.get(rung, {})}
-        return dataclasses.replace(suite, controls=self.controls(rung), rates=rates)
+        anchor = {**suite.anchor, **({"anchor": self.rung_anchors[rung]} if rung in self.rung_anchors else {})}
+        return dataclasses.replace(suite, controls=self.controls(rung), rates=rates, anchor=anchor)
 
     def rows(self, rung: str) -> int:
         """Rows one seed of ``rung`` computes (planted adds its ceiling row)."""
@@ -132,6 +153,9 @@ class StudyPlan:
 
     def total_rows(self) -> int:
         return self.seeds * sum(self.rows(r) for r in self.rungs)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
 
     def rung_config(self, rung: str) -> dict[str, Any]:
         """What a rung's config.json holds: the settings that change what its rows compute.
@@ -142,9 +166,10 @@ class StudyPlan:
         suite, pair = rung_suite(rung)
         record = self.settings[suite].record()
         record["bench"] = {k: v for k, v in record["bench"].items() if k not in ("methods", "controls")}
-        rates = self.bench(rung).rates
-        if rates:  # the rung's own, where it has them
-            record["bench"]["rates"] = rates
+        bench = self.bench(rung)
+        if bench.rates:  # the rung's own, where it has them
+            record["bench"]["rates"] = bench.rates
+        record["bench"]["anchor"] = bench.anchor
         return {
             "suite": suite,
             **({"pair": pair} if pair else {}),
@@ -184,34 +209,39 @@ class RungResult:
     seconds: float
 
 
+def rung_inputs(plan: StudyPlan, rung: str, seed: int) -> SuiteInputs:
+    """What one seed of ``rung`` runs on: its pair's models, the seed's pools and the source vectors."""
+    suite, pair = rung_suite(rung)
+    settings = plan.settings[suite]
+    request = SuiteRequest(
+        seed=seed,
+        model_seed=MODEL_SEED,
+        shots=settings.shots,
+        size=plan.size,
+        width=plan.width,
+        pair=pair,
+        tasks=plan.tasks,
+        kinds=settings.bench.kinds,
+        source_ft=settings.source_ft,
+        device=plan.device,
+        cache_dir=plan.cache_dir,
+    )
+    return build_suite(suite, request)
+
+
 def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], None]) -> RungResult:
     """One rung's rows for every seed, in ``out/<rung>``, reusing the rows stored there.
 
     Rank 0 builds each seed's inputs first: the source vectors it fine-tunes and caches
     the others read, instead of fine-tuning them again into the same files.
     """
-    suite, pair = rung_suite(rung)
-    settings = plan.settings[suite]
     run = Run(out / rung, resume=True)
     run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
     started = time.perf_counter()
     records, related = [], {}
-    for seed in range(plan.seeds):
-        request = SuiteRequest(
-            seed=seed,
-            model_seed=MODEL_SEED,
-            shots=settings.shots,
-            size=plan.size,
-            width=plan.width,
-            pair=pair,
-            tasks=plan.tasks,
-            kinds=settings.bench.kinds,
-            source_ft=settings.source_ft,
-            device=plan.device,
-            cache_dir=plan.cache_dir,
-        )
+    for seed in plan.seed_list():
         with distributed.main_first():
-            inputs = build_suite(suite, request)
+            inputs = rung_inputs(plan, rung, seed)
         related[str(seed)] = relatedness(inputs, seed) or []
         records += run_bench(
             inputs, plan.bench(rung), run, [seed], progress=lambda msg: progress(f"{rung}: {msg}"), deal=True

@@ -9,8 +9,11 @@ alignment seed), then the mean and Student-t 95% interval of those differences
 With a handful of seeds and dozens of comparisons per rung, some intervals exclude 0 by
 chance: each comparison's paired t-test p-value is Holm-adjusted over its rung
 (``p_holm``), and each rung states its power: the smallest gain its design detects with
-80% power at a 5% two-sided level, from the median standard deviation of its paired
-differences (``detectable_gain``).
+80% power at the level Holm's first step asks (5% over the family's size, two-sided), from
+the median standard deviation of its paired differences (``detectable_gain``). A
+difference that is the same on every seed (rows that draw nothing from the seed) is not
+tested: it has no p-value and is left out of the family. The 95% intervals are per
+comparison, unadjusted: a finding rests on ``p_holm``.
 
 The ceiling (what a perfect transfer reaches) is the source's own fine-tuned accuracy:
 the ``same`` rung's direct addition at lambda = 1 (and, labelled, at the lambda chosen
@@ -63,8 +66,8 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     sd = statistics.stdev(diffs) if len(diffs) > 1 else None
     if sd is None:
         out["p"] = None
-    elif sd == 0:
-        out["p"] = 1.0 if out["mean"] == 0 else 0.0
+    elif sd == 0:  # the same difference on every seed (rows that draw nothing from the seed): no test to make
+        out["p"], out["untested"] = None, "no seed-to-seed variation"
     else:
         out["p"] = float(2 * stats.t.sf(abs(out["mean"]) / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
     return out
@@ -80,11 +83,15 @@ def holm(tests: list[dict[str, Any]]) -> None:
 
 
 def detectable_gain(tests: list[dict[str, Any]], n: int) -> float | None:
-    """The smallest paired gain detected with 80% power at a 5% two-sided level, from the median sd of ``tests``."""
-    sds = [statistics.stdev(t["per_seed"]) for t in tests if len(t["per_seed"]) > 1]
-    if n < 2 or not sds:
+    """The smallest paired gain detected with 80% power, from the median sd of the ``tests`` that were tested, at the
+    level Holm's first step asks of a family that size (5% / m, two-sided): what a gain must reach to be called
+    with that family's adjustment, not at an unadjusted 5%."""
+    tested = [t for t in tests if t.get("p") is not None]
+    if n < 2 or not tested:
         return None
-    return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * statistics.median(sds) / math.sqrt(n)
+    sd = statistics.median(statistics.stdev(t["per_seed"]) for t in tested)
+    alpha = 0.05 / len(tested)
+    return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
 
 
 def row_name(record: dict[str, Any]) -> str:
@@ -195,7 +202,7 @@ def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def summarise_study(results: list[RungResult], methods: list[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Everything study.json holds: the meta (settings, machine, time), every rung's summary, the ceiling."""
-    seeds = list(range(meta["seeds"]))
+    seeds = list(meta["seeds"])
     rungs = [summarise_rung(r, methods, seeds) for r in results]
     return {
         "meta": {**meta, "seeds": seeds},
@@ -220,6 +227,10 @@ def _gain(value: float | None) -> str:
 
 def _p(test: dict[str, Any] | None) -> str:
     return "-" if test is None or test.get("p_holm") is None else f"{test['p_holm']:.2g}"
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else str(seeds)
 
 
 def _cka(r: dict[str, Any]) -> str:
@@ -260,13 +271,14 @@ def markdown(study: dict[str, Any]) -> str:
                 )
     lines += [
         "",
-        f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over {len(meta['seeds'])} seeds ± 95% "
-        "interval (Student t); a transfer gain is paired by seed: the real vector's row minus the same method's "
+        f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over seeds {_seeds(meta['seeds'])} ± 95% "
+        "interval (Student t, per comparison, not adjusted); a transfer gain is paired by seed: the real vector's row minus the same method's "
         "row on the control vector. Every seed redraws the few-shot pools and reseeds alignment and controls on "
         f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
         "accuracy: the same rung's direct addition at lambda = 1 (planted: its U = U* row). Transferability: the "
         "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
-        "the rung's comparisons; detectable gain: the smallest paired gain the rung detects with 80% power. "
+        "the rung's comparisons (a difference the same on every seed is not tested: -); detectable gain: the "
+        "smallest paired gain the rung detects with 80% power at Holm's strictest level. "
         f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).",
         "",
     ]
