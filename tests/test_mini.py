@@ -248,3 +248,40 @@ def test_no_validation_image_is_among_the_source_vectors_training_images(tmp_pat
         trained = _hashes(seen[task.name])
         assert not trained & _hashes(task.train_images[val])
         assert len(seen[task.name]) == len(task.train_labels) - len(val)
+
+
+def test_disjoint_pools_come_from_a_region_the_source_vector_never_trains_on(tmp_path, tasks, monkeypatch):
+    """The overlap of pools and the vector's training data is the paper's; --disjoint-pools measures what it is worth."""
+    import orthoxfer.suites.mini as mini_suite
+    from orthoxfer.fit.finetune import FinetuneSettings
+    from orthoxfer.suites.base import SuiteRequest
+
+    seen = {}
+
+    def spy(model, train, settings, **kwargs):
+        (task,) = train.values()
+        seen[task.name] = task.images
+        return finetune(model, train, settings, **kwargs)
+
+    finetune = mini_suite.finetune
+    monkeypatch.setattr(mini_suite, "finetune", spy)
+    request = SuiteRequest(size="micro", tasks=(tasks[0].name,), kinds=("embed",), shots=24, cache_dir=tmp_path)
+    request.source_ft = FinetuneSettings(**mini_suite.defaults("micro")["finetune"])
+    model = pre.pretrained_model("a", MICRO, tmp_path / "models", progress=False)
+    task = tasks[0]
+    region = mini_pools.pool_region(task, 24, disjoint=True)
+    assert len(region) == 48 and set(region.tolist()) <= set(mini_pools.reserved(task)[2].tolist())
+    pools = []
+    for seed in (0, 1):
+        request.seed, request.disjoint_pools = seed, True
+        (suite_task,), vectors, _ = mini_suite.suite_inputs(request, model, model)
+        pools.append(_hashes(suite_task.pool.images))
+        assert pools[-1] <= _hashes(task.train_images[region])  # every seed draws inside the region ...
+        assert not _hashes(seen[task.name]) & _hashes(task.train_images[region])  # ... which the vector never saw
+    assert pools[0] != pools[1]
+    request.seed, request.disjoint_pools = 0, False
+    (overlapping,), again, _ = mini_suite.suite_inputs(request, model, model)
+    assert _hashes(overlapping.pool.images) & _hashes(seen[task.name])  # the default: pools overlap its training data
+    site = again["embed"][task.name].sites[0]
+    assert not torch.equal(again["embed"][task.name].delta(site), vectors["embed"][task.name].delta(site))
+    assert len(list((tmp_path / "mini-vectors").iterdir())) == 2

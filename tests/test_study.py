@@ -341,7 +341,9 @@ def test_a_control_row_takes_its_own_rate_and_a_rung_its_own_beta_and_seeds_star
     assert same.rate("tune", "spectrum") == same.rate("finetune") is None  # the suite's own
     assert [plan.bench(r).anchor["anchor"] for r in ("same", "release", "data")] == [10.0, 0.1, 0]
     assert plan.rung_config("same")["bench"]["anchor"]["anchor"] == 10.0  # a resume sees a change
-    assert plan.seed_list() == [1, 2]
+    assert plan.seed_list() == [1, 2] and "disjoint_pools" not in plan.rung_config("same")
+    apart = dataclasses.replace(plan, disjoint_pools=True)
+    assert apart.rung_config("same")["disjoint_pools"] is True  # a study with its own source vectors: not resumable
     config.write_text("[study.anchors]\nsame = -1\n")
     with pytest.raises(UsageError, match="must be a beta >= 0"):
         rung_anchors(config)

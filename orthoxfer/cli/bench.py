@@ -165,6 +165,14 @@ def bench_command(
             "the target, so every row, shifts; docs/paper-protocol.md). Off by default.",
         ),
     ] = False,
+    disjoint_pools: Annotated[
+        bool,
+        Opt(
+            "--disjoint-pools",
+            help="mini, planted: draw the pools from a part of the training split the source vectors are "
+            "fine-tuned without (by default they overlap, as the paper's do), to measure what the overlap is worth.",
+        ),
+    ] = False,
     reference_lora_sum: Annotated[
         bool,
         Opt(
@@ -264,6 +272,7 @@ def bench_command(
         **models_record(suite, size),
         **settings.record(),
         **({"reference_gelu": True} if reference_gelu else {}),  # absent when off: older runs resume
+        **({"disjoint_pools": True} if disjoint_pools else {}),
     }
     run.write_config(resolved, allow_code_change=allow_code_change)
     started = time.perf_counter()
@@ -285,6 +294,7 @@ def bench_command(
             vectors_dir=vectors_dir,
             augmentation=bench.align.augmentation,
             reference_gelu=reference_gelu,
+            disjoint_pools=disjoint_pools,
         )
         inputs = build_suite(suite, request)
         names = [t.name for t in inputs.tasks]

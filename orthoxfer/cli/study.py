@@ -67,6 +67,14 @@ def study_command(
             "chose its own settings.",
         ),
     ] = 0,
+    disjoint_pools: Annotated[
+        bool,
+        Opt(
+            "--disjoint-pools",
+            help="Draw the pools from a part of the training split the source vectors are fine-tuned without (by "
+            "default they overlap, as the paper's do): what the overlap is worth, against a study without it.",
+        ),
+    ] = False,
     anchored: Annotated[
         str,
         Opt(
@@ -191,6 +199,7 @@ def study_command(
         rung_rates(config),
         rung_anchors(config),
         first_seed,
+        disjoint_pools,
     )
     if distributed.launched():
         check_models_built(plan)

@@ -14,7 +14,10 @@ Each task's training split is cut in three, the same for every seed and model:
 The source's task vectors are fine-tuned on everything but the validation set
 (:func:`source_training`): a lambda or step chosen there is chosen on images the vector
 never saw, as a control's is. The pools overlap the vector's training data, as the
-paper's few-shot images come from the split its source vectors were fine-tuned on.
+paper's few-shot images come from the split its source vectors were fine-tuned on. With
+``disjoint`` they do not: a fixed part of the rest, :data:`POOL_RESERVE` times the shots
+(:func:`pool_region`), is where every seed draws its pool, and the source vector is
+fine-tuned without it, to measure what the overlap is worth.
 """
 
 from __future__ import annotations
@@ -106,17 +109,38 @@ def reserved(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), torch.from_numpy(left)
 
 
-def source_training(task: MiniTask) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images and labels a source task vector is fine-tuned on: the training split less the validation set."""
+POOL_RESERVE = 2  # a disjoint pool region holds this many times the shots: seeds still draw different pools
+
+
+def pool_region(task: MiniTask, shots: int | None, disjoint: bool = False) -> torch.Tensor:
+    """Indices the pools are drawn from: the training split's rest (past head and validation sets), or with
+    ``disjoint`` a fixed stratified part of it, ``POOL_RESERVE`` times ``shots``, that the source vector never
+    trains on (:func:`source_training` with ``held_out``)."""
+    rest = reserved(task)[2]
+    if not disjoint:
+        return rest
+    if shots is None:
+        raise UsageError("disjoint pools are a part of the training split set aside for the shots: give --shots")
+    size = min(len(rest), POOL_RESERVE * shots)
+    rng = np.random.default_rng([DATA_VERSION, 0x9001])  # fixed: every seed draws from the same region
+    return rest[torch.from_numpy(np.sort(stratified(task.train_labels[rest].numpy(), size, rng)))]
+
+
+def source_training(task: MiniTask, held_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels a source task vector is fine-tuned on: the training split less the validation set
+    (and less ``held_out``, a disjoint pool region)."""
     keep = torch.ones(len(task.train_labels), dtype=torch.bool)
     keep[reserved(task)[1]] = False
+    if held_out is not None:
+        keep[held_out] = False
     return task.train_images[keep], task.train_labels[keep]
 
 
-def fewshot_pool(task: MiniTask, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``shots`` images of the training split's rest (past head and validation sets), stratified over classes
-    (``None``: all of the rest)."""
-    return _draw(task, reserved(task)[2], shots, seed)
+def fewshot_pool(
+    task: MiniTask, shots: int | None, seed: int, disjoint: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shots`` images of :func:`pool_region`, stratified over classes (``None``: all of it)."""
+    return _draw(task, pool_region(task, shots, disjoint), shots, seed)
 
 
 def _draw(task: MiniTask, rest: torch.Tensor, shots: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,17 +198,20 @@ def mini_normalise(images: torch.Tensor) -> torch.Tensor:
     return normalise(images, FewShotTask.mean, FewShotTask.std)
 
 
-def model_suite(model: nn.Module, tasks: Sequence[MiniTask], shots: int | None = 100, seed: int = 0) -> list[MiniEval]:
-    """For ``model``: each task's few-shot pool and validation set with the model's own frozen prototype head, and its
-    test split.
+def model_suite(
+    model: nn.Module, tasks: Sequence[MiniTask], shots: int | None = 100, seed: int = 0, disjoint: bool = False
+) -> list[MiniEval]:
+    """For ``model``: each task's few-shot pool (from :func:`pool_region`) and validation set with the model's own
+    frozen prototype head, and its test split.
 
     The head is built from this model's features of the task's head set (no pool, no
     test data, no other model), so every method on this model uses the same head.
     """
     out = []
     for task in tasks:
-        head_idx, val, rest = reserved(task)
+        head_idx, val, _ = reserved(task)
         head = _head(model, task, head_idx)
-        fewshot = FewShotTask(task.name, *_draw(task, rest, shots, seed), head, augment=shift_augment(task.flip))
+        region = pool_region(task, shots, disjoint)
+        fewshot = FewShotTask(task.name, *_draw(task, region, shots, seed), head, augment=shift_augment(task.flip))
         out.append(MiniEval(fewshot, _validation(task, val, head), task.test_images, task.test_labels))
     return out

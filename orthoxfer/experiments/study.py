@@ -122,6 +122,7 @@ class StudyPlan:
     rung_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # [study.rates.<rung>], over [bench.rates]
     rung_anchors: dict[str, float] = field(default_factory=dict)  # [study.anchors], over [bench] anchor
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (past the seed the settings were chosen on)
+    disjoint_pools: bool = False  # pools from a part of the training split the source vectors never saw
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         self.width = pretrain_config(SuiteRequest(size=self.size, width=self.width)).width  # resolved and checked
@@ -179,6 +180,7 @@ class StudyPlan:
             "size": self.size,
             **models_record(suite, self.size, self.width),
             **record,
+            **({"disjoint_pools": True} if self.disjoint_pools else {}),  # absent when off: earlier studies resume
         }
 
 
@@ -225,6 +227,7 @@ def rung_inputs(plan: StudyPlan, rung: str, seed: int) -> SuiteInputs:
         source_ft=settings.source_ft,
         device=plan.device,
         cache_dir=plan.cache_dir,
+        disjoint_pools=plan.disjoint_pools,
     )
     return build_suite(suite, request)
 

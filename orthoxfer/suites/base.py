@@ -75,6 +75,7 @@ class SuiteRequest:
     heads_dir: Path | None = None
     augmentation: str = "suite"  # paper: the pools' augmentation recipe (data.fewshot.AUGMENTATIONS); others: suite
     reference_gelu: bool = False  # paper: the target built with GELU whatever it was trained with (the code's bug)
+    disjoint_pools: bool = False  # mini: pools from a part of the training split the source vectors never saw
 
 
 class Suite(Protocol):

@@ -42,6 +42,7 @@ from orthoxfer.data.mini_pools import (
     fewshot_pool,
     mini_normalise,
     model_suite,
+    pool_region,
     shift_augment,
     source_training,
     task_head,
@@ -179,26 +180,35 @@ def cache_dir(request: SuiteRequest) -> Path:
 
 
 def mini_source_vector(
-    model: nn.Module, task: MiniTask, head: nn.Module, settings: FinetuneSettings, cache: Path
+    model: nn.Module,
+    task: MiniTask,
+    head: nn.Module,
+    settings: FinetuneSettings,
+    cache: Path,
+    held_out: torch.Tensor | None = None,
 ) -> TaskVector:
     """The source's task vector for one mini task, cached by everything that made it.
 
     It is fine-tuned on the training split less the validation set, so that choices made
-    on validation (lambda, the step, the method) never see images the vector was trained on.
+    on validation (lambda, the step, the method) never see images the vector was trained on
+    (and less ``held_out``, a disjoint pool region, where pools must not overlap it either).
     """
+    images = "train-less-validation"
+    if held_out is not None:
+        images += f"-less-{tensors_digest({'held_out': held_out})}"
     record = {
         "model": tower_digest(model),
         "head": tensors_digest(head.state_dict()),
         "task": task.name,
         "data": DATA_VERSION,
         "train": train_key(settings),
-        "images": "train-less-validation",
+        "images": images,
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / "mini-vectors" / f"{task.name}-{settings.kind}-{digest}.safetensors"
     if path.is_file():
         return TaskVector.load(path)
-    train = FewShotTask(task.name, *source_training(task), head, augment=shift_augment(task.flip))
+    train = FewShotTask(task.name, *source_training(task, held_out), head, augment=shift_augment(task.flip))
     vector = finetune(
         model, {task.name: train}, settings.replace(extra={"suite": "mini", "source": "mini:a"}), scope=task.name
     )
@@ -244,12 +254,20 @@ def suite_inputs(
     heads) and the images the pair is related on."""
     size = check_size(request.size)
     tasks = mini_tasks(size) if request.tasks is None else mini_tasks(size, request.tasks)
-    on_source = model_suite(source, tasks, shots=request.shots, seed=request.seed)
-    on_target = model_suite(target, tasks, shots=request.shots, seed=request.seed)
+    disjoint = request.disjoint_pools
+    on_source = model_suite(source, tasks, shots=request.shots, seed=request.seed, disjoint=disjoint)
+    on_target = model_suite(target, tasks, shots=request.shots, seed=request.seed, disjoint=disjoint)
     cache = cache_dir(request)
     vectors = {
         kind: {
-            t.name: mini_source_vector(source, t, s.fewshot.head, request.source_ft.replace(kind=kind), cache)
+            t.name: mini_source_vector(
+                source,
+                t,
+                s.fewshot.head,
+                request.source_ft.replace(kind=kind),
+                cache,
+                pool_region(t, request.shots, True) if disjoint else None,
+            )
             for t, s in zip(tasks, on_source)
         }
         for kind in request.kinds

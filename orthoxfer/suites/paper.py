@@ -128,6 +128,8 @@ def build(request: SuiteRequest) -> SuiteInputs:
         raise UsageError(f"--suite paper needs {', '.join(flag for flag, value in given if value is None)}")
     if request.pair is not None:
         raise UsageError("--pair is for --suite mini; --suite paper relates the --source and --target it is given")
+    if request.disjoint_pools:
+        raise UsageError("--disjoint-pools is for the mini and planted suites, whose source vectors orthoxfer trains")
     names, shots, seed, kinds, device = (
         list(request.tasks or TASKS),
         request.shots,
