@@ -138,11 +138,12 @@ def select_anchors(args, plan: StudyPlan, settings: BenchSettings) -> None:
         "code": source_digest(),
     }
     done: dict[str, dict] = {}
+    finished: list[str] = []  # rungs whose grid is complete, grown where it had to
     if args.out.exists():  # resume only what the same settings made
         previous = json.loads(args.out.read_text())
         if {k: previous.get(k) for k in made} != made:
             raise SystemExit(f"{args.out} holds a selection made with other settings or code: give another --out")
-        done = previous["validation"]
+        done, finished = previous["validation"], previous.get("finished", [])
     for path in args.merge:  # another process's rungs, made with the same settings at the same rungs' rates
         part = json.loads(path.read_text())
         same = all(part[k] == made[k] for k in ("settings", "size", "seed", "code"))
@@ -150,7 +151,9 @@ def select_anchors(args, plan: StudyPlan, settings: BenchSettings) -> None:
             raise SystemExit(f"{path} was made with other settings, rates, code, size or seed: it cannot be merged")
         done.update(part["validation"])
         made["rates"] = {**part["rates"], **made["rates"]}
+        finished += part.get("finished", [])
     rungs = list(dict.fromkeys([*plan.rungs, *(k.split("/")[0] for k in done)]))
+    finished = [rung for rung in dict.fromkeys(finished) if rung not in plan.rungs]  # plan.rungs are checked anew
     grid = [float(b) for b in args.betas.split(",")]
     for rung in plan.rungs:
         betas, inputs = list(grid), None
@@ -171,12 +174,13 @@ def select_anchors(args, plan: StudyPlan, settings: BenchSettings) -> None:
                     scores = record["validation_score"]
                     done[key] = {"mean": sum(scores.values()) / len(scores), **scores, "step": record["chosen_step"]}
                     print(key, round(100 * done[key]["mean"], 1), flush=True)
-                    _write_anchors(args.out, made, rungs, done, started)
+                    _write_anchors(args.out, {**made, "finished": finished}, rungs, done, started)
             means, top = _means(done, rung), max(betas)
             if max(means, key=lambda b: (means[b], -b)) != top or len(betas) - len(grid) >= GROWTH or top == 0:
                 break
             betas.append(10 * top)
-    chosen = _write_anchors(args.out, made, rungs, done, started)
+        finished.append(rung)
+    chosen = _write_anchors(args.out, {**made, "finished": finished}, rungs, done, started)
     if args.config_out is not None:
         lines = [
             "# Each rung's anchored beta, chosen on validation by benchmarks/select_settings.py",
@@ -201,9 +205,9 @@ def _means(done: dict[str, dict], rung: str) -> dict[float, float]:
 def _write_anchors(out: Path, made: dict, rungs: list[str], done: dict[str, dict], started: float) -> dict[str, float]:
     """The results so far (an interrupted run keeps them) and each rung's beta where its grid is complete."""
     chosen = {}
-    for rung in rungs:
-        if means := _means(done, rung):
-            chosen[rung] = max(means, key=lambda b: (means[b], -b))  # ties: the smaller beta
+    for rung in made.get("finished", []):  # a rung whose grid is complete, grown where it had to
+        means = _means(done, rung)
+        chosen[rung] = max(means, key=lambda b: (means[b], -b))  # ties: the smaller beta
     write_json(
         out,
         {
