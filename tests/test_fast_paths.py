@@ -20,7 +20,8 @@ from orthoxfer.alignment.artifact import rotate
 from orthoxfer.cli.bench_speed import bench_speed_command
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
-from orthoxfer.experiments.step_cost import METHODS, TRAINED, build_models, mini_width
+from orthoxfer.experiments.step_cost import METHODS, TRAINED
+from orthoxfer.experiments.timing_models import build_models, mini_width
 from orthoxfer.experiments.transfer_cost import ROWS as TRANSFER_ROWS
 from orthoxfer.fit.align_step import AlignStep, StackedVector, Transforms, site_deltas
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep

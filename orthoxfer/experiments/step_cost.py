@@ -35,7 +35,6 @@ import ctypes
 import json
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from orthoxfer.artifacts import write_text
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.activation_side import ActivationSideStep
+from orthoxfer.experiments.timing_models import build_models
 from orthoxfer.experiments.transfer_cost import (
     LABELS,
     ROWS,
@@ -58,8 +58,6 @@ from orthoxfer.experiments.transfer_cost import (
 )
 from orthoxfer.fit.align_step import AlignStep
 from orthoxfer.fit.finetune import FinetuneSettings, FinetuneStep
-from orthoxfer.models.pretrain import PretrainConfig, build_model
-from orthoxfer.models.small import small_clip
 from orthoxfer.problem.align_problem import ScopedProblem, group_sites
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.strategies.procrustes import procrustes_fit
@@ -71,8 +69,6 @@ from orthoxfer.vectors.sites import find_sites
 from orthoxfer.vectors.taskvector import TaskVector
 
 if TYPE_CHECKING:
-    from open_clip import CLIP  # untyped: its towers' attributes (image_size, output_dim) are read as they are
-
     from orthoxfer.transfers.base import Transferred
 from orthoxfer.version import __version__
 
@@ -152,37 +148,6 @@ def trained_strategy(name: str) -> TrainedStrategy:
     if not isinstance(strategy, TrainedStrategy):
         raise UsageError(f"{name} is solved in closed form: it has no step to time")
     return strategy
-
-
-def mini_width(arch: str) -> int | None:
-    """The width of a mini-suite architecture name (``mini`` is the shipped 128, ``mini-w<W>`` any rung of the
-    width ladder), None for any other name."""
-    match = re.fullmatch(r"mini(?:-w(\d+))?", arch)
-    if match is None:
-        return None
-    return int(match.group(1)) if match.group(1) else PretrainConfig().width
-
-
-def build_models(arch: str, device: torch.device) -> tuple[CLIP, CLIP]:
-    """Target and source of one architecture with random weights (timing does not depend on the values)."""
-    import open_clip
-
-    if arch == "tiny":
-        return small_clip(seed=0).to(device), small_clip(seed=1).to(device)
-    width = mini_width(arch)
-    if width is not None:
-        config = PretrainConfig(width=width)
-        return build_model(config, "a").to(device), build_model(config, "b").to(device)
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        try:
-            models.append(open_clip.create_model(arch).eval().to(device))
-        except RuntimeError as exc:
-            raise UsageError(
-                f"--arch {arch!r}: {exc}; use an open_clip model name (e.g. ViT-B-32), 'tiny' or 'mini-w<width>'"
-            ) from None
-    return tuple(models)
 
 
 def task_vector(sites: list, kind: str, rank: int):
