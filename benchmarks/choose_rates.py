@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from orthoxfer.artifacts import write_json, write_text
+from orthoxfer.experiments.bench import edge_won
 
 RUNGS = ("same", "release", "seed", "data")
 
@@ -55,7 +56,7 @@ def main() -> None:
             best = max(scores, key=lambda r: (scores[r], -float(r)))
             chosen.setdefault(rung, {})[method] = float(best)
             rates = sorted(scores, key=float)
-            if best == rates[-1] or (best == rates[0] and scores[rates[0]] > scores[rates[1]]):
+            if edge_won(rates.index(best), [scores[r] for r in rates], len(rates) + 1) is not None:
                 edges.append(f"{rung}/{method} = {best}")  # won at an edge that did not grow: the best may lie past it
     write_json(
         args.out,

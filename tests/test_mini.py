@@ -225,20 +225,29 @@ def test_a_cached_source_vector_belongs_to_the_weights_it_was_fine_tuned_on(tmp_
     assert len(list((tmp_path / "mini-vectors").iterdir())) == 3
 
 
-def test_no_validation_image_is_among_the_source_vectors_training_images(tmp_path, tasks, monkeypatch):
-    """Lambda, the step and the method are chosen on validation: the source vector must never have trained on it."""
+@pytest.fixture
+def source_training_images(monkeypatch):
+    """The images each mini source vector is fine-tuned on, by task, as the suite hands them to fine-tuning."""
     import orthoxfer.suites.mini as mini_suite
-    from orthoxfer.fit.finetune import FinetuneSettings
 
     seen = {}
+    finetune = mini_suite.finetune
 
     def spy(model, train, settings, **kwargs):
         (task,) = train.values()
         seen[task.name] = task.images
         return finetune(model, train, settings, **kwargs)
 
-    finetune = mini_suite.finetune
     monkeypatch.setattr(mini_suite, "finetune", spy)
+    return seen
+
+
+def test_no_validation_image_is_among_the_source_vectors_training_images(tmp_path, tasks, source_training_images):
+    """Lambda, the step and the method are chosen on validation: the source vector must never have trained on it."""
+    import orthoxfer.suites.mini as mini_suite
+    from orthoxfer.fit.finetune import FinetuneSettings
+
+    seen = source_training_images
     settings = FinetuneSettings(**mini_suite.defaults("micro")["finetune"])
     model = pre.pretrained_model("a", MICRO, tmp_path / "models", progress=False)
     for task in tasks[:2]:
@@ -250,21 +259,13 @@ def test_no_validation_image_is_among_the_source_vectors_training_images(tmp_pat
         assert len(seen[task.name]) == len(task.train_labels) - len(val)
 
 
-def test_disjoint_pools_come_from_a_region_the_source_vector_never_trains_on(tmp_path, tasks, monkeypatch):
+def test_disjoint_pools_come_from_a_region_the_source_vector_never_trains_on(tmp_path, tasks, source_training_images):
     """The overlap of pools and the vector's training data is the paper's; --disjoint-pools measures what it is worth."""
     import orthoxfer.suites.mini as mini_suite
     from orthoxfer.fit.finetune import FinetuneSettings
     from orthoxfer.suites.base import SuiteRequest
 
-    seen = {}
-
-    def spy(model, train, settings, **kwargs):
-        (task,) = train.values()
-        seen[task.name] = task.images
-        return finetune(model, train, settings, **kwargs)
-
-    finetune = mini_suite.finetune
-    monkeypatch.setattr(mini_suite, "finetune", spy)
+    seen = source_training_images
     request = SuiteRequest(size="micro", tasks=(tasks[0].name,), kinds=("embed",), shots=24, cache_dir=tmp_path)
     request.source_ft = FinetuneSettings(**mini_suite.defaults("micro")["finetune"])
     model = pre.pretrained_model("a", MICRO, tmp_path / "models", progress=False)

@@ -317,7 +317,7 @@ def choose_row(
     grid: list[float | None] = list(config.lrs) if trained and config.lrs else [config.rate(row.method, row.control)]
     fits = [_fit(row, inputs, config, run, seed, train, val, lr, len(grid) > 1) for lr in grid]
     best = max(range(len(fits)), key=lambda i: fits[i][1])  # ties: the first (smaller) lr
-    while (end := _edge_won(best, [f[1] for f in fits], len(config.lrs) + LR_GROWTH)) is not None:
+    while (end := edge_won(best, [f[1] for f in fits], len(config.lrs) + LR_GROWTH)) is not None:
         lr = 3 * grid[-1] if end == "up" else grid[0] / 3  # type: ignore[operator]
         fit = _fit(row, inputs, config, run, seed, train, val, lr, True)
         grid, fits = (grid + [lr], fits + [fit]) if end == "up" else ([lr, *grid], [fit, *fits])
@@ -332,7 +332,7 @@ def choose_row(
     return models, record
 
 
-def _edge_won(best: int, scores: list[float], most: int) -> str | None:
+def edge_won(best: int, scores: list[float], most: int) -> str | None:
     """Which end of a learning-rate grid its choice sits on, so the grid grows past it ("up": the largest rate;
     "down": the smallest, which must beat its neighbour outright since ties go to the smaller rate); None: an inner
     choice, one rate, or the grid already ``most`` long."""
