@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orthoxfer.cli.common import VAL_FRACTION, command_suite, console, launch, reports_errors
+from orthoxfer.cli.common import VAL_FRACTION, Budget, command_suite, console, launch, reports_errors
 from orthoxfer.errors import UsageError
 from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
@@ -182,15 +182,7 @@ def align_command(
         Opt("--cache-dir", help="Weights cache (paper; heads go to <cache-dir>/heads), or the mini suite's cache."),
     ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
-    budget: Annotated[
-        int | None,
-        Opt(
-            "--budget",
-            min=1,
-            help="--method auto: optimiser steps per task its trained candidates share by successive halving "
-            "(default: --steps times their number).",
-        ),
-    ] = None,
+    budget: Budget = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Learn orthogonal U's that carry source task vectors into --target, from a few labelled examples.

@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar, overload
 
 import typer
 from rich.text import Text
@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 console = out  # markup and emoji off: names print as they are (orthoxfer.terminal.consoles)
 err_console = err
 VAL_FRACTION = 0.2  # of each few-shot pool, where a suite has no validation set of its own (the paper's)
+
+Budget = Annotated[  # align's and transfer's --method auto share one meaning of its budget
+    int | None,
+    typer.Option(
+        "--budget",
+        min=1,
+        help="--method auto: optimiser steps per task its trained candidates share by successive halving "
+        "(default: one candidate's steps times their number).",
+    ),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")

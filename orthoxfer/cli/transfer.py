@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from orthoxfer.cli.align import load_vectors
-from orthoxfer.cli.common import comma_list, command_suite, console, reports_errors, resolve_device
+from orthoxfer.cli.common import Budget, comma_list, command_suite, console, reports_errors, resolve_device
 from orthoxfer.errors import UsageError
 from orthoxfer.terminal import Grid
 from orthoxfer.version import __version__
@@ -96,15 +96,7 @@ def transfer_command(
         Path | None, Opt("--cache-dir", help="Weights cache (paper), or the mini suite's cache.")
     ] = None,
     heads_dir: Annotated[Path | None, Opt("--heads-dir", help="Zero-shot head cache (paper).")] = None,
-    budget: Annotated[
-        int | None,
-        Opt(
-            "--budget",
-            min=1,
-            help="--method auto: optimiser steps per task its trained candidates share by successive halving "
-            "(default: few-shot FT's steps times their number).",
-        ),
-    ] = None,
+    budget: Budget = None,
     strategy_options: dict[str, Any] | None = None,
 ) -> None:
     """Carry source task vectors into --target with a transfer method; writes transferred.safetensors, learnt.safetensors,
