@@ -171,12 +171,14 @@ def test_transfer_auto_from_the_cli_records_every_candidate_and_reads_no_test_da
 def test_align_auto_from_the_cli_writes_each_task_its_chosen_alignment(mini, no_test_data):
     root, flags = mini
     args = ["align", *flags, "--method", "auto", "--source", "mini:a", "--target", "mini:b", "--budget", "6"]
+    args += ["--anchor", "0"]  # given, 0 (off) is what the anchored candidates take
     vectors = ["--task-vector", "mini:surfaces", "--task-vector", "mini:relief"]
     result = runner.invoke(app, [*args, *vectors, "--out", str(root / "align")])
     assert result.exit_code == 0, result.output
     alignment = Alignment.load(root / "align" / "alignment.safetensors")
     record = alignment.meta["auto"]
     assert alignment.scopes == ["surfaces", "relief"] and record["budget"] == 6
+    assert record["anchored"] == {"anchor": 0.0, "select_every": 10}
     for task in ("surfaces", "relief"):
         assert record["chosen"][task] == best_in_order(record, task)
         assert alignment.meta["per_task"][task]["start"]["init"] in ("identity", "transfusion", "procrustes")

@@ -295,10 +295,12 @@ def align_command(
     scales = dict.fromkeys(vectors, 1.0)  # auto: each task's lambda, chosen on validation, carried in the vector
     if auto:
         from orthoxfer.experiments.auto_align import auto_align
+        from orthoxfer.experiments.bench import ANCHORED
 
         pools, val = validation_split(chosen, loaded, pools, settings.seed, "--method auto")
         inputs = AutoInputs(loaded.model, source_model, vectors, pools, val, carrying, run)
-        alignment, vectors, record = auto_align(inputs, settings, budget)
+        given = {k: v for k, v in (strategy_options or {}).items() if k in ANCHORED}  # --anchor 0 included
+        alignment, vectors, record = auto_align(inputs, settings, budget, given)
         scales = record["scale"]
     else:
         pools, validation = held_out(chosen, loaded, pools, settings)
