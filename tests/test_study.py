@@ -14,7 +14,7 @@ from orthoxfer.errors import UsageError
 from orthoxfer.experiments.bench import Row
 from orthoxfer.experiments.bench_settings import resolve_bench
 from orthoxfer.experiments.study import RungResult, StudyPlan
-from orthoxfer.report.study import summarise_study
+from orthoxfer.report.study import markdown, summarise_study
 from orthoxfer.report.tables import interval
 
 runner = CliRunner()
@@ -364,3 +364,41 @@ def test_a_difference_without_seed_variation_is_not_tested_and_power_is_at_holms
     expected = (stats.t.ppf(1 - 0.05 / 2 / 2, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)  # two tested: 5% / 2
     assert detectable_gain(family, 3) == pytest.approx(expected)
     assert detectable_gain([steady], 3) is None
+
+
+def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_with_the_best_other_row_on_test():
+    accuracy = {
+        Row("", "finetune"): [0.50, 0.52, 0.54],
+        Row("embed", "penalty"): [0.60, 0.70, 0.65],
+        Row("embed", "penalty", anchored=True): [0.62, 0.71, 0.69],
+        Row("embed", "penalty", control="spectrum"): [0.90, 0.90, 0.90],  # a control is no row to choose
+        Row("embed", "auto"): [0.61, 0.69, 0.66],
+    }
+    records = [
+        {"row": r.id, "label": r.label, **dataclasses.asdict(r), "seed": s, "accuracy": {"mean": acc[s]}}
+        for r, acc in accuracy.items()
+        for s in range(3)
+    ]
+    result = RungResult("data", "mini:a", "mini:b", ["mnist"], ("spectrum",), records, {}, 1.0)
+    study = summarise_study([result], ["penalty"], {"seeds": [0, 1, 2]})
+    methods = study["rungs"][0]["methods"]
+    anchored = methods["penalty (anchored)"]["vs_unanchored"]
+    assert anchored["per_seed"] == pytest.approx([0.02, 0.01, 0.04]) and "p_holm" in anchored
+    best = methods["auto"]["vs_best_other"]
+    assert best["row"] == "embed_penalty_anchored" and best["per_seed"] == pytest.approx([-0.01, -0.02, -0.03])
+    assert "vs_unanchored" not in methods["penalty"] and "vs_best_other" not in methods["penalty (anchored)"]
+    table = markdown(
+        {
+            **study,
+            "meta": {
+                **study["meta"],
+                "title": "t",
+                "tasks": ["mnist"],
+                "model_seed": 0,
+                "seconds": 1.0,
+                "machine": {"cpu": "c", "device": "cpu"},
+            },
+        }
+    )
+    assert "| data | auto | the best other row on test (embed_penalty_anchored) | -2.0" in table
+    assert "| data | penalty (anchored) | the same strategy unanchored | +2.3" in table
