@@ -259,7 +259,8 @@ def _cka(r: dict[str, Any]) -> str:
 
 
 def markdown(study: dict[str, Any]) -> str:
-    """Two tables: each rung's relatedness and baselines, then each method's accuracy, control accuracy and gain."""
+    """Tables: each rung's relatedness and baselines; each method's accuracy, control accuracy and gain; anchoring
+    against no anchor and auto against the best other row."""
     meta, rungs, top = study["meta"], study["rungs"], study["ceiling"]
     lines = [
         f"# {meta['title']}",
