@@ -39,7 +39,7 @@ class BenchTable:
 
     scales: tuple = SCALES  # the lambda grid; one value fixes lambda
     val_fraction: float = HELD_OUT  # 0: nothing held out (then one lambda and one lr)
-    anchor: float = ANCHORED["anchor"]  # beta of the anchored rows (chosen on validation: study-v2/select-anchor)
+    anchor: float = ANCHORED["anchor"]  # beta of the anchored rows (chosen on validation: study-v2/select-anchors-*)
     select_every: int = int(ANCHORED["select_every"])  # the anchored rows' validation interval
     rates: dict = dataclasses.field(default_factory=dict)  # [bench.rates]: a learning rate per trained method
 
