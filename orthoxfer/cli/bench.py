@@ -373,7 +373,7 @@ def demo_command(
         Opt(
             "--tasks",
             help="Comma-separated mini tasks, or all (default: the four with most "
-            "headroom, housenumbers,scenes,pictograms,coins).",
+            "headroom on validation, housenumbers,scenes,relief,pictograms).",
         ),
     ] = None,
     size: Annotated[str, Opt("--size", help="full | micro (seconds; a smoke test).")] = "full",
