@@ -228,11 +228,6 @@ def test_a_run_on_fewer_mini_tasks_gives_each_the_same_budget_and_bench_passes_i
     assert demo.exit_code == 2 and seen["tasks"] == 4  # the demo's four headroom tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="benchmarks/results/demo-mini predates the evidence protocol (per-task few-shot FT choosing its step, "
-    "new rows); it is refused, as this guard intends, until it is regenerated with orthoxfer demo",
-)
 def test_the_demo_resolves_the_settings_its_committed_table_ran_with(monkeypatch, tmp_path):
     """``orthoxfer demo`` resumes its folder: a default that drifted from benchmarks/results/demo-mini is refused there."""
     import shutil
