@@ -385,7 +385,7 @@ def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_with_t
     anchored = methods["penalty (anchored)"]["vs_unanchored"]
     assert anchored["per_seed"] == pytest.approx([0.02, 0.01, 0.04]) and "p_holm" in anchored
     best = methods["auto"]["vs_best_other"]
-    assert best["row"] == "embed_penalty_anchored" and best["per_seed"] == pytest.approx([-0.01, -0.02, -0.03])
+    assert best["row"] == "penalty (anchored)" and best["per_seed"] == pytest.approx([-0.01, -0.02, -0.03])
     assert "vs_unanchored" not in methods["penalty"] and "vs_best_other" not in methods["penalty (anchored)"]
     table = markdown(
         {
@@ -400,5 +400,5 @@ def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_with_t
             },
         }
     )
-    assert "| data | auto | the best other row on test (embed_penalty_anchored) | -2.0" in table
+    assert "| data | auto | the best other row on test (penalty (anchored)) | -2.0" in table
     assert "| data | penalty (anchored) | the same strategy unanchored | +2.3" in table

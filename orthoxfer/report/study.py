@@ -165,14 +165,14 @@ def _best_other(
     result: RungResult, per_seed: Callable[[str], list[float] | None], auto: str
 ) -> tuple[str, list[float]] | None:
     """The row with the best mean test accuracy besides auto, the controls and the planted oracle: chosen on test, a
-    yardstick for auto (which chooses on validation among these rows), not a method a user could run."""
+    yardstick for auto (which chooses on validation among these rows), not a method a user could run; by its name."""
     found = {
-        r["row"]: values
+        r["row"]: (row_name(r), values)
         for r in result.records
         if r["row"] != auto and not r.get("control") and r["method"] != "oracle"
         if (values := per_seed(r["row"])) is not None
     }
-    return max(found.items(), key=lambda kv: statistics.mean(kv[1])) if found else None
+    return max(found.values(), key=lambda named: statistics.mean(named[1])) if found else None
 
 
 def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str, Any]]:
