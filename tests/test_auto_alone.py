@@ -1,6 +1,7 @@
 """``--method auto`` for ``transfer`` and ``align``: the best candidate on validation, within a budget, never test."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from planted import planted
 from typer.testing import CliRunner
 
 import orthoxfer.evaluation.baselines as baselines_module
+import orthoxfer.experiments.auto_align as auto_align_module
 import orthoxfer.fit.finetune as finetune_module
 import orthoxfer.suites.mini as mini_module
 from orthoxfer.alignment.artifact import Alignment
@@ -109,11 +111,26 @@ def test_auto_transfer_keeps_the_vector_on_the_source_itself(tmp_path, validatio
     assert all(torch.equal(done["toy"].vector.dense[s], record["scale"]["toy"] * tv.dense[s]) for s in tv.sites)
 
 
-def test_auto_align_keeps_u_identity_on_the_source_itself(tmp_path, validation_only):
+def test_auto_align_keeps_u_identity_on_the_source_itself(tmp_path, validation_only, monkeypatch):
     source, target, tv, train, val = the_source_itself()
     validation_only.append(val)
-    settings = AlignSettings(method="penalty", sites="linear", steps=6, lr=0.3, batch_size=32, augment=1, warmup=0)
+    trained_with = []
+    real_align = auto_align_module.align
+
+    def spy(problem, settings, run=None):
+        trained_with.append((settings.anchor, settings.select_every))
+        return real_align(problem, settings, run)
+
+    monkeypatch.setattr(auto_align_module, "align", spy)
+    settings = AlignSettings(
+        method="penalty", sites="linear", steps=6, lr=0.3, batch_size=32, augment=1, warmup=0, anchor=0.5
+    )
     alignment, started, record = auto_align(inputs_for(tmp_path, target, tv, train, val), settings, budget=12)
+    # the kept start (U = U0, nothing trained), then the trained candidate at the settings' beta, its step chosen on validation
+    assert set(trained_with) == {(math.inf, 0), (0.5, 10)} and record["anchored"] == {
+        "anchor": 0.5,
+        "select_every": 10,
+    }
     assert record["chosen"] == {"toy": "identity"} and record["validation_score"]["toy"] == 1.0
     assert record["order"] == ["identity", "penalty-from-identity"]  # the rest need the source model
     assert record["candidates"]["penalty-from-identity"]["toy"]["steps"] == 12
@@ -170,15 +187,17 @@ def test_transfer_auto_from_the_cli_records_every_candidate_and_reads_no_test_da
 
 def test_align_auto_from_the_cli_writes_each_task_its_chosen_alignment(mini, no_test_data):
     root, flags = mini
+    config = root / "anchored.toml"
+    config.write_text("[align]\nanchor = 0.5\n")  # the config's beta reaches the trained candidates
     args = ["align", *flags, "--method", "auto", "--source", "mini:a", "--target", "mini:b", "--budget", "6"]
-    args += ["--anchor", "0"]  # given, 0 (off) is what the anchored candidates take
+    args += ["--config", str(config)]
     vectors = ["--task-vector", "mini:surfaces", "--task-vector", "mini:relief"]
     result = runner.invoke(app, [*args, *vectors, "--out", str(root / "align")])
     assert result.exit_code == 0, result.output
     alignment = Alignment.load(root / "align" / "alignment.safetensors")
     record = alignment.meta["auto"]
     assert alignment.scopes == ["surfaces", "relief"] and record["budget"] == 6
-    assert record["anchored"] == {"anchor": 0.0, "select_every": 10}
+    assert record["anchored"] == {"anchor": 0.5, "select_every": 10}
     for task in ("surfaces", "relief"):
         assert record["chosen"][task] == best_in_order(record, task)
         assert alignment.meta["per_task"][task]["start"]["init"] in ("identity", "transfusion", "procrustes")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from orthoxfer.cli import app
 from orthoxfer.errors import UsageError
+from orthoxfer.experiments.auto import AUTO
 from orthoxfer.experiments.bench import Row
 from orthoxfer.experiments.bench_settings import resolve_bench
 from orthoxfer.experiments.study import RungResult, StudyPlan
@@ -366,16 +367,23 @@ def test_a_difference_without_seed_variation_is_not_tested_and_power_is_at_holms
     assert detectable_gain([steady], 3) is None
 
 
-def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_with_the_best_other_row_on_test():
+def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_described_against_the_best_row_on_test():
     accuracy = {
         Row("", "finetune"): [0.50, 0.52, 0.54],
         Row("embed", "penalty"): [0.60, 0.70, 0.65],
         Row("embed", "penalty", anchored=True): [0.62, 0.71, 0.69],
-        Row("embed", "penalty", control="spectrum"): [0.90, 0.90, 0.90],  # a control is no row to choose
-        Row("embed", "auto"): [0.61, 0.69, 0.66],
+        Row("embed", "penalty", control="spectrum"): [0.90, 0.90, 0.90],  # a control is no row auto chooses
+        Row("", AUTO): [0.70, 0.80, 0.75],  # best of all on test: still compared with the best *other* row
     }
     records = [
-        {"row": r.id, "label": r.label, **dataclasses.asdict(r), "seed": s, "accuracy": {"mean": acc[s]}}
+        {
+            "row": r.id,
+            "label": r.label,
+            **dataclasses.asdict(r),
+            "seed": s,
+            "accuracy": {"mean": acc[s]},
+            **({} if r.method == AUTO else {"validation_score": {"mnist": acc[s]}}),
+        }
         for r, acc in accuracy.items()
         for s in range(3)
     ]
@@ -384,21 +392,13 @@ def test_anchored_rows_are_paired_with_their_strategy_unanchored_and_auto_with_t
     methods = study["rungs"][0]["methods"]
     anchored = methods["penalty (anchored)"]["vs_unanchored"]
     assert anchored["per_seed"] == pytest.approx([0.02, 0.01, 0.04]) and "p_holm" in anchored
-    best = methods["auto"]["vs_best_other"]
-    assert best["row"] == "penalty (anchored)" and best["per_seed"] == pytest.approx([-0.01, -0.02, -0.03])
+    best = methods["auto (chosen on validation)"]["vs_best_other"]
+    assert best["row"] == "embed, penalty (anchored)" and best["per_seed"] == pytest.approx([0.08, 0.09, 0.06])
+    assert "p" not in best and "p_holm" not in best  # chosen on test: described, not tested
     assert "vs_unanchored" not in methods["penalty"] and "vs_best_other" not in methods["penalty (anchored)"]
-    table = markdown(
-        {
-            **study,
-            "meta": {
-                **study["meta"],
-                "title": "t",
-                "tasks": ["mnist"],
-                "model_seed": 0,
-                "seconds": 1.0,
-                "machine": {"cpu": "c", "device": "cpu"},
-            },
-        }
+    meta = {"title": "t", "tasks": ["mnist"], "model_seed": 0, "seconds": 1.0, "machine": {"cpu": "c", "device": "cpu"}}
+    table = markdown({**study, "meta": {**study["meta"], **meta}})
+    assert (
+        "| data | auto (chosen on validation) | the best other row on test (embed, penalty (anchored)) | +7.7" in table
     )
-    assert "| data | auto | the best other row on test (penalty (anchored)) | -2.0" in table
-    assert "| data | penalty (anchored) | the same strategy unanchored | +2.3" in table
+    assert "| data | penalty (anchored) | the same strategy unanchored, its last step | +2.3" in table

@@ -103,7 +103,7 @@ def align_command(
         Opt(
             "--method",
             help="penalty | riemannian | cayley | procrustes | auto (per task, the candidate best on validation: "
-            "each start kept, and penalty trained from each, anchored; within --budget).",
+            "each start kept, and penalty trained from each, its step chosen on validation; within --budget).",
         ),
     ] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate of U.")] = None,
@@ -295,12 +295,10 @@ def align_command(
     scales = dict.fromkeys(vectors, 1.0)  # auto: each task's lambda, chosen on validation, carried in the vector
     if auto:
         from orthoxfer.experiments.auto_align import auto_align
-        from orthoxfer.experiments.bench import ANCHORED
 
         pools, val = validation_split(chosen, loaded, pools, settings.seed, "--method auto")
         inputs = AutoInputs(loaded.model, source_model, vectors, pools, val, carrying, run)
-        given = {k: v for k, v in (strategy_options or {}).items() if k in ANCHORED}  # --anchor 0 included
-        alignment, vectors, record = auto_align(inputs, settings, budget, given)
+        alignment, vectors, record = auto_align(inputs, settings, budget)
         scales = record["scale"]
     else:
         pools, validation = held_out(chosen, loaded, pools, settings)

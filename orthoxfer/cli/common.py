@@ -42,7 +42,7 @@ Budget = Annotated[  # align's and transfer's --method auto share one meaning of
         "--budget",
         min=1,
         help="--method auto: optimiser steps per task its trained candidates share by successive halving "
-        "(default: one candidate's steps times their number).",
+        "(default: align's --steps, transfer's few-shot FT steps, times their number).",
     ),
 ]
 

@@ -47,14 +47,14 @@ class Aligned:
     started: TaskVector
 
 
-def candidates(
-    inputs: AutoInputs, settings: AlignSettings, anchored: dict[str, Any] | None = None
-) -> list[Candidate[Aligned]]:
-    """The declared candidates; each start is carried once per task, however many candidates and rounds read it.
+def anchoring(settings: AlignSettings) -> dict[str, Any]:
+    """The trained candidates' beta (``settings.anchor``, from the config or ``--anchor``) and validation interval:
+    auto always chooses the step on validation, so an interval of 0 (none) takes the anchored rows' default."""
+    return {"anchor": settings.anchor, "select_every": settings.select_every or ANCHORED["select_every"]}
 
-    ``anchored``: the trained candidates' ``anchor`` (beta) and ``select_every`` where the
-    command gave them (0 included), :data:`~orthoxfer.experiments.bench.ANCHORED` otherwise.
-    """
+
+def candidates(inputs: AutoInputs, settings: AlignSettings) -> list[Candidate[Aligned]]:
+    """The declared candidates; each start is carried once per task, however many candidates and rounds read it."""
 
     @functools.cache
     def started(start: str, task: str) -> TaskVector:
@@ -79,24 +79,24 @@ def candidates(
         return Candidate(name, trained, fit, needs_source=start != "identity")
 
     kept = [candidate(s, s, {"method": ALIGNERS[0], "anchor": math.inf}, False) for s in STARTS]
-    near = {**ANCHORED, **(anchored or {})}
+    near = anchoring(settings)
     trained = [candidate(f"{m}-from-{s}", s, {"method": m, **near}, True) for m in ALIGNERS for s in STARTS]
     return kept + trained
 
 
 def auto_align(
-    inputs: AutoInputs, settings: AlignSettings, budget: int | None = None, anchored: dict[str, Any] | None = None
+    inputs: AutoInputs, settings: AlignSettings, budget: int | None = None
 ) -> tuple[Alignment, dict[str, TaskVector], dict[str, Any]]:
     """Per task the candidate best on validation, as one per-task alignment; the vectors its U's carry (each start's);
     and the record (its ``scale``: each task's lambda, chosen on validation), also in the alignment's ``meta["auto"]``.
 
     ``budget``: optimiser steps per task the trained candidates share; by default as many
-    as running each once with ``settings.steps``. ``anchored``: as :func:`candidates` takes it.
+    as running each once with ``settings.steps``.
     """
-    declared = candidates(inputs, settings, anchored)
+    declared = candidates(inputs, settings)
     steps = default_budget(usable(declared, inputs), settings.steps) if budget is None else budget
     chosen, record = run_auto(declared, inputs, steps)
-    record["anchored"] = {**ANCHORED, **(anchored or {})}
+    record["anchored"] = anchoring(settings)
     alignments = {task: s.fitted.kept.alignment for task, s in chosen.items()}
     first = next(iter(alignments.values()))
     meta = {

@@ -57,7 +57,7 @@ from orthoxfer.version import source_digest
 
 # an anchored row: beta ||U - U0||^2 keeps U near its start, and the step is chosen on validation every 10 steps.
 # beta 0 by default (the step's choice alone keeps a start that carries): chosen on validation along the ladder, a
-# beta of 0.1 cost 15-20 points where the start carries nothing (study-v2/select-anchors-*.json)
+# beta of 0.1 cost 15-21 points where the start carries nothing (study-v2/select-anchors-*.json)
 ANCHORED = {"anchor": 0.0, "select_every": 10}
 LR_GROWTH = 2  # a learning-rate grid whose edge rate wins grows past it by x3 (or /3) steps, at most this many
 
