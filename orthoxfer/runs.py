@@ -102,19 +102,9 @@ class Run:
         mix two versions. Allowed, the original code stays recorded and the new one is
         appended to ``resumed_with``, so the mixture is visible.
         """
-        path = self.file(CONFIG)
         config = {**config, "code": code_version()}
-        if self.resume and path.exists():
-            before = json.loads(path.read_text())
-            ignored = HOW_NOT_WHAT | {"code", "resumed_with"}
-            changed = sorted(
-                k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in ignored
-            )
-            if changed:
-                raise UsageError(
-                    f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "
-                    "use the same settings or --overwrite"
-                )
+        before = self.stored_config(config)
+        if before is not None:
             if before.get("code") != config["code"]:
                 if not allow_code_change:
                     raise UsageError(
@@ -126,7 +116,23 @@ class Run:
             elif "resumed_with" in before:
                 config["resumed_with"] = before["resumed_with"]
         if self.writes:
-            write_json(path, config)
+            write_json(self.file(CONFIG), config)
+
+    def stored_config(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The config.json a resumed run was started with (None for a new run), refused if its settings differ from
+        ``config``'s: what the code version of a row, or of a summary of stored rows, is read against."""
+        path = self.file(CONFIG)
+        if not (self.resume and path.exists()):
+            return None
+        before: dict[str, Any] = json.loads(path.read_text())
+        ignored = HOW_NOT_WHAT | {"code", "resumed_with"}
+        changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in ignored)
+        if changed:
+            raise UsageError(
+                f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "
+                "use the same settings or --overwrite"
+            )
+        return before
 
     def log(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
         """Append one JSON line; a line is written whole or not at all before a crash matters."""

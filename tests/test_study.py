@@ -131,6 +131,39 @@ def test_resume_reuses_every_row_and_a_full_folder_is_refused_without_it(study):
     assert refused.exit_code == 2 and "--resume" in refused.output
 
 
+def test_summarise_reads_rows_made_by_other_code_and_computes_none(study, monkeypatch):
+    import orthoxfer.cli.study as cli_study
+    import orthoxfer.runs as runs
+
+    root, args, _ = study
+    out = root / "out"
+    rows = sorted(out.glob("*/rows/*.json"))
+    configs = {p: p.read_text() for p in out.glob("*/config.json")}
+    before = json.loads((out / "study.json").read_text())
+    made = before["rungs"][0]["code"][0]["source"]
+    other = {"version": "0.1.0", "source": "summary-code"}
+    monkeypatch.setattr(runs, "code_version", lambda: other)
+    monkeypatch.setattr(cli_study, "code_version", lambda: other)
+    refused = runner.invoke(app, [*args, "--resume"])
+    assert refused.exit_code == 2 and "made by other code" in refused.output  # a resume would mix versions
+    stamps = {p: p.stat().st_mtime_ns for p in rows}
+    summary = runner.invoke(app, [*args, "--summarise"])
+    assert summary.exit_code == 0, summary.output
+    assert summary.output.count("reused") == len(rows) and {p: p.stat().st_mtime_ns for p in rows} == stamps
+    assert {p: p.read_text() for p in configs} == configs  # the rows' code stays the one recorded
+    after = json.loads((out / "study.json").read_text())
+    assert after["meta"]["summarised_with"] == other
+    assert [r["code"] for r in after["rungs"]] == [[before["rungs"][0]["code"][0]]] * 2
+    assert [r["methods"] for r in after["rungs"]] == [r["methods"] for r in before["rungs"]]
+    assert f"made by code {made}; summary by summary-code" in (out / "study.md").read_text()
+    (out / "data" / "rows" / "embed_orthogonal-shift-seed1.json").rename(out / "moved.json")
+    try:
+        missing = runner.invoke(app, [*args, "--summarise"])
+        assert missing.exit_code == 2 and "data: rows not computed yet (seed 1: 1 of 6)" in missing.output
+    finally:
+        (out / "moved.json").rename(out / "data" / "rows" / "embed_orthogonal-shift-seed1.json")
+
+
 def test_resume_after_the_models_changed_is_refused(study, monkeypatch):
     from orthoxfer.models import pretrain
 

@@ -15,7 +15,7 @@ import typer
 
 from orthoxfer.cli.common import comma_floats, comma_list, console, launch, print_wrote, reports_errors
 from orthoxfer.errors import UsageError
-from orthoxfer.version import __version__
+from orthoxfer.version import __version__, code_version
 
 Opt = typer.Option
 
@@ -120,6 +120,14 @@ def study_command(
         bool, Opt("--resume", help="Reuse the rows already computed in --out (more seeds or methods add rows only).")
     ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start --out afresh.")] = False,
+    summarise: Annotated[
+        bool,
+        Opt(
+            "--summarise",
+            help="Compute no row: write the study's files from the rows stored in --out (all of them, made by "
+            "whatever code version each rung's config.json records), e.g. after a fix to the summary.",
+        ),
+    ] = False,
     allow_code_change: Annotated[
         bool, Opt("--allow-code-change", help="Resume rows made by other code (recorded in each rung's config.json).")
     ] = False,
@@ -200,11 +208,14 @@ def study_command(
         rung_anchors(config),
         first_seed,
         disjoint_pools,
+        summarise,
     )
     if distributed.launched():
         check_models_built(plan)
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
-    run = Run(out, overwrite=overwrite, resume=resume)  # refuses a folder with a run in it, as bench does
+    if summarise and (overwrite or not out.is_dir()):
+        raise UsageError(f"--summarise reads the rows stored in {out}: it needs a study there, and no --overwrite")
+    run = Run(out, overwrite=overwrite, resume=resume or summarise)  # refuses a folder with a run in it, as bench does
     console.print(
         f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds ({first_seed}..{first_seed + seeds - 1})"
     )
@@ -229,6 +240,7 @@ def study_command(
         "processes": distributed.ranks().size,
         "seconds": time.perf_counter() - started,
         "orthoxfer_version": __version__,
+        **({"summarised_with": code_version()} if summarise else {}),
     }
     if run.writes:
         files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))

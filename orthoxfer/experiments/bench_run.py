@@ -44,7 +44,7 @@ def run_bench(
     records = []
     rows = config.rows(planted=inputs.planted is not None)
     for seed in seeds:
-        paths = [run.file(f"rows/{row.id}-seed{seed}.json") for row in rows]
+        paths = [row_path(run, row, seed) for row in rows]
         stored = [path.exists() for path in paths]
         distributed.barrier()
         dealt = deal_rows(rows, paths, stored, inputs, config, run, seed, progress) if deal else set()
@@ -70,6 +70,11 @@ def run_bench(
                 write_json(path, record)
             records.append(record)
     return records
+
+
+def row_path(run: Run, row: Row, seed: int) -> Path:
+    """Where a row's record is stored: its presence is what a resume reuses."""
+    return run.file(f"rows/{row.id}-seed{seed}.json")
 
 
 def deal_rows(

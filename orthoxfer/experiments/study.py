@@ -26,7 +26,7 @@ import torch
 
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.bench import BenchConfig, relatedness
-from orthoxfer.experiments.bench_run import run_bench
+from orthoxfer.experiments.bench_run import row_path, run_bench
 from orthoxfer.experiments.bench_settings import BenchSettings
 from orthoxfer.fit import distributed
 from orthoxfer.models.pretrain import is_built
@@ -123,6 +123,7 @@ class StudyPlan:
     rung_anchors: dict[str, float] = field(default_factory=dict)  # [study.anchors], over [bench] anchor
     first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (past the seed the settings were chosen on)
     disjoint_pools: bool = False  # pools from a part of the training split the source vectors never saw
+    summarise: bool = False  # compute no row: summarise the stored ones (every row must be there)
 
     def __post_init__(self) -> None:  # before any rung runs, not when the rung that cannot is reached
         self.width = pretrain_config(SuiteRequest(size=self.size, width=self.width)).width  # resolved and checked
@@ -209,6 +210,8 @@ class RungResult:
     records: list[dict[str, Any]]  # every row of every seed, as bench stores them
     relatedness: dict[str, list[dict[str, Any]]]  # seed -> per depth CKA and Procrustes residual
     seconds: float
+    # the code versions that made the rows: config.json's, then any the rung was resumed with
+    code: list[dict[str, str]] = field(default_factory=list)
 
 
 def rung_inputs(plan: StudyPlan, rung: str, seed: int) -> SuiteInputs:
@@ -239,7 +242,11 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     the others read, instead of fine-tuning them again into the same files.
     """
     run = Run(out / rung, resume=True)
-    run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
+    if plan.summarise:
+        check_stored(plan, rung, run)
+    else:
+        run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
+    stored = run.stored_config(plan.rung_config(rung)) or {}
     started = time.perf_counter()
     records, related = [], {}
     for seed in plan.seed_list():
@@ -259,4 +266,20 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
         records,
         related,
         time.perf_counter() - started,
+        [stored["code"], *stored.get("resumed_with", [])] if "code" in stored else [],
     )
+
+
+def check_stored(plan: StudyPlan, rung: str, run: Run) -> None:
+    """A summary of stored rows needs the rung's settings as they were run and every row of every seed, under whatever
+    code made them (the summary records it): a one-line error before any model is loaded otherwise."""
+    if run.stored_config(plan.rung_config(rung)) is None:
+        raise UsageError(f"no study rows in {run.path}: run the study (without --summarise) first")
+    rows = plan.bench(rung).rows(planted=rung == "planted")
+    missing = [f"seed {s}: {sum(not row_path(run, r, s).exists() for r in rows)}" for s in plan.seed_list()]
+    missing = [m for m in missing if not m.endswith(": 0")]
+    if missing:
+        raise UsageError(
+            f"{rung}: rows not computed yet ({', '.join(missing)} of {len(rows)}); finish them with --resume, or "
+            "summarise fewer --seeds"
+        )

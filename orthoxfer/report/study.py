@@ -122,6 +122,7 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
         "relatedness": result.relatedness,
         "seconds": result.seconds,
         "row_seconds": sum(r.get("seconds", 0.0) for r in result.records),
+        "code": result.code,
         "baselines": {},
         "methods": {},
     }
@@ -303,13 +304,23 @@ def markdown(study: dict[str, Any]) -> str:
         "accuracy: the same rung's direct addition at lambda = 1 (planted: its U = U* row). Transferability: the "
         "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
         "the rung's comparisons (a difference the same on every seed is not tested: -); detectable gain: the "
-        "smallest paired gain the rung detects with 80% power at Holm's strictest level. "
-        f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']}).",
+        "smallest paired gain the rung detects with 80% power at Holm's strictest level. " + _made(meta, rungs),
         "",
     ]
     if study.get("transferability_check"):
         lines += separation_markdown(study["transferability_check"])
     return "\n".join(lines)
+
+
+def _made(meta: dict[str, Any], rungs: list[dict[str, Any]]) -> str:
+    """Where the numbers come from: the run that computed the rows, or a summary of rows stored earlier."""
+    if "summarised_with" not in meta:
+        return f"{meta['seconds']:.0f} s on {meta['machine']['cpu']} ({meta['machine']['device']})."
+    codes = sorted({code["source"] for r in rungs for code in r.get("code", [])})
+    return (
+        f"Summarised from stored rows ({sum(r['row_seconds'] for r in rungs):.0f} s of rows, made by code "
+        f"{', '.join(codes) or 'unrecorded'}; summary by {meta['summarised_with']['source']})."
+    )
 
 
 def _against(rungs: list[dict[str, Any]]) -> list[str]:
