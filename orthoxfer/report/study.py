@@ -55,9 +55,12 @@ EXTRA = ("tune", "auto")  # rows that are not a method of their own: transfer-th
 
 
 def stat(values: list[float]) -> dict[str, Any]:
-    """Mean, 95% half-width (None for one seed) and the values it came from."""
+    """Mean, 95% half-width (None for one seed), the one-sided 95% lower bound (what a claim "at least x" is read
+    against: a margin, not a difference from 0) and the values it came from."""
     mean, half = interval(values)
-    return {"mean": mean, "ci95": half, "per_seed": values}
+    n = len(values)
+    lower = None if half is None else mean - float(stats.t.ppf(0.95, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": mean, "ci95": half, "lower95": lower, "per_seed": values}
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
@@ -74,20 +77,31 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     return out
 
 
+def distinct(tests: list[dict[str, Any]]) -> dict[tuple[float, ...], list[dict[str, Any]]]:
+    """The tested comparisons grouped by their per-seed differences: rows that compute the same thing (every
+    data-free map is the identity on ``same``) make one hypothesis, counted once, not one per copy."""
+    groups: dict[tuple[float, ...], list[dict[str, Any]]] = {}
+    for t in tests:
+        if t.get("p") is not None:
+            groups.setdefault(tuple(round(d, 9) for d in t["per_seed"]), []).append(t)
+    return groups
+
+
 def holm(tests: list[dict[str, Any]]) -> None:
-    """Holm's step-down adjustment of the tests' p-values, in place (``p_holm``), over one family."""
-    ranked = sorted((t for t in tests if t.get("p") is not None), key=lambda t: t["p"])
+    """Holm's step-down adjustment of the tests' p-values, in place (``p_holm``), over one family of distinct tests."""
+    ranked = sorted(distinct(tests).values(), key=lambda copies: copies[0]["p"])
     running = 0.0
-    for i, t in enumerate(ranked):
-        running = max(running, min(1.0, (len(ranked) - i) * t["p"]))
-        t["p_holm"] = running
+    for i, copies in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * copies[0]["p"]))
+        for t in copies:
+            t["p_holm"] = running
 
 
 def detectable_gain(tests: list[dict[str, Any]], n: int) -> float | None:
     """The smallest paired gain detected with 80% power, from the median sd of the ``tests`` that were tested, at the
-    level Holm's first step asks of a family that size (5% / m, two-sided): what a gain must reach to be called
-    with that family's adjustment, not at an unadjusted 5%."""
-    tested = [t for t in tests if t.get("p") is not None]
+    level Holm's first step asks of a family of that many distinct tests (5% / m, two-sided): what a gain must reach
+    to be called with that family's adjustment, not at an unadjusted 5%."""
+    tested = [copies[0] for copies in distinct(tests).values()]
     if n < 2 or not tested:
         return None
     sd = statistics.median(statistics.stdev(t["per_seed"]) for t in tested)
@@ -142,8 +156,11 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
             continue
         against = {}
         for control in result.controls:
-            if (ctrl := per_seed(f"{row_id}_control-{control}")) is not None:
+            chosen = _control_chosen(result, row_id, control, seeds) if record.get("anchored") else None
+            if (ctrl := chosen[0] if chosen else per_seed(f"{row_id}_control-{control}")) is not None:
                 against[control] = {"accuracy": stat(ctrl), "gain": paired(real, ctrl)}
+                if chosen:
+                    against[control]["chosen"] = chosen[1]
                 family.append(against[control]["gain"])
         m: dict[str, Any] = {"row": row_id, "accuracy": stat(real), "controls": against}
         if ft is not None:
@@ -161,6 +178,31 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
     holm(family)
     entry["detectable_gain"] = detectable_gain(family, len(seeds))
     return entry
+
+
+def _control_chosen(
+    result: RungResult, row_id: str, control: str, seeds: list[int]
+) -> tuple[list[float], dict[str, int]] | None:
+    """An anchored row's control given the choice its row had: per seed and task, of the control run anchored as the
+    row is (its beta, its step chosen) and the control run unanchored, the better on validation (ties to the
+    anchored), and how often each was taken. A beta chosen on the real vector's validation (1 on ``same``) would
+    otherwise hold the control near a start that carries nothing. None unless both ran on every seed."""
+    runs = [
+        {r["seed"]: r for r in _records(result, f"{name}_control-{control}", seeds) if "validation_score" in r}
+        for name in (row_id, row_id.removesuffix("_anchored"))
+    ]
+    if any(len(found) < len(seeds) for found in runs):
+        return None
+    values, taken = [], {"anchored": 0, "unanchored": 0}
+    for s in seeds:
+        anchored, plain = runs[0][s], runs[1][s]
+        accuracies = []
+        for task, score in anchored["validation_score"].items():
+            which = "unanchored" if plain["validation_score"][task] > score else "anchored"
+            taken[which] += 1
+            accuracies.append((plain if which == "unanchored" else anchored)["accuracy"][task])
+        values.append(statistics.mean(accuracies))
+    return values, taken
 
 
 def _best_other(result: RungResult, per_seed: Callable[[str], list[float] | None]) -> tuple[str, list[float]] | None:
@@ -289,7 +331,8 @@ def markdown(study: dict[str, Any]) -> str:
             ft = m.get("vs_fewshot_ft")
             for control, c in m["controls"].items() or [("-", None)]:
                 lines.append(
-                    f"| {r['rung']} | {method} | {points(m['accuracy'])} | {points(ft)} | {_p(ft)} | {control} | "
+                    f"| {r['rung']} | {method} | {points(m['accuracy'])} | {points(ft)} | {_p(ft)} | "
+                    f"{control}{' (chosen)' if c and 'chosen' in c else ''} | "
                     f"{points(c and c['accuracy'])} | {points(c and c['gain'])} | {_p(c and c['gain'])} |"
                 )
     against = _against(rungs)
@@ -299,11 +342,13 @@ def markdown(study: dict[str, Any]) -> str:
         "",
         f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over seeds {_seeds(meta['seeds'])} ± 95% "
         "interval (Student t, per comparison, not adjusted); a transfer gain is paired by seed: the real vector's row minus the same method's "
-        "row on the control vector. Every seed redraws the few-shot pools and reseeds alignment and controls on "
+        "row on the control vector; an anchored row's control (chosen) is, per task, the better on validation of "
+        "that control anchored as the row is and unanchored (the choice the row had). Every seed redraws the few-shot pools and reseeds alignment and controls on "
         f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
         "accuracy: the same rung's direct addition at lambda = 1 (planted: its U = U* row). Transferability: the "
         "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
-        "the rung's comparisons (a difference the same on every seed is not tested: -); detectable gain: the "
+        "the rung's distinct comparisons (rows computing the same thing count once; a difference the same on every "
+        "seed is not tested: -); detectable gain: the "
         "smallest paired gain the rung detects with 80% power at Holm's strictest level. " + _made(meta, rungs),
         "",
     ]
