@@ -33,6 +33,20 @@ def test_transfer_then_tune_at_lambda_zero_is_fewshot_ft(micro):
     assert tuned["scale"] == {"mnist": 0.0} and ft["scale"] == {"mnist": 0.0}
     assert tuned["accuracy"] == ft["accuracy"]
     assert tuned["validation_score"] == ft["validation_score"]
+    assert "chosen_step" not in ft  # no step chosen: the last one kept
+
+
+def test_fewshot_rows_record_the_step_chosen_on_validation(micro):
+    root, config = micro
+    inputs, _ = spied_inputs(root)
+    chosen = BenchConfig(mode="per-task", kinds=("embed",))
+    chosen.align, chosen.fewshot_ft = config.align, config.fewshot_ft.replace(select_every=1)
+    for row in (Row("", "finetune"), Row("embed", "tune", "direct")):
+        record = run_row(row, inputs, chosen, Run(root / f"steps-{row.id}"), seed=0)
+        lines = (root / f"steps-{row.id}" / "rows" / f"{row.id}-seed0" / "task-mnist" / "validation.jsonl").read_text()
+        curve = [json.loads(line) for line in lines.splitlines()]
+        best = max(curve, key=lambda c: (c["accuracy"]["mean"], -c["step"]))  # ties to the earliest
+        assert [c["step"] for c in curve] == [0, 1, 2] and record["chosen_step"] == {"mnist": best["step"]}, row
 
 
 def test_fewshot_ft_is_per_task_in_per_task_mode_and_gets_lambda(micro):

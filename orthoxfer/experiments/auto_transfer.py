@@ -23,7 +23,7 @@ from orthoxfer.experiments.auto_alone import (
     run_auto,
     usable,
 )
-from orthoxfer.experiments.tune import finetune_updates, transfer_then_tune
+from orthoxfer.experiments.tune import chosen_step, finetune_updates, transfer_then_tune
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.transfers.base import Transferred
 from orthoxfer.transfers.carry import carry
@@ -82,11 +82,6 @@ def candidates(inputs: AutoInputs, finetuning: FinetuneSettings) -> list[Candida
 
     starts = (DIRECT, *DATA_FREE)
     return [*map(as_is, starts), Candidate(FINETUNE, True, finetuned), *map(tuned, starts)]
-
-
-def chosen_step(meta: dict[str, Any]) -> dict[str, Any]:
-    """A few-shot update's step chosen on validation, where it was chosen."""
-    return {"chosen_step": meta["selection"]["chosen_step"]} if "selection" in meta else {}
 
 
 def auto_transfer(

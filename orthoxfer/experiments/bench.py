@@ -31,7 +31,7 @@ from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.evaluation.baselines import SCALES, Scaled, direct_addition
 from orthoxfer.evaluation.relate import relate
 from orthoxfer.experiments.auto import AUTO
-from orthoxfer.experiments.tune import finetune_updates, task_share, transfer_then_tune
+from orthoxfer.experiments.tune import chosen_steps, finetune_updates, task_share, transfer_then_tune
 from orthoxfer.fit.finetune import FinetuneSettings
 from orthoxfer.models.planted import recovery_error
 from orthoxfer.problem.align_problem import AlignProblem
@@ -382,11 +382,13 @@ def _fit(
     if row.method == "tune":
         start = "identity" if row.init == "direct" else row.init  # direct: the vector as it is
         carried = start_from(start, row_vectors(row, inputs, seed), inputs.source, inputs.target, train, carrying)
-        models, fields, _ = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
+        models, fields, updates = transfer_then_tune(inputs.target, carried, train, val, ft, config.scales, row_run)
+        fields.update(chosen_steps(updates))
         fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
         return models, sum(fields["validation_score"].values()) / len(tasks), fields
     if row.method == "finetune":  # per task in per-task mode; else multi-task, one model (the paper's "w/ FT")
         vectors = finetune_updates(inputs.target, train, val, ft, row_run, per_task)
+        fields.update(chosen_steps(vectors))
     else:
         vectors = row_vectors(row, inputs, seed)
         if config.mode == "joint" and config.reference_lora_sum and row.kind == "lora" and not row.control:

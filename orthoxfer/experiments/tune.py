@@ -67,6 +67,17 @@ def finetune_updates(
     return updates
 
 
+def chosen_step(meta: dict[str, Any]) -> dict[str, Any]:
+    """A few-shot update's step chosen on validation, where it was chosen (step 0: training only spoiled the start)."""
+    return {"chosen_step": meta["selection"]["chosen_step"]} if "selection" in meta else {}
+
+
+def chosen_steps(updates: dict[str, TaskVector]) -> dict[str, Any]:
+    """:func:`chosen_step` per task, as a row records it."""
+    steps = {t: found["chosen_step"] for t, u in updates.items() if (found := chosen_step(u.meta))}
+    return {"chosen_step": steps} if steps else {}
+
+
 def transfer_then_tune(
     target: nn.Module,
     carried: dict[str, TaskVector],
