@@ -90,3 +90,19 @@ def test_an_anchored_rows_control_takes_per_task_the_better_on_validation_of_anc
     alone = summarise_study([only_anchored], ["penalty"], {"seeds": [0, 1]})["rungs"][0]["methods"]
     assert "chosen" not in alone["penalty (anchored)"]["controls"]["spectrum"]  # no choice to give: the row as run
     assert alone["penalty (anchored)"]["controls"]["spectrum"]["accuracy"]["mean"] == pytest.approx(0.25)
+
+
+def test_steps_chosen_on_validation_are_summarised_per_row():
+    tune = Row("embed", "tune", "direct")
+    rows = [
+        {**record(tune, s, {"mnist": 0.9, "svhn": 0.8}, {"mnist": 0.9, "svhn": 0.8}), "chosen_step": steps}
+        for s, steps in enumerate([{"mnist": 0, "svhn": 0}, {"mnist": 0, "svhn": 30}])
+    ]
+    result = RungResult("same", "mini:a", "mini:a", ["mnist", "svhn"], ("spectrum",), rows, {}, 1.0)
+    study = summarise_study([result], [], {"seeds": [0, 1]})
+    (entry,) = study["rungs"][0]["methods"].values()
+    assert entry["chosen_step"] == {"at_start": 0.75, "median": 0}
+    meta = {"title": "t", "tasks": ["mnist"], "model_seed": 0, "seconds": 1.0, "machine": {"cpu": "c", "device": "cpu"}}
+    assert "| same | direct addition then few-shot FT | 75% | 0 |" in markdown(
+        {**study, "meta": {**study["meta"], **meta}}
+    )

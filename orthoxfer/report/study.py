@@ -163,6 +163,9 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
                     against[control]["chosen"] = chosen[1]
                 family.append(against[control]["gain"])
         m: dict[str, Any] = {"row": row_id, "accuracy": stat(real), "controls": against}
+        if steps := [v for r in _records(result, row_id, seeds) for v in r.get("chosen_step", {}).values()]:
+            # where a row chose its step on validation: how often it kept its start (step 0) and where it stopped
+            m["chosen_step"] = {"at_start": sum(v == 0 for v in steps) / len(steps), "median": statistics.median(steps)}
         if ft is not None:
             m["vs_fewshot_ft"] = paired(real, ft)
             family.append(m["vs_fewshot_ft"])
@@ -338,6 +341,14 @@ def markdown(study: dict[str, Any]) -> str:
     against = _against(rungs)
     if against:  # what anchoring costs, and how near auto's choice on validation comes to the best row on test
         lines += ["", "| rung | row | against | difference | p (Holm) |", "|---|---|---|---|---|", *against]
+    steps = [
+        f"| {r['rung']} | {method} | {100 * c['at_start']:.0f}% | {c['median']:g} |"
+        for r in rungs
+        for method, m in r["methods"].items()
+        if (c := m.get("chosen_step"))
+    ]
+    if steps:  # a start kept on validation shows as step 0: training only spoiled it
+        lines += ["", "| rung | row | step 0 kept (tasks x seeds) | median step chosen |", "|---|---|---|---|", *steps]
     lines += [
         "",
         f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over seeds {_seeds(meta['seeds'])} ± 95% "
