@@ -164,6 +164,32 @@ def test_summarise_reads_rows_made_by_other_code_and_computes_none(study, monkey
         (out / "moved.json").rename(out / "data" / "rows" / "embed_orthogonal-shift-seed1.json")
 
 
+def test_some_rungs_and_seeds_of_a_study_summarised_as_a_study_of_their_own_with_the_sources_ceiling(study, tmp_path):
+    root, args, _ = study
+    out = root / "out"
+    part = [*args[: args.index("--rungs")], "--rungs", "data", *args[args.index("--rungs") + 2 :]]
+    part[part.index("--seeds") + 1] = "1"
+    part[part.index("--out") + 1] = str(tmp_path / "part")
+    alone = runner.invoke(app, [*part, "--summarise", "--rows-from", str(out)])
+    assert alone.exit_code == 0, alone.output
+    assert not (tmp_path / "part" / "data").exists()  # rows read where they are, not copied
+    summary = json.loads((tmp_path / "part" / "study.json").read_text())
+    assert [r["rung"] for r in summary["rungs"]] == ["data"] and summary["meta"]["seeds"] == [0]
+    whole = json.loads((out / "study.json").read_text())
+    assert summary["rungs"][0]["methods"]["orthogonal-shift"]["accuracy"]["per_seed"] == [
+        whole["rungs"][1]["methods"]["orthogonal-shift"]["accuracy"]["per_seed"][0]
+    ]
+    # no same rung: the source's own fine-tuned accuracy measured without it, as the same rung's direct row records it
+    assert "same rung not run" in summary["ceiling"]["from"]
+    assert summary["ceiling"]["per_seed"] == pytest.approx([whole["ceiling"]["per_seed"][0]], abs=1e-6)
+    assert "source_ceiling" not in whole["meta"]  # where same runs, its row is the ceiling
+    unasked = runner.invoke(app, [*part, "--rows-from", str(out)])
+    assert unasked.exit_code == 2 and "add --summarise" in unasked.output
+    empty = runner.invoke(app, [*part, "--summarise", "--rows-from", str(tmp_path / "part")])
+    assert empty.exit_code == 2 and "no study rows in" in empty.output
+    assert not (tmp_path / "part" / "data").exists()
+
+
 def test_resume_after_the_models_changed_is_refused(study, monkeypatch):
     from orthoxfer.models import pretrain
 

@@ -131,6 +131,14 @@ def study_command(
     allow_code_change: Annotated[
         bool, Opt("--allow-code-change", help="Resume rows made by other code (recorded in each rung's config.json).")
     ] = False,
+    rows_from: Annotated[
+        Path | None,
+        Opt(
+            "--rows-from",
+            help="With --summarise: the study folder whose rows are read (default --out), the files written to "
+            "--out; e.g. some of its rungs or seeds as a study of their own.",
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, Opt("--cache-dir", help="Where the mini models, their vectors and heads are cached.")
     ] = None,
@@ -160,6 +168,7 @@ def study_command(
         rung_anchors,
         rung_rates,
         rung_suite,
+        source_ceiling,
     )
     from orthoxfer.fit import distributed
     from orthoxfer.report.study import summarise_study, write_study
@@ -213,8 +222,11 @@ def study_command(
     if distributed.launched():
         check_models_built(plan)
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
-    if summarise and (overwrite or not out.is_dir()):
-        raise UsageError(f"--summarise reads the rows stored in {out}: it needs a study there, and no --overwrite")
+    rows = rows_from or out
+    if rows_from is not None and not summarise:
+        raise UsageError("--rows-from reads a study's rows for --summarise; add --summarise, or drop --rows-from")
+    if summarise and (overwrite or not rows.is_dir()):
+        raise UsageError(f"--summarise reads the rows stored in {rows}: it needs a study there, and no --overwrite")
     run = Run(out, overwrite=overwrite, resume=resume or summarise)  # refuses a folder with a run in it, as bench does
     console.print(
         f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds ({first_seed}..{first_seed + seeds - 1})"
@@ -222,7 +234,13 @@ def study_command(
     console.print(f"tasks {', '.join(plan.tasks)}; in {run.path}")
     started = time.perf_counter()
     results = [
-        run_rung(plan, rung, run.path, lambda msg: console.print(msg, highlight=False, markup=False)) for rung in names
+        run_rung(
+            plan,
+            rung,
+            rows,
+            lambda msg: console.print(msg, highlight=False, markup=False),
+        )
+        for rung in names
     ]
     meta: dict[str, Any] = {
         "title": "orthoxfer study: transfer gains over controls on the ladder of relatedness",
@@ -242,6 +260,8 @@ def study_command(
         "orthoxfer_version": __version__,
         **({"summarised_with": code_version()} if summarise else {}),
     }
+    if (own := source_ceiling(plan)) is not None:
+        meta["source_ceiling"] = own
     if run.writes:
         files = write_study(run.path, summarise_study(results, list(chosen_methods), meta))
         print_wrote(meta["seconds"], files)

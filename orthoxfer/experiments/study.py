@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from orthoxfer.errors import UsageError
-from orthoxfer.experiments.bench import BenchConfig, relatedness
+from orthoxfer.experiments.bench import BenchConfig, relatedness, test_accuracy
 from orthoxfer.experiments.bench_run import row_path, run_bench
 from orthoxfer.experiments.bench_settings import BenchSettings
 from orthoxfer.fit import distributed
 from orthoxfer.models.pretrain import is_built
-from orthoxfer.runs import Run
+from orthoxfer.runs import CONFIG, Run
 from orthoxfer.strategies.settings import read_config
 from orthoxfer.suites import build_suite, models_record
 from orthoxfer.suites.base import SuiteInputs, SuiteRequest
@@ -241,6 +241,8 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     Rank 0 builds each seed's inputs first: the source vectors it fine-tunes and caches
     the others read, instead of fine-tuning them again into the same files.
     """
+    if plan.summarise and not (out / rung / CONFIG).is_file():  # before Run makes the folder
+        raise UsageError(f"no study rows in {out / rung}: run the study (without --summarise) first")
     run = Run(out / rung, resume=True)
     if plan.summarise:
         check_stored(plan, rung, run)
@@ -270,11 +272,27 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     )
 
 
+def source_ceiling(plan: StudyPlan) -> list[float] | None:
+    """The source's own fine-tuned accuracy per seed (its vectors at lambda = 1 on the source, read with the source's
+    heads), for a mini study that runs no ``same`` rung to record it in its direct row: the width ladder runs
+    ``data`` and ``release`` only, and its regime check "ceiling - few-shot FT" needs it. None where ``same`` runs."""
+    if "same" in plan.rungs or not any(rung_suite(r)[1] for r in plan.rungs):
+        return None
+    bench = plan.bench(next(r for r in plan.rungs if rung_suite(r)[1]))
+    values = []
+    for seed in plan.seed_list():
+        with distributed.main_first():
+            inputs = rung_inputs(plan, "same", seed)  # target = source: the source's heads and test splits
+        vectors = inputs.vectors[bench.kinds[0]]
+        at_one = {t.name: vectors[t.name].added_to_copy(inputs.target) for t in inputs.tasks}
+        values.append(test_accuracy(at_one, inputs, bench.align.device)["mean"])
+    return values
+
+
 def check_stored(plan: StudyPlan, rung: str, run: Run) -> None:
     """A summary of stored rows needs the rung's settings as they were run and every row of every seed, under whatever
     code made them (the summary records it): a one-line error before any model is loaded otherwise."""
-    if run.stored_config(plan.rung_config(rung)) is None:
-        raise UsageError(f"no study rows in {run.path}: run the study (without --summarise) first")
+    run.stored_config(plan.rung_config(rung))  # the settings they were made with, or a one-line error
     rows = plan.bench(rung).rows(planted=rung == "planted")
     missing = [f"seed {s}: {sum(not row_path(run, r, s).exists() for r in rows)}" for s in plan.seed_list()]
     missing = [m for m in missing if not m.endswith(": 0")]

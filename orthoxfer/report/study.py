@@ -252,10 +252,16 @@ def recorded_transferability(result: RungResult, seeds: list[int]) -> dict[str, 
     return {**stat(means), "per_task": per_task}
 
 
-def ceiling(rungs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The source's own fine-tuned accuracy: the ``same`` rung's direct addition at lambda = 1 (None when that rung
-    was not run; rows made before lambda = 1 was recorded give the validation lambda's, labelled so)."""
+def ceiling(rungs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The source's own fine-tuned accuracy: the ``same`` rung's direct addition at lambda = 1, or where that rung was
+    not run the study's own measure of it (``meta["source_ceiling"]``); None without either. Rows made before
+    lambda = 1 was recorded give the validation lambda's, labelled so."""
     same = next((r for r in rungs if r["rung"] == "same"), None)
+    if same is None and meta.get("source_ceiling"):
+        return {
+            **stat(meta["source_ceiling"]),
+            "from": "the source's vectors at lambda = 1 on the source (the same rung not run)",
+        }
     if same is None or "direct" not in same["baselines"]:
         return None
     if "direct_scale1" in same["baselines"]:
@@ -274,7 +280,7 @@ def summarise_study(results: list[RungResult], methods: list[str], meta: dict[st
     return {
         "meta": {**meta, "seeds": seeds},
         "rungs": rungs,
-        "ceiling": ceiling(rungs),
+        "ceiling": ceiling(rungs, meta),
         "transferability_check": separation(rungs, seeds),
     }
 
