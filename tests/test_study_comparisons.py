@@ -76,6 +76,7 @@ def test_an_anchored_rows_control_takes_per_task_the_better_on_validation_of_anc
     control = study["rungs"][0]["methods"]["penalty (anchored)"]["controls"]["spectrum"]
     assert control["accuracy"]["per_seed"] == pytest.approx([(0.30 + 0.50) / 2, (0.30 + 0.60) / 2])
     assert control["chosen"] == {"anchored": 2, "unanchored": 2}
+    assert study["rungs"][0]["methods"]["penalty (anchored)"]["per_task"] == pytest.approx({"mnist": 0.9, "svhn": 0.8})
     assert control["gain"]["per_seed"] == pytest.approx([0.85 - 0.40, 0.85 - 0.45])
     meta = {
         "title": "t",

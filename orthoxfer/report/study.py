@@ -163,6 +163,11 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
                     against[control]["chosen"] = chosen[1]
                 family.append(against[control]["gain"])
         m: dict[str, Any] = {"row": row_id, "accuracy": stat(real), "controls": against}
+        m["per_task"] = {  # mean over seeds: where a row's mean comes from
+            t: statistics.mean(r["accuracy"][t] for r in _records(result, row_id, seeds))
+            for t in result.tasks
+            if all(t in r["accuracy"] for r in _records(result, row_id, seeds))
+        }
         if steps := [v for r in _records(result, row_id, seeds) for v in r.get("chosen_step", {}).values()]:
             # where a row chose its step on validation: how often it kept its start (step 0) and where it stopped
             m["chosen_step"] = {"at_start": sum(v == 0 for v in steps) / len(steps), "median": statistics.median(steps)}
