@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 
 from orthoxfer.artifacts import write_json, write_text
-from orthoxfer.report.study import paired, points, stat
+from orthoxfer.report.statistics import paired, stat
+from orthoxfer.report.study import points
 
 
 def rows(folder: Path) -> dict[tuple[str, str, int], float]:

@@ -412,7 +412,7 @@ def test_a_control_row_takes_its_own_rate_and_a_rung_its_own_beta_and_seeds_star
 def test_a_difference_without_seed_variation_is_not_tested_and_power_is_at_holms_strictest_level():
     from scipy import stats
 
-    from orthoxfer.report.study import detectable_gain, holm, paired
+    from orthoxfer.report.statistics import detectable_gain, holm, paired
 
     steady = paired([0.5, 0.5, 0.5], [0.4, 0.4, 0.4])  # rows that draw nothing from the seed: no p-value to give
     assert steady["p"] is None and steady["untested"] and steady["mean"] == pytest.approx(0.1)

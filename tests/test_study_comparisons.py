@@ -10,7 +10,8 @@ from scipy import stats
 
 from orthoxfer.experiments.bench import Row
 from orthoxfer.experiments.study import RungResult
-from orthoxfer.report.study import holm, markdown, paired, stat, summarise_study
+from orthoxfer.report.statistics import holm, paired, stat
+from orthoxfer.report.study import markdown, summarise_study
 
 
 def test_copies_of_one_comparison_count_once_in_holms_family():

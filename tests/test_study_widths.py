@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orthoxfer.cli import app
-from orthoxfer.report.study import paired, stat
+from orthoxfer.report.statistics import paired, stat
 from orthoxfer.report.widths import load_studies, summarise_widths
 
 runner = CliRunner()

@@ -21,7 +21,8 @@ from orthoxfer.artifacts import write_json, write_text
 from orthoxfer.errors import UsageError
 from orthoxfer.experiments.study import PAPER_RUNG
 from orthoxfer.report.plots import pyplot, save_figure
-from orthoxfer.report.study import paired, points
+from orthoxfer.report.statistics import paired
+from orthoxfer.report.study import points
 from orthoxfer.terminal import Grid
 
 TOLERANCE = 1e-9  # 0.30 - 0.20 is 0.0999...: a difference at the bound passes
