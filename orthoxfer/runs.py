@@ -118,9 +118,12 @@ class Run:
         if self.writes:
             write_json(self.file(CONFIG), config)
 
-    def stored_config(self, config: dict[str, Any]) -> dict[str, Any] | None:
+    def stored_config(
+        self, config: dict[str, Any], remedy: str = "use the same settings or --overwrite"
+    ) -> dict[str, Any] | None:
         """The config.json a resumed run was started with (None for a new run), refused if its settings differ from
-        ``config``'s: what the code version of a row, or of a summary of stored rows, is read against."""
+        ``config``'s (the error ends with ``remedy``): what the code version of a row, or of a summary of stored
+        rows, is read against."""
         path = self.file(CONFIG)
         if not (self.resume and path.exists()):
             return None
@@ -129,8 +132,7 @@ class Run:
         changed = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k) and k not in ignored)
         if changed:
             raise UsageError(
-                f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); "
-                "use the same settings or --overwrite"
+                f"cannot resume {self.path}: settings differ from the original run ({', '.join(changed)}); {remedy}"
             )
         return before
 

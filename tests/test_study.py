@@ -156,6 +156,11 @@ def test_summarise_reads_rows_made_by_other_code_and_computes_none(study, monkey
     assert [r["code"] for r in after["rungs"]] == [[before["rungs"][0]["code"][0]]] * 2
     assert [r["methods"] for r in after["rungs"]] == [r["methods"] for r in before["rungs"]]
     assert f"made by code {made}; summary by summary-code" in (out / "study.md").read_text()
+    wiped = runner.invoke(app, [*args, "--summarise", "--overwrite"])
+    assert wiped.exit_code == 2 and "would delete the rows" in wiped.output and all(p.exists() for p in rows)
+    steps = args.index("--steps") + 1
+    other = runner.invoke(app, [*args[:steps], "2", *args[steps + 1 :], "--summarise"])
+    assert other.exit_code == 2 and "summarise with the settings the study ran with" in other.output
     (out / "data" / "rows" / "embed_orthogonal-shift-seed1.json").rename(out / "moved.json")
     try:
         missing = runner.invoke(app, [*args, "--summarise"])
@@ -183,6 +188,10 @@ def test_some_rungs_and_seeds_of_a_study_summarised_as_a_study_of_their_own_with
     assert "same rung not run" in summary["ceiling"]["from"]
     assert summary["ceiling"]["per_seed"] == pytest.approx([whole["ceiling"]["per_seed"][0]], abs=1e-6)
     assert "source_ceiling" not in whole["meta"]  # where same runs, its row is the ceiling
+    assert "the source's vectors at lambda = 1 on the source" in (tmp_path / "part" / "study.md").read_text()
+    again = runner.invoke(app, [*part, "--summarise", "--rows-from", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output  # another folder's summary is not replaced unasked
+    assert runner.invoke(app, [*part, "--summarise", "--rows-from", str(out), "--overwrite"]).exit_code == 0
     unasked = runner.invoke(app, [*part, "--rows-from", str(out)])
     assert unasked.exit_code == 2 and "add --summarise" in unasked.output
     empty = runner.invoke(app, [*part, "--summarise", "--rows-from", str(tmp_path / "part")])

@@ -164,6 +164,7 @@ def study_command(
         StudyPlan,
         check_models_built,
         check_rungs,
+        check_stored,
         run_rung,
         rung_anchors,
         rung_rates,
@@ -219,15 +220,23 @@ def study_command(
         disjoint_pools,
         summarise,
     )
+    if summarise and distributed.launched():
+        raise UsageError("--summarise computes no row: run it in one process, without torchrun")
     if distributed.launched():
         check_models_built(plan)
     per_rung = ", ".join(f"{r} {plan.rows(r)}" for r in names)  # checks every rung's controls before --out is touched
     rows = rows_from or out
+    in_place = summarise and rows.resolve() == out.resolve()  # the summary beside its rows
     if rows_from is not None and not summarise:
         raise UsageError("--rows-from reads a study's rows for --summarise; add --summarise, or drop --rows-from")
-    if summarise and (overwrite or not rows.is_dir()):
-        raise UsageError(f"--summarise reads the rows stored in {rows}: it needs a study there, and no --overwrite")
-    run = Run(out, overwrite=overwrite, resume=resume or summarise)  # refuses a folder with a run in it, as bench does
+    if summarise:
+        if in_place and overwrite:
+            raise UsageError(f"--overwrite would delete the rows --summarise reads in {rows}; write to another --out")
+        check_models_built(plan)  # a summary loads the models the rows were made with, never trains them
+        for rung in names:
+            check_stored(plan, rung, rows)
+    # refuses a folder with a run in it, as bench does; a summary beside its rows replaces the one there
+    run = Run(out, overwrite=overwrite, resume=resume or in_place)
     console.print(
         f"orthoxfer study: {plan.total_rows()} rows = rows per seed ({per_rung}) x {seeds} seeds ({first_seed}..{first_seed + seeds - 1})"
     )

@@ -241,12 +241,8 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     Rank 0 builds each seed's inputs first: the source vectors it fine-tunes and caches
     the others read, instead of fine-tuning them again into the same files.
     """
-    if plan.summarise and not (out / rung / CONFIG).is_file():  # before Run makes the folder
-        raise UsageError(f"no study rows in {out / rung}: run the study (without --summarise) first")
     run = Run(out / rung, resume=True)
-    if plan.summarise:
-        check_stored(plan, rung, run)
-    else:
+    if not plan.summarise:  # a summary's rows were checked before any rung ran (check_stored)
         run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
     stored = run.stored_config(plan.rung_config(rung)) or {}
     started = time.perf_counter()
@@ -289,10 +285,13 @@ def source_ceiling(plan: StudyPlan) -> list[float] | None:
     return values
 
 
-def check_stored(plan: StudyPlan, rung: str, run: Run) -> None:
+def check_stored(plan: StudyPlan, rung: str, out: Path) -> None:
     """A summary of stored rows needs the rung's settings as they were run and every row of every seed, under whatever
-    code made them (the summary records it): a one-line error before any model is loaded otherwise."""
-    run.stored_config(plan.rung_config(rung))  # the settings they were made with, or a one-line error
+    code made them (the summary records it): a one-line error otherwise, made for every rung before any runs."""
+    if not (out / rung / CONFIG).is_file():  # before Run would make the folder
+        raise UsageError(f"no study rows in {out / rung}: run the study (without --summarise) first")
+    run = Run(out / rung, resume=True)
+    run.stored_config(plan.rung_config(rung), "summarise with the settings the study ran with")
     rows = plan.bench(rung).rows(planted=rung == "planted")
     missing = [f"seed {s}: {sum(not row_path(run, r, s).exists() for r in rows)}" for s in plan.seed_list()]
     missing = [m for m in missing if not m.endswith(": 0")]

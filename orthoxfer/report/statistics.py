@@ -31,9 +31,10 @@ def stat(values: list[float]) -> dict[str, Any]:
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    """The paired difference a - b by seed: its mean, 95% interval and two-sided t-test p-value (None for one seed)."""
+    """The paired difference a - b by seed: its mean, 95% interval and two-sided t-test p-value (None for one seed),
+    and both sides' values (``compared``: what tells a copy of a comparison from another with the same differences)."""
     diffs = [x - y for x, y in zip(a, b)]
-    out = stat(diffs)
+    out = {**stat(diffs), "compared": [list(a), list(b)]}
     sd = statistics.stdev(diffs) if len(diffs) > 1 else None
     if sd is None:
         out["p"] = None
@@ -44,13 +45,15 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     return out
 
 
-def distinct(tests: list[dict[str, Any]]) -> dict[tuple[float, ...], list[dict[str, Any]]]:
-    """The tested comparisons grouped by their per-seed differences: rows that compute the same thing (every
-    data-free map is the identity on ``same``) make one hypothesis, counted once, not one per copy."""
-    groups: dict[tuple[float, ...], list[dict[str, Any]]] = {}
+def distinct(tests: list[dict[str, Any]]) -> dict[tuple[tuple[float, ...], ...], list[dict[str, Any]]]:
+    """The tested comparisons grouped by both sides' values on every seed: rows that compute the same thing (every
+    data-free map is the identity on ``same``) make one hypothesis, counted once, not one per copy; two comparisons
+    whose differences merely agree stay two."""
+    groups: dict[tuple[tuple[float, ...], ...], list[dict[str, Any]]] = {}
     for t in tests:
         if t.get("p") is not None:
-            groups.setdefault(tuple(round(d, 9) for d in t["per_seed"]), []).append(t)
+            key = tuple(tuple(round(v, 12) for v in side) for side in t.get("compared", [t["per_seed"]]))
+            groups.setdefault(key, []).append(t)
     return groups
 
 

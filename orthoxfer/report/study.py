@@ -100,12 +100,13 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
                     against[control]["chosen"] = chosen[1]
                 family.append(against[control]["gain"])
         m: dict[str, Any] = {"row": row_id, "accuracy": stat(real), "controls": against}
+        records = _records(result, row_id, seeds)
         m["per_task"] = {  # mean over seeds: where a row's mean comes from
-            t: statistics.mean(r["accuracy"][t] for r in _records(result, row_id, seeds))
+            t: statistics.mean(r["accuracy"][t] for r in records)
             for t in result.tasks
-            if all(t in r["accuracy"] for r in _records(result, row_id, seeds))
+            if all(t in r["accuracy"] for r in records)
         }
-        if steps := [v for r in _records(result, row_id, seeds) for v in r.get("chosen_step", {}).values()]:
+        if steps := [v for r in records for v in r.get("chosen_step", {}).values() if v is not None]:
             # where a row chose its step on validation: how often it kept its start (step 0) and where it stopped
             m["chosen_step"] = {"at_start": sum(v == 0 for v in steps) / len(steps), "median": statistics.median(steps)}
         if ft is not None:
@@ -127,27 +128,28 @@ def summarise_rung(result: RungResult, methods: list[str], seeds: list[int]) -> 
 
 def _control_chosen(
     result: RungResult, row_id: str, control: str, seeds: list[int]
-) -> tuple[list[float], dict[str, int]] | None:
-    """An anchored row's control given the choice its row had: per seed and task, of the control run anchored as the
-    row is (its beta, its step chosen) and the control run unanchored, the better on validation (ties to the
-    anchored), and how often each was taken. A beta chosen on the real vector's validation (1 on ``same``) would
-    otherwise hold the control near a start that carries nothing. None unless both ran on every seed."""
-    runs = [
-        {r["seed"]: r for r in _records(result, f"{name}_control-{control}", seeds) if "validation_score" in r}
-        for name in (row_id, row_id.removesuffix("_anchored"))
-    ]
-    if any(len(found) < len(seeds) for found in runs):
+) -> tuple[list[float], dict[str, Any]] | None:
+    """An anchored row's control with its beta chosen as the row's was, once per rung on validation: of the control
+    run anchored as the row is (the rung's beta, its step chosen) and the control run unanchored, the one with the
+    better mean validation score over seeds and tasks (ties to the anchored). A beta chosen on the real vector's
+    validation (1 on ``same``) would otherwise hold the control near a start that carries nothing. None unless both
+    ran on every seed and scored every task on validation."""
+    runs = {
+        which: _records(result, f"{name}_control-{control}", seeds)
+        for which, name in (("anchored", row_id), ("unanchored", row_id.removesuffix("_anchored")))
+    }
+    if any(
+        len(found) < len(seeds) or any(set(result.tasks) - set(r.get("validation_score", {})) for r in found)
+        for found in runs.values()
+    ):
         return None
-    values, taken = [], {"anchored": 0, "unanchored": 0}
-    for s in seeds:
-        anchored, plain = runs[0][s], runs[1][s]
-        accuracies = []
-        for task, score in anchored["validation_score"].items():
-            which = "unanchored" if plain["validation_score"][task] > score else "anchored"
-            taken[which] += 1
-            accuracies.append((plain if which == "unanchored" else anchored)["accuracy"][task])
-        values.append(statistics.mean(accuracies))
-    return values, taken
+    scores = {
+        which: statistics.mean(r["validation_score"][t] for r in found for t in result.tasks)
+        for which, found in runs.items()
+    }
+    which = "unanchored" if scores["unanchored"] > scores["anchored"] else "anchored"
+    values = [statistics.mean(r["accuracy"][t] for t in result.tasks) for r in runs[which]]
+    return values, {"row": which, "validation": scores}
 
 
 def _best_other(result: RungResult, per_seed: Callable[[str], list[float] | None]) -> tuple[str, list[float]] | None:
@@ -209,7 +211,7 @@ def ceiling(rungs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]
     if "direct_scale1" in same["baselines"]:
         return {
             **same["baselines"]["direct_scale1"],
-            "from": "the same rung's direct addition at lambda = 1: the source's own fine-tuned accuracy",
+            "from": "the same rung's direct addition at lambda = 1",
             "at_validation_lambda": same["baselines"]["direct"],
         }
     return {**same["baselines"]["direct"], "from": "the same rung's direct addition at the validation lambda"}
@@ -301,10 +303,12 @@ def markdown(study: dict[str, Any]) -> str:
         "",
         f"Top-1 % on the test splits of {', '.join(meta['tasks'])}, mean over seeds {_seeds(meta['seeds'])} ± 95% "
         "interval (Student t, per comparison, not adjusted); a transfer gain is paired by seed: the real vector's row minus the same method's "
-        "row on the control vector; an anchored row's control (chosen) is, per task, the better on validation of "
-        "that control anchored as the row is and unanchored (the choice the row had). Every seed redraws the few-shot pools and reseeds alignment and controls on "
+        "row on the control vector; an anchored row's control (chosen) has its beta chosen once per rung on "
+        "validation, as the row's was: of that control anchored as the row is and unanchored, the better over "
+        "the rung's seeds and tasks. Every seed redraws the few-shot pools and reseeds alignment and controls on "
         f"the one pre-trained pair (model seed {meta['model_seed']}). The ceiling is the source's own fine-tuned "
-        "accuracy: the same rung's direct addition at lambda = 1 (planted: its U = U* row). Transferability: the "
+        f"accuracy: {(study.get('ceiling') or {}).get('from', 'not measured')} (planted: its U = U* row). "
+        "Transferability: the "
         "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
         "the rung's distinct comparisons (rows computing the same thing count once; a difference the same on every "
         "seed is not tested: -); detectable gain: the "
@@ -323,7 +327,8 @@ def _made(meta: dict[str, Any], rungs: list[dict[str, Any]]) -> str:
     codes = sorted({code["source"] for r in rungs for code in r.get("code", [])})
     return (
         f"Summarised from stored rows ({sum(r['row_seconds'] for r in rungs):.0f} s of rows, made by code "
-        f"{', '.join(codes) or 'unrecorded'}; summary by {meta['summarised_with']['source']})."
+        f"{', '.join(codes) or 'unrecorded'}; summary by {meta['summarised_with']['source']}, which also measured "
+        "the relatedness, and the ceiling where no same rung ran)."
     )
 
 

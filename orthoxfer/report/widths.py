@@ -97,7 +97,8 @@ def valid_control(method: dict[str, Any], controls: list[str]) -> str | None:
 
 def regime(study: dict[str, Any]) -> list[dict[str, Any]]:
     """The regime's checks on one study: each difference paired by seed, and whether it passes (None, with what is
-    missing, where the study lacks an operand: the paper's rung, or the ``same`` rung the ceiling comes from)."""
+    missing, where the study lacks an operand: the paper's rung, or the ceiling, which a study measures on its
+    ``same`` rung or, without one, on the source directly)."""
     rung = next((r for r in study["rungs"] if r["rung"] == PAPER_RUNG), None)
     values = {**(rung["baselines"] if rung else {}), "ceiling": study.get("ceiling")}
     checks: list[dict[str, Any]] = []
@@ -109,7 +110,10 @@ def regime(study: dict[str, Any]) -> list[dict[str, Any]]:
                 f"the {PAPER_RUNG} rung"
                 if rung is None
                 else " and ".join(
-                    "the same rung (the ceiling)" if n == "ceiling" else f"{n} on {PAPER_RUNG}" for n in lacking
+                    "the ceiling (the same rung, or the source measured directly)"
+                    if n == "ceiling"
+                    else f"{n} on {PAPER_RUNG}"
+                    for n in lacking
                 )
             )
             checks.append({"check": check.name, "difference": None, "pass": None, "missing": missing})
@@ -218,7 +222,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "the same method's row on its control vector (the study's first control where valid for the method), mean "
         "± 95% interval (Student t) over seeds, in points of top-1 %. A check's value is the paired difference it "
         "names, by seed, on the paper's rung: FT is few-shot FT, target is target only, direct is direct addition, "
-        "the ceiling the same rung's direct addition at lambda = 1 (the source's own fine-tuned accuracy)."
+        "the ceiling the source's own fine-tuned accuracy (its vectors at lambda = 1 on the source: the same rung's "
+        "direct addition, or measured directly where a study runs no same rung)."
         + (f" n/a: not measured, the study lacks {' or '.join(sorted(missing))}." if missing else ""),
         "",
         f"Studies: {sources}.",
