@@ -95,8 +95,9 @@ class Run:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_config(self, config: dict[str, Any], allow_code_change: bool = False) -> None:
-        """Record the resolved settings and the code version; a resumed run must have been started with the same ones.
+    def write_config(self, config: dict[str, Any], allow_code_change: bool = False) -> dict[str, Any]:
+        """Record the resolved settings and the code version, and return that record; a resumed run must have been
+        started with the same ones.
 
         A resume under other code is refused unless ``allow_code_change``: its rows would
         mix two versions. Allowed, the original code stays recorded and the new one is
@@ -117,6 +118,7 @@ class Run:
                 config["resumed_with"] = before["resumed_with"]
         if self.writes:
             write_json(self.file(CONFIG), config)
+        return config
 
     def stored_config(
         self, config: dict[str, Any], remedy: str = "use the same settings or --overwrite"

@@ -1,19 +1,9 @@
 """benchmarks/pool_overlap.py pairs a study with its --disjoint-pools twin by (rung, row, seed) (synthetic rows)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "pool_overlap.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("pool_overlap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import benchmark_script
 
 
 def store(folder, rung, row, seed, accuracy):
@@ -29,9 +19,9 @@ def test_rows_are_paired_by_rung_row_and_seed_and_only_where_both_hold_them(tmp_
         store(b, "data", "embed_penalty", seed, y)
     store(a, "data", "embed_cayley", 1, 0.4)  # no twin: left out
     store(b, "release", "embed_penalty", 1, 0.7)  # no twin either
-    result = load().compare(a, b)
+    result = benchmark_script("pool_overlap").compare(a, b)
     (entry,) = result["rows"]
     assert (entry["rung"], entry["row"], entry["seeds"]) == ("data", "embed_penalty", [1, 2, 3])
     assert entry["difference"]["mean"] == pytest.approx(-0.06)  # disjoint minus overlapping
     assert entry["difference"]["p"] is not None and entry["overlapping"]["mean"] == pytest.approx(0.55)
-    assert "| data | embed_penalty | 3 | 55.0 ± " in load().markdown(result)
+    assert "| data | embed_penalty | 3 | 55.0 ± " in benchmark_script("pool_overlap").markdown(result)

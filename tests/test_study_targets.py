@@ -1,19 +1,9 @@
 """benchmarks/study_targets.py reads each target off a study summary: on the mean, on the lower bound, or missing."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "study_targets.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("study_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import benchmark_script
 
 
 def s(mean, ci95=0.01, lower95=None):
@@ -25,7 +15,7 @@ def seeds(*values):
 
 
 def test_targets_are_read_on_the_mean_and_the_lower_bound_and_missing_rows_are_said_missing(tmp_path, monkeypatch):
-    targets = load()
+    targets = benchmark_script("study_targets")
     study = {
         "meta": {"seeds": [1, 2, 3]},
         "ceiling": seeds(0.90, 0.90, 0.91),

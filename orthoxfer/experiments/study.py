@@ -242,9 +242,11 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
     the others read, instead of fine-tuning them again into the same files.
     """
     run = Run(out / rung, resume=True)
-    if not plan.summarise:  # a summary's rows were checked before any rung ran (check_stored)
-        run.write_config(plan.rung_config(rung), allow_code_change=plan.allow_code_change)
-    stored = run.stored_config(plan.rung_config(rung)) or {}
+    config = plan.rung_config(rung)
+    if plan.summarise:  # the rows were checked before any rung ran (check_stored): the record they were made under
+        recorded = run.stored_config(config) or {}
+    else:
+        recorded = run.write_config(config, allow_code_change=plan.allow_code_change)
     started = time.perf_counter()
     records, related = [], {}
     for seed in plan.seed_list():
@@ -264,7 +266,7 @@ def run_rung(plan: StudyPlan, rung: str, out: Path, progress: Callable[[str], No
         records,
         related,
         time.perf_counter() - started,
-        [stored["code"], *stored.get("resumed_with", [])] if "code" in stored else [],
+        [recorded["code"], *recorded.get("resumed_with", [])] if "code" in recorded else [],
     )
 
 

@@ -52,7 +52,7 @@ def distinct(tests: list[dict[str, Any]]) -> dict[tuple[tuple[float, ...], ...],
     groups: dict[tuple[tuple[float, ...], ...], list[dict[str, Any]]] = {}
     for t in tests:
         if t.get("p") is not None:
-            key = tuple(tuple(round(v, 12) for v in side) for side in t.get("compared", [t["per_seed"]]))
+            key = tuple(tuple(round(v, 12) for v in side) for side in t["compared"])
             groups.setdefault(key, []).append(t)
     return groups
 
