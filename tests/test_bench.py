@@ -191,6 +191,43 @@ def test_a_config_sets_the_anchored_rows_beta_and_a_rate_per_method_and_the_rows
             bench_settings.resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=2)
 
 
+def test_a_config_scores_the_chosen_steps_at_every_lambda_of_the_grid(micro_run, tmp_path, monkeypatch):
+    """``step_at_best_scale``: the anchored rows and few-shot FT try each scored step at the bench's lambdas; off (the
+    default, as study-v2's rows were made), at the training scale."""
+    import torch
+
+    from orthoxfer.experiments import bench_settings
+    from orthoxfer.experiments.bench import Row, run_row
+    from orthoxfer.runs import Run
+
+    seen: list[tuple[str, tuple]] = []
+    real_align, real_updates = bench_module.align, bench_module.finetune_updates
+
+    def align(problem, *args):
+        seen.append(("align", problem.validation_scales))
+        return real_align(problem, *args)
+
+    def finetune_updates(*args):
+        seen.append(("finetune", args[6] if len(args) > 6 else ()))
+        return real_updates(*args)
+
+    monkeypatch.setattr(bench_module, "align", align)
+    monkeypatch.setattr(bench_module, "finetune_updates", finetune_updates)
+    root, _, _ = micro_run
+    inputs, _ = spied_inputs(root)
+    config = tmp_path / "joint.toml"
+    for text, expected in (("step_at_best_scale = true\n", (0.5, 1.0)), ("", ())):
+        config.write_text(f"[bench]\nscales = [0.5, 1.0]\n{text}")
+        settings = bench_settings.resolve_bench("mini", "micro", torch.device("cpu"), config, tasks=2)
+        bench = settings.bench
+        bench.align.steps = bench.fewshot_ft.steps = 2
+        run = Run(tmp_path / f"run{len(seen)}")
+        seen.clear()
+        run_row(Row("embed", "penalty", anchored=True), inputs, bench, run, seed=0)
+        run_row(Row("", "finetune"), inputs, bench, run, seed=0)
+        assert seen == [("align", expected), ("finetune", expected)]
+
+
 def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_run, tmp_path):
     root, args, _ = micro_run
     one = [a.replace("mnist,coins", "mnist").replace("norm", "other-task") for a in args]

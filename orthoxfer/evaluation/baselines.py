@@ -74,7 +74,9 @@ def fewshot_finetune(
     settings: FinetuneSettings,
     run=None,
     validation: dict[str, FewShotTask] | None = None,
+    validation_scales: tuple[float, ...] = (),
 ) -> tuple[nn.Module, TaskVector]:
-    """A copy of the target with its sites fine-tuned on the aligners' few-shot pools, and the update itself."""
-    vector = finetune(target, train, settings, run, scope="fewshot-ft", validation=validation)
+    """A copy of the target with its sites fine-tuned on the aligners' few-shot pools, and the update itself
+    (``validation_scales``: see :func:`~orthoxfer.fit.finetune.finetune`)."""
+    vector = finetune(target, train, settings, run, "fewshot-ft", validation, validation_scales)
     return vector.added_to_copy(target), vector

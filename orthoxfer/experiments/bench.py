@@ -137,6 +137,10 @@ class BenchConfig:
     rates: dict[str, float] = field(default_factory=dict)
     tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
     auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
+    # where a row's step is chosen on validation (anchored rows, few-shot FT), each scored step is tried at every
+    # lambda of the grid and its best counts, so that step and lambda are chosen together; off: scored at the training
+    # scale, lambda chosen after (how study-v2's rows were made)
+    step_at_best_scale: bool = False
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -387,7 +391,8 @@ def _fit(
         fields["validation_score"] = {t: pool_accuracy(models[t], {t: val[t]}, device)[t] for t in tasks}
         return models, sum(fields["validation_score"].values()) / len(tasks), fields
     if row.method == "finetune":  # per task in per-task mode; else multi-task, one model (the paper's "w/ FT")
-        vectors = finetune_updates(inputs.target, train, val, ft, row_run, per_task)
+        scored_at = config.scales if config.step_at_best_scale and ft.select_every else ()
+        vectors = finetune_updates(inputs.target, train, val, ft, row_run, per_task, scored_at)
         fields.update(chosen_steps(vectors))
     else:
         vectors = row_vectors(row, inputs, seed)
@@ -424,7 +429,9 @@ def _fit(
         if config.mode != "joint":  # the joint budget, shared out: each task's U's get its share of the steps
             aligning = task_share(aligning, len(tasks))
         validation = val if aligning.select_every else None  # the step is chosen there too
-        alignment = align(AlignProblem(inputs.target, vectors, train, inputs.source, validation), aligning, row_run)
+        scored_at = config.scales if config.step_at_best_scale and validation else ()
+        problem = AlignProblem(inputs.target, vectors, train, inputs.source, validation, scored_at)
+        alignment = align(problem, aligning, row_run)
         if aligning.select_every:
             fields["chosen_step"] = {s: v["chosen_step"] for s, v in alignment.meta["selection"].items()}
         if row_run.writes:

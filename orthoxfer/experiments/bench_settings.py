@@ -41,6 +41,7 @@ class BenchTable:
     val_fraction: float = HELD_OUT  # 0: nothing held out (then one lambda and one lr)
     anchor: float = ANCHORED["anchor"]  # beta of the anchored rows (chosen on validation: study-v2/select-anchors-*)
     select_every: int = int(ANCHORED["select_every"])  # the anchored rows' validation interval
+    step_at_best_scale: bool = False  # a step chosen on validation is scored at its best lambda (BenchConfig)
     rates: dict = dataclasses.field(default_factory=dict)  # [bench.rates]: a learning rate per trained method
 
 

@@ -52,18 +52,20 @@ def finetune_updates(
     settings: FinetuneSettings,
     run: Run,
     per_task: bool,
+    scales: tuple[float, ...] = (),
 ) -> dict[str, TaskVector]:
     """Few-shot FT updates from ``start`` (one model, or one per task): one per task (``per_task``, each on its pool
-    alone with its share of the budget, in a run folder of its own) or ``joint`` (every pool, the whole budget)."""
+    alone with its share of the budget, in a run folder of its own) or ``joint`` (every pool, the whole budget).
+    ``scales``: the lambdas each scored step is tried at, where the update gets one chosen on that grid later."""
     if not per_task:
         model = start if isinstance(start, nn.Module) else start["joint"]
-        return {"joint": fewshot_finetune(model, train, settings, run, validation=val or None)[1]}
+        return {"joint": fewshot_finetune(model, train, settings, run, val or None, scales)[1]}
     share = task_share(settings, len(train))
     updates = {}
     for t in train:
         model = start if isinstance(start, nn.Module) else start[t]
         folder = Run(run.file(f"task-{t}"), resume=True)
-        updates[t] = fewshot_finetune(model, {t: train[t]}, share, folder, validation={t: val[t]})[1]
+        updates[t] = fewshot_finetune(model, {t: train[t]}, share, folder, {t: val[t]}, scales)[1]
     return updates
 
 

@@ -41,6 +41,7 @@ from torch.func import functional_call
 from orthoxfer.errors import UsageError
 from orthoxfer.fit import distributed
 from orthoxfer.fit.loop import run_steps
+from orthoxfer.fit.select import at_best_scale
 from orthoxfer.fit.stepper import Stepper
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
 from orthoxfer.strategies.base import Solution
@@ -297,13 +298,16 @@ class AlignStep(Stepper):
             return head(functional_call(self.encoder, overrides, (x,)))
 
     @torch.no_grad()
-    def carrying(self) -> nn.Module:
-        """The target carrying ``scale * U^T dW U`` at the current U's, for scoring: its weights swapped in, never copied."""
+    def carrying(self, scale: float | None = None) -> nn.Module:
+        """The target carrying ``scale * U^T dW U`` at the current U's (``scale``: the training one unless given), for
+        scoring: its weights swapped in, never copied."""
         transforms = Transforms(list(self.module.parts), None if self.factored else self.module())
         if self.factored_parts is not None:  # the parts that ``transforms`` holds, as their factors
             deltas = factored_deltas(self.groups, self.vectors, self.factored_parts)
         else:
             deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
+        if scale is not None:  # the stacked vectors hold the training scale, folded in once
+            deltas = [d * (scale / self.settings.scale) for d in deltas]
         return WithWeights(self.encoder, param_overrides(self.model, self.sites, deltas, prefix="model."))
 
     @torch.no_grad()
@@ -326,10 +330,18 @@ def train_transforms(
         if not problem.validation:
             raise UsageError(f"--select-every needs validation data for {problem.scope!r}; none was given")
 
+        if problem.validation_scales and not settings.scale:
+            raise UsageError("scoring steps at other lambdas needs a training scale other than 0 (--scale)")
+
         def validate() -> dict[str, float]:  # per scope: a task alone, or joint: the mean over every task
             from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
 
-            return accuracy.pool_accuracy(step.carrying(), problem.validation, step.device)
+            if not problem.validation_scales:
+                return accuracy.pool_accuracy(step.carrying(), problem.validation, step.device)
+            return at_best_scale(
+                lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
+                problem.validation_scales,
+            )
 
     selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)
     with torch.no_grad():

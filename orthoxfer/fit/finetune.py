@@ -26,6 +26,7 @@ from torch.func import functional_call
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import pool_accuracy
 from orthoxfer.fit.loop import adamw, run_steps
+from orthoxfer.fit.select import at_best_scale
 from orthoxfer.fit.stepper import Stepper
 from orthoxfer.problem.tasks import Pool
 from orthoxfer.vectors.sites import Site, default_root, find_sites, param_overrides, read_site
@@ -154,6 +155,7 @@ def finetune(
     run=None,
     scope: str = "finetune",
     validation: Mapping[str, Pool] | None = None,
+    validation_scales: tuple[float, ...] = (),
 ) -> TaskVector:
     """Fine-tune ``model``'s sites on ``tasks`` (cycled, as the aligners see them) and return the update.
 
@@ -162,7 +164,9 @@ def finetune(
     ``validation`` (held-out parts of the tasks' data) is scored after every epoch, or with
     ``settings.select_every = k > 0`` at the start, every k steps and at the last step, and
     the update that scored best is returned (ties: the earliest; the start is the zero
-    update), its step and the curve in ``meta["selection"]``.
+    update), its step and the curve in ``meta["selection"]``. ``validation_scales``: each
+    scored update tried at these lambdas, its best counting (the lambda it is given later
+    is chosen on the same grid); empty: the update as it is.
     """
     if not tasks:
         raise UsageError("fine-tuning needs at least one task")
@@ -181,7 +185,12 @@ def finetune(
     }
 
     def validate(pools: Mapping[str, Pool]) -> dict[str, float]:
-        return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model), pools, step.device)
+        update = step.module.task_vector(meta)
+        if not validation_scales:
+            return pool_accuracy(update.added_to_copy(step.model), pools, step.device)
+        return at_best_scale(
+            lambda s: pool_accuracy(update.added_to_copy(step.model, s), pools, step.device), validation_scales
+        )
 
     selection = run_steps(
         step,

@@ -76,6 +76,7 @@ class ScopedProblem:
     validation: dict[str, FewShotTask] = field(
         default_factory=dict
     )  # held out from ``tasks``: where the step is chosen
+    validation_scales: tuple[float, ...] = ()  # lambdas a step is scored at (its best counts); (): the training scale
 
 
 @dataclass
@@ -85,6 +86,8 @@ class AlignProblem:
     In ``per-task`` mode the vectors are keyed by task name; in ``joint`` mode they are summed.
     ``validation`` (task -> held-out data, never the few-shot pools themselves) is where
     ``select_every`` scores the U's: a task's scope sees its own, ``joint`` all of them.
+    ``validation_scales``: the lambdas each scored step is tried at, its best counting (the grid lambda is chosen on
+    afterwards, so that step and lambda are chosen together); empty: the training scale alone.
     """
 
     target: nn.Module
@@ -92,6 +95,7 @@ class AlignProblem:
     tasks: dict[str, FewShotTask]
     source: nn.Module | None = None
     validation: dict[str, FewShotTask] | None = None
+    validation_scales: tuple[float, ...] = ()
 
     def aligned_sites(self, selector: str) -> list[Site]:
         """The target's sites that the vectors carry and ``selector`` picks, after checking both are sane."""
@@ -140,6 +144,7 @@ class AlignProblem:
                     self.source,
                     shared=True,
                     validation=dict(validation),
+                    validation_scales=self.validation_scales,
                 )
             ]
         missing = [t for t in self.tasks if t not in vectors]
@@ -157,6 +162,7 @@ class AlignProblem:
                 sites,
                 self.source,
                 validation={t: validation[t]} if t in validation else {},
+                validation_scales=self.validation_scales,
             )
             for t, task in self.tasks.items()
         ]
