@@ -196,23 +196,25 @@ def test_a_config_scores_the_chosen_steps_at_every_lambda_of_the_grid(micro_run,
     default, as study-v2's rows were made), at the training scale."""
     import torch
 
+    import orthoxfer.experiments.tune as tune_module
+    import orthoxfer.strategies.trained as trained_module
     from orthoxfer.experiments import bench_settings
     from orthoxfer.experiments.bench import Row, run_row
     from orthoxfer.runs import Run
 
     seen: list[tuple[str, tuple]] = []
-    real_align, real_updates = bench_module.align, bench_module.finetune_updates
+    real_train, real_finetune = trained_module.train_transforms, tune_module.fewshot_finetune
 
-    def align(problem, *args):
-        seen.append(("align", problem.validation_scales))
-        return real_align(problem, *args)
+    def train_transforms(strategy, problem, *args):  # each task's scope, as the per-task rows fit them
+        seen.append((problem.scope, problem.validation_scales))
+        return real_train(strategy, problem, *args)
 
-    def finetune_updates(*args):
-        seen.append(("finetune", args[6] if len(args) > 6 else ()))
-        return real_updates(*args)
+    def fewshot_finetune(model, train, settings, run, validation, scales=()):
+        seen.append((f"finetune {', '.join(train)}", scales))
+        return real_finetune(model, train, settings, run, validation, scales)
 
-    monkeypatch.setattr(bench_module, "align", align)
-    monkeypatch.setattr(bench_module, "finetune_updates", finetune_updates)
+    monkeypatch.setattr(trained_module, "train_transforms", train_transforms)
+    monkeypatch.setattr(tune_module, "fewshot_finetune", fewshot_finetune)
     root, _, _ = micro_run
     inputs, _ = spied_inputs(root)
     config = tmp_path / "joint.toml"
@@ -225,7 +227,7 @@ def test_a_config_scores_the_chosen_steps_at_every_lambda_of_the_grid(micro_run,
         seen.clear()
         run_row(Row("embed", "penalty", anchored=True), inputs, bench, run, seed=0)
         run_row(Row("", "finetune"), inputs, bench, run, seed=0)
-        assert seen == [("align", expected), ("finetune", expected)]
+        assert seen == [("mnist", expected), ("finetune mnist", expected)]  # a task's scope, its own few-shot FT
 
 
 def test_the_other_task_control_with_one_task_is_refused_before_any_row(micro_run, tmp_path):

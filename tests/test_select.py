@@ -93,6 +93,11 @@ def test_per_task_scopes_choose_on_their_own_validation(monkeypatch):
     al = align(problem, settings(steps=10, select_every=5, mode="per-task"))
     assert seen == [["toy"]] * 3 + [["other"]] * 3
     assert {s: r["chosen_step"] for s, r in al.meta["selection"].items()} == {"toy": 0, "other": 0}
+    seen.clear()  # each task's scope scores its steps at every lambda given
+    align(
+        dataclasses.replace(problem, validation_scales=(1.0, 4.0)), settings(steps=10, select_every=5, mode="per-task")
+    )
+    assert seen == [["toy"]] * 6 + [["other"]] * 6
 
 
 def test_resume_chooses_as_an_uninterrupted_run(monkeypatch, tmp_path):
@@ -130,27 +135,29 @@ def test_resume_chooses_as_an_uninterrupted_run(monkeypatch, tmp_path):
     assert all(torch.equal(resumed.matrices()[s], whole.matrices()[s]) for s in tv.sites)
 
 
-# steps 0, 10, 20, 30, 40, each scored at lambda 1 then 2: step 10 is the best at the training scale, step 30 at its
-# own best lambda
+# steps 0, 10, 20, 30, 40, each scored at lambda 1 then 4 (the grid's limit, so it does not grow): step 10 is the best
+# at the training scale, step 30 at its own best lambda
 AT_TWO_SCALES = [0.1, 0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.95, 0.2, 0.3]
 
 
-def test_a_step_is_chosen_at_its_best_lambda_when_lambda_is_chosen_after(monkeypatch):
-    """Scored at the training scale only, step 10 would win; at lambda 2, step 30 does, and that U comes back."""
+@pytest.mark.parametrize("trained_at", [1.0, 0.5])
+def test_a_step_is_chosen_at_its_best_lambda_when_lambda_is_chosen_after(trained_at, monkeypatch):
+    """Scored at the training scale only, step 10 would win; at lambda 4, step 30 does, and that U comes back; each
+    lambda is the lambda itself, whatever scale the U's were trained at."""
     source, target, _, tv, task = planted(near_identity=0.3)
     stub = Planted(AT_TWO_SCALES)
     monkeypatch.setattr(accuracy, "pool_accuracy", stub)
-    problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}, validation_scales=(1.0, 2.0))
-    al = align(problem, settings("penalty"))
+    problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}, validation_scales=(1.0, 4.0))
+    al = align(problem, settings("penalty", scale=trained_at))
     chosen = al.meta["selection"]["joint"]
     assert chosen["chosen_step"] == 30 and chosen["chosen_score"] == 0.95
     assert [score for _, score in chosen["curve"]] == [0.1, 0.9, 0.4, 0.95, 0.3]
-    for at_one, at_two in zip(stub.seen[::2], stub.seen[1::2]):  # each step carried at lambda 1, then at 2
+    for at_one, at_four in zip(stub.seen[::2], stub.seen[1::2]):  # each step carried at lambda 1, then at 4
         for key, w in at_one.items():
             site = target.get_parameter(key.removeprefix("model."))
-            assert torch.allclose(at_two[key] - site, 2 * (w - site), atol=1e-5)
-    for key, w in carried(al, tv, target).items():
-        assert torch.allclose(w, stub.seen[6][key], atol=1e-6)  # step 30 at lambda 1: U's returned, not lambda
+            assert torch.allclose(at_four[key] - site, 4 * (w - site), atol=1e-5)
+    for key, w in carried(al, tv, target).items():  # W + 1 * U^T dW U at step 30's U's: what was scored at lambda 1
+        assert torch.allclose(w, stub.seen[6][key], atol=1e-6)
     stub = Planted([0.1, 0.9, 0.3, 0.5, 0.2])  # without the grid: one score per step, at the training scale
     monkeypatch.setattr(accuracy, "pool_accuracy", stub)
     plain = align(AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}), settings("penalty"))
@@ -162,9 +169,11 @@ def test_a_step_is_chosen_at_its_best_lambda_when_lambda_is_chosen_after(monkeyp
 def test_at_best_scale_takes_the_best_mean_and_the_smaller_lambda_on_ties():
     from orthoxfer.fit.select import at_best_scale
 
-    scores = {0.5: 0.4, 1.0: 0.7, 1.5: 0.7, 2.0: float("nan")}
-    best = at_best_scale(lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.5, 1.0, 1.5, 2.0))
+    scores = {0.25: float("nan"), 0.5: 0.4, 1.0: 0.7, 1.5: 0.7}
+    best = at_best_scale(lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.25, 0.5, 1.0, 1.5))
     assert best["lambda"] == 1.0  # a tie goes to the smaller lambda, as direct addition chooses it; NaN loses
+    grows = {0.5: 0.1, 1.0: 0.2, 1.5: 0.3, 2.25: 0.4, 3.375: 0.2}  # the top of the grid wins: the grid grows x1.5
+    assert at_best_scale(lambda s: {"mean": grows[s], "lambda": s}, (0.5, 1.0, 1.5))["lambda"] == 2.25
 
 
 def test_selection_needs_validation_data():
@@ -221,16 +230,16 @@ def test_finetuning_keeps_the_start_when_training_only_hurts(tiny, monkeypatch):
 
 def test_finetuning_chooses_its_step_at_the_best_lambda_of_the_grid(tiny, monkeypatch):
     task = colour_task()
-    curve = [0.2, 0.2, 0.8, 0.3, 0.4, 0.5, 0.6, 0.9, 0.1, 0.1]  # steps 0-20 by 5, at lambda 1 then 2: step 15 wins
+    curve = [0.2, 0.2, 0.8, 0.3, 0.4, 0.5, 0.6, 0.9, 0.1, 0.1]  # steps 0-20 by 5, at lambda 1 then 4: step 15 wins
     stub = PlantedModels(curve)
     monkeypatch.setattr(finetune_module, "pool_accuracy", stub)
     tv = finetune(
-        copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task}, validation_scales=(1.0, 2.0)
+        copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task}, validation_scales=(1.0, 4.0)
     )
     assert tv.meta["selection"]["chosen_step"] == 15 and tv.meta["selection"]["chosen_score"] == 0.9
     start = tiny.state_dict()
-    for at_one, at_two in zip(stub.seen[2::2], stub.seen[3::2]):  # the update carried at lambda 1, then 2
-        assert all(torch.allclose(at_two[k] - start[k], 2 * (at_one[k] - start[k]), atol=1e-6) for k in start)
+    for at_one, at_four in zip(stub.seen[2::2], stub.seen[3::2]):  # the update carried at lambda 1, then 4
+        assert all(torch.allclose(at_four[k] - start[k], 4 * (at_one[k] - start[k]), atol=1e-5) for k in start)
     tuned = tv.apply_to(copy.deepcopy(tiny)).state_dict()
     assert all(torch.allclose(tuned[k], stub.seen[6][k], atol=1e-6) for k in tuned)  # step 15's update, at 1
 

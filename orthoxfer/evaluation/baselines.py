@@ -19,11 +19,11 @@ from torch import nn
 
 from orthoxfer.evaluation.accuracy import evaluate, pool_accuracy
 from orthoxfer.fit.finetune import FinetuneSettings, finetune
+from orthoxfer.fit.select import SCALE_LIMIT, choose_scale
 from orthoxfer.problem.tasks import FewShotTask
 from orthoxfer.vectors.taskvector import TaskVector
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-SCALE_LIMIT = 4.0  # a grid whose largest lambda wins grows (x1.5) up to here: an edge choice understates a transfer
 TestSets = Mapping[str, tuple[nn.Module, Iterable]]  # name -> (target head, batches of (images, labels))
 
 
@@ -50,21 +50,13 @@ def direct_addition(
     limit: float = SCALE_LIMIT,
 ) -> Scaled:
     """A copy of the target carrying ``vector`` at the lambda with the best mean accuracy on ``validation``
-    (never test data; ties: the smaller lambda).
-
-    Where the grid's largest lambda wins, the grid grows by x1.5 steps up to ``limit``
-    (every lambda tried is in ``validation``); a grid of one lambda is a fixed lambda.
-    """
+    (never test data), by :func:`~orthoxfer.fit.select.choose_scale`: ties to the smaller lambda, the grid grown up
+    to ``limit`` where its largest lambda wins (every lambda tried is in ``validation``)."""
 
     def score(s: float) -> float:
         return pool_accuracy(vector.added_to_copy(target, s), validation, device)["mean"]
 
-    scores = {s: score(s) for s in scales}
-    best = max(scores, key=lambda s: (scores[s], -s))
-    while len(scores) > 1 and best == max(scores) and 0 < best < limit:
-        grown = min(limit, best * 1.5)
-        scores[grown] = score(grown)
-        best = max(scores, key=lambda s: (scores[s], -s))
+    best, scores = choose_scale(score, scales, limit)
     return Scaled(vector.added_to_copy(target, best), best, scores)
 
 

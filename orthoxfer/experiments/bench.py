@@ -137,8 +137,10 @@ class BenchConfig:
     rates: dict[str, float] = field(default_factory=dict)
     tune_from: tuple[str, ...] = ()  # starts (direct, a transfer) of transfer-then-tune rows
     auto: bool = False  # the auto row: per task, the computed row best on validation (per-task mode)
-    # where a row's step is chosen on validation (anchored rows, few-shot FT), each scored step is tried at every
-    # lambda of the grid and its best counts, so that step and lambda are chosen together; off: scored at the training
+    # where a row's step is chosen on validation and its lambda after it (the anchored rows, few-shot FT; any trained
+    # row under [align] select_every; not transfer-then-tune, whose lambda comes first), each scored step is tried at
+    # the grid's lambdas as lambda is then chosen, so that step and lambda are chosen together; not in per-task-summed
+    # mode, whose lambda is chosen for the summed model, which no task's step sees; off: scored at the training
     # scale, lambda chosen after (how study-v2's rows were made)
     step_at_best_scale: bool = False
 
@@ -429,7 +431,8 @@ def _fit(
         if config.mode != "joint":  # the joint budget, shared out: each task's U's get its share of the steps
             aligning = task_share(aligning, len(tasks))
         validation = val if aligning.select_every else None  # the step is chosen there too
-        scored_at = config.scales if config.step_at_best_scale and validation else ()
+        summed = config.mode == "per-task-summed"  # one lambda for the summed model: no task's step sees it
+        scored_at = config.scales if config.step_at_best_scale and validation and not summed else ()
         problem = AlignProblem(inputs.target, vectors, train, inputs.source, validation, scored_at)
         alignment = align(problem, aligning, row_run)
         if aligning.select_every:

@@ -25,6 +25,7 @@ from torch import nn
 from orthoxfer.errors import UsageError
 
 PREFIX = "best/"
+SCALE_LIMIT = 4.0  # a grid whose largest lambda wins grows (x1.5) up to here: an edge choice understates a transfer
 
 
 def rank(score: float) -> float:
@@ -32,16 +33,43 @@ def rank(score: float) -> float:
     return -math.inf if math.isnan(score) else score
 
 
+def choose_scale(
+    score: Callable[[float], float], scales: Sequence[float], limit: float = SCALE_LIMIT
+) -> tuple[float, dict[float, float]]:
+    """The lambda of ``scales`` that scores best (ties: the smaller; NaN below every number) and every score tried.
+
+    Where the grid's largest lambda wins, the grid grows by x1.5 steps up to ``limit``; a grid of one lambda is a fixed
+    lambda. One rule for every place lambda is chosen, so that a step scored at its best lambda
+    (:func:`at_best_scale`) is scored at the lambda it would then be given.
+    """
+    scores = {s: score(s) for s in scales}
+
+    def best() -> float:
+        return max(scores, key=lambda s: (rank(scores[s]), -s))
+
+    chosen = best()
+    while len(scores) > 1 and chosen == max(scores) and 0 < chosen < limit:
+        grown = min(limit, chosen * 1.5)
+        scores[grown] = score(grown)
+        chosen = best()
+    return chosen, scores
+
+
 def at_best_scale(score: Callable[[float], dict[str, float]], scales: Sequence[float]) -> dict[str, float]:
-    """The validation scores at the lambda of ``scales`` whose mean scores best (ties: the smaller), as lambda is
-    chosen afterwards (:func:`orthoxfer.evaluation.baselines.direct_addition`): the step and lambda chosen together.
+    """The validation scores at the lambda :func:`choose_scale` gives for their mean: where lambda is chosen afterwards
+    on the same data, the step and lambda are chosen together.
 
     Scored at the training scale alone, the step that is best there can be worse, at the lambda then chosen for it,
     than a later step at its own: on the evidence study's ``seed`` rung (seed 1) the anchored riemannian and cayley
     rows ended 1.9 and 2.0 points under their last steps on the very validation data that chose them.
     """
-    found = {s: score(s) for s in scales}
-    return found[max(found, key=lambda s: (rank(found[s]["mean"]), -s))]
+    found: dict[float, dict[str, float]] = {}
+
+    def mean(s: float) -> float:
+        found[s] = score(s)
+        return found[s]["mean"]
+
+    return found[choose_scale(mean, scales)[0]]
 
 
 @dataclass
