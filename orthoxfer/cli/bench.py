@@ -96,7 +96,7 @@ def bench_command(
             "--mode",
             help="joint (the summed vectors, one lambda: the reference code; default for "
             "paper) | per-task (each task its own vector, U's and lambda, the same total steps; "
-            "default for mini and planted, whose summed vectors interfere: see README) | "
+            "default for mini and planted, whose summed vectors interfere: see docs/mini-suite.md) | "
             "per-task-summed (each task its own U's, the carried vectors summed into one model "
             "scored on every task: the paper's text); [align] mode of --config overrides the default.",
         ),
