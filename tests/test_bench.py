@@ -209,9 +209,9 @@ def test_a_config_scores_the_chosen_steps_at_every_lambda_of_the_grid(micro_run,
         seen.append((problem.scope, problem.validation_scales))
         return real_train(strategy, problem, *args)
 
-    def fewshot_finetune(model, train, settings, run, validation, scales=()):
-        seen.append((f"finetune {', '.join(train)}", scales))
-        return real_finetune(model, train, settings, run, validation, scales)
+    def fewshot_finetune(model, train, settings, run, validation=None, validation_scales=()):
+        seen.append((f"finetune {', '.join(train)}", validation_scales))
+        return real_finetune(model, train, settings, run, validation=validation, validation_scales=validation_scales)
 
     monkeypatch.setattr(trained_module, "train_transforms", train_transforms)
     monkeypatch.setattr(tune_module, "fewshot_finetune", fewshot_finetune)

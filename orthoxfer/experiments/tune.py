@@ -59,13 +59,17 @@ def finetune_updates(
     ``scales``: the lambdas each scored step is tried at, where the update gets one chosen on that grid later."""
     if not per_task:
         model = start if isinstance(start, nn.Module) else start["joint"]
-        return {"joint": fewshot_finetune(model, train, settings, run, val or None, scales)[1]}
+        return {
+            "joint": fewshot_finetune(model, train, settings, run, validation=val or None, validation_scales=scales)[1]
+        }
     share = task_share(settings, len(train))
     updates = {}
     for t in train:
         model = start if isinstance(start, nn.Module) else start[t]
         folder = Run(run.file(f"task-{t}"), resume=True)
-        updates[t] = fewshot_finetune(model, {t: train[t]}, share, folder, {t: val[t]}, scales)[1]
+        updates[t] = fewshot_finetune(
+            model, {t: train[t]}, share, folder, validation={t: val[t]}, validation_scales=scales
+        )[1]
     return updates
 
 
