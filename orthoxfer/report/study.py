@@ -136,18 +136,16 @@ def _control_chosen(
     better mean validation score over seeds and tasks (ties to the anchored). A beta chosen on the real vector's
     validation (1 on ``same``) would otherwise hold the control near a start that carries nothing. None unless both
     ran on every seed and scored every task on validation."""
-    runs = {
-        which: _records(result, f"{name}_control-{control}", seeds)
+    found = {
+        which: _scored_on_validation(result, f"{name}_control-{control}", seeds)
         for which, name in (("anchored", row_id), ("unanchored", row_id.removesuffix("_anchored")))
     }
-    if any(
-        len(found) < len(seeds) or any(set(result.tasks) - set(r.get("validation_score", {})) for r in found)
-        for found in runs.values()
-    ):
+    runs = {which: records for which, records in found.items() if records is not None}
+    if len(runs) < len(found):
         return None
     scores = {
-        which: statistics.mean(r["validation_score"][t] for r in found for t in result.tasks)
-        for which, found in runs.items()
+        which: statistics.mean(r["validation_score"][t] for r in records for t in result.tasks)
+        for which, records in runs.items()
     }
     which = "unanchored" if scores["unanchored"] > scores["anchored"] else "anchored"
     values = [statistics.mean(r["accuracy"][t] for t in result.tasks) for r in runs[which]]
@@ -158,13 +156,19 @@ def _validation_gain(result: RungResult, row_id: str, other: str, seeds: list[in
     """What validation said of a row against another (paired by seed, mean over tasks, each at its chosen settings).
     Beside the same comparison on test it shows the choice's optimism: a step chosen on 32-88 images as the best
     of eleven checkpoints looks better on validation than it is. None unless both scored every task on every seed."""
-    found = [_records(result, r, seeds) for r in (row_id, other)]
-    if any(
-        len(f) < len(seeds) or any(set(result.tasks) - set(r.get("validation_score", {})) for r in f) for f in found
-    ):
+    mine, theirs = (_scored_on_validation(result, r, seeds) for r in (row_id, other))
+    if mine is None or theirs is None:
         return None
-    means = [[statistics.mean(r["validation_score"][t] for t in result.tasks) for r in f] for f in found]
+    means = [[statistics.mean(r["validation_score"][t] for t in result.tasks) for r in f] for f in (mine, theirs)]
     return stat([a - b for a, b in zip(*means)])
+
+
+def _scored_on_validation(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str, Any]] | None:
+    """A row's records of ``seeds``, where it ran on every one and scored every task on validation; None otherwise."""
+    found = _records(result, row_id, seeds)
+    if len(found) < len(seeds) or any(set(result.tasks) - set(r.get("validation_score", {})) for r in found):
+        return None
+    return found
 
 
 def _best_other(result: RungResult, per_seed: Callable[[str], list[float] | None]) -> tuple[str, list[float]] | None:
