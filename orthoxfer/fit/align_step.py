@@ -306,7 +306,7 @@ class AlignStep(Stepper):
             deltas = factored_deltas(self.groups, self.vectors, self.factored_parts)
         else:
             deltas = site_deltas(self.groups, self.vectors, transforms.stacks())
-        if scale is not None:  # the stacked vectors hold the training scale, folded in once
+        if scale is not None and scale != self.settings.scale:  # the stacked vectors hold the training scale
             deltas = [d * (scale / self.settings.scale) for d in deltas]
         return WithWeights(self.encoder, param_overrides(self.model, self.sites, deltas, prefix="model."))
 
@@ -336,11 +336,9 @@ def train_transforms(
         def validate() -> dict[str, float]:  # per scope: a task alone, or joint: the mean over every task
             from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
 
-            if not problem.validation_scales:
-                return accuracy.pool_accuracy(step.carrying(), problem.validation, step.device)
             return at_best_scale(
                 lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
-                problem.validation_scales,
+                problem.validation_scales or (settings.scale,),
             )
 
     selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)

@@ -186,10 +186,9 @@ def finetune(
 
     def validate(pools: Mapping[str, Pool]) -> dict[str, float]:
         update = step.module.task_vector(meta)
-        if not validation_scales:
-            return pool_accuracy(update.added_to_copy(step.model), pools, step.device)
         return at_best_scale(
-            lambda s: pool_accuracy(update.added_to_copy(step.model, s), pools, step.device), validation_scales
+            lambda s: pool_accuracy(update.added_to_copy(step.model, s), pools, step.device),
+            validation_scales or (1.0,),
         )
 
     selection = run_steps(
