@@ -57,7 +57,8 @@ def test_the_planted_best_step_is_chosen_and_its_u_returned(method, monkeypatch)
     al = align(problem, settings(method))
     chosen = al.meta["selection"]["joint"]
     assert chosen["chosen_step"] == 20 and chosen["chosen_score"] == 0.9
-    assert [step for step, _ in chosen["curve"]] == [0, 10, 20, 30, 40] and al.meta["steps"] == 40
+    assert [step for step, _, _ in chosen["curve"]] == [0, 10, 20, 30, 40] and al.meta["steps"] == 40
+    assert {scale for _, _, scale in chosen["curve"]} == {1.0} and chosen["chosen_scale"] == 1.0
     weights = carried(al, tv, target)
     for key, w in weights.items():
         assert torch.allclose(w, stub.seen[2][key], atol=1e-6)
@@ -71,7 +72,7 @@ def test_ties_go_to_the_start_so_a_perfect_start_survives_training():
     problem = AlignProblem(target, {"toy": tv}, {"toy": train}, source, validation={"toy": val})
     al = align(problem, settings("penalty", steps=20, select_every=5, lr=0.3))
     assert al.meta["selection"]["joint"]["chosen_step"] == 0
-    assert al.meta["selection"]["joint"]["curve"][0] == [0, 1.0]
+    assert al.meta["selection"]["joint"]["curve"][0] == [0, 1.0, 1.0]
     assert all(torch.equal(u, torch.eye(8)) for u in al.matrices().values())
     moved = align(problem, settings("penalty", steps=20, select_every=0, lr=0.3))
     assert "selection" not in moved.meta and any(not torch.equal(u, torch.eye(8)) for u in moved.matrices().values())
@@ -150,8 +151,9 @@ def test_a_step_is_chosen_at_its_best_lambda_when_lambda_is_chosen_after(trained
     problem = AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}, validation_scales=(1.0, 4.0))
     al = align(problem, settings("penalty", scale=trained_at))
     chosen = al.meta["selection"]["joint"]
-    assert chosen["chosen_step"] == 30 and chosen["chosen_score"] == 0.95
-    assert [score for _, score in chosen["curve"]] == [0.1, 0.9, 0.4, 0.95, 0.3]
+    assert chosen["chosen_step"] == 30 and chosen["chosen_score"] == 0.95 and chosen["chosen_scale"] == 4.0
+    assert [score for _, score, _ in chosen["curve"]] == [0.1, 0.9, 0.4, 0.95, 0.3]
+    assert [scale for _, _, scale in chosen["curve"]] == [1.0, 1.0, 4.0, 4.0, 4.0]
     for at_one, at_four in zip(stub.seen[::2], stub.seen[1::2]):  # each step carried at lambda 1, then at 4
         for key, w in at_one.items():
             site = target.get_parameter(key.removeprefix("model."))
@@ -166,14 +168,29 @@ def test_a_step_is_chosen_at_its_best_lambda_when_lambda_is_chosen_after(trained
         align(problem, settings("penalty", scale=0.0))
 
 
-def test_at_best_scale_takes_the_best_mean_and_the_smaller_lambda_on_ties():
-    from orthoxfer.fit.select import at_best_scale
+def test_a_validator_takes_the_best_mean_and_the_smaller_lambda_on_ties():
+    from orthoxfer.fit.select import Validator
 
     scores = {0.25: float("nan"), 0.5: 0.4, 1.0: 0.7, 1.5: 0.7}
-    best = at_best_scale(lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.25, 0.5, 1.0, 1.5))
-    assert best["lambda"] == 1.0  # a tie goes to the smaller lambda, as direct addition chooses it; NaN loses
+    best = Validator(lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.25, 0.5, 1.0, 1.5))()
+    assert best.scale == 1.0 and best.scores["lambda"] == 1.0  # a tie goes to the smaller lambda; NaN loses
     grows = {0.5: 0.1, 1.0: 0.2, 1.5: 0.3, 2.25: 0.4, 3.375: 0.2}  # the top of the grid wins: the grid grows x1.5
-    assert at_best_scale(lambda s: {"mean": grows[s], "lambda": s}, (0.5, 1.0, 1.5))["lambda"] == 2.25
+    assert Validator(lambda s: {"mean": grows[s], "lambda": s}, (0.5, 1.0, 1.5))().scale == 2.25
+
+
+def test_resume_refuses_a_checkpoint_scored_at_other_lambdas(monkeypatch, tmp_path):
+    """A curve scored at lambda 1 alone and continued at a grid would compare scores of two kinds."""
+    source, target, _, tv, task = planted(near_identity=0.3)
+    run_settings = settings("penalty", steps=30, select_every=5, checkpoint_every=10)
+    monkeypatch.setattr(accuracy, "pool_accuracy", Planted(score=lambda weights: 0.5))
+    broken = Interrupting(**{f.name: getattr(task, f.name) for f in dataclasses.fields(FewShotTask)}, fail_at=25)
+    with pytest.raises(KeyboardInterrupt):
+        align(AlignProblem(target, {"toy": tv}, {"toy": broken}, source, {"toy": task}), run_settings, Run(tmp_path))
+    gridded = AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}, validation_scales=(1.0, 2.0))
+    with pytest.raises(UsageError, match="another step selection"):
+        align(gridded, run_settings, Run(tmp_path, resume=True))
+    lines = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert lines and all(line["scale"] == 1.0 for line in lines)
 
 
 def test_selection_needs_validation_data():
@@ -208,7 +225,7 @@ def test_finetuning_returns_the_update_of_the_planted_best_step(tiny, monkeypatc
     stub = PlantedModels([0.2, 0.4, 0.8, 0.8, 0.3])  # steps 0, 5, 10, 15, 20; the tie goes to step 10
     monkeypatch.setattr(finetune_module, "pool_accuracy", stub)
     tv = finetune(copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task})
-    assert tv.meta["selection"]["chosen_step"] == 10 and [s for s, _ in tv.meta["selection"]["curve"]] == [
+    assert tv.meta["selection"]["chosen_step"] == 10 and [s for s, _, _ in tv.meta["selection"]["curve"]] == [
         0,
         5,
         10,
@@ -237,6 +254,7 @@ def test_finetuning_chooses_its_step_at_the_best_lambda_of_the_grid(tiny, monkey
         copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task}, validation_scales=(1.0, 4.0)
     )
     assert tv.meta["selection"]["chosen_step"] == 15 and tv.meta["selection"]["chosen_score"] == 0.9
+    assert tv.meta["selection"]["chosen_scale"] == 4.0
     start = tiny.state_dict()
     for at_one, at_four in zip(stub.seen[2::2], stub.seen[3::2]):  # the update carried at lambda 1, then 4
         assert all(torch.allclose(at_four[k] - start[k], 4 * (at_one[k] - start[k]), atol=1e-5) for k in start)
@@ -251,7 +269,7 @@ def test_fewshot_ft_baseline_chooses_its_step_on_the_held_out_part(eurosat_run):
     result = CliRunner().invoke(app, [*args, "--val-fraction", "0.3", "--out", str(tmp_path / "f")])
     assert result.exit_code == 0, result.output
     selection = json.loads((tmp_path / "f" / "results.json").read_text())["selection"]
-    assert [step for step, _ in selection["curve"]] == [0, 2, 3] and selection["chosen_step"] in (0, 2, 3)
+    assert [step for step, _, _ in selection["curve"]] == [0, 2, 3] and selection["chosen_step"] in (0, 2, 3)
     assert TaskVector.load(tmp_path / "f" / "task_vector.safetensors").meta["selection"] == selection
     alone = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "g")])
     assert alone.exit_code == 2 and "--select-every needs validation data" in alone.output

@@ -67,7 +67,7 @@ def test_align_starts_from_transfusion_anchored_and_chooses_its_step_on_mini(tmp
     assert al.meta["start"]["init"] == "transfusion" and "transfusion_rounds" in al.meta["start"]["options"]
     assert al.meta["settings"]["anchor"] == 10.0 and al.meta["settings"]["select_every"] == 2
     selection = al.meta["selection"]["joint"]
-    assert [step for step, _ in selection["curve"]] == [0, 2, 3]
+    assert [step for step, _, _ in selection["curve"]] == [0, 2, 3]
     assert selection["chosen_step"] in (0, 2, 3) and 0.0 <= selection["chosen_score"] <= 1.0
     validated = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in validated] == [0, 2, 3]

@@ -41,7 +41,7 @@ from torch.func import functional_call
 from orthoxfer.errors import UsageError
 from orthoxfer.fit import distributed
 from orthoxfer.fit.loop import run_steps
-from orthoxfer.fit.select import at_best_scale
+from orthoxfer.fit.select import Validator
 from orthoxfer.fit.stepper import Stepper
 from orthoxfer.problem.align_problem import ScopedProblem, SiteGroup
 from orthoxfer.strategies.base import Solution
@@ -329,17 +329,15 @@ def train_transforms(
     if settings.select_every:
         if not problem.validation:
             raise UsageError(f"--select-every needs validation data for {problem.scope!r}; none was given")
-
         if problem.validation_scales and not settings.scale:
             raise UsageError("scoring steps at other lambdas needs a training scale other than 0 (--scale)")
 
-        def validate() -> dict[str, float]:  # per scope: a task alone, or joint: the mean over every task
-            from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
+        from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
 
-            return at_best_scale(
-                lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
-                problem.validation_scales or (settings.scale,),
-            )
+        validate = Validator(  # per scope: a task alone, or joint: the mean over every task
+            lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
+            problem.validation_scales or (settings.scale,),
+        )
 
     selection = run_steps(step, list(problem.tasks.values()), settings, run, problem.scope, validate)
     with torch.no_grad():

@@ -12,7 +12,6 @@ is a :class:`~orthoxfer.vectors.taskvector.TaskVector` without any subtraction o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from torch.func import functional_call
 from orthoxfer.errors import UsageError
 from orthoxfer.evaluation.accuracy import pool_accuracy
 from orthoxfer.fit.loop import adamw, run_steps
-from orthoxfer.fit.select import at_best_scale
+from orthoxfer.fit.select import Validator
 from orthoxfer.fit.stepper import Stepper
 from orthoxfer.problem.tasks import Pool
 from orthoxfer.vectors.sites import Site, default_root, find_sites, param_overrides, read_site
@@ -184,21 +183,15 @@ def finetune(
         **settings.extra,
     }
 
-    def validate(pools: Mapping[str, Pool]) -> dict[str, float]:
-        update = step.module.task_vector(meta)
-        return at_best_scale(
-            lambda s: pool_accuracy(update.added_to_copy(step.model, s), pools, step.device),
-            validation_scales or (1.0,),
-        )
+    validate = None
+    if validation:
+        held_out = validation
 
-    selection = run_steps(
-        step,
-        list(tasks.values()),
-        settings,
-        run,
-        scope,
-        functools.partial(validate, validation) if validation else None,
-    )
+        def score(s: float) -> dict[str, float]:
+            return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model, s), held_out, step.device)
+
+        validate = Validator(score, validation_scales or (1.0,))
+    selection = run_steps(step, list(tasks.values()), settings, run, scope, validate)
     if selection is not None:
         meta["selection"] = selection.record()
     return step.module.task_vector(meta)

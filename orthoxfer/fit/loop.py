@@ -18,7 +18,7 @@ import ctypes
 import functools
 import math
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -28,7 +28,7 @@ from orthoxfer.artifacts import load_artifact
 from orthoxfer.errors import OrthoxferError
 from orthoxfer.fit.checkpoint import KIND, restore_checkpoint
 from orthoxfer.fit.distributed import Ranks
-from orthoxfer.fit.select import StepSelection
+from orthoxfer.fit.select import StepSelection, Validator
 from orthoxfer.problem.tasks import Pool
 from orthoxfer.terminal import is_verbose, stage_progress
 
@@ -149,12 +149,12 @@ def run_steps(
     settings: LoopSettings,
     run,
     scope: str,
-    validate: Callable[[], dict[str, float]] | None = None,
+    validate: Validator | None = None,
 ) -> StepSelection | None:
     """Train ``stepper`` for ``settings.steps`` steps, resuming from ``run``'s checkpoint when asked.
 
-    ``validate`` (accuracy on held-out data, per task and ``mean``) runs after every
-    epoch and after the last step; its scores go to ``validation.jsonl`` and the
+    ``validate`` (accuracy on held-out data, per task and ``mean``, at its best lambda)
+    runs after every epoch and after the last step; its scores and lambda go to ``validation.jsonl`` and the
     progress line (``val`` the latest mean, ``best`` the best and its step), and a line
     per scoring is printed only under ``orthoxfer --verbose``: fifty of them drown a log.
     With ``settings.select_every = k > 0`` it runs instead at the start, every k steps and
@@ -163,9 +163,9 @@ def run_steps(
     which step that was.
     """
     checkpoint = f"checkpoint-{scope}.safetensors"
-    selection = StepSelection(settings.select_every) if settings.select_every else None
-    if selection is not None and validate is None:
+    if settings.select_every and validate is None:
         raise OrthoxferError(f"{stepper.name} [{scope}]: choosing the step on validation needs validation data")
+    selection = StepSelection(settings.select_every, validate.scales) if settings.select_every and validate else None
     start = 0
     if run is not None and run.resume and run.file(checkpoint).exists():
         tensors, meta = load_artifact(run.file(checkpoint), KIND)
@@ -182,9 +182,13 @@ def run_steps(
 
     def validated(done: int, bar) -> str:
         nonlocal best
-        scores = validate()  # type: ignore[misc]
+        found = validate()  # type: ignore[misc]
+        scores = found.scores
         if run is not None:
-            run.log({"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores}, "validation.jsonl")
+            run.log(
+                {"scope": scope, "step": done, "epoch": done / epoch, "accuracy": scores, "scale": found.scale},
+                "validation.jsonl",
+            )
         if best is None or scores["mean"] > best[0]:
             best = (scores["mean"], done)
         if is_verbose():
@@ -193,9 +197,9 @@ def run_steps(
                 + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
             )
         if selection is not None:
-            score = torch.tensor([scores["mean"]], dtype=torch.float64, device=stepper.device)
-            stepper.ranks.broadcast_([score])  # processes that share U's choose one step: rank 0's
-            selection.offer(done, score.item(), stepper.module)
+            chosen = torch.tensor([scores["mean"], found.scale], dtype=torch.float64, device=stepper.device)
+            stepper.ranks.broadcast_([chosen])  # processes that share U's choose one step: rank 0's
+            selection.offer(done, chosen[0].item(), chosen[1].item(), stepper.module)
         return f"val {scores['mean']:.3f} best {best[0]:.3f}@{best[1]}"
 
     with stage_progress() as bar:  # a live bar in a terminal, lines in a log

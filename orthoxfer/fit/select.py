@@ -40,7 +40,7 @@ def choose_scale(
 
     Where the grid's largest lambda wins, the grid grows by x1.5 steps up to ``limit``; a grid of one lambda is a fixed
     lambda. One rule for every place lambda is chosen, so that a step scored at its best lambda
-    (:func:`at_best_scale`) is scored at the lambda it would then be given.
+    (:class:`Validator`) is scored at the lambda it would then be given.
     """
     scores = {s: score(s) for s in scales}
 
@@ -55,21 +55,38 @@ def choose_scale(
     return chosen, scores
 
 
-def at_best_scale(score: Callable[[float], dict[str, float]], scales: Sequence[float]) -> dict[str, float]:
-    """The validation scores at the lambda :func:`choose_scale` gives for their mean: where lambda is chosen afterwards
-    on the same data, the step and lambda are chosen together.
+@dataclass(frozen=True)
+class Validated:
+    """Validation scores (per task and ``mean``) and the lambda they were scored at."""
 
-    Scored at the training scale alone, the step that is best there can be worse, at the lambda then chosen for it,
-    than a later step at its own: on the evidence study's ``seed`` rung (seed 1) the anchored riemannian and cayley
-    rows ended 1.9 and 2.0 points under their last steps on the very validation data that chose them.
+    scores: dict[str, float]
+    scale: float
+
+
+@dataclass(frozen=True)
+class Validator:
+    """How a training loop scores held-out data: ``score(lambda)`` on the state as it is now, at the lambda of
+    ``scales`` that :func:`choose_scale` gives for its mean (one lambda: a fixed scale).
+
+    Where lambda is chosen afterwards on the same data, the step and lambda are chosen together. Scored at the
+    training scale alone, the step that is best there can be worse, at the lambda then chosen for it, than a later
+    step at its own: on the evidence study's ``seed`` rung (seed 1) the anchored riemannian and cayley rows ended 1.9
+    and 2.0 points under their last steps on the very validation data that chose them. The grid travels with the
+    scores, so a selection records each step's lambda and a resumed run can refuse another grid.
     """
-    found: dict[float, dict[str, float]] = {}
 
-    def mean(s: float) -> float:
-        found[s] = score(s)
-        return found[s]["mean"]
+    score: Callable[[float], dict[str, float]]
+    scales: tuple[float, ...]
 
-    return found[choose_scale(mean, scales)[0]]
+    def __call__(self) -> Validated:
+        found: dict[float, dict[str, float]] = {}
+
+        def mean(s: float) -> float:
+            found[s] = self.score(s)
+            return found[s]["mean"]
+
+        chosen = choose_scale(mean, self.scales)[0]
+        return Validated(found[chosen], chosen)
 
 
 @dataclass
@@ -77,20 +94,23 @@ class StepSelection:
     """The best state seen so far (ties: the earliest step), and the validation curve that chose it."""
 
     every: int
+    scales: tuple[float, ...]  # the lambdas each state is tried at (Validator.scales)
     chosen_step: int | None = None
     chosen_score: float = -math.inf
-    curve: list[list[float]] = field(default_factory=list)  # [step, mean validation accuracy], in step order
+    chosen_scale: float | None = None
+    curve: list[list[float]] = field(default_factory=list)  # [step, mean validation accuracy, lambda], in step order
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def due(self, done: int, total: int) -> bool:
         """Whether the state after ``done`` steps is scored: the start, every ``every`` steps, the last step."""
         return done == 0 or done % self.every == 0 or done == total
 
-    def offer(self, done: int, score: float, module: nn.Module) -> None:
-        """Record ``score`` for the state after ``done`` steps; keep a copy of ``module``'s state if it is the best."""
-        self.curve.append([done, score])
+    def offer(self, done: int, score: float, scale: float, module: nn.Module) -> None:
+        """Record ``score`` (at lambda ``scale``) for the state after ``done`` steps; keep a copy of ``module``'s state
+        if it is the best."""
+        self.curve.append([done, score, scale])
         if self.chosen_step is None or rank(score) > rank(self.chosen_score):
-            self.chosen_step, self.chosen_score = done, score
+            self.chosen_step, self.chosen_score, self.chosen_scale = done, score, scale
             self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def choose(self, module: nn.Module) -> None:
@@ -104,21 +124,26 @@ class StepSelection:
 
     def header(self) -> dict[str, Any]:
         """Everything but the tensors, for the checkpoint's header."""
-        return {
-            "every": self.every,
-            "chosen_step": self.chosen_step,
-            "chosen_score": self.chosen_score,
-            "curve": self.curve,
-        }
+        return {"every": self.every, "scales": list(self.scales), **self.record()}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a checkpoint's selection (its header under ``meta["selection"]``)."""
         header = meta.get("selection")
-        if header is None or header["every"] != self.every:
-            raise UsageError("the checkpoint was written without this step selection; resume with the same settings")
+        if header is None or header["every"] != self.every or header.get("scales") != list(self.scales):
+            raise UsageError(
+                "the checkpoint was written with another step selection (interval or lambdas); "
+                "resume with the same settings"
+            )
         self.chosen_step, self.chosen_score, self.curve = header["chosen_step"], header["chosen_score"], header["curve"]
+        self.chosen_scale = header["chosen_scale"]
         self.state = {k.removeprefix(PREFIX): v for k, v in tensors.items() if k.startswith(PREFIX)}
 
     def record(self) -> dict[str, Any]:
-        """What an artifact records: the chosen step, its score, and the curve ``[[step, score], ...]``."""
-        return {"chosen_step": self.chosen_step, "chosen_score": self.chosen_score, "curve": self.curve}
+        """What an artifact records: the chosen step, its score and lambda, and the curve ``[[step, score, lambda],
+        ...]``."""
+        return {
+            "chosen_step": self.chosen_step,
+            "chosen_score": self.chosen_score,
+            "chosen_scale": self.chosen_scale,
+            "curve": self.curve,
+        }
