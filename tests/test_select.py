@@ -172,25 +172,50 @@ def test_a_validator_takes_the_best_mean_and_the_smaller_lambda_on_ties():
     from orthoxfer.fit.select import Validator
 
     scores = {0.25: float("nan"), 0.5: 0.4, 1.0: 0.7, 1.5: 0.7}
-    best = Validator(lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.25, 0.5, 1.0, 1.5))()
+    best = Validator(lambda: lambda s: {"t": scores[s], "mean": scores[s], "lambda": s}, (0.25, 0.5, 1.0, 1.5))()
     assert best.scale == 1.0 and best.scores["lambda"] == 1.0  # a tie goes to the smaller lambda; NaN loses
     grows = {0.5: 0.1, 1.0: 0.2, 1.5: 0.3, 2.25: 0.4, 3.375: 0.2}  # the top of the grid wins: the grid grows x1.5
-    assert Validator(lambda s: {"mean": grows[s], "lambda": s}, (0.5, 1.0, 1.5))().scale == 2.25
+    assert Validator(lambda: lambda s: {"mean": grows[s], "lambda": s}, (1.5, 0.5, 1.0))().scale == 2.25
+    assert Validator(lambda: lambda s: {}, (1.5, 0.5, 1.0, 0.5)).grid() == [0.5, 1.0, 1.5]  # order does not matter
+    with pytest.raises(UsageError, match="at least one lambda"):
+        Validator(lambda: lambda s: {}, ())
 
 
-def test_resume_refuses_a_checkpoint_scored_at_other_lambdas(monkeypatch, tmp_path):
-    """A curve scored at lambda 1 alone and continued at a grid would compare scores of two kinds."""
+def test_resume_at_a_grid_keeps_the_chosen_lambda_and_refuses_other_selections(monkeypatch, tmp_path):
+    """The best step (10, at lambda 4) comes before the cut: the resumed run returns it with its lambda. A curve
+    scored at another grid or interval, or by a version that recorded no lambdas, would mix two kinds of score."""
     source, target, _, tv, task = planted(near_identity=0.3)
     run_settings = settings("penalty", steps=30, select_every=5, checkpoint_every=10)
-    monkeypatch.setattr(accuracy, "pool_accuracy", Planted(score=lambda weights: 0.5))
+    at_four = iter([0.1, 0.2, 0.1, 0.3, 0.2, 0.9] + [0.1] * 40)  # steps 0, 5, 10 at lambda 1 then 4: 10 wins at 4
+
+    def problem(tasks, scales=(1.0, 4.0)):
+        return AlignProblem(target, {"toy": tv}, tasks, source, {"toy": task}, validation_scales=scales)
+
+    monkeypatch.setattr(accuracy, "pool_accuracy", Planted(score=lambda weights: next(at_four)))
     broken = Interrupting(**{f.name: getattr(task, f.name) for f in dataclasses.fields(FewShotTask)}, fail_at=25)
     with pytest.raises(KeyboardInterrupt):
-        align(AlignProblem(target, {"toy": tv}, {"toy": broken}, source, {"toy": task}), run_settings, Run(tmp_path))
-    gridded = AlignProblem(target, {"toy": tv}, {"toy": task}, source, {"toy": task}, validation_scales=(1.0, 2.0))
+        align(problem({"toy": broken}), run_settings, Run(tmp_path))
+    for changed, why in (
+        (dict(tasks={"toy": task}, scales=(1.0, 2.0)), "another step selection"),
+        (dict(tasks={"toy": task}, scales=()), "another step selection"),
+    ):
+        with pytest.raises(UsageError, match=why):
+            align(problem(**changed), run_settings, Run(tmp_path, resume=True))
     with pytest.raises(UsageError, match="another step selection"):
-        align(gridded, run_settings, Run(tmp_path, resume=True))
+        align(problem({"toy": task}), settings("penalty", steps=30, select_every=10), Run(tmp_path, resume=True))
+    resumed = align(problem({"toy": task}, (4.0, 1.0)), run_settings, Run(tmp_path, resume=True))  # the same grid
+    chosen = resumed.meta["selection"]["joint"]
+    assert (chosen["chosen_step"], chosen["chosen_score"], chosen["chosen_scale"]) == (10, 0.9, 4.0)
     lines = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
-    assert lines and all(line["scale"] == 1.0 for line in lines)
+    assert [(line["step"], line["scale"]) for line in lines[:3]] == [(0, 4.0), (5, 4.0), (10, 4.0)]
+
+
+def test_a_checkpoint_without_lambdas_is_refused_with_what_to_do():
+    from orthoxfer.fit.select import StepSelection
+
+    old = {"selection": {"every": 5, "chosen_step": 0, "chosen_score": 0.5, "curve": [[0, 0.5]]}}
+    with pytest.raises(UsageError, match="did not record each score's lambda; start this run afresh"):
+        StepSelection(5, [1.0]).restore({}, old)
 
 
 def test_selection_needs_validation_data():
@@ -250,11 +275,17 @@ def test_finetuning_chooses_its_step_at_the_best_lambda_of_the_grid(tiny, monkey
     curve = [0.2, 0.2, 0.8, 0.3, 0.4, 0.5, 0.6, 0.9, 0.1, 0.1]  # steps 0-20 by 5, at lambda 1 then 4: step 15 wins
     stub = PlantedModels(curve)
     monkeypatch.setattr(finetune_module, "pool_accuracy", stub)
+    snapshots = []
+    task_vector = finetune_module.SiteUpdates.task_vector
+    monkeypatch.setattr(
+        finetune_module.SiteUpdates, "task_vector", lambda self, meta: snapshots.append(1) or task_vector(self, meta)
+    )
     tv = finetune(
         copy.deepcopy(tiny), {"colour": task}, ft_settings(), validation={"colour": task}, validation_scales=(1.0, 4.0)
     )
     assert tv.meta["selection"]["chosen_step"] == 15 and tv.meta["selection"]["chosen_score"] == 0.9
     assert tv.meta["selection"]["chosen_scale"] == 4.0
+    assert len(snapshots) == 6  # one update per scoring (steps 0-20 by 5), not per lambda, and the one returned
     start = tiny.state_dict()
     for at_one, at_four in zip(stub.seen[2::2], stub.seen[3::2]):  # the update carried at lambda 1, then 4
         assert all(torch.allclose(at_four[k] - start[k], 4 * (at_one[k] - start[k]), atol=1e-5) for k in start)

@@ -335,7 +335,7 @@ def train_transforms(
         from orthoxfer.evaluation import accuracy  # reads the datasets' module: not when the CLI starts
 
         validate = Validator(  # per scope: a task alone, or joint: the mean over every task
-            lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
+            lambda: lambda s: accuracy.pool_accuracy(step.carrying(s), problem.validation, step.device),
             problem.validation_scales or (settings.scale,),
         )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +163,7 @@ def finetune(
     ``validation`` (held-out parts of the tasks' data) is scored after every epoch, or with
     ``settings.select_every = k > 0`` at the start, every k steps and at the last step, and
     the update that scored best is returned (ties: the earliest; the start is the zero
-    update), its step and the curve in ``meta["selection"]``. ``validation_scales``: each
+    update), its step, score and lambda and the curve in ``meta["selection"]``. ``validation_scales``: each
     scored update tried at these lambdas, its best counting (the lambda it is given later
     is chosen on the same grid); empty: the update as it is.
     """
@@ -187,10 +187,11 @@ def finetune(
     if validation:
         held_out = validation
 
-        def score(s: float) -> dict[str, float]:
-            return pool_accuracy(step.module.task_vector(meta).added_to_copy(step.model, s), held_out, step.device)
+        def scorer() -> Callable[[float], dict[str, float]]:
+            update = step.module.task_vector(meta)  # once per scoring, however many lambdas it is tried at
+            return lambda s: pool_accuracy(update.added_to_copy(step.model, s), held_out, step.device)
 
-        validate = Validator(score, validation_scales or (1.0,))
+        validate = Validator(scorer, validation_scales or (1.0,))
     selection = run_steps(step, list(tasks.values()), settings, run, scope, validate)
     if selection is not None:
         meta["selection"] = selection.record()

@@ -165,7 +165,7 @@ def run_steps(
     checkpoint = f"checkpoint-{scope}.safetensors"
     if settings.select_every and validate is None:
         raise OrthoxferError(f"{stepper.name} [{scope}]: choosing the step on validation needs validation data")
-    selection = StepSelection(settings.select_every, validate.scales) if settings.select_every and validate else None
+    selection = StepSelection(settings.select_every, validate.grid()) if settings.select_every and validate else None
     start = 0
     if run is not None and run.resume and run.file(checkpoint).exists():
         tensors, meta = load_artifact(run.file(checkpoint), KIND)

@@ -65,8 +65,9 @@ class Validated:
 
 @dataclass(frozen=True)
 class Validator:
-    """How a training loop scores held-out data: ``score(lambda)`` on the state as it is now, at the lambda of
-    ``scales`` that :func:`choose_scale` gives for its mean (one lambda: a fixed scale).
+    """How a training loop scores held-out data: ``scorer()`` takes the state as it is now and scores it at any
+    lambda; it is scored at the lambda of ``scales`` that :func:`choose_scale` gives for its mean (one lambda: a fixed
+    scale).
 
     Where lambda is chosen afterwards on the same data, the step and lambda are chosen together. Scored at the
     training scale alone, the step that is best there can be worse, at the lambda then chosen for it, than a later
@@ -75,14 +76,23 @@ class Validator:
     scores, so a selection records each step's lambda and a resumed run can refuse another grid.
     """
 
-    score: Callable[[float], dict[str, float]]
+    scorer: Callable[[], Callable[[float], dict[str, float]]]
     scales: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise UsageError("a validator needs at least one lambda to score at")
+
+    def grid(self) -> list[float]:
+        """The lambdas as a checkpoint records them: their order and repeats do not change what is chosen."""
+        return sorted(set(self.scales))
+
     def __call__(self) -> Validated:
+        score = self.scorer()
         found: dict[float, dict[str, float]] = {}
 
         def mean(s: float) -> float:
-            found[s] = self.score(s)
+            found[s] = score(s)
             return found[s]["mean"]
 
         chosen = choose_scale(mean, self.scales)[0]
@@ -94,7 +104,7 @@ class StepSelection:
     """The best state seen so far (ties: the earliest step), and the validation curve that chose it."""
 
     every: int
-    scales: tuple[float, ...]  # the lambdas each state is tried at (Validator.scales)
+    scales: list[float]  # the lambdas each state is tried at (Validator.grid)
     chosen_step: int | None = None
     chosen_score: float = -math.inf
     chosen_scale: float | None = None
@@ -124,12 +134,17 @@ class StepSelection:
 
     def header(self) -> dict[str, Any]:
         """Everything but the tensors, for the checkpoint's header."""
-        return {"every": self.every, "scales": list(self.scales), **self.record()}
+        return {"every": self.every, "scales": self.scales, **self.record()}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Continue from a checkpoint's selection (its header under ``meta["selection"]``)."""
         header = meta.get("selection")
-        if header is None or header["every"] != self.every or header.get("scales") != list(self.scales):
+        if header is not None and "scales" not in header:
+            raise UsageError(
+                "the checkpoint was written by an orthoxfer that did not record each score's lambda; "
+                "start this run afresh (without --resume, or in another folder)"
+            )
+        if header is None or header["every"] != self.every or header["scales"] != self.scales:
             raise UsageError(
                 "the checkpoint was written with another step selection (interval or lambdas); "
                 "resume with the same settings"
