@@ -28,6 +28,7 @@ def test_finetune_scores_held_out_data_every_epoch(tiny, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "ft" / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(3, 31, 3))  # 96 images / batch 32 = 3 steps per epoch
     assert lines[0]["epoch"] == 1 and set(lines[-1]["accuracy"]) == {"colour", "mean"}
+    assert {r["scale"] for r in lines} == {1.0}  # the update as it is: no lambda grid was given
     assert lines[-1]["accuracy"]["colour"] == pytest.approx(acc(tv.apply_to(copy.deepcopy(tiny)), held_out))
     assert lines[-1]["accuracy"]["mean"] > lines[0]["accuracy"]["mean"]
 
