@@ -433,6 +433,12 @@ def test_a_difference_without_seed_variation_is_not_tested_and_power_is_at_holms
     sd = statistics.median(statistics.stdev(t["per_seed"]) for t in varied)
     expected = (stats.t.ppf(1 - 0.05 / 2 / 2, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)  # two tested: 5% / 2
     assert detectable_gain(family, 3) == pytest.approx(expected)
+    assert "detectable" not in steady
+    own = [
+        (stats.t.ppf(1 - 0.05 / 2 / 2, 2) + stats.t.ppf(0.8, 2)) * statistics.stdev(t["per_seed"]) / math.sqrt(3)
+        for t in varied
+    ]  # each comparison's power from its own spread: the noisier one needs the larger gain
+    assert [t["detectable"] for t in varied] == pytest.approx(own) and own[0] != pytest.approx(own[1])
     assert detectable_gain([steady], 3) is None
 
 

@@ -295,8 +295,8 @@ def markdown(study: dict[str, Any]) -> str:
     lines += [
         "",
         "| rung | method | accuracy | vs few-shot FT | p (Holm) | control | control accuracy | transfer gain "
-        "| p (Holm) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| p (Holm) | detectable |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rungs:
         for method, m in r["methods"].items():
@@ -305,7 +305,8 @@ def markdown(study: dict[str, Any]) -> str:
                 lines.append(
                     f"| {r['rung']} | {method} | {points(m['accuracy'])} | {points(ft)} | {_p(ft)} | "
                     f"{control}{' (chosen)' if c and 'chosen' in c else ''} | "
-                    f"{points(c and c['accuracy'])} | {points(c and c['gain'])} | {_p(c and c['gain'])} |"
+                    f"{points(c and c['accuracy'])} | {points(c and c['gain'])} | {_p(c and c['gain'])} | "
+                    f"{_gain(c and c['gain'].get('detectable'))} |"
                 )
     against = _against(rungs)
     if against:  # what anchoring costs, and how near auto's choice on validation comes to the best row on test
@@ -336,7 +337,8 @@ def markdown(study: dict[str, Any]) -> str:
         "validation gain of the best data-free transfer over target only. p: paired t-test, Holm-adjusted over "
         "the rung's distinct comparisons (rows computing the same thing count once; a difference the same on every "
         "seed is not tested: -); detectable gain: the "
-        "smallest paired gain the rung detects with 80% power at Holm's strictest level. " + _made(meta, rungs),
+        "smallest paired gain the rung detects with 80% power at Holm's strictest level, from the median spread of "
+        "its comparisons; detectable: the same for that transfer gain, from its own spread. " + _made(meta, rungs),
         "",
     ]
     if study.get("transferability_check"):
