@@ -28,6 +28,15 @@ def test_micro_bench_writes_every_output_with_its_columns(micro_run):
     header = next(csv.reader((run / "results.csv").open()))
     assert header[:4] == ["method", "mnist", "coins", "mean"] and "gain vs norm" in header and "norm ratio" in header
     assert "top-1 %" in result.output and "diagnostics" in result.output
+    # the transferability check from the rows the bench computed anyway: direct addition against target only
+    rows = {r["row"]: r for r in data["records"]}
+    gains = {
+        t: rows["embed_direct"]["validation_score"][t] - rows["none_target"]["validation_score"][t]
+        for t in rows["none_target"]["validation_score"]
+    }
+    assert {t: m for t, (m, _) in data["transferability"]["per_task"].items()} == pytest.approx(gains)
+    assert "Transferability (validation gain" in (run / "results.md").read_text()
+    assert "Transferability (validation gain" in " ".join(result.output.split())
     # the mini suite's default mode: each task its own vector, U's and lambda (chosen on that task's validation part)
     record = json.loads((run / "rows" / "embed_penalty-seed0.json").read_text())
     assert set(record["scale"]) == set(record["validation"]) == {"mnist", "coins"}
@@ -36,6 +45,26 @@ def test_micro_bench_writes_every_output_with_its_columns(micro_run):
 
     alignment = Alignment.load(run / "rows" / "embed_penalty-seed0" / "alignment.safetensors")
     assert alignment.scopes == ["mnist", "coins"] and alignment.meta["steps"] == 1  # 2 joint steps shared by 2 tasks
+
+
+def test_the_transferability_check_takes_each_tasks_best_data_free_transfer_and_never_a_control():
+    from orthoxfer.report.tables import free_gains, transferability_check
+
+    def row(method, scores, seed=0, control=""):
+        return {"method": method, "seed": seed, "control": control, "validation_score": scores}
+
+    seed0 = [
+        row("target", {"a": 0.2, "b": 0.5}),
+        row("direct", {"a": 0.6, "b": 0.4}),
+        row("transfusion", {"a": 0.3, "b": 0.7}),
+        row("direct", {"a": 0.9, "b": 0.9}, control="spectrum"),  # a control carries nothing of the vector's
+        row("penalty", {"a": 1.0, "b": 1.0}),  # a trained row is no check made before training
+    ]
+    assert free_gains(seed0, ["a", "b"]) == pytest.approx({"a": 0.4, "b": 0.2})
+    assert free_gains(seed0[1:], ["a", "b"]) is None  # no target row: nothing to measure the gain from
+    seed1 = [row("target", {"a": 0.2, "b": 0.5}, 1), row("direct", {"a": 0.8, "b": 0.5}, 1)]
+    check = transferability_check(seed0 + seed1, ["a", "b"])
+    assert check["per_task"]["a"][0] == pytest.approx(0.5) and check["mean"][0] == pytest.approx((0.3 + 0.3) / 2)
 
 
 def test_rerun_with_resume_reuses_rows_and_changed_settings_are_refused(micro_run):

@@ -215,7 +215,13 @@ def bench_command(
     from orthoxfer.experiments.bench import relatedness
     from orthoxfer.experiments.bench_run import run_bench
     from orthoxfer.experiments.bench_settings import resolve_bench
-    from orthoxfer.report.tables import rich_tables, summarise_rows, write_results
+    from orthoxfer.report.tables import (
+        rich_tables,
+        summarise_rows,
+        transferability_check,
+        transferability_line,
+        write_results,
+    )
     from orthoxfer.runs import Run
     from orthoxfer.suites import SUITES, build_suite, models_record
     from orthoxfer.suites.base import SuiteRequest
@@ -339,6 +345,8 @@ def bench_command(
     files = write_results(run.path, summary, records, names, meta)
     for table in rich_tables(summary, names, meta["title"]):
         console.print(table)
+    if check := transferability_check(records, names):
+        console.print(transferability_line(check), highlight=False, markup=False)
     print_wrote(meta["seconds"], files)
 
 

@@ -30,6 +30,7 @@ from orthoxfer.experiments.bench import Row
 from orthoxfer.report.plots import pyplot, save_figure
 from orthoxfer.report.separation import separation, separation_markdown
 from orthoxfer.report.statistics import detectable_gain, holm, paired, stat
+from orthoxfer.report.tables import free_gains
 
 if TYPE_CHECKING:
     from orthoxfer.experiments.study import RungResult
@@ -190,28 +191,21 @@ def _records(result: RungResult, row_id: str, seeds: list[int]) -> list[dict[str
 
 
 def recorded_transferability(result: RungResult, seeds: list[int]) -> dict[str, Any] | None:
-    """Per seed, the best validation gain of a data-free transfer (direct addition, transfusion) over target only,
-    mean over tasks: the check a user runs in seconds, before any training. ``per_task`` holds each task's best
+    """Per seed, each task's best validation gain of a data-free transfer (direct addition, transfusion) over target
+    only, mean over tasks: the check a user runs in seconds, before any training. ``per_task`` holds each task's best
     gain per seed (in ``seeds``' order): what :mod:`orthoxfer.report.separation` reads."""
-    target = {r["seed"]: r for r in _records(result, "none_target", seeds)}
-    free = [
-        r
-        for row_id in ("embed_direct", "embed_transfusion")
-        for r in _records(result, row_id, seeds)
-        if "validation_score" in r
+    rows = [
+        r for row_id in ("none_target", "embed_direct", "embed_transfusion") for r in _records(result, row_id, seeds)
     ]
     means: list[float] = []
     per_task: dict[str, list[float]] = {}
     for s in seeds:
-        if s not in target or "validation_score" not in target[s]:
+        gains = free_gains([r for r in rows if r["seed"] == s], result.tasks)
+        if gains is None:
             return None
-        base = target[s]["validation_score"]
-        gains = [{t: r["validation_score"][t] - base[t] for t in base} for r in free if r["seed"] == s]
-        if not gains:
-            return None
-        means.append(max(statistics.mean(g.values()) for g in gains))
-        for t in base:
-            per_task.setdefault(t, []).append(max(g[t] for g in gains))
+        means.append(statistics.mean(gains.values()))
+        for t, g in gains.items():
+            per_task.setdefault(t, []).append(g)
     return {**stat(means), "per_task": per_task}
 
 
