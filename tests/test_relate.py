@@ -234,3 +234,42 @@ def test_the_transferability_check_measures_the_data_free_transfers_on_validatio
     assert found["transfusion"]["gain"] == pytest.approx(found["direct"]["gain"])
     quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "q"), "--device", "cpu", "--json"])
     assert quiet.exit_code == 0 and "transferability mnist" not in quiet.output
+
+
+def test_the_transferability_check_runs_on_open_clip_models_with_a_held_out_part_of_the_pool(
+    eurosat_run, tiny_arch, monkeypatch
+):
+    """Real checkpoints: the user's vector, the pool `align` would draw, validation held out of it. The target is
+    the source here, so transfusion's matching is the identity and carries what direct addition carries."""
+    tmp_path, _, _ = eurosat_run
+    monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "cache"))  # zero-shot heads
+    args = [
+        "relate",
+        "--source",
+        f"{tiny_arch}:none",
+        "--target",
+        f"{tiny_arch}:none",
+        "--images",
+        f"eurosat:{tmp_path / 'data'}",
+        "--limit",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--tasks",
+        "eurosat",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--shots",
+        "12",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 2 and "--task-vector EuroSAT=" in missing.output
+    result = runner.invoke(app, [*args, "--task-vector", f"eurosat={tmp_path / 'tv.safetensors'}"])
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "r" / "relate.json").read_text())["transferability"]["EuroSAT"]
+    assert found["direct"]["gain"] >= 0 and found["transfusion"]["gain"] == pytest.approx(found["direct"]["gain"])
+    assert "transferability EuroSAT: target only" in result.output and "+8.4 points" in result.output
