@@ -171,11 +171,14 @@ def test_joint_averages_gradients_over_the_shared_batch(three_tasks, one_thread)
 
 
 def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_thread, tiny_arch):
+    from orthoxfer.evaluation.baselines import SCALES
+
     tmp_path, _ = three_tasks
     (tmp_path / "bench.toml").write_text(
         "[finetune]\nlr = 1e-3\nsteps = 2\nwarmup = 1\nbatch_size = 4\n"
         "[align]\nlr = 1e-2\nshots = 5\nbatch_size = 4\naugment = 2\nwarmup = 1\n"
         "[fewshot_ft]\nbatch_size = 4\naugment = 2\nwarmup = 1\n"
+        "[bench]\nselect_every = 1\nstep_at_best_scale = true\n"  # the anchored row: every step scored at each lambda
     )
     args = [
         "bench",
@@ -196,6 +199,8 @@ def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_th
         "--methods",
         "penalty,procrustes",
         "--no-procrustes-init",
+        "--anchored",
+        "identity",
         "--steps",
         "2",
         "--device",
@@ -211,10 +216,30 @@ def test_bench_under_torchrun_fills_the_table_of_one_process(three_tasks, one_th
     assert (
         [r["row"] for r in second]
         == [r["row"] for r in first]
-        == ["none_target", "none_finetune", "embed_direct", "embed_penalty", "embed_procrustes"]
+        == [
+            "none_target",
+            "none_finetune",
+            "embed_direct",
+            "embed_penalty",
+            "embed_penalty_anchored",
+            "embed_procrustes",
+        ]
     )
     for a, b in zip(first, second):
-        assert (b["accuracy"], b["scale"]) == (a["accuracy"], a["scale"]), a["row"]
+        assert (b["accuracy"], b["scale"], b.get("chosen_step")) == (a["accuracy"], a["scale"], a.get("chosen_step"))
+    assert first[4]["row"] == "embed_penalty_anchored" and first[4]["chosen_step"]
+    # the processes that share the anchored row's U's chose one step, scored at its best lambda: rank 0's, logged once
+    logs = [
+        [
+            json.loads(line)
+            for line in (tmp_path / run / "rows" / "embed_penalty_anchored-seed0" / "validation.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        for run in ("one", "two")
+    ]
+    assert [(r["step"], r["scale"]) for r in logs[1]] == [(r["step"], r["scale"]) for r in logs[0]]
+    assert len(logs[0]) == 3 and all(r["scale"] in SCALES for r in logs[0])  # start, steps 1 and 2: grid lambdas
 
 
 TIMING = ("seconds", "seconds_test", "seconds_choose", "row_seconds")
