@@ -166,29 +166,16 @@ def test_cli_writes_json_plot_and_table(tmp_path, tiny_arch, folder):
     assert json.loads(as_json.output)["layers"] == report["layers"]
 
 
+def dataset_args(arch: str, data) -> list[str]:
+    """`relate` of a tiny model against itself on two images of a generated EuroSAT's test split."""
+    model = f"{arch}:none"
+    images = ["--images", f"eurosat:{data}", "--limit", "2"]
+    return ["relate", "--source", model, "--target", model, *images, "--device", "cpu", "--workers", "0"]
+
+
 def test_cli_reads_a_dataset_test_split(tmp_path, tiny_arch):
     make_eurosat(tmp_path / "data", per_class=10)  # 30 images, a tenth of them for test
-    result = runner.invoke(
-        app,
-        [
-            "relate",
-            "--source",
-            f"{tiny_arch}:none",
-            "--target",
-            f"{tiny_arch}:none",
-            "--images",
-            f"eurosat:{tmp_path / 'data'}",
-            "--limit",
-            "2",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "run"),
-            "--json",
-        ],
-    )
+    result = runner.invoke(app, [*dataset_args(tiny_arch, tmp_path / "data"), "--out", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["image_count"] == 2 and all(r["cka"] == pytest.approx(1) for r in report["layers"])
@@ -244,19 +231,7 @@ def test_the_transferability_check_runs_on_open_clip_models_with_a_held_out_part
     tmp_path, _, _ = eurosat_run
     monkeypatch.setenv("ORTHOXFER_CACHE", str(tmp_path / "cache"))  # zero-shot heads
     args = [
-        "relate",
-        "--source",
-        f"{tiny_arch}:none",
-        "--target",
-        f"{tiny_arch}:none",
-        "--images",
-        f"eurosat:{tmp_path / 'data'}",
-        "--limit",
-        "2",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
+        *dataset_args(tiny_arch, tmp_path / "data"),
         "--tasks",
         "eurosat",
         "--data-root",
