@@ -342,10 +342,11 @@ def bench_command(
         "orthoxfer_version": __version__,
         "title": f"orthoxfer bench: {suite} suite, {inputs.source_name} -> {inputs.target_name}",
     }
-    files = write_results(run.path, summary, records, names, meta)
+    check = transferability_check(records, names)
+    files = write_results(run.path, summary, records, names, meta, check)
     for table in rich_tables(summary, names, meta["title"]):
         console.print(table)
-    if check := transferability_check(records, names):
+    if check:
         console.print(transferability_line(check), highlight=False, markup=False)
     print_wrote(meta["seconds"], files)
 

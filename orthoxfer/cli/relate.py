@@ -325,7 +325,7 @@ def task_transferability(
     transfusion), scored on validation data it never trained on: the suite's own validation sets (mini), else a
     held-out part of the few-shot pool `align` draws with the same --shots and --seed."""
     from orthoxfer.cli.align import load_vectors, validation_split
-    from orthoxfer.evaluation.transferability import transferability
+    from orthoxfer.evaluation.transferability import READING, transferability
     from orthoxfer.suites.mini import PREFIX
 
     names = [t.strip() for t in asked.tasks.split(",") if t.strip()]
@@ -337,13 +337,15 @@ def task_transferability(
         raise UsageError("the mini models' check uses their own validation sets; leave out --data-root and --shots")
     suite = command_suite(suite_name, device, size=size, cache_dir=cache_dir, data_root=asked.data_root)
     given = load_vectors(asked.vectors, suite.vector) if asked.vectors else {t: suite.vector(PREFIX + t) for t in names}
-    pools = suite.fewshot_tasks(target, names, asked.shots or suite.default_shots, None, asked.seed)
-    canonical = {name.lower(): name for name in pools}  # `eurosat` on the command line is the dataset EuroSAT
+    validation = suite.validation_sets(target, names)
+    if validation is None:  # no validation sets of its own (paper): a held-out part of the pool align would draw
+        pools = suite.fewshot_tasks(target, names, asked.shots or suite.default_shots, None, asked.seed)
+        _, validation = validation_split(suite, target, pools, asked.seed, "the transferability check")
+    canonical = {name.lower(): name for name in validation}  # `eurosat` on the command line is the dataset EuroSAT
     vectors = {canonical.get(k.lower(), k): v for k, v in given.items()}
-    if missing := [t for t in pools if t not in vectors]:
+    if missing := [t for t in validation if t not in vectors]:
         raise UsageError(f"no task vector for {', '.join(missing)}; name each with --task-vector TASK=PATH")
-    _, validation = validation_split(suite, target, pools, asked.seed, "the transferability check")
-    found = transferability(target.model, {t: vectors[t] for t in pools}, validation, source.model, device)
+    found = transferability(target.model, {t: vectors[t] for t in validation}, validation, source.model, device)
     for task, row in found.items() if not quiet else ():
         console.print(
             f"transferability {task}: target only {100 * row['target']:.1f}; gain on validation: "
@@ -351,9 +353,5 @@ def task_transferability(
             highlight=False,
         )
     if not quiet:
-        console.print(
-            "(on the mini ladder +8.4 points separated the pairs whose vector carries from those whose does not: "
-            "docs/study.md)",
-            highlight=False,
-        )
+        console.print(f"({READING}: docs/study.md)", highlight=False)
     return found

@@ -17,7 +17,7 @@ from typing import Any
 from scipy import stats
 
 from orthoxfer.artifacts import write_json, write_text
-from orthoxfer.evaluation.transferability import DATA_FREE
+from orthoxfer.evaluation.transferability import DATA_FREE, READING
 from orthoxfer.report.plots import pyplot, save_figure
 from orthoxfer.terminal import Grid
 
@@ -112,8 +112,7 @@ def transferability_line(check: dict[str, Any]) -> str:
     cells = ", ".join(f"{t} {100 * m:+.1f}" for t, (m, _) in check["per_task"].items())
     return (
         f"Transferability (validation gain of the best data-free transfer over target only): {cells}; "
-        "on the mini ladder +8.4 points separated the pairs whose vector carries from those whose does not "
-        "(docs/study.md)."
+        f"{READING} (docs/study.md)."
     )
 
 
@@ -181,11 +180,16 @@ def rich_tables(summary: list[dict[str, Any]], tasks: list[str], title: str) -> 
 
 
 def write_results(
-    out: Path, summary: list[dict[str, Any]], records: list[dict], tasks: list[str], meta: dict
+    out: Path,
+    summary: list[dict[str, Any]],
+    records: list[dict],
+    tasks: list[str],
+    meta: dict,
+    check: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """results.json (every seed's record and the summary), results.csv, results.md and the plots."""
+    """results.json (every seed's record, the summary and the transferability ``check``), results.csv, results.md
+    and the plots."""
     heads, rows = _columns(summary, tasks)
-    check = transferability_check(records, tasks)
     write_json(
         out / "results.json",
         {"meta": meta, "tasks": tasks, "summary": summary, "transferability": check, "records": records},
