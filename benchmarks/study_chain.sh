@@ -65,21 +65,24 @@ models() { # $1: a width whose models do not ship (past the package's 25 MB): it
   done
 }
 
-run() { # the evidence and anchoring issues' runs first (seeds, twin, step and lambda together), then the widths
-  local n w
+widths() { # $1: a width -> its study, on the two rungs the ladder compares
+  study $STUDY --config configs/study-v2.toml --rungs data,release --first-seed 1 --seeds 3 --paper-controls '' \
+    --methods penalty,cayley,procrustes,transfusion,theseus --width "$1" --out "benchmarks/results/widths/w$1"
+}
+
+run() { # the evidence study (seeds, twin), width 64, step and lambda together, then width 192
+  local n
   for n in 1 2 3 4 5; do # complete seeds across the four rungs land first
     study $STUDY --config configs/study-v2.toml --first-seed 1 --seeds $n --out benchmarks/results/study-v2
   done
   study $STUDY --config configs/study-v2.toml --disjoint-pools --rungs data,release --first-seed 1 --seeds 2 \
     --paper-controls '' --methods penalty,riemannian,cayley,procrustes,transfusion --out benchmarks/results/study-v2-disjoint
+  widths 64 # the one open issue's first rung of the ladder, then the rest of step and lambda chosen together
   study $JOINT --config configs/study-v2-joint.toml --rungs seed,data --methods penalty,riemannian,cayley \
     --controls spectrum --paper-controls '' --tune-from '' --no-auto --first-seed 1 --seeds 5 \
     --out benchmarks/results/study-v2-joint
-  for w in 64 192; do
-    if [ "$w" != 64 ]; then models "$w"; fi
-    study $STUDY --config configs/study-v2.toml --rungs data,release --first-seed 1 --seeds 3 --paper-controls '' \
-      --methods penalty,cayley,procrustes,transfusion,theseus --width $w --out benchmarks/results/widths/w$w
-  done
+  models 192
+  widths 192
   echo "== $(date -u +%FT%TZ) done"
 }
 
